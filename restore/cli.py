@@ -1,0 +1,157 @@
+"""The `restore` command: parses arguments and calls the package; no logic of its own."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FRAMES_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def _write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class Progress:
+    """Frames done / total, failures, rate and ETA on one terminal line (or a line every few seconds if not a TTY)."""
+
+    def __init__(self, stream=sys.stderr, every: float = 5.0):
+        self.stream, self.every = stream, every
+        self.started = self.last = time.monotonic()
+        self.tty = stream.isatty()
+
+    def __call__(self, done: int, total: int, failed: int) -> None:
+        now = time.monotonic()
+        if not self.tty and now - self.last < self.every and done < total:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        line = f"{done}/{total} frames, {failed} failed, {rate:.2f} frames/s, ETA {eta:.0f} s"
+        self.stream.write(("\r" + line + " " * 8) if self.tty else line + "\n")
+        if self.tty and done == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def cmd_run(args) -> int:
+    from .pipeline import prepare, run_job
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    context, plan = prepare(spec)
+    if args.dry_run:
+        summary = {"job": spec.name, "listed": plan.listed, "already_done": plan.already_done,
+                   "to_process": len(plan.tasks), "bytes_to_read": plan.bytes_to_read,
+                   "keys": [task["input_key"] for task in plan.tasks]}
+        print(f"job {spec.name}: {plan.listed} frames listed, {plan.already_done} already done, "
+              f"{len(plan.tasks)} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)")
+        for key in summary["keys"][: args.show]:
+            print(f"  {key}")
+        _write_json(args.json, summary)
+        return EXIT_OK
+    if not args.quiet:
+        print(f"job {spec.name}: {len(plan.tasks)} frames to restore, {plan.already_done} already done "
+              f"(restorer {spec.restorer.name}, config {context.config_hash})", file=sys.stderr)
+    progress = None if args.quiet else Progress()
+    result = run_job(context, plan, progress=progress)
+    counts = result.counts
+    summary = {"job": spec.name, "run_id": result.run_id, "planned": result.planned,
+               "already_done": result.already_done, "counts": counts, "seconds": round(result.seconds, 3),
+               "frames_per_second": round(result.frames_per_second, 3), "output": spec.output,
+               "manifest": f"{spec.output.rstrip('/')}/{result.manifest_prefix}",
+               "config_hash": context.config_hash, "weights_sha256": context.weights_sha256}
+    if not result.planned:
+        print(f"job {spec.name}: nothing to do, all {result.already_done} frames already restored")
+    else:
+        print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed "
+              f"in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "
+              f"outputs in {spec.output}, manifest {summary['manifest']}")
+    _write_json(args.json, summary)
+    return EXIT_FRAMES_FAILED if counts.get("failed") else EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from .manifest import read_manifests, summarize
+    from .spec import load_spec
+    from .storage import open_storage
+
+    if Path(args.target).is_file():
+        spec = load_spec(args.target)
+        output, endpoint_url, job = spec.output, spec.endpoint_url, spec.name
+    else:
+        output, endpoint_url, job = args.target, args.endpoint_url, args.job
+        if not job:
+            raise SystemExit("restore status: give a job spec, or an output location with --job NAME")
+    summary = summarize(read_manifests(open_storage(output, endpoint_url), job))
+    if summary.runs == 0:
+        print(f"job {job}: no manifests under {output}")
+    else:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.by_status.items()))
+        print(f"job {job}: {summary.total} frames: {counts} ({summary.runs} runs, last {summary.last_run})")
+        for key, error in summary.failures[: args.show]:
+            print(f"  failed {key}: {error}")
+    _write_json(args.json, {"job": job, "output": output, **summary.as_dict()})
+    return EXIT_FRAMES_FAILED if summary.failures else EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from .demo import make_demo_frames
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    written = make_demo_frames(spec, count=args.frames, seed=args.seed)
+    print(f"demo: {written} damaged frames with masks in {spec.input}", file=sys.stderr)
+    return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=args.quiet, json=args.json, show=0))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="restore", description="Batch restoration of damaged photo and film archives.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser("run", help="run a job spec: restore every new or failed frame, write outputs and manifests")
+    run.add_argument("spec", help="job spec (YAML)")
+    run.add_argument("--dry-run", action="store_true", help="list what would be processed, process nothing")
+    run.add_argument("--quiet", action="store_true", help="no progress line, only the final summary")
+    run.add_argument("--json", metavar="OUT", help="write the run summary as JSON to OUT")
+    run.add_argument("--show", type=int, default=20, help="with --dry-run: how many keys to print")
+    run.set_defaults(func=cmd_run)
+
+    status = verbs.add_parser("status", help="counts by status and failures with reasons, from the manifests")
+    status.add_argument("target", help="job spec (YAML), or an output location with --job")
+    status.add_argument("--job", help="job name, when TARGET is an output location")
+    status.add_argument("--endpoint-url", help="S3 endpoint, when TARGET is an s3:// output location")
+    status.add_argument("--show", type=int, default=50, help="how many failures to print")
+    status.add_argument("--json", metavar="OUT", help="write the summary as JSON to OUT")
+    status.set_defaults(func=cmd_status)
+
+    demo = verbs.add_parser("demo", help="generate a small damaged collection for a job spec, then run it")
+    demo.add_argument("spec", nargs="?", default="jobs/demo.yaml", help="job spec (default jobs/demo.yaml)")
+    demo.add_argument("--frames", type=int, default=12, help="how many frames to generate")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--json", metavar="OUT", help="write the run summary as JSON to OUT")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .frames import FrameError
+    from .pipeline import JobError
+    from .restorers import RestorerError
+    from .spec import SpecError
+    from .storage import StorageError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, StorageError, RestorerError, JobError, FrameError) as error:
+        print(f"restore {args.verb}: {error}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""The Ray Data graph of a job: plan on the driver, pixels on the workers, manifests committed by the driver.
+
+    plan (list inputs, drop what the manifests say is done)
+      → load: read + checksum + decode + mask            (tasks)
+      → restore: the restorer, loaded once per actor     (actor pool, CPUs/GPUs from the spec)
+      → write: encode + put output and mask              (tasks)
+      → driver: manifest parts, block by block
+
+Frames travel between stages as raw pixel buffers in Arrow binary columns: no re-encoding, and numpy views
+on the receiving side.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__
+from .frames import Frame, FrameError, decode_frame, decode_mask, encode_frame, encode_mask, extension_for
+from .manifest import MANIFEST_SCHEMA, ManifestWriter, done_keys, new_run_id, read_manifests, run_prefix
+from .restorers import build_restorer, resolve_weights
+from .spec import JobSpec
+from .storage import ObjectInfo, Storage, StorageError, check_no_overlap, open_storage
+
+ARCHIVAL_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+
+
+class JobError(RuntimeError):
+    """A job that cannot start (not enough cluster resources, storage unusable): nothing was processed."""
+
+MASK_PREFIX = "_masks"
+
+TASK_SCHEMA = pa.schema([
+    ("input_key", pa.string()),
+    ("input_size", pa.int64()),
+    ("input_etag", pa.string()),
+    ("input_version_id", pa.string()),
+    ("storage_class", pa.string()),
+    ("mask_key", pa.string()),
+    ("neighbour_keys", pa.list_(pa.string())),
+])
+
+FRAME_FIELDS = [
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("input_sha256", pa.string()),
+    ("pixels", pa.large_binary()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("channels", pa.int8()),
+    ("dtype", pa.string()),
+    ("alpha", pa.large_binary()),
+    ("source_format", pa.string()),
+    ("source_mode", pa.string()),
+    ("icc_profile", pa.binary()),
+    ("exif", pa.binary()),
+    ("mask", pa.large_binary()),  # one byte per pixel, 1 = hole
+    ("masked_fraction", pa.float64()),
+    ("read_seconds", pa.float64()),
+    ("restore_seconds", pa.float64()),
+    ("worker", pa.string()),
+]
+FRAME_SCHEMA = pa.schema(list(TASK_SCHEMA) + FRAME_FIELDS)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Everything a stage needs, resolved once on the driver and shipped to the workers."""
+
+    spec: JobSpec
+    input_storage: Storage
+    output_storage: Storage
+    mask_storage: Storage
+    run_id: str
+    config_hash: str
+    weights_sha256: str | None
+
+
+@dataclass
+class Plan:
+    tasks: list[dict]
+    listed: int
+    already_done: int
+    bytes_to_read: int
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    manifest_prefix: str
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    planned: int = 0
+    already_done: int = 0
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.planned / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+def mask_key_for(pattern: str, input_key: str) -> str:
+    directory, name = posixpath.split(input_key)
+    stem = posixpath.splitext(name)[0]
+    return posixpath.normpath(pattern.format(stem=stem, name=name, dir=directory or "."))
+
+
+def output_key_for(input_key: str, fmt: str) -> str:
+    """Same key when the format is kept; otherwise the new extension is appended, so keys never collide."""
+    extension = extension_for(fmt)
+    if posixpath.splitext(input_key)[1].lower() in _SAME_EXTENSIONS.get(extension, (extension,)):
+        return input_key
+    return input_key + extension
+
+
+_SAME_EXTENSIONS = {".tif": (".tif", ".tiff"), ".jpg": (".jpg", ".jpeg")}
+
+
+def lossless_format(source_format: str, output_format: str) -> str:
+    """'same' keeps PNG and TIFF; any other source becomes PNG, since outputs are lossless unless asked."""
+    if output_format != "same":
+        return output_format
+    return {"PNG": "png", "TIFF": "tiff"}.get(source_format, "png")
+
+
+def neighbour_keys(keys: list[str], window: int) -> dict[str, list[str]]:
+    """For each key, the up-to-`window` frames before and after it in its folder's sorted sequence."""
+    by_folder: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        by_folder.setdefault(posixpath.dirname(key), []).append(key)
+    neighbours: dict[str, list[str]] = {}
+    for sequence in by_folder.values():
+        for index, key in enumerate(sequence):
+            neighbours[key] = sequence[max(0, index - window):index] + sequence[index + 1:index + 1 + window]
+    return neighbours
+
+
+def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
+    check_no_overlap(spec.input, spec.output)
+    input_storage = open_storage(spec.input, spec.endpoint_url)
+    output_storage = open_storage(spec.output, spec.endpoint_url)
+    mask_uri = spec.masks.uri or spec.input
+    mask_storage = input_storage if mask_uri == spec.input else open_storage(mask_uri, spec.endpoint_url)
+    return input_storage, output_storage, mask_storage
+
+
+def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, config_hash: str) -> Plan:
+    listed: list[ObjectInfo] = list(input_storage.list(spec.include))
+    masks = {info.key: mask_key_for(spec.masks.pattern, info.key) for info in listed}
+    if (spec.masks.uri or spec.input) == spec.input:
+        mask_files = set(masks.values())
+        listed = [info for info in listed if info.key not in mask_files]  # a mask is not a frame
+    done = done_keys(read_manifests(output_storage, spec.name), config_hash)
+    todo = [info for info in listed if (info.key, info.etag) not in done]
+    neighbours = neighbour_keys([info.key for info in listed], spec.sequence.window)
+    tasks = [{
+        "input_key": info.key,
+        "input_size": info.size,
+        "input_etag": info.etag,
+        "input_version_id": info.version_id,
+        "storage_class": info.storage_class,
+        "mask_key": masks[info.key],
+        "neighbour_keys": neighbours[info.key],
+    } for info in todo]
+    return Plan(tasks=tasks, listed=len(listed), already_done=len(listed) - len(todo),
+                bytes_to_read=sum(info.size for info in todo))
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
+    height, width, channels = frame.pixels.shape
+    return {
+        "pixels": frame.pixels.tobytes(),
+        "height": height,
+        "width": width,
+        "channels": channels,
+        "dtype": frame.pixels.dtype.str,
+        "alpha": None if frame.alpha is None else frame.alpha.tobytes(),
+        "source_format": frame.format,
+        "source_mode": frame.mode,
+        "icc_profile": frame.icc_profile,
+        "exif": frame.exif,
+        "mask": mask.astype(np.uint8).tobytes(),
+        "masked_fraction": float(mask.mean()),
+    }
+
+
+def _pixels(row: dict) -> np.ndarray:
+    return np.frombuffer(row["pixels"], dtype=np.dtype(row["dtype"])).reshape(row["height"], row["width"], row["channels"])
+
+
+def _mask(row: dict) -> np.ndarray:
+    return np.frombuffer(row["mask"], dtype=np.uint8).reshape(row["height"], row["width"]).astype(bool)
+
+
+def _load_mask(context: JobContext, row: dict, shape: tuple[int, int]) -> np.ndarray:
+    settings = context.spec.masks
+    if context.mask_storage.head(row["mask_key"]) is None:
+        if settings.required:
+            raise FrameError(f"no mask at {row['mask_key']!r} (masks.required is true)")
+        return np.zeros(shape, dtype=bool)
+    mask = decode_mask(context.mask_storage.get(row["mask_key"]), context.spec.max_pixels)
+    if mask.shape != shape:
+        raise FrameError(f"mask {row['mask_key']!r} is {mask.shape[1]}x{mask.shape[0]}, "
+                         f"frame is {shape[1]}x{shape[0]}")
+    if settings.dilate:
+        import cv2
+
+        size = 2 * settings.dilate + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+        mask = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+    return mask
+
+
+def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
+    """Read, checksum, decode and attach the mask; a bad frame becomes a failed row and the batch goes on."""
+    rows = []
+    for row in batch.to_pylist():
+        started = time.perf_counter()
+        out = {**row, "status": "ok", "error": None}
+        try:
+            if (row["storage_class"] or "") in ARCHIVAL_CLASSES:
+                raise StorageError(f"{row['input_key']!r} is in archival storage ({row['storage_class']}): "
+                                   "restore it to a standard class first")
+            data = context.input_storage.get(row["input_key"])
+            out["input_sha256"] = hashlib.sha256(data).hexdigest()
+            frame = decode_frame(data, context.spec.max_pixels)
+            mask = _load_mask(context, row, frame.pixels.shape[:2])
+            out.update(_frame_columns(frame, mask))
+        except (StorageError, FrameError) as error:
+            out.update(status="failed", error=str(error))
+        out["read_seconds"] = time.perf_counter() - started
+        rows.append(out)
+    return pa.Table.from_pylist(rows, schema=FRAME_SCHEMA)
+
+
+class RestoreFrames:
+    """One per actor: the restorer (and its weights) is loaded once and serves every batch."""
+
+    def __init__(self, context: JobContext):
+        self.restorer = build_restorer(context.spec.restorer, threads=max(1, int(context.spec.workers.cpus)))
+        self.worker = _worker_name()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        todo = [row for row in rows if row["status"] == "ok"]
+        started = time.perf_counter()
+        try:
+            restored = self.restorer.restore_batch([_pixels(r) for r in todo], [_mask(r) for r in todo])
+        except Exception:  # noqa: BLE001 - one bad frame must not fail its batch-mates: retry one by one
+            restored = [self._restore_one(row) for row in todo]
+        seconds = (time.perf_counter() - started) / max(1, len(todo))
+        for row, pixels in zip(todo, restored):
+            if isinstance(pixels, str):
+                row.update(status="failed", error=pixels, pixels=None)
+            else:
+                row["pixels"] = pixels.tobytes()
+            row["restore_seconds"] = seconds
+            row["worker"] = self.worker
+        return pa.Table.from_pylist(rows, schema=FRAME_SCHEMA)
+
+    def _restore_one(self, row: dict) -> np.ndarray | str:
+        try:
+            return self.restorer(_pixels(row), _mask(row))
+        except Exception as error:  # noqa: BLE001 - recorded as the frame's failure reason
+            return f"restorer {self.restorer.name} failed: {type(error).__name__}: {error}"
+
+
+def provenance(context: JobContext, row: dict) -> dict[str, str]:
+    """Deterministic, timestamp-free metadata linking an output to its manifest row."""
+    identity = f"{row['input_key']}\0{row['input_etag']}\0{context.config_hash}"
+    return {
+        "Software": f"restore {__version__}",
+        "restore:provenance": json.dumps({
+            "id": hashlib.sha256(identity.encode()).hexdigest()[:32],
+            "input_key": row["input_key"],
+            "input_sha256": row["input_sha256"],
+            "restorer": context.spec.restorer.name,
+            "weights_sha256": context.weights_sha256,
+            "config_hash": context.config_hash,
+            "masked_fraction": round(row["masked_fraction"], 6),
+        }, sort_keys=True),
+    }
+
+
+def put_or_adopt(storage: Storage, key: str, data: bytes) -> ObjectInfo:
+    """Outputs are deterministic: an identical object left by a crashed run is adopted, not rewritten."""
+    existing = storage.head(key)
+    if existing is not None and existing.size == len(data):
+        if hashlib.sha256(storage.get(key)).digest() == hashlib.sha256(data).digest():
+            return existing
+    return storage.put(key, data)
+
+
+def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
+    """Encode and store outputs and masks; returns manifest rows (no pixels travel further)."""
+    spec = context.spec
+    rows = []
+    for row in batch.to_pylist():
+        started = time.perf_counter()
+        out = {
+            "job": spec.name, "run_id": context.run_id,
+            "input_key": row["input_key"], "input_size": row["input_size"], "input_etag": row["input_etag"],
+            "input_version_id": row["input_version_id"], "input_sha256": row["input_sha256"],
+            "mask_source": spec.masks.source, "masked_fraction": row["masked_fraction"],
+            "restorer": spec.restorer.name, "weights_sha256": context.weights_sha256,
+            "config_hash": context.config_hash, "status": row["status"], "error": row["error"],
+            "width": row["width"], "height": row["height"],
+            "read_seconds": row["read_seconds"], "restore_seconds": row["restore_seconds"],
+            "worker": row["worker"],
+        }
+        if row["status"] == "ok":
+            try:
+                out.update(_write_one(context, row))
+            except (StorageError, FrameError) as error:
+                out.update(status="failed", error=str(error))
+        out["write_seconds"] = time.perf_counter() - started
+        out["finished_at"] = datetime.now(timezone.utc)
+        rows.append(out)
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def _write_one(context: JobContext, row: dict) -> dict:
+    pixels = _pixels(row)
+    alpha = None
+    if row["alpha"] is not None:
+        alpha = np.frombuffer(row["alpha"], dtype=pixels.dtype).reshape(row["height"], row["width"])
+    frame = Frame(pixels=pixels, alpha=alpha, format=row["source_format"], mode=row["source_mode"],
+                  icc_profile=row["icc_profile"], exif=row["exif"])
+    fmt = lossless_format(row["source_format"], context.spec.output_format)
+    data = encode_frame(frame, pixels, fmt, text=provenance(context, row))
+    output_key = output_key_for(row["input_key"], fmt)
+    stored = put_or_adopt(context.output_storage, output_key, data)
+    result = {
+        "output_key": output_key, "output_sha256": hashlib.sha256(data).hexdigest(),
+        "output_version_id": stored.version_id, "output_format": fmt, "bit_depth": frame.bit_depth,
+        "mask_key": None,
+    }
+    mask = _mask(row)
+    if mask.any():
+        result["mask_key"] = f"{MASK_PREFIX}/{row['input_key']}.png"
+        put_or_adopt(context.output_storage, result["mask_key"], encode_mask(mask))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+def _check_resources(spec: JobSpec) -> None:
+    import ray
+
+    available = ray.cluster_resources()
+    needed = {"CPU": spec.workers.count * spec.workers.cpus, "GPU": spec.workers.count * spec.workers.gpus}
+    for resource, amount in needed.items():
+        if amount > available.get(resource, 0):
+            raise JobError(
+                f"workers: {spec.workers.count} worker(s) need {amount:g} {resource} in all, "
+                f"the Ray cluster has {available.get(resource, 0):g}")
+
+
+def prepare(spec: JobSpec) -> tuple[JobContext, Plan]:
+    """Everything before the first pixel: storages, weights, config hash, and what is left to do."""
+    input_storage, output_storage, mask_storage = open_job_storages(spec)
+    _, weights_sha256 = resolve_weights(spec.restorer)
+    config_hash = spec.config_hash(weights_sha256)
+    context = JobContext(spec=spec, input_storage=input_storage, output_storage=output_storage,
+                         mask_storage=mask_storage, run_id=new_run_id(), config_hash=config_hash,
+                         weights_sha256=weights_sha256)
+    return context, plan_job(spec, input_storage, output_storage, config_hash)
+
+
+ProgressCallback = Callable[[int, int, int], None]  # (frames done, frames planned, failures so far)
+
+
+def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None = None) -> RunResult:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    spec = context.spec
+    result = RunResult(run_id=context.run_id, manifest_prefix=run_prefix(spec.name, context.run_id),
+                       planned=len(plan.tasks), already_done=plan.already_done)
+    started = time.perf_counter()
+    if not plan.tasks:
+        return result
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, log_to_driver=False)
+    _check_resources(spec)
+
+    tasks = pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA)
+    blocks = [tasks.slice(start, spec.batch_size) for start in range(0, tasks.num_rows, spec.batch_size)]
+    dataset = (
+        ray.data.from_arrow(blocks)
+        .map_batches(load_frames, fn_kwargs={"context": context}, batch_size=spec.batch_size,
+                     batch_format="pyarrow", num_cpus=0.5)
+        .map_batches(RestoreFrames, fn_constructor_kwargs={"context": context}, batch_size=spec.batch_size,
+                     batch_format="pyarrow", compute=ActorPoolStrategy(size=spec.workers.count),
+                     num_cpus=spec.workers.cpus, num_gpus=spec.workers.gpus)
+        .map_batches(write_outputs, fn_kwargs={"context": context}, batch_size=spec.batch_size,
+                     batch_format="pyarrow", num_cpus=0.5)
+    )
+    writer = ManifestWriter(context.output_storage, spec.name, context.run_id)
+    pending: list[dict] = []
+    done = failed = 0
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            pending.append(row)
+            result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
+            done += 1
+            failed += row["status"] == "failed"
+        if len(pending) >= spec.commit_every:
+            writer.commit(pending)
+            pending = []
+        if progress:
+            progress(done, len(plan.tasks), failed)
+    writer.commit(pending)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,134 @@
+"""Restorers: take a frame and its mask, return the frame with only the masked pixels changed.
+
+Every restorer works on the frame's own integer pixels (uint8 or uint16, (H, W, C)); the base class owns the
+guarantees a user relies on (empty mask → untouched copy, unmasked pixels bit-identical, same dtype and shape),
+so a subclass only fills holes.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from .spec import RestorerSettings
+
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "generator.pt"
+
+
+class RestorerError(RuntimeError):
+    """A restorer that cannot be built (missing weights, pinned hash mismatch, unknown name)."""
+
+
+class Restorer:
+    name: str = ""
+    weights_sha256: str | None = None
+
+    def __call__(self, pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.restore_batch([pixels], [mask])[0]
+
+    def restore_batch(self, frames: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        """Restore several frames; the model sees only the ones with holes."""
+        for pixels, mask in zip(frames, masks):
+            if pixels.ndim != 3 or mask.shape != pixels.shape[:2]:
+                raise ValueError(f"mask {mask.shape} does not match frame {pixels.shape[:2]}")
+        todo = [i for i, mask in enumerate(masks) if mask.any()]
+        filled = self.fill([frames[i] for i in todo], [masks[i] for i in todo]) if todo else []
+        restored = [pixels.copy() for pixels in frames]
+        for i, fill in zip(todo, filled):
+            hole = masks[i]
+            restored[i][hole] = fill[hole]  # composite: outside the hole the input stays, bit for bit
+        return restored
+
+    def fill(self, frames: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+        """Fill the holes of frames that have some; values outside the holes are ignored."""
+        raise NotImplementedError
+
+
+class OpenCVRestorer(Restorer):
+    """OpenCV's classical inpainting (Telea's fast marching or Navier–Stokes): the baseline the GAN must beat."""
+
+    def __init__(self, method: str, radius: int = 3):
+        import cv2
+
+        self.name = method
+        self.radius = radius
+        self._flag = {"telea": cv2.INPAINT_TELEA, "navier-stokes": cv2.INPAINT_NS}[method]
+
+    def fill(self, frames, masks):
+        return [self._fill_one(pixels, mask) for pixels, mask in zip(frames, masks)]
+
+    def _fill_one(self, pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        import cv2
+
+        hole = mask.astype(np.uint8)
+        if pixels.dtype == np.uint8 and pixels.shape[2] in (1, 3):
+            out = cv2.inpaint(pixels, hole, self.radius, self._flag)
+            return out.reshape(pixels.shape)
+        # OpenCV inpaints deeper frames only one channel at a time.
+        channels = [cv2.inpaint(np.ascontiguousarray(pixels[:, :, c]), hole, self.radius, self._flag)
+                    for c in range(pixels.shape[2])]
+        return np.stack(channels, axis=2)
+
+
+class GanRestorer(Restorer):
+    """Our GAN generator, run tile by tile over the damaged parts of a frame only."""
+
+    name = "gan"
+
+    def __init__(self, settings: RestorerSettings, threads: int = 1):
+        import torch
+
+        from .models.weights import load_generator
+
+        path, self.weights_sha256 = resolve_weights(settings)
+        torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.generator, _ = load_generator(path)
+        self.generator.to(self.device).eval()
+        self.tile, self.overlap = settings.tile, settings.overlap
+
+    def fill(self, frames, masks):
+        import torch
+
+        from .models.tiling import inpaint_tiled
+
+        filled = []
+        for pixels, mask in zip(frames, masks):
+            scale = float(np.iinfo(pixels.dtype).max)
+            image = torch.from_numpy(pixels.astype(np.float32) / scale).permute(2, 0, 1)  # (C, H, W)
+            gray = image.shape[0] == 1
+            if gray:
+                image = image.expand(3, -1, -1)  # the generator sees colour; grey goes back as the channel mean
+            with torch.inference_mode():
+                out = inpaint_tiled(self.generator, image.to(self.device), torch.from_numpy(mask).to(self.device),
+                                    tile=self.tile, overlap=self.overlap)
+            out = out.float().cpu()
+            if gray:
+                out = out.mean(dim=0, keepdim=True)
+            values = out.permute(1, 2, 0).numpy() * scale
+            filled.append(np.clip(np.rint(values), 0, scale).astype(pixels.dtype))
+        return filled
+
+
+def resolve_weights(settings: RestorerSettings) -> tuple[Path | None, str | None]:
+    """The generator file a job will use and its sha256 (which enters the config hash); None for classical restorers."""
+    if settings.name != "gan":
+        return None, None
+    path = Path(settings.weights) if settings.weights else SHIPPED_WEIGHTS
+    if not path.is_file():
+        raise RestorerError(f"restorer.weights: no generator file at {path}; train one with `restore train` "
+                            "or choose restorer.name: telea")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if settings.weights_sha256 and digest != settings.weights_sha256:
+        raise RestorerError(f"restorer.weights_sha256: the spec pins {settings.weights_sha256}, "
+                            f"but {path.name} has sha256 {digest}")
+    return path, digest
+
+
+def build_restorer(settings: RestorerSettings, threads: int = 1) -> Restorer:
+    if settings.name in ("telea", "navier-stokes"):
+        return OpenCVRestorer(settings.name, settings.radius)
+    if settings.name == "gan":
+        return GanRestorer(settings, threads)
+    raise RestorerError(f"unknown restorer {settings.name!r} (expected gan, telea or navier-stokes)")

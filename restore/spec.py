@@ -1,0 +1,262 @@
+"""Job specs: YAML in, typed and validated dataclasses out.
+
+Every mistake is collected and reported together, each naming its field, before any work starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RESTORERS = ("gan", "telea", "navier-stokes")
+MASK_SOURCES = ("given",)
+OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg")
+DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff")
+DEFAULT_MAX_PIXELS = 180_000_000
+
+
+class SpecError(ValueError):
+    """A job spec that does not validate; `problems` lists one 'field: what was expected' per mistake."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"invalid job spec {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    source: str = "given"
+    uri: str | None = None  # where given masks live; defaults to the input
+    pattern: str = "masks/{stem}.png"  # key of a frame's mask; {stem}, {name}, {dir} are the frame key's parts
+    dilate: int = 0  # grow every mask by this many pixels
+    required: bool = False  # a frame without a mask file fails instead of passing through unchanged
+
+
+@dataclass(frozen=True)
+class RestorerSettings:
+    name: str = "gan"
+    weights: str | None = None  # a generator file; None = the weights shipped in the package
+    weights_sha256: str | None = None  # pin: refuse any other weights
+    radius: int = 3  # classical restorers' neighbourhood
+    tile: int = 256  # GAN tile size
+    overlap: int = 32  # GAN tile overlap
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    count: int = 1
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class SequenceSettings:
+    """Frames under one folder form an ordered sequence; stages that need neighbours see `window` frames each side."""
+
+    window: int = 0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    input: str
+    output: str
+    endpoint_url: str | None = None
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    masks: MaskSettings = field(default_factory=MaskSettings)
+    restorer: RestorerSettings = field(default_factory=RestorerSettings)
+    output_format: str = "same"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int = 4
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+    sequence: SequenceSettings = field(default_factory=SequenceSettings)
+    commit_every: int = 64  # manifest rows per committed part (a crash loses at most the frames in flight)
+
+    def output_settings(self, weights_sha256: str | None) -> dict[str, Any]:
+        """What changes the output bytes, and nothing else: worker counts must never reprocess an archive."""
+        restorer = asdict(self.restorer)
+        restorer.pop("weights")
+        restorer.pop("weights_sha256")
+        if self.restorer.name != "gan":
+            restorer.pop("tile")
+            restorer.pop("overlap")
+        masks = asdict(self.masks)
+        masks.pop("uri")
+        return {
+            "restorer": restorer,
+            "weights_sha256": weights_sha256,
+            "masks": masks,
+            "output_format": self.output_format,
+        }
+
+    def config_hash(self, weights_sha256: str | None) -> str:
+        canonical = json.dumps(self.output_settings(weights_sha256), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_TOP_FIELDS = {
+    "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format",
+    "max_pixels", "batch_size", "workers", "sequence", "commit_every",
+}
+
+
+class _Checker:
+    """Reads one mapping, recording a problem per bad field instead of stopping at the first."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+
+    def section(self, raw: dict, name: str, allowed: set[str]) -> dict:
+        value = raw.get(name, {})
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.problems.append(f"{name}: expected a mapping, got {type(value).__name__}")
+            return {}
+        for unknown in sorted(set(value) - allowed):
+            self.problems.append(f"{name}.{unknown}: unknown field (expected one of {', '.join(sorted(allowed))})")
+        return value
+
+    def string(self, raw: dict, name: str, path: str, default=None, required=False, choices=None):
+        if name not in raw or raw[name] is None:
+            if required:
+                self.problems.append(f"{path}: required, expected a string")
+            return default
+        value = raw[name]
+        if not isinstance(value, str) or not value.strip():
+            self.problems.append(f"{path}: expected a non-empty string, got {value!r}")
+            return default
+        if choices and value not in choices:
+            self.problems.append(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
+            return default
+        return value
+
+    def number(self, raw: dict, name: str, path: str, default, kind=int, minimum=0):
+        if name not in raw or raw[name] is None:
+            return default
+        value = raw[name]
+        ok_types = (int,) if kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_types) or value < minimum:
+            expected = "an integer" if kind is int else "a number"
+            self.problems.append(f"{path}: expected {expected} >= {minimum}, got {value!r}")
+            return default
+        return kind(value)
+
+    def boolean(self, raw: dict, name: str, path: str, default: bool) -> bool:
+        value = raw.get(name, default)
+        if not isinstance(value, bool):
+            self.problems.append(f"{path}: expected true or false, got {value!r}")
+            return default
+        return value
+
+
+def _resolve_uri(uri: str | None, base: Path) -> str | None:
+    """Local paths in a spec are relative to the spec file, so a job means the same from any directory."""
+    if uri is None or uri.startswith("s3://"):
+        return uri
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return str((base / path).resolve())
+
+
+def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -> JobSpec:
+    """Validate a spec already parsed from YAML; `base_dir` anchors relative local paths."""
+    base = base_dir or Path.cwd()
+    if not isinstance(raw, dict):
+        raise SpecError(source, [f"top level: expected a mapping of fields, got {type(raw).__name__}"])
+    problems: list[str] = []
+    check = _Checker(problems)
+    for unknown in sorted(set(raw) - _TOP_FIELDS):
+        problems.append(f"{unknown}: unknown field (expected one of {', '.join(sorted(_TOP_FIELDS))})")
+
+    name = check.string(raw, "name", "name", required=True)
+    if name and not all(c.isalnum() or c in "-_." for c in name):
+        problems.append(f"name: expected letters, digits, '-', '_' or '.', got {name!r}")
+    input_uri = check.string(raw, "input", "input", required=True)
+    output_uri = check.string(raw, "output", "output", required=True)
+    for label, uri in (("input", input_uri), ("output", output_uri)):
+        if uri and "://" in uri and not uri.startswith(("s3://", "file://")):
+            problems.append(f"{label}: expected a local path, file://… or s3://bucket/prefix, got {uri!r}")
+        if uri and uri.startswith("s3://") and not uri[len("s3://"):].split("/")[0]:
+            problems.append(f"{label}: expected s3://bucket/prefix with a bucket name, got {uri!r}")
+    endpoint_url = check.string(raw, "endpoint_url", "endpoint_url")
+    if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
+        problems.append(f"endpoint_url: expected an http:// or https:// URL, got {endpoint_url!r}")
+
+    include = raw.get("include", list(DEFAULT_INCLUDE))
+    if isinstance(include, str):
+        include = [include]
+    if not isinstance(include, list) or not include or not all(isinstance(p, str) and p for p in include):
+        problems.append(f"include: expected a list of glob patterns such as ['*.png'], got {include!r}")
+        include = list(DEFAULT_INCLUDE)
+
+    masks_raw = check.section(raw, "masks", set(MaskSettings.__dataclass_fields__))
+    masks = MaskSettings(
+        source=check.string(masks_raw, "source", "masks.source", "given", choices=MASK_SOURCES),
+        uri=check.string(masks_raw, "uri", "masks.uri"),
+        pattern=check.string(masks_raw, "pattern", "masks.pattern", MaskSettings.pattern),
+        dilate=check.number(masks_raw, "dilate", "masks.dilate", 0),
+        required=check.boolean(masks_raw, "required", "masks.required", False),
+    )
+    if masks.pattern and "{" not in masks.pattern:
+        problems.append(f"masks.pattern: expected a pattern naming the frame, e.g. 'masks/{{stem}}.png', got {masks.pattern!r}")
+
+    restorer_raw = check.section(raw, "restorer", set(RestorerSettings.__dataclass_fields__))
+    restorer = RestorerSettings(
+        name=check.string(restorer_raw, "name", "restorer.name", "gan", choices=RESTORERS),
+        weights=check.string(restorer_raw, "weights", "restorer.weights"),
+        weights_sha256=check.string(restorer_raw, "weights_sha256", "restorer.weights_sha256"),
+        radius=check.number(restorer_raw, "radius", "restorer.radius", 3, minimum=1),
+        tile=check.number(restorer_raw, "tile", "restorer.tile", 256, minimum=32),
+        overlap=check.number(restorer_raw, "overlap", "restorer.overlap", 32),
+    )
+    if restorer.weights_sha256 and (len(restorer.weights_sha256) != 64 or not all(c in "0123456789abcdef" for c in restorer.weights_sha256)):
+        problems.append(f"restorer.weights_sha256: expected 64 lowercase hex digits, got {restorer.weights_sha256!r}")
+    if restorer.overlap * 2 >= restorer.tile:
+        problems.append(f"restorer.overlap: expected less than half of restorer.tile ({restorer.tile}), got {restorer.overlap}")
+
+    workers_raw = check.section(raw, "workers", set(WorkerSettings.__dataclass_fields__))
+    workers = WorkerSettings(
+        count=check.number(workers_raw, "count", "workers.count", 1, minimum=1),
+        cpus=check.number(workers_raw, "cpus", "workers.cpus", 1.0, kind=float, minimum=0),
+        gpus=check.number(workers_raw, "gpus", "workers.gpus", 0.0, kind=float, minimum=0),
+    )
+    sequence_raw = check.section(raw, "sequence", set(SequenceSettings.__dataclass_fields__))
+    sequence = SequenceSettings(window=check.number(sequence_raw, "window", "sequence.window", 0))
+
+    spec_kwargs = dict(
+        output_format=check.string(raw, "output_format", "output_format", "same", choices=OUTPUT_FORMATS),
+        max_pixels=check.number(raw, "max_pixels", "max_pixels", DEFAULT_MAX_PIXELS, minimum=1),
+        batch_size=check.number(raw, "batch_size", "batch_size", 4, minimum=1),
+        commit_every=check.number(raw, "commit_every", "commit_every", 64, minimum=1),
+    )
+    if problems:
+        raise SpecError(source, problems)
+    return JobSpec(
+        name=name,
+        input=_resolve_uri(input_uri, base),
+        output=_resolve_uri(output_uri, base),
+        endpoint_url=endpoint_url,
+        include=tuple(include),
+        masks=MaskSettings(**{**asdict(masks), "uri": _resolve_uri(masks.uri, base)}),
+        restorer=RestorerSettings(**{**asdict(restorer), "weights": _resolve_uri(restorer.weights, base)}),
+        workers=workers,
+        sequence=sequence,
+        **spec_kwargs,
+    )
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(str(path), [f"file: cannot read it ({error.strerror or error})"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(str(path), [f"YAML: {error}"]) from None
+    return parse_spec(raw, source=str(path), base_dir=path.resolve().parent)

@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from restore.spec import SpecError, load_spec, parse_spec
+
+
+def test_minimal_spec_gets_defaults_and_resolves_paths_against_the_spec_file(tmp_path):
+    spec_file = tmp_path / "jobs" / "one.yaml"
+    spec_file.parent.mkdir()
+    spec_file.write_text("name: one\ninput: ../frames\noutput: ../restored\n")
+    spec = load_spec(spec_file)
+    assert spec.input == str(tmp_path / "frames")
+    assert spec.output == str(tmp_path / "restored")
+    assert spec.restorer.name == "gan"
+    assert spec.masks.pattern == "masks/{stem}.png"
+    assert spec.workers.count == 1
+
+
+def test_every_mistake_is_reported_with_its_field_before_any_work():
+    raw = {
+        "name": "bad name!",
+        "output": "ftp://host/x",
+        "restorer": {"name": "magic", "tile": 16},
+        "workers": {"count": 0, "gpus": "one"},
+        "batch_size": -1,
+        "masks": {"source": "guess"},
+        "colour": "yes",
+    }
+    with pytest.raises(SpecError) as raised:
+        parse_spec(raw)
+    message = str(raised.value)
+    for field in ("name:", "input: required", "output:", "restorer.name:", "restorer.tile:", "workers.count:",
+                  "workers.gpus:", "batch_size:", "masks.source:", "colour: unknown field"):
+        assert field in message, field
+
+
+def test_unreadable_and_malformed_spec_files_are_clear_errors(tmp_path):
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="YAML"):
+        load_spec(broken)
+
+
+def test_config_hash_follows_outputs_not_worker_counts():
+    base = {"name": "j", "input": "s3://in/a", "output": "s3://out/b", "restorer": {"name": "telea"}}
+    one = parse_spec(base)
+    many = parse_spec({**base, "workers": {"count": 8, "cpus": 2}, "batch_size": 32, "commit_every": 5})
+    other_radius = parse_spec({**base, "restorer": {"name": "telea", "radius": 5}})
+    assert one.config_hash(None) == many.config_hash(None)
+    assert one.config_hash(None) != other_radius.config_hash(None)
+    assert one.config_hash("a" * 64) != one.config_hash("b" * 64)
+
+
+def test_shipped_demo_spec_validates():
+    spec = load_spec(Path(__file__).parent.parent / "jobs" / "demo.yaml")
+    assert spec.name == "demo"
