@@ -82,7 +82,7 @@ class ManifestWriter:
 
 def read_manifests(storage: Storage, job: str) -> pa.Table:
     """Every committed row of a job, all runs; an empty table with the schema when there are none."""
-    parts = [info.key for info in storage.list((f"{MANIFEST_ROOT}/{job}/*.parquet",), exclude_prefixes=())]
+    parts = [info.key for info in storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/{job}/")]
     tables = [pq.read_table(io.BytesIO(storage.get(key))) for key in parts]
     tables = [table.cast(MANIFEST_SCHEMA) for table in tables if table.num_rows]
     if not tables:

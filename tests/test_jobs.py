@@ -1,0 +1,212 @@
+"""End-to-end jobs on a real local Ray instance, real files, and a real S3 endpoint (moto's server)."""
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from restore.cli import main as restore_main
+from restore.manifest import read_manifests
+from restore.pipeline import neighbour_keys, prepare, run_job
+from restore.spec import parse_spec
+from restore.storage import open_storage
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def scene(seed: int, height=48, width=64, channels=3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = (x * 3 + y * 2 + seed * 17) % 256
+    image = np.stack([(base + 40 * c) % 256 for c in range(channels)], axis=2) + rng.integers(0, 8, (height, width, channels))
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    return image[:, :, 0] if channels == 1 else image
+
+
+def box_mask(height=48, width=64) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[10:20, 20:30] = 255
+    return mask
+
+
+def write_collection(root: Path, count: int) -> dict[str, np.ndarray]:
+    """`count` frames under reel/, each with a mask; returns the frames by key."""
+    frames = {}
+    for index in range(count):
+        key = f"reel/f{index:03d}.png"
+        frames[key] = scene(index)
+        (root / "reel" / "masks").mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(png_bytes(frames[key]))
+        (root / "reel" / "masks" / f"f{index:03d}.png").write_bytes(png_bytes(box_mask()))
+    return frames
+
+
+def job(tmp_path: Path, **overrides) -> dict:
+    raw = {
+        "name": "t", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+        "restorer": {"name": "telea"}, "batch_size": 2, "commit_every": 2,
+    }
+    raw.update(overrides)
+    return raw
+
+
+def run(raw: dict):
+    context, plan = prepare(parse_spec(raw))
+    return run_job(context, plan)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_local_job_restores_masked_pixels_only_and_records_every_frame(tmp_path, ray_session):
+    frames = write_collection(tmp_path / "in", 3)
+    (tmp_path / "in" / "gray.png").write_bytes(png_bytes(scene(7, channels=1)))  # no mask: copied unchanged
+    (tmp_path / "in" / "corrupt.png").write_bytes(png_bytes(scene(8))[:200])
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    (tmp_path / "in" / "notes.png").write_bytes(b"this is a text file, not an image")
+    (tmp_path / "in" / "wrongmask.png").write_bytes(png_bytes(scene(9)))
+    (tmp_path / "in" / "masks").mkdir()
+    (tmp_path / "in" / "masks" / "wrongmask.png").write_bytes(png_bytes(np.zeros((10, 10), np.uint8)))
+    originals = tree_digest(tmp_path / "in")
+
+    result = run(job(tmp_path))
+
+    assert result.counts == {"ok": 4, "failed": 4}
+    assert tree_digest(tmp_path / "in") == originals  # originals are never written
+    rows = {row["input_key"]: row for row in read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()}
+    assert set(rows) == set(frames) | {"gray.png", "corrupt.png", "empty.png", "notes.png", "wrongmask.png"}
+    hole = box_mask() > 0
+    for key, original in frames.items():
+        row = rows[key]
+        assert row["status"] == "ok" and row["error"] is None
+        restored = np.asarray(Image.open(tmp_path / "out" / row["output_key"]))
+        assert restored.shape == original.shape
+        assert np.array_equal(restored[~hole], original[~hole])
+        assert row["masked_fraction"] == pytest.approx(hole.mean())
+        assert row["output_sha256"] == hashlib.sha256((tmp_path / "out" / row["output_key"]).read_bytes()).hexdigest()
+        assert row["input_sha256"] == hashlib.sha256((tmp_path / "in" / key).read_bytes()).hexdigest()
+        assert (tmp_path / "out" / row["mask_key"]).is_file()
+        assert row["restorer"] == "telea" and row["worker"]
+    gray = np.asarray(Image.open(tmp_path / "out" / "gray.png"))
+    assert np.array_equal(gray, scene(7, channels=1))
+    assert rows["gray.png"]["masked_fraction"] == 0 and rows["gray.png"]["mask_key"] is None
+    for key, words in {"corrupt.png": "truncat", "empty.png": "empty", "notes.png": "not an image",
+                       "wrongmask.png": "mask"}.items():
+        assert rows[key]["status"] == "failed"
+        assert words in rows[key]["error"].lower(), rows[key]["error"]
+    # The manifest is plain Parquet that any reader opens.
+    parts = sorted((tmp_path / "out" / "_manifests" / "t").rglob("*.parquet"))
+    assert len(parts) >= 2 and sum(pq.read_table(p).num_rows for p in parts) == 8
+
+
+def test_rerun_processes_only_new_changed_and_failed_frames(tmp_path, ray_session):
+    write_collection(tmp_path / "in", 4)
+    (tmp_path / "in" / "broken.png").write_bytes(b"garbage")
+    first = run(job(tmp_path))
+    assert first.counts == {"ok": 4, "failed": 1}
+
+    again = run(job(tmp_path, workers={"count": 1, "cpus": 1}, batch_size=3))  # worker settings: same config
+    assert again.planned == 1 and again.already_done == 4  # only the failed frame is retried
+
+    (tmp_path / "in" / "broken.png").write_bytes(png_bytes(scene(11)))
+    time.sleep(0.01)
+    (tmp_path / "in" / "reel" / "f001.png").write_bytes(png_bytes(scene(12)))
+    fixed = run(job(tmp_path))
+    assert fixed.planned == 2 and fixed.counts == {"ok": 2}
+    assert run(job(tmp_path)).planned == 0
+
+    other_config = run(job(tmp_path, restorer={"name": "navier-stokes"}))
+    assert other_config.planned == 5
+
+
+def test_s3_job_reads_and_writes_buckets_with_manifests_on_s3(s3_endpoint, ray_session, tmp_path):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="archive-in")
+    client.create_bucket(Bucket="archive-out")
+    for index in range(3):
+        client.put_object(Bucket="archive-in", Key=f"scans/box 1/p{index}.png", Body=png_bytes(scene(index)))
+        client.put_object(Bucket="archive-in", Key=f"scans/box 1/masks/p{index}.png", Body=png_bytes(box_mask()))
+    client.put_object(Bucket="archive-in", Key="scans/box 1/bad.png", Body=b"\x89PNG broken")
+    raw = job(tmp_path, input="s3://archive-in/scans", output="s3://archive-out/restored", endpoint_url=s3_endpoint)
+
+    result = run(raw)
+
+    assert result.counts == {"ok": 3, "failed": 1}
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="archive-out", Prefix="restored/")["Contents"]}
+    assert {f"restored/box 1/p{i}.png" for i in range(3)} <= keys
+    assert any(k.startswith("restored/_manifests/t/") and k.endswith(".parquet") for k in keys)
+    table = read_manifests(open_storage("s3://archive-out/restored", s3_endpoint), "t")
+    assert sorted(table["status"].to_pylist()) == ["failed", "ok", "ok", "ok"]
+    assert all(etag for etag in table["input_etag"].to_pylist())
+    restored = np.asarray(Image.open(io.BytesIO(client.get_object(Bucket="archive-out", Key="restored/box 1/p0.png")["Body"].read())))
+    assert np.array_equal(restored[box_mask() == 0], scene(0)[box_mask() == 0])
+    assert run(raw).planned == 1  # only the broken one again
+
+
+def test_output_inside_input_is_refused_before_any_work(tmp_path, ray_session):
+    write_collection(tmp_path / "in", 1)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path, output=str(tmp_path / "in" / "restored"))))
+    assert restore_main(["run", str(spec_file)]) == 2
+    assert not (tmp_path / "in" / "restored").exists()
+
+
+def test_dry_run_lists_without_processing(tmp_path, capsys):
+    write_collection(tmp_path / "in", 3)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+    assert restore_main(["run", str(spec_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 would be processed" in out and "reel/f000.png" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_killed_run_resumes_with_only_the_remainder_and_no_duplicates(tmp_path, ray_session):
+    count = 12
+    write_collection(tmp_path / "in", count)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path, batch_size=1, commit_every=1)))
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "restore.cli", "run", str(spec_file), "--quiet"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    manifests = tmp_path / "out" / "_manifests" / "t"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(manifests.rglob("part-*.parquet")):
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    committed = read_manifests(open_storage(str(tmp_path / "out")), "t")
+    assert 1 <= committed.num_rows < count, "the kill should land part-way"
+
+    resumed = run(job(tmp_path))
+
+    assert resumed.planned == count - committed.num_rows
+    table = read_manifests(open_storage(str(tmp_path / "out")), "t")
+    ok_keys = [row["input_key"] for row in table.to_pylist() if row["status"] == "ok"]
+    assert sorted(ok_keys) == sorted(f"reel/f{i:03d}.png" for i in range(count))  # each exactly once
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+
+
+def test_sequence_windows_hand_each_frame_its_neighbours_within_its_folder():
+    keys = ["r1/f3.png", "r1/f1.png", "r1/f2.png", "r2/a.png", "r2/b.png"]
+    windows = neighbour_keys(keys, 1)
+    assert windows["r1/f1.png"] == ["r1/f2.png"]
+    assert windows["r1/f2.png"] == ["r1/f1.png", "r1/f3.png"]
+    assert windows["r2/a.png"] == ["r2/b.png"]
+    assert neighbour_keys(keys, 0)["r1/f2.png"] == []
