@@ -1,0 +1,378 @@
+"""Where frames come from and go to: a local folder or an S3 bucket, behind one small interface.
+
+Keys are always relative to the storage root and use "/" as separator. Every key passes `safe_key`, so a
+hostile key can never reach outside the root. Originals are only ever read; writes go to our own outputs.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+from urllib.parse import unquote, urlsplit
+
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+TEMP_PREFIX = ".restore-tmp-"  # local atomic writes stage their bytes under this name, beside the target
+S3_MAX_ATTEMPTS = 8  # boto3 standard retry mode: exponential backoff with jitter on throttling, 5xx and timeouts
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the storage root, posix
+    size: int
+    etag: str  # S3 ETag without quotes; local: f"{mtime_ns:x}-{size:x}", which changes whenever the file does
+    version_id: str | None = None  # S3 VersionId on versioned buckets (put and head; listing does not report it)
+    storage_class: str | None = None  # S3 StorageClass as reported ("STANDARD", "GLACIER", ...); None locally
+
+
+class StorageError(Exception):
+    """A storage operation failed; the message names the URI or key and never carries credentials."""
+
+
+class UnsafeKeyError(StorageError):
+    """A key that could resolve outside the storage root, or to a different object than it names."""
+
+
+class ArchivedObjectError(StorageError):
+    """The object sits in an archival storage class and must be restored (S3 RestoreObject) before reading."""
+
+
+def safe_key(key: str) -> str:
+    """Return `key` if it is a plain relative key, else raise UnsafeKeyError.
+
+    Refuses rather than normalises: on S3 "a//b", "a/./b" and "a/b" are three different objects, so silently
+    rewriting a key could read or overwrite the wrong one.
+    """
+    if not isinstance(key, str) or not key:
+        raise UnsafeKeyError(f"empty or non-string key: {key!r}")
+    if "\x00" in key or "\\" in key:
+        raise UnsafeKeyError(f"key contains a NUL or backslash: {key!r}")
+    if key.startswith("/"):
+        raise UnsafeKeyError(f"absolute key refused: {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise UnsafeKeyError(f"key with an empty, '.' or '..' component refused: {key!r}")
+    return key
+
+
+def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
+    """Open "/path", "relative/path", "file:///path" or "s3://bucket/prefix"; `endpoint_url` is for S3 only."""
+    parts = urlsplit(uri)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise StorageError(f"S3 URI without a bucket: {uri!r}")
+        return S3Storage(parts.netloc, parts.path.strip("/"), endpoint_url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise StorageError(f"file URI on another host is not supported: {uri!r}")
+        return LocalStorage(unquote(parts.path))
+    if parts.scheme:
+        raise StorageError(f"unsupported storage URI {uri!r}: expected a path, file://... or s3://bucket/prefix")
+    if not uri:
+        raise StorageError("empty storage URI")
+    return LocalStorage(uri)
+
+
+def check_no_overlap(input_uri: str, output_uri: str) -> None:
+    """Refuse an output inside the input or vice versa, so outputs are never listed as inputs nor written over originals."""
+    a, b = open_storage(input_uri), open_storage(output_uri)
+    if isinstance(a, LocalStorage) and isinstance(b, LocalStorage):
+        x, y = a.root.resolve(), b.root.resolve()
+        nested = x == y or x in y.parents or y in x.parents
+    elif isinstance(a, S3Storage) and isinstance(b, S3Storage):
+        nested = a.bucket == b.bucket and (a.prefix.startswith(b.prefix) or b.prefix.startswith(a.prefix))
+    else:
+        nested = False
+    if nested:
+        raise StorageError(f"output {output_uri!r} overlaps input {input_uri!r}: use a location outside the input")
+
+
+class Storage(ABC):
+    """A root (folder or bucket prefix) holding objects addressed by relative keys."""
+
+    uri: str
+
+    def list(
+        self, patterns: Sequence[str] = ("*",), prefix: str = "", exclude_prefixes: Sequence[str] = ()
+    ) -> Iterator[ObjectInfo]:
+        """Objects under the root, recursively, sorted by key.
+
+        A key is kept when any fnmatch pattern matches it or its basename, case-insensitively (archives mix
+        ".TIF" and ".tif"). `prefix` narrows the listing (on S3 server-side); keys starting with any of
+        `exclude_prefixes` (for example "_manifests/") are skipped. Temp files of our own atomic writes never
+        appear. Keys are returned as stored, even unsafe ones, so a caller can report them instead of losing them.
+        """
+        lowered = [p.lower() for p in patterns]
+        for info in self._iter_objects(prefix):
+            if info.key.startswith(tuple(exclude_prefixes)):
+                continue
+            key, base = info.key.lower(), info.key.rsplit("/", 1)[-1].lower()
+            if any(fnmatch.fnmatchcase(key, p) or fnmatch.fnmatchcase(base, p) for p in lowered):
+                yield info
+
+    def join(self, *parts: str) -> str:
+        """A key made of `parts` joined by "/" (a trailing "/" on a part is allowed); raises UnsafeKeyError."""
+        return safe_key("/".join(p.rstrip("/") for p in parts))
+
+    @abstractmethod
+    def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, sorted by key."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's info, or None when it does not exist."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        """Write (or replace) the object atomically: readers see the old bytes or the new, never a part."""
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create the object only if no object has the key; True if this call created it."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object if it exists; only used on our own outputs and leases."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+class LocalStorage(Storage):
+    """A folder; the root is resolved to an absolute path up front so workers with another cwd agree."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.root = Path(path).expanduser().absolute()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*safe_key(key).split("/"))
+
+    def _writable_path(self, key: str) -> Path:
+        """The path for a write, refusing a symlinked folder that would lead the write out of the root."""
+        path = self._path(key)
+        if not path.parent.resolve().is_relative_to(self.root.resolve()):
+            raise UnsafeKeyError(f"key {key!r} leads outside {self.uri} through a symbolic link")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _info(self, key: str, st: os.stat_result) -> ObjectInfo:
+        return ObjectInfo(key=key, size=st.st_size, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")
+
+    def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        if not self.root.is_dir():
+            raise StorageError(f"no such folder: {self.uri}")
+        found = []
+        for folder, dirs, files in os.walk(self.root, onerror=self._walk_error):
+            rel = Path(folder).relative_to(self.root).as_posix()
+            for name in files:
+                key = name if rel == "." else f"{rel}/{name}"
+                if name.startswith(TEMP_PREFIX) or not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(folder, name))
+                except FileNotFoundError:  # removed while we listed
+                    continue
+                found.append(self._info(key, st))
+        # os.walk order is not key order ("a-b" sorts before "a/x"), so sort the whole listing
+        return iter(sorted(found, key=lambda info: info.key))
+
+    def _walk_error(self, error: OSError) -> None:
+        raise StorageError(f"cannot list {error.filename}: {error.strerror}") from error
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:  # read-only: originals are never opened for writing
+                return f.read()
+        except FileNotFoundError:
+            raise StorageError(f"no such file: {key!r} in {self.uri}") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {key!r} in {self.uri}: {e.strerror}") from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return self._info(key, st)
+
+    def _write_temp(self, path: Path, data: bytes) -> Path:
+        """Write and fsync `data` to a fresh temp file beside `path`, so a rename or link can publish it whole."""
+        tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _sync_folder(self, folder: Path) -> None:
+        """fsync the folder so the new name itself survives a power cut."""
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        path = self._writable_path(key)
+        try:
+            tmp = self._write_temp(path, data)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._sync_folder(path.parent)
+            return self._info(key, path.stat())
+        except OSError as e:
+            raise StorageError(f"cannot write {key!r} in {self.uri}: {e.strerror}") from None
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._writable_path(key)
+        try:
+            tmp = self._write_temp(path, data)
+            try:
+                os.link(tmp, path)  # atomic, fails if the name exists, and the file appears complete
+                created = True
+            except FileExistsError:
+                created = False
+            finally:
+                tmp.unlink()
+            if created:
+                self._sync_folder(path.parent)
+            return created
+        except OSError as e:
+            raise StorageError(f"cannot create {key!r} in {self.uri}: {e.strerror}") from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot delete {key!r} in {self.uri}: {e.strerror}") from None
+
+
+class S3Storage(Storage):
+    """A bucket prefix on AWS S3 or any S3-compatible service (MinIO, Ceph).
+
+    Credentials come only from boto3's default chain (environment, shared profile, instance or pod role).
+    The client is created lazily and left out of pickles, so a storage object can be shipped to Ray workers.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None):
+        self.bucket = bucket
+        self.prefix = f"{safe_key(prefix)}/" if prefix else ""
+        self.endpoint_url = endpoint_url
+        self.uri = f"s3://{bucket}/{self.prefix}"
+        self._client = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS})
+            self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
+        return self._client
+
+    def _error(self, action: str, key: str | None, error: Exception) -> StorageError:
+        """Turn a botocore error into a StorageError naming the object and never the credentials."""
+        where = f"{self.uri}{key}" if key is not None else self.uri
+        if isinstance(error, NoCredentialsError):
+            return StorageError(
+                f"cannot {action} {where}: no S3 credentials found (boto3 looks in AWS_* environment variables,"
+                " the shared config and credentials files, and the instance or pod role)"
+            )
+        if isinstance(error, EndpointConnectionError):
+            # name host and port only: an endpoint URL could embed a user and password
+            endpoint = urlsplit(self.endpoint_url or "https://s3.amazonaws.com")
+            return StorageError(f"cannot {action} {where}: cannot connect to {endpoint.hostname}:{endpoint.port or 443}")
+        if not isinstance(error, ClientError):
+            return StorageError(f"cannot {action} {where}: {type(error).__name__}: {error}")
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "InvalidObjectState":
+            return ArchivedObjectError(
+                f"cannot {action} {where}: the object is in an archival storage class"
+                f" ({error.response['Error'].get('StorageClass', 'GLACIER')}); restore it first"
+            )
+        reason = {
+            "NoSuchBucket": f"bucket {self.bucket!r} does not exist",
+            "NoSuchKey": "no such key",
+            "404": "no such key",
+            "AccessDenied": "access denied (check the credentials' permissions for this bucket)",
+            "403": "access denied (check the credentials' permissions for this bucket)",
+            "InvalidAccessKeyId": "the access key id is not known to this S3 service",
+            "SignatureDoesNotMatch": "the secret key does not match the access key id",
+        }.get(code, f"{code}: {error.response.get('Error', {}).get('Message', '')}")
+        return StorageError(f"cannot {action} {where}: {reason}")
+
+    def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(self.prefix):]
+                    if not key or key.endswith("/"):  # folder markers made by consoles are not objects
+                        continue
+                    yield ObjectInfo(key, obj["Size"], obj["ETag"].strip('"'), None, obj.get("StorageClass"))
+        except (BotoCoreError, ClientError) as e:
+            raise self._error("list", None, e) from None
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))["Body"].read()
+        except (BotoCoreError, ClientError) as e:
+            raise self._error("read", key, e) from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            r = self.client.head_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise self._error("inspect", key, e) from None
+        except BotoCoreError as e:
+            raise self._error("inspect", key, e) from None
+        # HEAD reports StorageClass only for non-STANDARD objects
+        return ObjectInfo(key, r["ContentLength"], r["ETag"].strip('"'), r.get("VersionId"), r.get("StorageClass"))
+
+    def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            r = self.client.put_object(Bucket=self.bucket, Key=self.prefix + safe_key(key), Body=data, **extra)
+        except (BotoCoreError, ClientError) as e:
+            raise self._error("write", key, e) from None
+        return ObjectInfo(key, len(data), r["ETag"].strip('"'), r.get("VersionId"))
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + safe_key(key), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as e:
+            # 412: the key exists; 409: another conditional write to it is in flight, so someone else wins
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise self._error("create", key, e) from None
+        except BotoCoreError as e:
+            raise self._error("create", key, e) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))
+        except (BotoCoreError, ClientError) as e:
+            raise self._error("delete", key, e) from None
