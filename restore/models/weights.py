@@ -1,0 +1,74 @@
+"""Saving and loading the shipped generator without executing code from the file.
+
+The file is a plain `torch.save` dict of tensors and primitives (read back with `weights_only=True`): a format
+tag, the GeneratorConfig that built the weights (so loading rebuilds the same model), the state dict and a small
+info dict (training steps, wall time...). Loading reports the file's sha256, which identifies the weights in
+every manifest row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from restore.models.generator import Generator, GeneratorConfig
+
+FORMAT = "restore-generator/1"
+
+
+class WeightsError(ValueError):
+    """The weights file is missing, corrupt, tampered with or not a restore generator."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_generator(generator: Generator, path: str | os.PathLike, info: dict | None = None) -> str:
+    """Write the generator (fp32 state dict + config + info) atomically; returns the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "config": dataclasses.asdict(generator.config),
+        "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in generator.state_dict().items()},
+        "info": dict(info or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return file_sha256(path)
+
+
+def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Generator, dict]:
+    """(generator in eval mode, info) where info holds the stored info plus `sha256` and `path`."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # any unpickling failure means the file is not what we wrote
+        raise WeightsError(f"cannot read weights {path}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not a restore generator file (expected format {FORMAT!r})")
+    fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
+    config = payload.get("config")
+    if not isinstance(config, dict) or set(config) != fields:
+        raise WeightsError(f"{path}: generator config must have exactly the fields {sorted(fields)}")
+    try:
+        generator = Generator(GeneratorConfig(**config))
+        generator.load_state_dict(payload["state_dict"], strict=True)
+    except Exception as e:  # wrong shapes, missing or extra tensors
+        raise WeightsError(f"{path}: weights do not match their config: {e}") from e
+    if not all(torch.isfinite(p).all() for p in generator.parameters()):
+        raise WeightsError(f"{path}: weights contain NaN or infinity")
+    info = dict(payload.get("info") or {})
+    info.update(sha256=file_sha256(path), path=str(path), config=config)
+    return generator.eval(), info

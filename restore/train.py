@@ -1,0 +1,488 @@
+"""`restore train`: adversarial training of the inpainting generator from a YAML config.
+
+One loop serves both modes: a single process, or N Ray Train workers (TorchTrainer) that average gradients
+every step. Full training state (both networks, optimisers, EMA generator, step, RNG state, config) is
+checkpointed to `out_dir` every few minutes so a run can stop at any time and resume; `export_generator`
+writes the EMA generator as the small file that ships with the package.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from restore.damage import MASK_CLASSES, archive_damage, hole_mask
+from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
+from restore.models.generator import Generator, GeneratorConfig, composite
+from restore.models.losses import LossConfig, discriminator_loss, generator_loss
+from restore.models.weights import load_generator, save_generator
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+MASK_SOURCES = MASK_CLASSES + ("archive",)  # what a training mask can be drawn from
+VAL_CROP = 256
+
+
+@dataclass
+class TrainConfig:
+    data: str  # folder of clean training images, searched recursively
+    out_dir: str  # checkpoints, logs and plots; keep it outside the repository
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    crop_sizes: list[int] = field(default_factory=lambda: [128])  # one drawn per step; repeat a size to weight it
+    batch_size: int = 8  # per worker
+    lr_g: float = 5e-4
+    lr_d: float = 2e-4
+    grad_clip: float = 1.0  # max gradient norm of the generator (no normalisation layers to tame it)
+    ema_decay: float = 0.999
+    adv_start_step: int = 0  # L1-only warm-up: the discriminator joins at this step
+    max_steps: int = 1_000_000
+    mask_weights: dict[str, float] = field(default_factory=lambda: {k: 1.0 for k in MASK_SOURCES})
+    overlays: str | None = None  # optional folder of RGBA damage overlays for archive masks
+    desaturate_p: float = 0.15  # share of crops turned grey (archives are often monochrome)
+    rescale_p: float = 0.3  # share of images shrunk by up to 40% before cropping (scale variety)
+    val_images: int = 16  # images held out of training for validation
+    val_every: int = 1000
+    log_every: int = 50
+    checkpoint_minutes: float = 5.0
+    init_weights: str | None = None  # start from shipped generator weights with a fresh discriminator
+    seed: int = 0
+    threads: int = 2  # torch CPU threads per process
+    device: str = "cpu"
+
+    def __post_init__(self):
+        unknown = set(self.mask_weights) - set(MASK_SOURCES)
+        if unknown or not any(w > 0 for w in self.mask_weights.values()):
+            raise ValueError(f"mask_weights: keys must be among {', '.join(MASK_SOURCES)} with one weight > 0")
+        if not self.crop_sizes or min(self.crop_sizes) < 32:
+            raise ValueError("crop_sizes: give at least one crop size of 32 or more")
+
+
+def _build(cls, values: dict, where: str):
+    """A dataclass from a dict, naming the offending keys instead of a bare TypeError."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; valid: {sorted(names)}")
+    return cls(**values)
+
+
+def load_train_config(path: str | os.PathLike, **overrides) -> TrainConfig:
+    """TrainConfig from a YAML file; `overrides` (e.g. data=..., out_dir=...) win over the file."""
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("data", "out_dir"):
+        if key not in raw:
+            raise ValueError(f"{path}: missing required key {key!r}")
+    nested = {"generator": GeneratorConfig, "discriminator": DiscriminatorConfig, "loss": LossConfig}
+    for key, cls in nested.items():
+        raw[key] = _build(cls, raw.get(key) or {}, f"{path}: {key}")
+    return _build(TrainConfig, raw, str(path))
+
+
+# ---- data ----
+
+def _list_images(folder: str) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"training data folder not found: {folder}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return files
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
+
+
+def split_images(folder: str, val_images: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(train, val) decoded images; every k-th file (sorted by path) is held out, so the split is stable."""
+    files = _list_images(folder)
+    if len(files) <= val_images:
+        raise ValueError(f"{folder}: {len(files)} images, need more than val_images={val_images}")
+    stride = len(files) / max(1, val_images)
+    val_idx = {int(i * stride) for i in range(val_images)}
+    train = [_read_rgb(p) for i, p in enumerate(files) if i not in val_idx]
+    val = [_read_rgb(p) for i, p in enumerate(files) if i in val_idx]
+    return train, val
+
+
+def draw_mask(rng: np.random.Generator, height: int, width: int, source: str, overlays: str | None = None) -> np.ndarray:
+    """A bool (H, W) mask from one source: a LaMa class or archive damage."""
+    if source == "archive":
+        return archive_damage(rng, np.zeros((height, width), np.uint8), overlay_dir=overlays)[1]
+    return hole_mask(rng, height, width, source)
+
+
+def sample_batch(rng: np.random.Generator, images: list[np.ndarray], config: TrainConfig,
+                 size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops with flips, desaturation, rescaling and masks: (image (B, 3, S, S) in [0, 1], mask (B, 1, S, S))."""
+    sources = list(config.mask_weights)
+    weights = np.array([config.mask_weights[s] for s in sources], float)
+    crops, masks = [], []
+    for _ in range(config.batch_size):
+        im = images[int(rng.integers(len(images)))]
+        h, w = im.shape[:2]
+        factor = rng.uniform(0.6, 1.0) if rng.random() < config.rescale_p else 1.0
+        factor = max(factor, size / min(h, w))  # never smaller than the crop
+        if factor != 1.0:
+            im = cv2.resize(im, (max(size, round(w * factor)), max(size, round(h * factor))), interpolation=cv2.INTER_AREA)
+            h, w = im.shape[:2]
+        y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+        crop = im[y:y + size, x:x + size]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        if rng.random() < config.desaturate_p:
+            crop = np.repeat(crop.mean(2, keepdims=True), 3, 2)
+        crops.append(np.ascontiguousarray(crop, np.float32) / 255.0)
+        source = sources[int(rng.choice(len(sources), p=weights / weights.sum()))]
+        masks.append(draw_mask(rng, size, size, source, config.overlays))
+    image = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S)
+    mask = torch.from_numpy(np.stack(masks))[:, None]  # (B, 1, S, S)
+    return image, mask
+
+
+def _centre_crop(im: np.ndarray, size: int) -> np.ndarray:
+    h, w = im.shape[:2]
+    y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return im[y:y + size, x:x + size]
+
+
+def validation_set(images: list[np.ndarray], overlays: str | None = None) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Fixed (crop, mask) pairs per mask source: 256 centre crops with seeded masks, the same in every run."""
+    out = {}
+    for k, source in enumerate(MASK_SOURCES):
+        pairs = []
+        for i, im in enumerate(images):
+            crop = _centre_crop(im, VAL_CROP)
+            rng = np.random.default_rng(10_000 * (k + 1) + i)
+            pairs.append((crop, draw_mask(rng, crop.shape[0], crop.shape[1], source, overlays)))
+        out[source] = pairs
+    return out
+
+
+def hole_psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR in dB over hole pixels of 8-bit images."""
+    diff = (pred.astype(np.float64) - target.astype(np.float64))[mask]
+    return float(10 * np.log10(255.0 ** 2 / max(np.mean(diff ** 2), 1e-10)))
+
+
+def telea_scores(val: dict) -> dict[str, float]:
+    """OpenCV Telea's mean hole PSNR per source: the classical baseline to beat, logged beside ours."""
+    return {source: float(np.mean([hole_psnr(cv2.inpaint(c, m.astype(np.uint8), 3, cv2.INPAINT_TELEA), c, m)
+                                   for c, m in pairs])) for source, pairs in val.items()}
+
+
+@torch.no_grad()
+def evaluate(generator: Generator, val: dict, device: torch.device) -> dict[str, float]:
+    """Mean hole PSNR per mask source of the composited prediction, rounded to 8 bits as it would be saved."""
+    generator.eval()
+    scores = {}
+    for source, pairs in val.items():
+        values = []
+        for crop, mask in pairs:
+            image = torch.tensor(crop).permute(2, 0, 1)[None].float().to(device) / 255  # (1, 3, H, W)
+            m = torch.from_numpy(mask)[None, None].to(device)  # (1, 1, H, W)
+            out = composite(generator(image, m), image, m)
+            out = (out[0].permute(1, 2, 0).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+            values.append(hole_psnr(out, crop, mask))
+        scores[source] = float(np.mean(values))
+    return scores
+
+
+# ---- training state ----
+
+@dataclass
+class State:
+    generator: Generator
+    ema: Generator
+    discriminator: PatchDiscriminator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    rng: np.random.Generator
+    step: int = 0
+    wall_seconds: float = 0.0  # training time summed over all sessions
+
+
+def _new_state(config: TrainConfig, rank: int, device: torch.device) -> State:
+    torch.manual_seed(config.seed)  # same initial weights on every worker
+    generator = Generator(config.generator)
+    if config.init_weights:
+        shipped, _ = load_generator(config.init_weights)
+        if shipped.config != config.generator:
+            raise ValueError(f"init_weights were built with {shipped.config}, config asks for {config.generator}")
+        generator.load_state_dict(shipped.state_dict())
+    discriminator = PatchDiscriminator(config.discriminator)
+    ema = Generator(config.generator)
+    ema.load_state_dict(generator.state_dict())
+    generator, ema, discriminator = generator.to(device), ema.to(device).eval(), discriminator.to(device)
+    ema.requires_grad_(False)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=(0.9, 0.99))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(0.5, 0.99))
+    torch.manual_seed(config.seed + 1 + rank)  # different stochastic choices per worker from here on
+    return State(generator, ema, discriminator, opt_g, opt_d, np.random.default_rng([config.seed, rank]))
+
+
+def checkpoint_path(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / "last.pt"
+
+
+def save_checkpoint(state: State, config: TrainConfig) -> Path:
+    """Everything needed to continue the run exactly, written atomically (a crash never leaves half a file)."""
+    path = checkpoint_path(config.out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "step": state.step,
+        "wall_seconds": state.wall_seconds,
+        "config": dataclasses.asdict(config),
+        "generator": state.generator.state_dict(),
+        "ema": state.ema.state_dict(),
+        "discriminator": state.discriminator.state_dict(),
+        "opt_g": state.opt_g.state_dict(),
+        "opt_d": state.opt_d.state_dict(),
+        "numpy_rng": json.dumps(state.rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _load_checkpoint(state: State, path: Path, device: torch.device) -> None:
+    payload = torch.load(path, map_location=device, weights_only=True)
+    state.generator.load_state_dict(payload["generator"])
+    state.ema.load_state_dict(payload["ema"])
+    state.discriminator.load_state_dict(payload["discriminator"])
+    state.opt_g.load_state_dict(payload["opt_g"])
+    state.opt_d.load_state_dict(payload["opt_d"])
+    state.rng.bit_generator.state = json.loads(payload["numpy_rng"])
+    torch.set_rng_state(payload["torch_rng"])
+    state.step, state.wall_seconds = payload["step"], payload["wall_seconds"]
+
+
+@torch.no_grad()
+def _update_ema(ema: Generator, generator: Generator, step: int, decay: float) -> None:
+    decay = min(decay, (1 + step) / (10 + step))  # short memory early on, when the weights move fast
+    for e, p in zip(ema.parameters(), generator.parameters()):
+        e.lerp_(p, 1 - decay)
+
+
+def _average_gradients(module: torch.nn.Module, world_size: int) -> None:
+    """All-reduce and average gradients, as DDP does; done by hand because R1's double backward breaks DDP hooks."""
+    import torch.distributed as dist
+
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
+
+
+def train_step(state: State, config: TrainConfig, images: list[np.ndarray], device: torch.device,
+               world_size: int = 1) -> dict:
+    """One generator step and (after the warm-up) one discriminator step; returns the metrics."""
+    size = config.crop_sizes[int(state.rng.integers(len(config.crop_sizes)))]
+    real, mask = sample_batch(state.rng, images, config, size)
+    real, mask = real.to(device), mask.to(device)  # (B, 3, S, S), (B, 1, S, S)
+    adversarial = config.loss.adversarial != "none" and state.step >= config.adv_start_step
+    loss_config = config.loss if adversarial else dataclasses.replace(config.loss, adversarial="none")
+
+    pred = state.generator(real, mask)  # (B, 3, S, S)
+    fake = composite(pred, real, mask)
+    state.discriminator.requires_grad_(False)
+    g_loss, metrics = generator_loss(loss_config, state.discriminator, pred, fake, real, mask)
+    state.discriminator.requires_grad_(True)
+    state.opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    if world_size > 1:
+        _average_gradients(state.generator, world_size)
+    metrics["g_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(state.generator.parameters(), config.grad_clip))
+    state.opt_g.step()
+
+    if adversarial:
+        d_loss, d_metrics = discriminator_loss(config.loss, state.discriminator, fake, real, mask, state.step)
+        state.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        if world_size > 1:
+            _average_gradients(state.discriminator, world_size)
+        state.opt_d.step()
+        metrics.update(d_metrics)
+
+    _update_ema(state.ema, state.generator, state.step, config.ema_decay)
+    state.step += 1
+    metrics["crop"] = size
+    return metrics
+
+
+def _log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def plot_log(log_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
+    """Learning curves: smoothed hole L1 and adversarial terms, and validation hole PSNR against Telea's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in open(log_path)]
+    steps = [r for r in records if "g_l1" in r]
+    vals = [r for r in records if "val" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key in ("g_l1", "g_adv", "g_fm"):
+        xs = [r["step"] for r in steps if key in r]
+        if xs:
+            ys = np.array([r[key] for r in steps if key in r])
+            k = max(1, len(ys) // 50)
+            ax1.plot(xs[k - 1:], np.convolve(ys, np.ones(k) / k, "valid"), label=key)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("step")
+    ax1.set_title("training losses (moving average)")
+    ax1.legend()
+    for i, source in enumerate(MASK_SOURCES):
+        xs = [r["step"] for r in vals if source in r["val"]]
+        if xs:
+            colour = f"C{i}"
+            ax2.plot(xs, [r["val"][source] for r in vals if source in r["val"]], color=colour, marker=".", label=source)
+            ax2.axhline(vals[-1]["telea"][source], color=colour, linestyle="--", linewidth=0.8)
+    ax2.set_xlabel("step")
+    ax2.set_title("validation hole PSNR, dB (dashed: OpenCV Telea)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) -> Path:
+    """The training loop shared by the single-process and the Ray Train paths; returns the checkpoint dir."""
+    torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "log.jsonl"
+    images, val_images = split_images(config.data, config.val_images)
+    state = _new_state(config, rank, device)
+    if resume and checkpoint_path(out_dir).exists():
+        _load_checkpoint(state, checkpoint_path(out_dir), device)
+    lead = rank == 0
+    val = validation_set(val_images, config.overlays) if lead else {}
+    telea = telea_scores(val) if lead else {}
+    if lead:
+        _log(log_path, {"event": "start", "step": state.step, "workers": world_size, "time": time.time()})
+    last_checkpoint = started = time.monotonic()
+    session_start_wall = state.wall_seconds
+    while state.step < config.max_steps:
+        metrics = train_step(state, config, images, device, world_size)
+        state.wall_seconds = session_start_wall + time.monotonic() - started
+        if not lead:
+            continue
+        if state.step % config.log_every == 0 or state.step == config.max_steps:
+            _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1), **metrics})
+        if state.step % config.val_every == 0 or state.step == config.max_steps:
+            scores = evaluate(state.ema, val, device)
+            _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1), "val": scores, "telea": telea})
+            plot_log(log_path, out_dir / "curves.png")
+        if time.monotonic() - last_checkpoint > 60 * config.checkpoint_minutes:
+            save_checkpoint(state, config)
+            last_checkpoint = time.monotonic()
+    if lead:
+        save_checkpoint(state, config)
+    if world_size > 1:
+        _check_replicas(state, log_path if lead else None)
+    return out_dir
+
+
+def _fingerprint(module: torch.nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in module.state_dict().values():
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_replicas(state: State, log_path: Path | None) -> None:
+    """Every worker must hold bit-identical parameters after training; the lead logs the fingerprints."""
+    import torch.distributed as dist
+
+    mine = {"generator": _fingerprint(state.generator), "discriminator": _fingerprint(state.discriminator)}
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    if log_path is not None:
+        _log(log_path, {"event": "replicas", "step": state.step, "fingerprints": everyone})
+    if any(f != everyone[0] for f in everyone):
+        raise RuntimeError(f"workers diverged: parameter fingerprints differ: {everyone}")
+
+
+def _ray_worker_loop(loop_config: dict) -> None:
+    """Runs on each Ray Train worker; the process group is already set up by TorchTrainer."""
+    import ray.train
+
+    context = ray.train.get_context()
+    config = _config_from_dict(loop_config["config"])
+    _run(config, loop_config["resume"], context.get_world_rank(), context.get_world_size())
+
+
+def _config_from_dict(raw: dict) -> TrainConfig:
+    raw = dict(raw)
+    raw["generator"] = GeneratorConfig(**raw["generator"])
+    raw["discriminator"] = DiscriminatorConfig(**raw["discriminator"])
+    raw["loss"] = LossConfig(**raw["loss"])
+    return TrainConfig(**raw)
+
+
+def train(config: TrainConfig, resume: bool = True, ray_workers: int = 0) -> Path:
+    """Train until `config.max_steps`, resuming from `out_dir` unless `resume` is False; returns the checkpoint dir.
+
+    With `ray_workers` > 0 the same loop runs on that many Ray Train workers (TorchTrainer, gloo on CPU), each
+    drawing its own batches; gradients are averaged every step, so the effective batch is workers x batch_size.
+    `out_dir` must then be on storage every worker can read (the lead worker writes the checkpoints).
+    """
+    if ray_workers <= 0:
+        return _run(config, resume)
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        _ray_worker_loop,
+        train_loop_config={"config": dataclasses.asdict(config), "resume": resume},
+        scaling_config=ScalingConfig(num_workers=ray_workers, use_gpu=config.device.startswith("cuda"),
+                                     resources_per_worker={"CPU": config.threads}),
+        run_config=RunConfig(name="restore-train", storage_path=str(Path(config.out_dir).resolve() / "ray")),
+    )
+    trainer.fit()
+    return Path(config.out_dir)
+
+
+def export_generator(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike) -> str:
+    """Write the EMA generator of the last checkpoint as shipped weights; returns the file's sha256."""
+    payload = torch.load(checkpoint_path(checkpoint_dir), map_location="cpu", weights_only=True)
+    config = _config_from_dict(payload["config"])
+    generator = Generator(config.generator)
+    generator.load_state_dict(payload["ema"])
+    info = {
+        "step": payload["step"],
+        "wall_hours": round(payload["wall_seconds"] / 3600, 2),
+        "data": Path(config.data).name,
+        "crop_sizes": config.crop_sizes,
+        "batch_size": config.batch_size,
+        "adversarial": config.loss.adversarial,
+        "exported": time.strftime("%Y-%m-%d"),
+    }
+    return save_generator(generator, out_path, info)
