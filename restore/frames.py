@@ -1,0 +1,352 @@
+"""Frames in and out: bytes <-> pixels, keeping size, channels, bit depth, alpha, ICC profile, EXIF and DPI.
+
+Pillow identifies every file, reads its header and metadata, and decodes what it can hold exactly. Two cases go
+to other libraries: 16-bit colour PNG (Pillow holds 16-bit colour only as 8-bit) goes through OpenCV, and TIFF
+pixels come from tifffile, because Pillow and OpenCV both rotate TIFFs by their Orientation tag while loading.
+Pixels are always returned as stored: EXIF orientation is kept in the metadata, never applied, so a viewer rotates
+the output exactly as it rotated the original.
+
+Decisions: palette images are expanded to RGB(A) and written as such (restored pixels need not fit the palette);
+1-bit images become 8-bit grayscale (0/255); CMYK is refused (a faithful conversion needs colour management, and a
+silent one would change every pixel); animated GIF/PNG/WebP are refused rather than cut to their first frame;
+a multi-page TIFF is read as its first page, the full-resolution image (later pages are usually thumbnails);
+16-bit grayscale with alpha is refused (no library here writes it as PNG).
+"""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+# Pillow's own hard limit (twice its warning threshold): a 100-megapixel scan passes, a bomb does not.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+# Our max_pixels check runs on the header before any decoding; Pillow's global check would refuse large scans
+# even when a job raises max_pixels, so it is switched off in favour of ours.
+Image.MAX_IMAGE_PIXELS = None
+
+OUTPUT_FORMATS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg"}
+_FORMAT_ALIASES = {"tif": "tiff", "jpg": "jpeg"}
+_INPUT_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")  # no plugin that runs external programs (EPS)
+_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "TIFF",
+          b"MM\x00+": "TIFF", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WEBP"}
+ZLIB_LEVEL = 1  # PNG and TIFF deflate level: encoding is often the pipeline's bottleneck; 1 is ~3x faster than 6, ~5% bigger
+JPEG_QUALITY = 95
+# Descriptive IFD0 tags a TIFF output carries over from EXIF (Orientation above all, so viewers rotate alike).
+_TIFF_EXIF_TAGS = {274: "H", 271: "s", 272: "s", 306: "s", 315: "s", 33432: "s"}  # Orientation, Make, Model,
+#                                                                                  DateTime, Artist, Copyright
+_EXIF_IFDS = (0x8769, 0x8825)  # Exif and GPS sub-IFDs
+
+
+class FrameError(Exception):
+    """A frame that cannot be decoded or encoded; the message says why in words a user can act on."""
+
+
+@dataclass
+class Frame:
+    pixels: np.ndarray  # (H, W, C), C in {1, 3}, uint8 or uint16: colour channels only
+    alpha: np.ndarray | None  # (H, W), same dtype as pixels; carried through untouched
+    format: str  # source format: "PNG", "JPEG", "TIFF", ...
+    mode: str  # Pillow-style mode of the source: "L", "I;16", "RGB", "RGB;16", "RGBA", "LA", "P", "1", ...
+    icc_profile: bytes | None
+    exif: bytes | None  # "Exif\0\0" + TIFF-structured EXIF, as in a JPEG APP1 segment
+    dpi: tuple[float, float] | None = None
+
+    @property
+    def bit_depth(self) -> int:
+        return 16 if self.pixels.dtype == np.uint16 else 8
+
+
+def extension_for(fmt: str) -> str:
+    """The file extension for an output format: ".png", ".tif" or ".jpg"."""
+    return OUTPUT_FORMATS[_format_name(fmt)]
+
+
+def _format_name(fmt: str) -> str:
+    name = _FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
+    if name not in OUTPUT_FORMATS:
+        raise FrameError(f"unknown output format {fmt!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------- decode
+
+
+def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
+    """Decode an image file's bytes; raises FrameError with a readable reason for anything it cannot hold."""
+    image = _open(data)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise FrameError(
+            f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP"
+            " (raise max_pixels in the spec)"
+        )
+    if image.mode == "CMYK":
+        raise FrameError("CMYK images are not supported: convert to RGB with a colour-managed tool first")
+    try:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1 and image.format != "TIFF":
+            raise FrameError(f"animated {image.format} with {frames} frames: split it into single frames first")
+        if image.format == "TIFF":
+            exif = _tiff_exif(image)
+            mode, pixels, alpha = _decode_tiff(data)
+        else:
+            exif = image.info.get("exif") or None
+            if exif and not exif.startswith(b"Exif\x00\x00"):  # PNG eXIf and WebP carry it without the header
+                exif = b"Exif\x00\x00" + exif
+            if image.format == "PNG" and data[24] == 16 and data[25] in (2, 4, 6):  # IHDR: 16-bit, has colour/alpha
+                mode, pixels, alpha = _decode_png16(data, data[25], (height, width))
+            else:
+                mode, pixels, alpha = _decode_pillow(image)
+    except FrameError:
+        raise
+    except Exception as e:  # Pillow, tifffile and zlib raise a dozen types on corrupt input
+        raise FrameError(f"corrupt or truncated {image.format}: {e}") from None
+    dpi = image.info.get("dpi")
+    return Frame(
+        pixels=pixels,
+        alpha=alpha,
+        format=image.format,
+        mode=mode,
+        icc_profile=image.info.get("icc_profile") or None,
+        exif=exif,
+        dpi=(float(dpi[0]), float(dpi[1])) if dpi else None,
+    )
+
+
+def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """(H, W) bool: a pixel is masked where any colour channel is nonzero and, if there is alpha, it is not clear.
+
+    So black-and-white masks, coloured strokes and strokes painted on a transparent layer all work.
+    """
+    frame = decode_frame(data, max_pixels)
+    mask = frame.pixels.any(axis=2)
+    if frame.alpha is not None:
+        mask &= frame.alpha > 0
+    return mask
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise FrameError("empty file (0 bytes)")
+    try:
+        return Image.open(io.BytesIO(data), formats=_INPUT_FORMATS)
+    except Exception as e:
+        reason = "unrecognised header" if isinstance(e, UnidentifiedImageError) else str(e)
+        for magic, kind in _MAGIC.items():
+            if data.startswith(magic):
+                raise FrameError(f"corrupt, truncated or unsupported {kind} ({reason})") from None
+        raise FrameError(f"not an image (starts with {data[:16]!r})") from None
+
+
+def _split_alpha(array: np.ndarray, colour: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, colour[+1]) -> pixels (H, W, colour) and alpha (H, W) or None, both contiguous."""
+    if array.ndim == 2:
+        array = array[..., None]
+    alpha = np.ascontiguousarray(array[..., colour]) if array.shape[2] > colour else None
+    return np.ascontiguousarray(array[..., :colour]), alpha
+
+
+def _decode_pillow(image: Image.Image) -> tuple[str, np.ndarray, np.ndarray | None]:
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return "I;16", np.asarray(image).astype(np.uint16)[..., None], None  # I;16B etc. to native byte order
+    if mode == "1":
+        image = image.convert("L")
+    elif mode in ("P", "PA"):
+        image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        raise FrameError(f"unsupported image mode {mode} (8/16-bit grayscale or RGB, with or without alpha)")
+    array = np.asarray(image)
+    return (mode, *_split_alpha(array, 1 if image.mode in ("L", "LA") else 3))
+
+
+def _decode_png16(data: bytes, colour_type: int, shape: tuple[int, int]) -> tuple[str, np.ndarray, np.ndarray | None]:
+    if colour_type == 4:
+        raise FrameError("16-bit grayscale with alpha is not supported: drop the alpha or use 8 bits")
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.dtype != np.uint16 or array.shape[:2] != shape:
+        raise FrameError("corrupt or truncated PNG (16-bit colour data could not be decoded)")
+    if array.shape[2] == 4:
+        return "RGBA;16", np.ascontiguousarray(array[..., 2::-1]), np.ascontiguousarray(array[..., 3])
+    return "RGB;16", np.ascontiguousarray(array[..., ::-1]), None  # OpenCV stores BGR
+
+
+def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None]:
+    """Pixels of the first page, exactly as stored (no orientation applied)."""
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        array = page.asarray()
+        if page.axes.startswith("S"):  # planar configuration: samples first
+            array = np.moveaxis(array, 0, -1)
+        photometric = page.photometric
+        colormap = page.colormap
+        jpeg = page.compression == tifffile.COMPRESSION.JPEG
+    P = tifffile.PHOTOMETRIC
+    if array.dtype == bool:  # 1-bit: becomes 8-bit grayscale, 0 or 255
+        white = ~array if photometric == P.MINISWHITE else array
+        return "1", (white.astype(np.uint8) * 255)[..., None], None
+    if array.dtype not in (np.uint8, np.uint16):
+        raise FrameError(f"TIFF samples of type {array.dtype} are not supported (8- or 16-bit unsigned integers)")
+    sixteen = array.dtype == np.uint16
+    samples = 1 if array.ndim == 2 else array.shape[2]
+    if photometric == P.MINISWHITE and samples == 1:
+        return ("I;16" if sixteen else "L"), (np.iinfo(array.dtype).max - array)[..., None], None
+    if photometric == P.MINISBLACK and samples == 1:
+        return ("I;16" if sixteen else "L"), array[..., None], None
+    if photometric == P.MINISBLACK and samples == 2 and not sixteen:
+        return ("LA", *_split_alpha(array, 1))
+    if photometric == P.RGB or (photometric == P.YCBCR and jpeg):  # JPEG-in-TIFF decodes to RGB
+        if samples in (3, 4):
+            return ("RGB" if samples == 3 else "RGBA") + (";16" if sixteen else ""), *_split_alpha(array, 3)
+    if photometric == P.PALETTE and colormap is not None:
+        rgb = colormap[:, array].transpose(1, 2, 0)  # colormap is (3, 2**bits) of 16-bit values
+        return "P", np.ascontiguousarray(rgb if sixteen else (rgb >> 8).astype(np.uint8)), None
+    if photometric == P.SEPARATED:
+        raise FrameError("CMYK images are not supported: convert to RGB with a colour-managed tool first")
+    raise FrameError(f"unsupported TIFF layout: {photometric.name} with {samples} {array.dtype} samples per pixel")
+
+
+def _tiff_exif(image: Image.Image) -> bytes | None:
+    """EXIF bytes from a TIFF: its descriptive IFD0 tags plus the Exif and GPS sub-IFDs (not the image structure)."""
+    source = image.getexif()
+    exif = Image.Exif()
+    for tag in _TIFF_EXIF_TAGS:
+        if tag in source:
+            exif[tag] = source[tag]
+    for ifd in _EXIF_IFDS:
+        if source.get_ifd(ifd):
+            exif[ifd] = source.get_ifd(ifd)
+    return exif.tobytes() if len(exif) else None
+
+
+# ---------------------------------------------------------------------------------------------------- encode
+
+
+def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[str, str] | None = None) -> bytes:
+    """Encode `pixels` (shaped and typed like frame.pixels) with the frame's alpha and metadata.
+
+    "png" and "tiff" are lossless; "jpeg" is a lossy opt-in for 8-bit frames without alpha. The bytes depend only
+    on the inputs (no timestamps), so a rerun reproduces them. `text` is provenance: PNG iTXt chunks, or a JSON
+    object in the TIFF ImageDescription / JPEG comment.
+    """
+    name = _format_name(fmt)
+    if pixels.shape != frame.pixels.shape or pixels.dtype != frame.pixels.dtype:
+        raise FrameError(
+            f"pixels are {pixels.shape} {pixels.dtype} but the frame is {frame.pixels.shape} {frame.pixels.dtype}"
+        )
+    if pixels.dtype == np.uint16 and pixels.shape[2] == 1 and frame.alpha is not None:
+        raise FrameError("16-bit grayscale with alpha is not supported: drop the alpha or use 8 bits")
+    if name == "tiff":
+        return _encode_tiff(frame, pixels, text)
+    if name == "jpeg":
+        return _encode_jpeg(frame, pixels, text)
+    if pixels.dtype == np.uint16 and pixels.shape[2] == 3:
+        return _encode_png16(frame, pixels, text)
+    options = _pillow_metadata(frame)
+    if text:
+        options["pnginfo"] = PngInfo()
+        for key in sorted(text):
+            options["pnginfo"].add_itxt(key, text[key])
+    return _save(_to_pillow(pixels, frame.alpha), "PNG", compress_level=ZLIB_LEVEL, **options)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG, 255 where masked: viewable as is, and read back by decode_mask."""
+    return _save(Image.fromarray(mask.astype(np.uint8) * 255), "PNG", compress_level=ZLIB_LEVEL)
+
+
+def _save(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _to_pillow(pixels: np.ndarray, alpha: np.ndarray | None) -> Image.Image:
+    if alpha is not None:
+        return Image.fromarray(np.dstack([pixels, alpha]))  # LA or RGBA
+    return Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)  # L, I;16 or RGB
+
+
+def _pillow_metadata(frame: Frame) -> dict:
+    options = {"icc_profile": frame.icc_profile, "exif": frame.exif, "dpi": frame.dpi}
+    return {k: v for k, v in options.items() if v}
+
+
+def _encode_jpeg(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) -> bytes:
+    if pixels.dtype != np.uint8:
+        raise FrameError("JPEG holds only 8 bits per channel: write this 16-bit frame as png or tiff")
+    if frame.alpha is not None:
+        raise FrameError("JPEG cannot hold an alpha channel: write this frame as png or tiff")
+    options = _pillow_metadata(frame)
+    if text:
+        options["comment"] = json.dumps(text, sort_keys=True)
+    # 4:4:4 chroma: restored detail is often fine lines, which 4:2:0 subsampling would smear
+    return _save(_to_pillow(pixels, None), "JPEG", quality=JPEG_QUALITY, subsampling=0, **options)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _encode_png16(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) -> bytes:
+    """16-bit RGB(A) PNG through OpenCV, with our metadata chunks spliced in after IHDR (OpenCV writes none)."""
+    bgr = pixels[..., ::-1] if frame.alpha is None else np.dstack([pixels[..., ::-1], frame.alpha])
+    ok, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, ZLIB_LEVEL])
+    if not ok:
+        raise FrameError("OpenCV could not encode the 16-bit PNG")
+    chunks = []
+    if frame.icc_profile:
+        chunks.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(frame.icc_profile)))
+    if frame.dpi:
+        x, y = (round(d / 0.0254) for d in frame.dpi)  # pixels per metre
+        chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", x, y, 1)))
+    if frame.exif:
+        chunks.append(_png_chunk(b"eXIf", frame.exif.removeprefix(b"Exif\x00\x00")))
+    for key in sorted(text or {}):
+        chunks.append(_png_chunk(b"iTXt", key.encode("latin-1") + b"\x00\x00\x00\x00\x00" + text[key].encode()))
+    png = encoded.tobytes()
+    header_end = 8 + 25  # signature, then the IHDR chunk (4 length + 4 type + 13 data + 4 CRC)
+    return png[:header_end] + b"".join(chunks) + png[header_end:]
+
+
+def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) -> bytes:
+    """Deflate with a horizontal predictor: lossless, widely readable, no timestamps or software tags."""
+    colour = pixels.shape[2] == 3
+    array = pixels if colour else pixels[..., 0]
+    if frame.alpha is not None:
+        array = np.dstack([array, frame.alpha])
+    tags = []
+    if frame.icc_profile:
+        tags.append((34675, 7, len(frame.icc_profile), frame.icc_profile, True))  # InterColorProfile, UNDEFINED
+    if frame.exif:
+        exif = Image.Exif()
+        exif.load(frame.exif)
+        for tag, dtype in _TIFF_EXIF_TAGS.items():
+            value = exif.get(tag)
+            if isinstance(value, int) or (isinstance(value, str) and value.isascii()):
+                tags.append((tag, dtype, 0 if dtype == "s" else 1, value, True))
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        array,
+        photometric="rgb" if colour else "minisblack",
+        extrasamples=("unassalpha",) if frame.alpha is not None else None,
+        compression="zlib",
+        compressionargs={"level": ZLIB_LEVEL},
+        predictor=True,
+        metadata=None,
+        software=False,
+        description=json.dumps(text, sort_keys=True) if text else None,
+        resolution=frame.dpi,
+        resolutionunit="INCH" if frame.dpi else None,
+        extratags=tags,
+    )
+    return buffer.getvalue()
