@@ -1,8 +1,9 @@
 """Saving and loading the shipped generator without executing code from the file.
 
 The file is a plain `torch.save` dict of tensors and primitives (read back with `weights_only=True`): a format
-tag, the GeneratorConfig that built the weights (so loading rebuilds the same model), the state dict and a small
-info dict (training steps, wall time...). Loading reports the file's sha256, which identifies the weights in
+tag, the GeneratorConfig that built the weights (so loading rebuilds the same model), the state dict, a digest of
+the tensors (torch's zip reader does not check CRCs, so without it a flipped byte would load silently) and a
+small info dict (training steps, wall time...). Loading reports the file's sha256, which identifies the weights in
 every manifest row.
 """
 from __future__ import annotations
@@ -31,14 +32,25 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _tensor_digest(state_dict: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_generator(generator: Generator, path: str | os.PathLike, info: dict | None = None) -> str:
     """Write the generator (fp32 state dict + config + info) atomically; returns the file's sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state_dict = {k: v.detach().float().cpu().contiguous() for k, v in generator.state_dict().items()}
     payload = {
         "format": FORMAT,
         "config": dataclasses.asdict(generator.config),
-        "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in generator.state_dict().items()},
+        "state_dict": state_dict,
+        "tensor_sha256": _tensor_digest(state_dict),
         "info": dict(info or {}),
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -62,9 +74,12 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
     config = payload.get("config")
     if not isinstance(config, dict) or set(config) != fields:
         raise WeightsError(f"{path}: generator config must have exactly the fields {sorted(fields)}")
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, dict) or payload.get("tensor_sha256") != _tensor_digest(state_dict):
+        raise WeightsError(f"{path}: tensor checksum mismatch: the file is corrupt or was modified")
     try:
         generator = Generator(GeneratorConfig(**config))
-        generator.load_state_dict(payload["state_dict"], strict=True)
+        generator.load_state_dict(state_dict, strict=True)
     except Exception as e:  # wrong shapes, missing or extra tensors
         raise WeightsError(f"{path}: weights do not match their config: {e}") from e
     if not all(torch.isfinite(p).all() for p in generator.parameters()):

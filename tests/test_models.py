@@ -1,0 +1,209 @@
+"""Generator, discriminator, losses, weight files and tiled inference on tiny seeded models."""
+import numpy as np
+import pytest
+import torch
+
+from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
+from restore.models.generator import Generator, GeneratorConfig, composite
+from restore.models.losses import ADVERSARIAL_KINDS, LossConfig, discriminator_loss, generator_loss, hole_l1
+from restore.models.tiling import inpaint_tiled, inpaint_tiled_batch
+from restore.models.weights import WeightsError, load_generator, save_generator
+
+TINY = GeneratorConfig(width=8, n_down=2, n_blocks=2)
+
+
+def tiny_generator(config: GeneratorConfig = TINY, seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    return Generator(config).eval()
+
+
+def random_mask(shape, fraction, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).random(shape) < fraction)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 53), (8, 8)])
+def test_generator_any_size_in_range(size):
+    image = torch.rand(2, 3, *size)
+    mask = random_mask((2, 1, *size), 0.3)
+    pred = tiny_generator()(image, mask)
+    assert pred.shape == image.shape
+    assert pred.min() >= 0 and pred.max() <= 1
+
+
+def test_prediction_ignores_hole_content():
+    g = tiny_generator()
+    image = torch.rand(1, 3, 32, 32)
+    mask = random_mask((1, 1, 32, 32), 0.3)
+    other = torch.where(mask, torch.rand_like(image), image)  # different pixels inside the hole only
+    assert torch.equal(g(image, mask), g(other, mask))
+
+
+def test_composite_changes_only_masked_pixels():
+    image = torch.rand(2, 3, 16, 16)
+    mask = random_mask((2, 1, 16, 16), 0.4)
+    out = composite(torch.rand_like(image), image, mask)
+    keep = ~mask.expand_as(image)
+    assert torch.equal(out[keep], image[keep])
+    assert not torch.equal(out[~keep], image[~keep])
+
+
+def test_discriminator_logits_and_features():
+    d = PatchDiscriminator(DiscriminatorConfig(width=8, n_layers=3))
+    logits, features = d(torch.rand(2, 3, 64, 64), random_mask((2, 1, 64, 64), 0.2))
+    assert logits.shape == (2, 1, 8, 8)
+    assert [f.shape[1] for f in features] == [8, 16, 32, 32]
+
+
+def test_hole_l1_counts_only_the_hole():
+    target = torch.zeros(1, 3, 4, 4)
+    pred = torch.ones(1, 3, 4, 4)
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    mask[..., 0, 0] = True
+    assert hole_l1(pred, target, mask).item() == pytest.approx(1.0)
+    pred[..., 1:, :] = 5.0  # errors outside the hole do not count
+    assert hole_l1(pred, target, mask).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", [k for k in ADVERSARIAL_KINDS if k != "none"])
+def test_every_adversarial_loss_trains(kind):
+    torch.manual_seed(0)
+    d = PatchDiscriminator(DiscriminatorConfig(width=8, n_layers=2))
+    config = LossConfig(adversarial=kind, r1_every=1)
+    real = torch.rand(2, 3, 32, 32)
+    mask = random_mask((2, 1, 32, 32), 0.3)
+    pred = torch.rand_like(real, requires_grad=True)
+    g_loss, g_metrics = generator_loss(config, d, pred, composite(pred, real, mask), real, mask)
+    g_loss.backward()
+    assert torch.isfinite(g_loss) and {"g_l1", "g_adv", "g_fm"} <= set(g_metrics)
+    assert pred.grad.abs().sum() > 0
+    d_loss, d_metrics = discriminator_loss(config, d, composite(pred, real, mask), real, mask, step=0)
+    d_loss.backward()
+    assert torch.isfinite(d_loss) and "d_loss" in d_metrics
+    assert all(p.grad is not None for p in d.parameters())
+
+
+def test_unknown_adversarial_loss_fails_loudly():
+    with pytest.raises(ValueError, match="hinge"):
+        LossConfig(adversarial="vanilla")
+
+
+def test_l1_only_generator_loss_needs_no_discriminator():
+    real = torch.rand(1, 3, 16, 16)
+    mask = random_mask((1, 1, 16, 16), 0.3)
+    loss, metrics = generator_loss(LossConfig(adversarial="none"), None, real * 0, real * 0, real, mask)
+    assert set(metrics) == {"g_l1", "g_loss"} and loss.item() > 0
+
+
+def test_weights_round_trip(tmp_path):
+    g = tiny_generator(GeneratorConfig(width=8, n_down=1, n_blocks=1), seed=3)
+    sha = save_generator(g, tmp_path / "g.pt", {"step": 7})
+    loaded, info = load_generator(tmp_path / "g.pt")
+    assert loaded.config == g.config and info["sha256"] == sha and info["step"] == 7
+    image, mask = torch.rand(1, 3, 24, 24), random_mask((1, 1, 24, 24), 0.3)
+    with torch.no_grad():
+        assert torch.equal(loaded(image, mask), g(image, mask))
+
+
+def test_tampered_or_garbage_weights_are_refused(tmp_path):
+    path = tmp_path / "g.pt"
+    save_generator(tiny_generator(), path)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError):
+        load_generator(path)
+    path.write_bytes(b"not a weights file at all")
+    with pytest.raises(WeightsError):
+        load_generator(path)
+    with pytest.raises(WeightsError, match="not found"):
+        load_generator(tmp_path / "missing.pt")
+
+
+def test_weights_with_a_foreign_config_are_refused(tmp_path):
+    path = tmp_path / "g.pt"
+    save_generator(tiny_generator(), path)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["width"] = 16  # the tensors no longer fit the config (the checksum covers tensors only)
+    torch.save(payload, path)
+    with pytest.raises(WeightsError, match="do not match"):
+        load_generator(path)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "g.pt"
+    torch.save({"format": "restore-generator/1", "config": GeneratorConfig()}, path)  # a class, not plain data
+    with pytest.raises(WeightsError):
+        load_generator(path)
+
+
+def test_tiled_empty_mask_passes_frame_through_without_the_model():
+    image = torch.rand(3, 40, 50)
+
+    class Exploding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, *args):
+            raise AssertionError("generator must not run for an empty mask")
+
+    out = inpaint_tiled(Exploding(), image, torch.zeros(40, 50, dtype=torch.bool), tile=32, overlap=8)
+    assert torch.equal(out, image)
+
+
+@pytest.mark.parametrize("size", [(20, 28), (64, 96)])
+def test_tiled_full_mask_and_tiny_frames(size):
+    g = tiny_generator()
+    image = torch.rand(3, *size)
+    full = torch.ones(size, dtype=torch.bool)
+    out = inpaint_tiled(g, image, full, tile=48, overlap=16)
+    assert out.shape == image.shape and torch.isfinite(out).all()
+    with torch.no_grad():
+        whole = g(image[None], full[None, None])[0]
+    if max(size) <= 48:  # smaller than a tile: one tile, the same as running the frame whole
+        assert torch.allclose(out, whole, atol=1e-6)
+
+
+def test_tiled_keeps_unmasked_pixels_bit_identical():
+    image = torch.rand(3, 70, 90)
+    mask = random_mask((70, 90), 0.05)
+    out = inpaint_tiled(tiny_generator(), image, mask, tile=32, overlap=8, batch_size=3)
+    assert torch.equal(out[:, ~mask], image[:, ~mask])
+    assert not torch.equal(out[:, mask], image[:, mask])
+
+
+def test_tiled_matches_untiled_away_from_seams():
+    """With a purely local generator (no spectral blocks), tiles with enough context agree with the whole frame."""
+    g = tiny_generator(GeneratorConfig(width=8, n_down=2, n_blocks=0))
+    torch.manual_seed(1)
+    image = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 160, 224), 5, 1, 2)[0]  # smooth-ish content
+    mask = random_mask((160, 224), 0.1, seed=2)
+    tiled = inpaint_tiled(g, image, mask, tile=96, overlap=32, batch_size=4)  # origins 0, 64, 128
+    with torch.no_grad():
+        whole = composite(g(image[None], mask[None, None]), image[None], mask[None, None])[0]
+    diff = (tiled - whole).abs()[:, mask]
+    assert diff.mean() < 2e-3
+    inner = torch.zeros_like(mask)
+    inner[:56, :56] = True  # covered by the first tile only, 40+ pixels from its inner edges
+    assert torch.allclose(tiled[:, inner & mask], whole[:, inner & mask], atol=1e-5)
+
+
+def test_batched_frames_equal_one_by_one():
+    g = tiny_generator()
+    images = [torch.rand(3, 50, 70), torch.rand(3, 30, 30), torch.rand(3, 50, 70)]
+    masks = [random_mask(im.shape[1:], 0.1, seed=i) for i, im in enumerate(images)]
+    masks[1][:] = False
+    batched = inpaint_tiled_batch(g, images, masks, tile=32, overlap=8, batch_size=5)
+    for image, mask, out in zip(images, masks, batched):
+        assert torch.allclose(out, inpaint_tiled(g, image, mask, tile=32, overlap=8, batch_size=1), atol=1e-6)
+
+
+def test_tiling_rejects_bad_inputs():
+    g = tiny_generator()
+    with pytest.raises(ValueError, match="3, H, W"):
+        inpaint_tiled(g, torch.rand(1, 16, 16), torch.zeros(16, 16, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask"):
+        inpaint_tiled(g, torch.rand(3, 16, 16), torch.zeros(16, 17, dtype=torch.bool))
+    with pytest.raises(ValueError, match="overlap"):
+        inpaint_tiled(g, torch.rand(3, 16, 16), torch.zeros(16, 16, dtype=torch.bool), tile=16, overlap=16)
