@@ -1,0 +1,130 @@
+"""Training: config parsing, a few steps that learn, exact resume, export, and the 2-worker Ray Train path."""
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restore.models.discriminator import DiscriminatorConfig
+from restore.models.generator import GeneratorConfig
+from restore.models.losses import LossConfig, hole_l1
+from restore.models.weights import load_generator
+from restore.train import (TrainConfig, _new_state, checkpoint_path, export_generator, load_train_config,
+                           sample_batch, train, train_step)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "restore" / "configs"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Eight smooth 64x64 colour images: easy to inpaint, so a few steps visibly help."""
+    folder = tmp_path_factory.mktemp("data")
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        f = rng.uniform(0.5, 2.0, (3, 2))
+        phase = rng.uniform(0, 6.3, 3)
+        image = np.stack([0.5 + 0.4 * np.sin(6.3 * (f[c, 0] * xx + f[c, 1] * yy) + phase[c]) for c in range(3)], -1)
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"im{i}.png")
+    return str(folder)
+
+
+def tiny_config(data: str, out_dir, **changes) -> TrainConfig:
+    config = TrainConfig(
+        data=data, out_dir=str(out_dir),
+        generator=GeneratorConfig(width=8, n_down=2, n_blocks=1),
+        discriminator=DiscriminatorConfig(width=8, n_layers=2),
+        loss=LossConfig(r1_every=2),
+        crop_sizes=[32], batch_size=4, lr_g=2e-3, adv_start_step=2, max_steps=5,
+        val_images=1, val_every=1000, log_every=1, threads=1,
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def test_shipped_configs_load():
+    for name in ("gan-cpu.yaml", "gan-gpu.yaml", "l1-cpu.yaml"):
+        config = load_train_config(CONFIGS / name, data="somewhere", out_dir="elsewhere")
+        assert config.data == "somewhere" and isinstance(config.generator, GeneratorConfig)
+    assert load_train_config(CONFIGS / "l1-cpu.yaml").loss.adversarial == "none"
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: d\nout_dir: o\ngenerator:\n  widht: 3\n")
+    with pytest.raises(ValueError, match="widht"):
+        load_train_config(path)
+    path.write_text("data: d\n")
+    with pytest.raises(ValueError, match="out_dir"):
+        load_train_config(path)
+    path.write_text("data: d\nout_dir: o\nloss:\n  adversarial: magic\n")
+    with pytest.raises(ValueError, match="non_saturating"):
+        load_train_config(path)
+    path.write_text("data: d\nout_dir: o\nmask_weights: {thin: 1, holes: 2}\n")
+    with pytest.raises(ValueError, match="mask_weights"):
+        load_train_config(path)
+
+
+def test_batches_are_crops_with_masks(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path, desaturate_p=1.0)
+    image, mask = sample_batch(np.random.default_rng(0), [np.zeros((40, 50, 3), np.uint8) + 9], config, 32)
+    assert image.shape == (4, 3, 32, 32) and mask.shape == (4, 1, 32, 32) and mask.dtype == torch.bool
+    assert mask.any() and torch.allclose(image, torch.full_like(image, 9 / 255))
+
+
+def test_a_few_steps_lower_the_reconstruction_loss(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path, loss=LossConfig(adversarial="none"))
+    state = _new_state(config, 0, torch.device("cpu"))
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
+    real, mask = sample_batch(np.random.default_rng(123), images, dataclasses.replace(config, batch_size=16), 32)
+
+    def loss():
+        with torch.no_grad():
+            return hole_l1(state.generator(real, mask), real, mask).item()
+
+    before = loss()
+    for _ in range(40):
+        train_step(state, config, images, torch.device("cpu"))
+    assert loss() < 0.6 * before
+
+
+def test_resume_continues_the_same_run(tiny_data, tmp_path):
+    straight = train(tiny_config(tiny_data, tmp_path / "a", max_steps=6), resume=False)
+    train(tiny_config(tiny_data, tmp_path / "b", max_steps=3), resume=False)
+    resumed = train(tiny_config(tiny_data, tmp_path / "b", max_steps=6), resume=True)
+    a = torch.load(checkpoint_path(straight), weights_only=True)
+    b = torch.load(checkpoint_path(resumed), weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in ("generator", "ema", "discriminator"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    log = [json.loads(line) for line in open(Path(resumed) / "log.jsonl")]
+    assert [r["step"] for r in log if r.get("event") == "start"] == [0, 3]
+    assert any("val" in r for r in log) and (Path(resumed) / "curves.png").stat().st_size > 0
+
+
+def test_export_and_restart_from_shipped_weights(tiny_data, tmp_path):
+    out = train(tiny_config(tiny_data, tmp_path / "run", max_steps=3), resume=False)
+    sha = export_generator(out, tmp_path / "generator.pt")
+    generator, info = load_generator(tmp_path / "generator.pt")
+    assert info["sha256"] == sha and info["step"] == 3
+    ema = torch.load(checkpoint_path(out), weights_only=True)["ema"]
+    assert all(torch.equal(generator.state_dict()[k], v) for k, v in ema.items())
+    config = tiny_config(tiny_data, tmp_path / "fresh", init_weights=str(tmp_path / "generator.pt"))
+    state = _new_state(config, 0, torch.device("cpu"))
+    assert all(torch.equal(state.generator.state_dict()[k], v) for k, v in ema.items())
+    with pytest.raises(ValueError, match="init_weights"):
+        _new_state(dataclasses.replace(config, generator=GeneratorConfig(width=4, n_down=2, n_blocks=1)), 0, "cpu")
+
+
+def test_ray_train_two_workers_stay_identical(tiny_data, tmp_path, ray_session):
+    config = tiny_config(tiny_data, tmp_path / "ray", max_steps=3)
+    out = train(config, resume=False, ray_workers=2)
+    log = [json.loads(line) for line in open(Path(out) / "log.jsonl")]
+    replicas = [r for r in log if r.get("event") == "replicas"]
+    assert len(replicas) == 1 and replicas[0]["step"] == 3
+    fingerprints = replicas[0]["fingerprints"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    assert torch.load(checkpoint_path(out), weights_only=True)["step"] == 3
