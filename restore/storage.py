@@ -103,7 +103,9 @@ class Storage(ABC):
         A key is kept when any fnmatch pattern matches it or its basename, case-insensitively (archives mix
         ".TIF" and ".tif"). `prefix` narrows the listing (on S3 server-side); keys starting with any of
         `exclude_prefixes` (for example "_manifests/") are skipped. Temp files of our own atomic writes never
-        appear. Keys are returned as stored, even unsafe ones, so a caller can report them instead of losing them.
+        appear. A location with no objects, even one that does not exist yet, lists as empty on both backends,
+        so callers decide whether that is an error. Keys are returned as stored, even unsafe ones, so a caller
+        can report them instead of losing them.
         """
         lowered = [p.lower() for p in patterns]
         for info in self._iter_objects(prefix):
@@ -166,9 +168,9 @@ class LocalStorage(Storage):
         return ObjectInfo(key=key, size=st.st_size, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")
 
     def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
-        if not self.root.is_dir():
-            raise StorageError(f"no such folder: {self.uri}")
-        found = []
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"not a folder: {self.uri}")
+        found = []  # a missing folder lists as empty, like an S3 prefix that holds no objects yet
         for folder, dirs, files in os.walk(self.root, onerror=self._walk_error):
             rel = Path(folder).relative_to(self.root).as_posix()
             for name in files:
@@ -184,6 +186,8 @@ class LocalStorage(Storage):
         return iter(sorted(found, key=lambda info: info.key))
 
     def _walk_error(self, error: OSError) -> None:
+        if isinstance(error, FileNotFoundError):  # the root not made yet, or a folder removed while we listed
+            return
         raise StorageError(f"cannot list {error.filename}: {error.strerror}") from error
 
     def get(self, key: str) -> bytes:

@@ -149,9 +149,11 @@ def test_local_write_through_symlink_out_of_root_is_refused(tmp_path):
     assert os.listdir(tmp_path / "elsewhere") == []
 
 
-def test_listing_a_missing_folder_names_it(tmp_path):
-    with pytest.raises(StorageError, match="no such folder"):
-        list(LocalStorage(tmp_path / "nope").list())
+def test_a_folder_not_made_yet_lists_as_empty_like_an_s3_prefix(tmp_path):
+    assert list(LocalStorage(tmp_path / "not-yet").list(prefix="_manifests/")) == []
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(StorageError, match="not a folder"):
+        list(LocalStorage(tmp_path / "file").list())
 
 
 def test_open_storage_understands_uris(tmp_path, monkeypatch):
