@@ -39,9 +39,9 @@ _MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"II*\x00": "TIFF", b"MM\x00*"
           b"MM\x00+": "TIFF", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WEBP"}
 ZLIB_LEVEL = 1  # PNG and TIFF deflate level: encoding is often the pipeline's bottleneck; 1 is ~3x faster than 6, ~5% bigger
 JPEG_QUALITY = 95
-# Descriptive IFD0 tags a TIFF output carries over from EXIF (Orientation above all, so viewers rotate alike).
-_TIFF_EXIF_TAGS = {274: "H", 271: "s", 272: "s", 306: "s", 315: "s", 33432: "s"}  # Orientation, Make, Model,
-#                                                                                  DateTime, Artist, Copyright
+# Descriptive IFD0 tags a TIFF output carries over from EXIF (Orientation above all, so viewers rotate alike):
+# Orientation, Make, Model, DateTime, Artist, Copyright, with their TIFF types (SHORT or ASCII).
+_TIFF_EXIF_TAGS = {274: "H", 271: "s", 272: "s", 306: "s", 315: "s", 33432: "s"}
 _EXIF_IFDS = (0x8769, 0x8825)  # Exif and GPS sub-IFDs
 
 
