@@ -108,6 +108,20 @@ def cmd_demo(args) -> int:
     return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=args.quiet, json=args.json, show=0))
 
 
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, write_json
+
+    result = evaluate(args.data, args.methods, args.classes, args.crop, args.seed, args.weights, args.limit,
+                      args.grid, args.table, args.threads)
+    write_json(result, args.json)
+    for name, reason in result["skipped"].items():
+        print(f"restore eval: skipped {name}: {reason}", file=sys.stderr)
+    for name, classes in result["methods"].items():
+        holes = ", ".join(f"{cls} {m['psnr_hole']:.2f}" for cls, m in classes.items())
+        print(f"{name}: hole PSNR (dB) {holes}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restore", description="Batch restoration of damaged photo and film archives.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -135,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--json", metavar="OUT", help="write the run summary as JSON to OUT")
     demo.set_defaults(func=cmd_demo)
+
+    from .evaluate import CLASSES
+    from .spec import RESTORERS
+
+    evaluation = verbs.add_parser("eval", help="inpainting quality on clean images: GAN vs classical, per mask class")
+    evaluation.add_argument("--data", required=True, help="folder of clean PNG/JPEG images (searched recursively)")
+    evaluation.add_argument("--json", required=True, metavar="OUT", help="write the results as JSON to OUT")
+    evaluation.add_argument("--methods", nargs="+", default=list(RESTORERS), choices=RESTORERS)
+    evaluation.add_argument("--classes", nargs="+", default=list(CLASSES), choices=CLASSES)
+    evaluation.add_argument("--weights", help="generator file for the GAN (default: the shipped weights)")
+    evaluation.add_argument("--table", metavar="MD", help="write a Markdown table")
+    evaluation.add_argument("--grid", metavar="PNG", help="write a picture grid: input / each method / truth")
+    evaluation.add_argument("--limit", type=int, help="use only the first N images")
+    evaluation.add_argument("--seed", type=int, default=0)
+    evaluation.add_argument("--crop", type=int, default=256)
+    evaluation.add_argument("--threads", type=int, default=1, help="torch threads for the GAN")
+    evaluation.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -31,9 +31,6 @@ from .restorers import build_restorer, resolve_weights
 from .spec import JobSpec
 from .storage import ObjectInfo, Storage, StorageError, check_no_overlap, open_storage
 
-ARCHIVAL_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
-
-
 class JobError(RuntimeError):
     """A job that cannot start (not enough cluster resources, storage unusable): nothing was processed."""
 
@@ -44,7 +41,6 @@ TASK_SCHEMA = pa.schema([
     ("input_size", pa.int64()),
     ("input_etag", pa.string()),
     ("input_version_id", pa.string()),
-    ("storage_class", pa.string()),
     ("mask_key", pa.string()),
     ("neighbour_keys", pa.list_(pa.string())),
 ])
@@ -63,6 +59,7 @@ FRAME_FIELDS = [
     ("source_mode", pa.string()),
     ("icc_profile", pa.binary()),
     ("exif", pa.binary()),
+    ("dpi", pa.list_(pa.float64())),
     ("mask", pa.large_binary()),  # one byte per pixel, 1 = hole
     ("masked_fraction", pa.float64()),
     ("read_seconds", pa.float64()),
@@ -156,6 +153,8 @@ def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
 
 def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, config_hash: str) -> Plan:
     listed: list[ObjectInfo] = list(input_storage.list(spec.include))
+    if not listed:
+        raise JobError(f"input: no frames matching {', '.join(spec.include)} under {spec.input}")
     masks = {info.key: mask_key_for(spec.masks.pattern, info.key) for info in listed}
     if (spec.masks.uri or spec.input) == spec.input:
         mask_files = set(masks.values())
@@ -168,7 +167,6 @@ def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, con
         "input_size": info.size,
         "input_etag": info.etag,
         "input_version_id": info.version_id,
-        "storage_class": info.storage_class,
         "mask_key": masks[info.key],
         "neighbour_keys": neighbours[info.key],
     } for info in todo]
@@ -195,6 +193,7 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "source_mode": frame.mode,
         "icc_profile": frame.icc_profile,
         "exif": frame.exif,
+        "dpi": list(frame.dpi) if frame.dpi else None,
         "mask": mask.astype(np.uint8).tobytes(),
         "masked_fraction": float(mask.mean()),
     }
@@ -234,9 +233,6 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
         started = time.perf_counter()
         out = {**row, "status": "ok", "error": None}
         try:
-            if (row["storage_class"] or "") in ARCHIVAL_CLASSES:
-                raise StorageError(f"{row['input_key']!r} is in archival storage ({row['storage_class']}): "
-                                   "restore it to a standard class first")
             data = context.input_storage.get(row["input_key"])
             out["input_sha256"] = hashlib.sha256(data).hexdigest()
             frame = decode_frame(data, context.spec.max_pixels)
@@ -341,7 +337,7 @@ def _write_one(context: JobContext, row: dict) -> dict:
     if row["alpha"] is not None:
         alpha = np.frombuffer(row["alpha"], dtype=pixels.dtype).reshape(row["height"], row["width"])
     frame = Frame(pixels=pixels, alpha=alpha, format=row["source_format"], mode=row["source_mode"],
-                  icc_profile=row["icc_profile"], exif=row["exif"])
+                  icc_profile=row["icc_profile"], exif=row["exif"], dpi=tuple(row["dpi"]) if row["dpi"] else None)
     fmt = lossless_format(row["source_format"], context.spec.output_format)
     data = encode_frame(frame, pixels, fmt, text=provenance(context, row))
     output_key = output_key_for(row["input_key"], fmt)

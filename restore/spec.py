@@ -31,7 +31,7 @@ class SpecError(ValueError):
 class MaskSettings:
     source: str = "given"
     uri: str | None = None  # where given masks live; defaults to the input
-    pattern: str = "masks/{stem}.png"  # key of a frame's mask; {stem}, {name}, {dir} are the frame key's parts
+    pattern: str = "{dir}/masks/{stem}.png"  # key of a frame's mask; {stem}, {name}, {dir} are the frame key's parts
     dilate: int = 0  # grow every mask by this many pixels
     required: bool = False  # a frame without a mask file fails instead of passing through unchanged
 
@@ -202,7 +202,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         required=check.boolean(masks_raw, "required", "masks.required", False),
     )
     if masks.pattern and "{" not in masks.pattern:
-        problems.append(f"masks.pattern: expected a pattern naming the frame, e.g. 'masks/{{stem}}.png', got {masks.pattern!r}")
+        problems.append(f"masks.pattern: expected a pattern naming the frame, e.g. '{{dir}}/masks/{{stem}}.png', got {masks.pattern!r}")
 
     restorer_raw = check.section(raw, "restorer", set(RestorerSettings.__dataclass_fields__))
     restorer = RestorerSettings(

@@ -9,6 +9,8 @@ FAKE_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+# Set before anything starts: Ray's workers inherit the environment of the moment the cluster starts.
+os.environ.update(FAKE_CREDENTIALS)
 
 
 @pytest.fixture(scope="session")
@@ -16,8 +18,6 @@ def s3_endpoint():
     """URL of a real S3 endpoint (moto's threaded server) on 127.0.0.1; credentials come from the environment."""
     from moto.server import ThreadedMotoServer
 
-    for name, value in FAKE_CREDENTIALS.items():
-        os.environ[name] = value
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()

@@ -13,7 +13,7 @@ def test_minimal_spec_gets_defaults_and_resolves_paths_against_the_spec_file(tmp
     assert spec.input == str(tmp_path / "frames")
     assert spec.output == str(tmp_path / "restored")
     assert spec.restorer.name == "gan"
-    assert spec.masks.pattern == "masks/{stem}.png"
+    assert spec.masks.pattern == "{dir}/masks/{stem}.png"
     assert spec.workers.count == 1
 
 
