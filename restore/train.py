@@ -8,8 +8,8 @@ writes the EMA generator as the small file that ships with the package.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -264,8 +264,12 @@ def save_checkpoint(state: State, config: TrainConfig) -> Path:
     return path
 
 
-def _load_checkpoint(state: State, path: Path, device: torch.device) -> None:
+def _load_checkpoint(state: State, config: TrainConfig, path: Path, device: torch.device) -> None:
     payload = torch.load(path, map_location=device, weights_only=True)
+    for key in ("generator", "discriminator"):
+        if payload["config"][key] != dataclasses.asdict(getattr(config, key)):
+            raise ValueError(f"{path} was trained with {key} {payload['config'][key]}; the config asks for "
+                             f"{dataclasses.asdict(getattr(config, key))}: use another out_dir or resume=False")
     state.generator.load_state_dict(payload["generator"])
     state.ema.load_state_dict(payload["ema"])
     state.discriminator.load_state_dict(payload["discriminator"])
@@ -379,7 +383,7 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
     images, val_images = split_images(config.data, config.val_images)
     state = _new_state(config, rank, device)
     if resume and checkpoint_path(out_dir).exists():
-        _load_checkpoint(state, checkpoint_path(out_dir), device)
+        _load_checkpoint(state, config, checkpoint_path(out_dir), device)
     lead = rank == 0
     val = validation_set(val_images, config.overlays) if lead else {}
     telea = telea_scores(val) if lead else {}
@@ -409,8 +413,6 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
 
 
 def _fingerprint(module: torch.nn.Module) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for p in module.state_dict().values():
         digest.update(p.detach().cpu().contiguous().numpy().tobytes())

@@ -103,6 +103,9 @@ def test_resume_continues_the_same_run(tiny_data, tmp_path):
     log = [json.loads(line) for line in open(Path(resumed) / "log.jsonl")]
     assert [r["step"] for r in log if r.get("event") == "start"] == [0, 3]
     assert any("val" in r for r in log) and (Path(resumed) / "curves.png").stat().st_size > 0
+    wider = tiny_config(tiny_data, tmp_path / "b", max_steps=8, generator=GeneratorConfig(width=4, n_down=2, n_blocks=1))
+    with pytest.raises(ValueError, match="trained with generator"):
+        train(wider, resume=True)
 
 
 def test_export_and_restart_from_shipped_weights(tiny_data, tmp_path):
