@@ -9,7 +9,7 @@ import numpy as np
 
 from .damage import archive_damage
 from .frames import Frame, encode_frame, encode_mask
-from .pipeline import mask_key_for
+from .pipeline import mask_key_for, put_or_adopt
 from .spec import JobSpec
 from .storage import open_storage
 
@@ -49,6 +49,6 @@ def make_demo_frames(spec: JobSpec, count: int = 12, seed: int = 0, height: int 
         damaged, mask = archive_damage(rng, clean_scene(rng, height, width))
         key = f"reel-01/frame_{index:04d}.png"
         frame = Frame(pixels=damaged, alpha=None, format="PNG", mode="RGB", icc_profile=None, exif=None)
-        storage.put(key, encode_frame(frame, damaged, "png"))
-        masks.put(mask_key_for(spec.masks.pattern, key), encode_mask(mask))
+        put_or_adopt(storage, key, encode_frame(frame, damaged, "png"))
+        put_or_adopt(masks, mask_key_for(spec.masks.pattern, key), encode_mask(mask))
     return count

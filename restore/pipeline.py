@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import socket
@@ -395,6 +396,8 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     if not ray.is_initialized():
         ray.init(configure_logging=False, log_to_driver=False)
     _check_resources(spec)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress line replaces Ray's
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
     tasks = pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA)
     blocks = [tasks.slice(start, spec.batch_size) for start in range(0, tasks.num_rows, spec.batch_size)]
