@@ -234,8 +234,10 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
         started = time.perf_counter()
         out = {**row, "status": "ok", "error": None}
         try:
-            data = context.input_storage.get(row["input_key"])
-            out["input_sha256"] = hashlib.sha256(data).hexdigest()
+            data, info = context.input_storage.read(row["input_key"])
+            # Record what was really read: the object may have changed since it was listed.
+            out.update(input_etag=info.etag, input_version_id=info.version_id, input_size=info.size,
+                       input_sha256=hashlib.sha256(data).hexdigest())
             frame = decode_frame(data, context.spec.max_pixels)
             mask = _load_mask(context, row, frame.pixels.shape[:2])
             out.update(_frame_columns(frame, mask))

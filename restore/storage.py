@@ -123,8 +123,12 @@ class Storage(ABC):
     def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix`, sorted by key."""
 
+    def get(self, key: str) -> bytes:
+        return self.read(key)[0]
+
     @abstractmethod
-    def get(self, key: str) -> bytes: ...
+    def read(self, key: str) -> tuple[bytes, ObjectInfo]:
+        """The object's bytes and the info of exactly the version read (ETag, VersionId), from one request."""
 
     @abstractmethod
     def head(self, key: str) -> ObjectInfo | None:
@@ -190,11 +194,11 @@ class LocalStorage(Storage):
             return
         raise StorageError(f"cannot list {error.filename}: {error.strerror}") from error
 
-    def get(self, key: str) -> bytes:
+    def read(self, key: str) -> tuple[bytes, ObjectInfo]:
         path = self._path(key)
         try:
             with open(path, "rb") as f:  # read-only: originals are never opened for writing
-                return f.read()
+                return f.read(), self._info(key, os.fstat(f.fileno()))
         except FileNotFoundError:
             raise StorageError(f"no such file: {key!r} in {self.uri}") from None
         except OSError as e:
@@ -337,11 +341,13 @@ class S3Storage(Storage):
         except (BotoCoreError, ClientError) as e:
             raise self._error("list", None, e) from None
 
-    def get(self, key: str) -> bytes:
+    def read(self, key: str) -> tuple[bytes, ObjectInfo]:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))["Body"].read()
+            r = self.client.get_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))
+            data = r["Body"].read()
         except (BotoCoreError, ClientError) as e:
             raise self._error("read", key, e) from None
+        return data, ObjectInfo(key, len(data), r["ETag"].strip('"'), r.get("VersionId"), r.get("StorageClass"))
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

@@ -139,6 +139,7 @@ def test_s3_job_reads_and_writes_buckets_with_manifests_on_s3(s3_endpoint, ray_s
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     client.create_bucket(Bucket="archive-in")
     client.create_bucket(Bucket="archive-out")
+    client.put_bucket_versioning(Bucket="archive-in", VersioningConfiguration={"Status": "Enabled"})
     for index in range(3):
         client.put_object(Bucket="archive-in", Key=f"scans/box 1/p{index}.png", Body=png_bytes(scene(index)))
         client.put_object(Bucket="archive-in", Key=f"scans/box 1/masks/p{index}.png", Body=png_bytes(box_mask()))
@@ -153,7 +154,8 @@ def test_s3_job_reads_and_writes_buckets_with_manifests_on_s3(s3_endpoint, ray_s
     assert any(k.startswith("restored/_manifests/t/") and k.endswith(".parquet") for k in keys)
     table = read_manifests(open_storage("s3://archive-out/restored", s3_endpoint), "t")
     assert sorted(table["status"].to_pylist()) == ["failed", "ok", "ok", "ok"]
-    assert all(etag for etag in table["input_etag"].to_pylist())
+    ok_rows = [row for row in table.to_pylist() if row["status"] == "ok"]
+    assert all(row["input_etag"] and row["input_version_id"] for row in ok_rows)  # exactly which version was read
     restored = np.asarray(Image.open(io.BytesIO(client.get_object(Bucket="archive-out", Key="restored/box 1/p0.png")["Body"].read())))
     assert np.array_equal(restored[box_mask() == 0], scene(0)[box_mask() == 0])
     assert run(raw).planned == 1  # only the broken one again

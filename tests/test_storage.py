@@ -217,6 +217,8 @@ def test_s3_versioned_bucket_reports_version_ids(s3_endpoint, s3_bucket):
     second = storage.put("a.png", b"two")
     assert first.version_id and second.version_id and first.version_id != second.version_id
     assert storage.head("a.png").version_id == second.version_id
+    data, info = storage.read("a.png")
+    assert data == b"two" and info.version_id == second.version_id and info.etag == second.etag
 
 
 def test_s3_archived_object_cannot_be_read(s3_endpoint, s3_bucket):
