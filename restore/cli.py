@@ -122,6 +122,24 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def cmd_train(args) -> int:
+    from .train import load_train_config, train
+
+    config = load_train_config(args.config, data=args.data, out_dir=args.out, init_weights=args.init_weights,
+                               max_steps=args.max_steps, threads=args.threads, device=args.device)
+    out_dir = train(config, resume=not args.fresh, ray_workers=args.workers)
+    print(f"restore train: checkpoints, log.jsonl and curves.png in {out_dir}")
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from .train import export_generator
+
+    digest = export_generator(args.checkpoint_dir, args.out)
+    print(f"restore export: EMA generator written to {args.out} (sha256 {digest})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restore", description="Batch restoration of damaged photo and film archives.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -166,6 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--crop", type=int, default=256)
     evaluation.add_argument("--threads", type=int, default=1, help="torch threads for the GAN")
     evaluation.set_defaults(func=cmd_eval)
+
+    training = verbs.add_parser("train", help="train the GAN inpainting generator (resumes from the last checkpoint)")
+    training.add_argument("config", help="training config (YAML), e.g. restore/configs/gan-cpu.yaml")
+    training.add_argument("--data", help="folder of clean training images (overrides the config)")
+    training.add_argument("--out", help="checkpoint folder, outside the repository (overrides the config)")
+    training.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    training.add_argument("--init-weights", help="start the generator from these weights, with a fresh discriminator")
+    training.add_argument("--max-steps", type=int, help="stop at this step")
+    training.add_argument("--threads", type=int, help="torch CPU threads per worker")
+    training.add_argument("--device", help="cpu or cuda")
+    training.add_argument("--workers", type=int, default=0, help="train on N Ray Train workers (DDP); 0 = this process")
+    training.set_defaults(func=cmd_train)
+
+    export = verbs.add_parser("export", help="write a checkpoint's EMA generator as a weights file for jobs")
+    export.add_argument("checkpoint_dir", help="the training run's checkpoint folder")
+    export.add_argument("out", help="weights file to write, e.g. restore/weights/generator.pt")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -179,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, StorageError, RestorerError, JobError, FrameError) as error:
+    except (SpecError, StorageError, RestorerError, JobError, FrameError, ValueError, OSError) as error:
         print(f"restore {args.verb}: {error}", file=sys.stderr)
         return EXIT_ERROR
 

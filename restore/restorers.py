@@ -6,7 +6,6 @@ so a subclass only fills holes.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -91,22 +90,22 @@ class GanRestorer(Restorer):
     def fill(self, frames, masks):
         import torch
 
-        from .models.tiling import inpaint_tiled
+        from .models.tiling import inpaint_tiled_batch
 
+        scales = [float(np.iinfo(pixels.dtype).max) for pixels in frames]
+        images = []
+        for pixels, scale in zip(frames, scales):
+            image = torch.from_numpy(pixels.astype(np.float32) / scale).permute(2, 0, 1)  # (C, H, W) in [0, 1]
+            images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)  # grey is seen as colour
+        holes = [torch.from_numpy(mask) for mask in masks]
+        with torch.inference_mode():
+            restored = inpaint_tiled_batch(self.generator, images, holes, tile=self.tile, overlap=self.overlap)
         filled = []
-        for pixels, mask in zip(frames, masks):
-            scale = float(np.iinfo(pixels.dtype).max)
-            image = torch.from_numpy(pixels.astype(np.float32) / scale).permute(2, 0, 1)  # (C, H, W)
-            gray = image.shape[0] == 1
-            if gray:
-                image = image.expand(3, -1, -1)  # the generator sees colour; grey goes back as the channel mean
-            with torch.inference_mode():
-                out = inpaint_tiled(self.generator, image.to(self.device), torch.from_numpy(mask).to(self.device),
-                                    tile=self.tile, overlap=self.overlap)
+        for pixels, scale, out in zip(frames, scales, restored):
             out = out.float().cpu()
-            if gray:
-                out = out.mean(dim=0, keepdim=True)
-            values = out.permute(1, 2, 0).numpy() * scale
+            if pixels.shape[2] == 1:
+                out = out.mean(dim=0, keepdim=True)  # grey goes back as the channel mean
+            values = out.permute(1, 2, 0).numpy() * scale  # (H, W, C)
             filled.append(np.clip(np.rint(values), 0, scale).astype(pixels.dtype))
         return filled
 
@@ -119,7 +118,9 @@ def resolve_weights(settings: RestorerSettings) -> tuple[Path | None, str | None
     if not path.is_file():
         raise RestorerError(f"restorer.weights: no generator file at {path}; train one with `restore train` "
                             "or choose restorer.name: telea")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    from .models.weights import file_sha256
+
+    digest = file_sha256(path)
     if settings.weights_sha256 and digest != settings.weights_sha256:
         raise RestorerError(f"restorer.weights_sha256: the spec pins {settings.weights_sha256}, "
                             f"but {path.name} has sha256 {digest}")

@@ -42,8 +42,8 @@ class RestorerSettings:
     weights: str | None = None  # a generator file; None = the weights shipped in the package
     weights_sha256: str | None = None  # pin: refuse any other weights
     radius: int = 3  # classical restorers' neighbourhood
-    tile: int = 256  # GAN tile size
-    overlap: int = 32  # GAN tile overlap
+    tile: int = 512  # GAN tile size
+    overlap: int = 64  # GAN tile overlap
 
 
 @dataclass(frozen=True)
@@ -210,8 +210,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         weights=check.string(restorer_raw, "weights", "restorer.weights"),
         weights_sha256=check.string(restorer_raw, "weights_sha256", "restorer.weights_sha256"),
         radius=check.number(restorer_raw, "radius", "restorer.radius", 3, minimum=1),
-        tile=check.number(restorer_raw, "tile", "restorer.tile", 256, minimum=32),
-        overlap=check.number(restorer_raw, "overlap", "restorer.overlap", 32),
+        tile=check.number(restorer_raw, "tile", "restorer.tile", 512, minimum=32),
+        overlap=check.number(restorer_raw, "overlap", "restorer.overlap", 64),
     )
     if restorer.weights_sha256 and (len(restorer.weights_sha256) != 64 or not all(c in "0123456789abcdef" for c in restorer.weights_sha256)):
         problems.append(f"restorer.weights_sha256: expected 64 lowercase hex digits, got {restorer.weights_sha256!r}")

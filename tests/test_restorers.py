@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from restore.models.generator import Generator, GeneratorConfig
+from restore.models.weights import file_sha256, save_generator
+from restore.restorers import RestorerError, build_restorer, resolve_weights
+from restore.spec import RestorerSettings
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_generator(Generator(GeneratorConfig(width=8, n_down=2, n_blocks=1)), path)
+    return str(path)
+
+
+def frames():
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 65535, 96 * 80).reshape(80, 96).astype(np.uint16)  # > 256 distinct levels
+    return {
+        "rgb8": rng.integers(0, 256, (80, 96, 3), dtype=np.uint8),
+        "gray8": rng.integers(0, 256, (80, 96, 1), dtype=np.uint8),
+        "rgb16": rng.integers(0, 65536, (80, 96, 3), dtype=np.uint16),
+        "gray16": ramp[:, :, None],
+    }
+
+
+def hole():
+    mask = np.zeros((80, 96), dtype=bool)
+    mask[30:50, 40:60] = True
+    return mask
+
+
+@pytest.mark.parametrize("settings", [RestorerSettings(name="telea"), RestorerSettings(name="navier-stokes"), "gan"])
+def test_only_masked_pixels_change_for_every_depth_and_channel_count(settings, tiny_weights):
+    if settings == "gan":
+        settings = RestorerSettings(name="gan", weights=tiny_weights, tile=64, overlap=16)
+    restorer = build_restorer(settings)
+    mask = hole()
+    names, inputs = zip(*frames().items())
+    outputs = restorer.restore_batch(list(inputs), [mask] * len(inputs))
+    for name, pixels, out in zip(names, inputs, outputs):
+        assert out.dtype == pixels.dtype and out.shape == pixels.shape, name
+        assert np.array_equal(out[~mask], pixels[~mask]), name
+        assert not np.array_equal(out[mask], pixels[mask]), name  # the hole was really filled
+    gray16 = outputs[names.index("gray16")]
+    assert len(np.unique(gray16)) > 256  # 16-bit stays 16-bit
+
+
+def test_empty_mask_returns_an_identical_copy_without_running_the_model(tiny_weights):
+    restorer = build_restorer(RestorerSettings(name="gan", weights=tiny_weights))
+    restorer.generator = None  # would fail if touched
+    pixels = frames()["rgb8"]
+    out = restorer(pixels, np.zeros(pixels.shape[:2], dtype=bool))
+    assert np.array_equal(out, pixels) and out is not pixels
+
+
+def test_mask_of_another_size_is_refused():
+    restorer = build_restorer(RestorerSettings(name="telea"))
+    with pytest.raises(ValueError, match="does not match"):
+        restorer(frames()["rgb8"], np.zeros((10, 10), dtype=bool))
+
+
+def test_pinned_weights_hash_must_match(tiny_weights):
+    digest = file_sha256(tiny_weights)
+    assert resolve_weights(RestorerSettings(name="gan", weights=tiny_weights, weights_sha256=digest))[1] == digest
+    with pytest.raises(RestorerError, match="pins"):
+        resolve_weights(RestorerSettings(name="gan", weights=tiny_weights, weights_sha256="0" * 64))
+    with pytest.raises(RestorerError, match="no generator file"):
+        resolve_weights(RestorerSettings(name="gan", weights=tiny_weights + ".missing"))
+    assert resolve_weights(RestorerSettings(name="telea")) == (None, None)
