@@ -393,6 +393,7 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     result = RunResult(run_id=context.run_id, manifest_prefix=run_prefix(spec.name, context.run_id),
                        planned=len(plan.tasks), already_done=plan.already_done)
     started = time.perf_counter()
+    context.output_storage.remove_orphaned_temp_files()
     if not plan.tasks:
         return result
     if not ray.is_initialized():

@@ -146,6 +146,13 @@ class Storage(ABC):
     def delete(self, key: str) -> None:
         """Remove the object if it exists; only used on our own outputs and leases."""
 
+    def remove_orphaned_temp_files(self) -> int:
+        """Delete staging files left by a writer that was killed mid-write; call only while holding the job's lease.
+
+        Object stores publish a put whole or not at all, so only local folders ever have any.
+        """
+        return 0
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
 
@@ -269,6 +276,13 @@ class LocalStorage(Storage):
             self._path(key).unlink(missing_ok=True)
         except OSError as e:
             raise StorageError(f"cannot delete {key!r} in {self.uri}: {e.strerror}") from None
+
+    def remove_orphaned_temp_files(self) -> int:
+        removed = 0
+        for path in self.root.rglob(f"{TEMP_PREFIX}*") if self.root.is_dir() else ():
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
 
 class S3Storage(Storage):

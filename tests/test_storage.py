@@ -12,6 +12,7 @@ from restore.storage import (
     LocalStorage,
     S3Storage,
     StorageError,
+    TEMP_PREFIX,
     UnsafeKeyError,
     check_no_overlap,
     open_storage,
@@ -240,3 +241,12 @@ def test_s3_listing_pages_and_skips_folder_markers(s3_endpoint, s3_bucket):
         list(pool.map(lambda key: client.put_object(Bucket=s3_bucket, Key="in/" + key, Body=b"x"), keys))
     client.put_object(Bucket=s3_bucket, Key="input-other/frame.png", Body=b"x")  # shares the prefix's letters
     assert [o.key for o in S3Storage(s3_bucket, "in", endpoint_url=s3_endpoint).list()] == keys
+
+
+def test_orphaned_temp_files_of_a_killed_writer_are_removed(tmp_path):
+    storage = LocalStorage(tmp_path)
+    storage.put("keep/a.png", b"a")
+    orphan = tmp_path / "keep" / f"{TEMP_PREFIX}dead-a.png"
+    orphan.write_bytes(b"half")
+    assert storage.remove_orphaned_temp_files() == 1
+    assert not orphan.exists() and (tmp_path / "keep" / "a.png").read_bytes() == b"a"
