@@ -359,15 +359,21 @@ def _write_one(context: JobContext, row: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- driver
 
+IO_TASK_CPUS = 0.5  # each load and write task: decoding and encoding are real CPU work
+
+
 def _check_resources(spec: JobSpec) -> None:
+    """Refuse up front a pool that could never be scheduled, instead of a job that waits forever."""
     import ray
 
     available = ray.cluster_resources()
-    needed = {"CPU": spec.workers.count * spec.workers.cpus, "GPU": spec.workers.count * spec.workers.gpus}
+    needed = {"CPU": spec.workers.count * spec.workers.cpus + 2 * IO_TASK_CPUS,
+              "GPU": spec.workers.count * spec.workers.gpus}
     for resource, amount in needed.items():
         if amount > available.get(resource, 0):
             raise JobError(
-                f"workers: {spec.workers.count} worker(s) need {amount:g} {resource} in all, "
+                f"workers: {spec.workers.count} worker(s) of {spec.workers.cpus:g} CPU and {spec.workers.gpus:g} GPU, "
+                f"plus one load and one write task of {IO_TASK_CPUS:g} CPU, need {amount:g} {resource}; "
                 f"the Ray cluster has {available.get(resource, 0):g}")
 
 
@@ -407,12 +413,12 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     dataset = (
         ray.data.from_arrow(blocks)
         .map_batches(load_frames, fn_kwargs={"context": context}, batch_size=spec.batch_size,
-                     batch_format="pyarrow", num_cpus=0.5)
+                     batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
         .map_batches(RestoreFrames, fn_constructor_kwargs={"context": context}, batch_size=spec.batch_size,
                      batch_format="pyarrow", compute=ActorPoolStrategy(size=spec.workers.count),
                      num_cpus=spec.workers.cpus, num_gpus=spec.workers.gpus)
         .map_batches(write_outputs, fn_kwargs={"context": context}, batch_size=spec.batch_size,
-                     batch_format="pyarrow", num_cpus=0.5)
+                     batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
     )
     writer = ManifestWriter(context.output_storage, spec.name, context.run_id)
     pending: list[dict] = []

@@ -212,3 +212,12 @@ def test_sequence_windows_hand_each_frame_its_neighbours_within_its_folder():
     assert windows["r1/f2.png"] == ["r1/f1.png", "r1/f3.png"]
     assert windows["r2/a.png"] == ["r2/b.png"]
     assert neighbour_keys(keys, 0)["r1/f2.png"] == []
+
+
+def test_worker_pool_larger_than_the_cluster_is_refused_before_any_work(tmp_path, ray_session):
+    from restore.pipeline import JobError
+
+    write_collection(tmp_path / "in", 1)
+    with pytest.raises(JobError, match="workers: 4 worker"):
+        run(job(tmp_path, workers={"count": 4, "cpus": 1}))
+    assert not (tmp_path / "out" / "_manifests").exists()
