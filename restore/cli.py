@@ -140,6 +140,31 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def _size(text: str) -> tuple[int, int]:
+    """'2048x1556' (width x height) → (height, width)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 2048x1556, got {text!r}") from None
+    return height, width
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, run_bench
+
+    config = BenchConfig(frames=args.frames, damage=args.damage, restorer=args.restorer, weights=args.weights,
+                         workers=args.workers, cpus=args.cpus, batch_size=args.batch_size, s3=not args.no_s3,
+                         naive=not args.no_naive, seed=args.seed, **({"sizes": args.size} if args.size else {}))
+    result = run_bench(config)
+    _write_json(args.json, result)
+    for size in result["sizes"]:
+        print(f"{size['width']}x{size['height']}: ceiling {size['ceiling_fps']:.2f} fps, I/O ceiling "
+              f"{size['io_ceiling_fps']:.2f}, pipeline {size['pipeline_fps']:.2f} "
+              f"({size['pipeline_over_ceiling']:.2f} of the lower ceiling)"
+              + (f", naive {size['naive_fps']:.2f} (pipeline {size['pipeline_over_naive']:.2f}x)" if "naive_fps" in size else ""))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restore", description="Batch restoration of damaged photo and film archives.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -184,6 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--crop", type=int, default=256)
     evaluation.add_argument("--threads", type=int, default=1, help="torch threads for the GAN")
     evaluation.set_defaults(func=cmd_eval)
+
+    bench = verbs.add_parser("bench", help="throughput: bare restorer, I/O ceiling, pipeline (local, S3) and naive loop")
+    bench.add_argument("--json", metavar="OUT", help="write the measurements as JSON to OUT")
+    bench.add_argument("--frames", type=int, default=8, help="frames per size")
+    bench.add_argument("--size", type=_size, action="append", help="WIDTHxHEIGHT, repeatable (default 512x512 and 2048x1556)")
+    bench.add_argument("--damage", default="archive", help="archive | thin | medium | thick | none")
+    bench.add_argument("--restorer", default="gan", choices=RESTORERS)
+    bench.add_argument("--weights", help="generator file (default: the shipped weights)")
+    bench.add_argument("--workers", type=int, default=1)
+    bench.add_argument("--cpus", type=float, default=1.0, help="CPUs per restorer worker (and torch threads)")
+    bench.add_argument("--batch-size", type=int, default=2)
+    bench.add_argument("--no-s3", action="store_true", help="skip the S3 run (it needs moto, from the test extra)")
+    bench.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.set_defaults(func=cmd_bench)
 
     training = verbs.add_parser("train", help="train the GAN inpainting generator (resumes from the last checkpoint)")
     training.add_argument("config", help="training config (YAML), e.g. restore/configs/gan-cpu.yaml")

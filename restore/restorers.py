@@ -44,6 +44,15 @@ class Restorer:
         raise NotImplementedError
 
 
+class PassThrough(Restorer):
+    """Changes nothing: a job with it measures everything but the model (decode, encode, storage, manifests)."""
+
+    name = "none"
+
+    def fill(self, frames, masks):
+        return frames
+
+
 class OpenCVRestorer(Restorer):
     """OpenCV's classical inpainting (Telea's fast marching or Navier–Stokes): the baseline the GAN must beat."""
 
@@ -128,6 +137,8 @@ def resolve_weights(settings: RestorerSettings) -> tuple[Path | None, str | None
 
 
 def build_restorer(settings: RestorerSettings, threads: int = 1) -> Restorer:
+    if settings.name == "none":
+        return PassThrough()
     if settings.name in ("telea", "navier-stokes"):
         return OpenCVRestorer(settings.name, settings.radius)
     if settings.name == "gan":

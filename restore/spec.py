@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-RESTORERS = ("gan", "telea", "navier-stokes")
+RESTORERS = ("gan", "telea", "navier-stokes")  # the inpainting methods
+RESTORER_NAMES = RESTORERS + ("none",)  # "none" copies frames through unchanged: the pipeline's I/O-bound ceiling
 MASK_SOURCES = ("given",)
 OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg")
 DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff")
@@ -206,7 +207,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
 
     restorer_raw = check.section(raw, "restorer", set(RestorerSettings.__dataclass_fields__))
     restorer = RestorerSettings(
-        name=check.string(restorer_raw, "name", "restorer.name", "gan", choices=RESTORERS),
+        name=check.string(restorer_raw, "name", "restorer.name", "gan", choices=RESTORER_NAMES),
         weights=check.string(restorer_raw, "weights", "restorer.weights"),
         weights_sha256=check.string(restorer_raw, "weights_sha256", "restorer.weights_sha256"),
         radius=check.number(restorer_raw, "radius", "restorer.radius", 3, minimum=1),

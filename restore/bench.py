@@ -1,0 +1,253 @@
+"""Throughput on the same frames, four ways: the bare restorer (model-bound ceiling), the pipeline with a
+do-nothing restorer (I/O-bound ceiling), the full pipeline (local and S3), and the naive loop a user would write.
+
+Pipeline rates are steady-state: frames completed after the first batch, over the time between the first and the
+last batch, so actor start-up and model loading (paid once per job, not per frame) do not count against a
+nightly run of tens of thousands of frames. The wall time including start-up is reported beside them.
+"""
+from __future__ import annotations
+
+import io
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .damage import ARCHIVE_KINDS, MASK_CLASSES, archive_damage, hole_mask
+from .demo import clean_scene
+from .frames import Frame, decode_frame, decode_mask, encode_frame, encode_mask
+from .restorers import build_restorer
+from .spec import RestorerSettings, parse_spec
+
+DAMAGE_KINDS = ("archive",) + MASK_CLASSES + ("none",)
+
+
+@dataclass
+class BenchConfig:
+    sizes: list[tuple[int, int]] = field(default_factory=lambda: [(512, 512), (1556, 2048)])  # (height, width)
+    frames: int = 8
+    damage: str = "archive"
+    restorer: str = "gan"
+    weights: str | None = None
+    workers: int = 1
+    cpus: float = 1.0
+    batch_size: int = 2
+    s3: bool = True  # also run the pipeline against an S3 endpoint (moto's server on loopback)
+    naive: bool = True
+    seed: int = 0
+
+
+def damaged_frames(config: BenchConfig, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(config.seed)
+    frames = []
+    for _ in range(config.frames):
+        clean = clean_scene(rng, height, width)
+        if config.damage == "archive":
+            frames.append(archive_damage(rng, clean, ARCHIVE_KINDS))
+        elif config.damage == "none":
+            frames.append((clean, np.zeros((height, width), dtype=bool)))
+        else:
+            frames.append((clean, hole_mask(rng, height, width, config.damage)))
+    return frames
+
+
+def write_collection(folder: Path, frames: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    for index, (pixels, mask) in enumerate(frames):
+        frame = Frame(pixels=pixels, alpha=None, format="PNG", mode="RGB", icc_profile=None, exif=None)
+        (folder / "masks").mkdir(parents=True, exist_ok=True)
+        (folder / f"f{index:05d}.png").write_bytes(encode_frame(frame, pixels, "png"))
+        (folder / "masks" / f"f{index:05d}.png").write_bytes(encode_mask(mask))
+
+
+def restorer_settings(config: BenchConfig, name: str | None = None) -> RestorerSettings:
+    return RestorerSettings(name=name or config.restorer, weights=config.weights)
+
+
+def measure_ceiling(config: BenchConfig, frames) -> float:
+    """Frames/s of the restorer alone, with the pipeline's tiling and thread count, frames already in memory."""
+    restorer = build_restorer(restorer_settings(config), threads=max(1, int(config.cpus)))
+    restorer.restore_batch([frames[0][0]], [frames[0][1]])  # warm-up: first-call allocations
+    started = time.perf_counter()
+    for start in range(0, len(frames), config.batch_size):
+        group = frames[start:start + config.batch_size]
+        restorer.restore_batch([p for p, _ in group], [m for _, m in group])
+    return len(frames) / (time.perf_counter() - started)
+
+
+class WorkerMemory:
+    """Samples the resident memory of Ray's worker processes while a job runs."""
+
+    def __init__(self, every: float = 0.2):
+        import psutil
+
+        self.psutil, self.every = psutil, every
+        self.peak_one = self.peak_total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            sizes = []
+            for process in self.psutil.process_iter(["cmdline", "memory_info"]):
+                cmdline = " ".join(process.info["cmdline"] or [])
+                if "ray::" in cmdline or "default_worker.py" in cmdline:
+                    sizes.append(process.info["memory_info"].rss)
+            if sizes:
+                self.peak_one, self.peak_total = max(self.peak_one, max(sizes)), max(self.peak_total, sum(sizes))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def measure_pipeline(config: BenchConfig, input_uri: str, output_uri: str, restorer: str,
+                     endpoint_url: str | None = None) -> dict:
+    from .pipeline import prepare, run_job
+
+    raw = {"name": "bench", "input": input_uri, "output": output_uri, "endpoint_url": endpoint_url,
+           "restorer": {"name": restorer, "weights": config.weights}, "batch_size": config.batch_size,
+           "workers": {"count": config.workers, "cpus": config.cpus}, "commit_every": 64}
+    context, plan = prepare(parse_spec({k: v for k, v in raw.items() if v is not None}))
+    stamps: list[tuple[float, int]] = []
+    with WorkerMemory() as memory:
+        result = run_job(context, plan, progress=lambda done, total, failed: stamps.append((time.perf_counter(), done)))
+    if result.counts.get("ok", 0) != len(plan.tasks):
+        raise RuntimeError(f"bench job did not restore every frame: {result.counts}")
+    (first_time, first_done), (last_time, last_done) = stamps[0], stamps[-1]
+    steady = (last_done - first_done) / (last_time - first_time) if last_done > first_done else result.frames_per_second
+    return {"fps": steady, "fps_with_startup": result.frames_per_second, "seconds": result.seconds,
+            "worker_peak_rss_mb": memory.peak_one / 2**20, "workers_total_peak_rss_mb": memory.peak_total / 2**20}
+
+
+def measure_naive(config: BenchConfig, input_dir: Path, output_dir: Path) -> float:
+    """One process, frame by frame: read → decode → the model over the whole frame → encode (default PNG) → write."""
+    import torch
+    from PIL import Image
+
+    restorer = build_restorer(restorer_settings(config), threads=max(1, int(config.cpus)))
+    generator = getattr(restorer, "generator", None)
+    paths = sorted(input_dir.glob("*.png"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for path in paths:
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        mask = decode_mask((input_dir / "masks" / path.name).read_bytes())
+        if generator is not None:
+            image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
+            hole = torch.from_numpy(mask)[None, None]
+            with torch.inference_mode():
+                pred = generator(image, hole)
+            out = torch.where(hole, pred, image)[0].permute(1, 2, 0).numpy()
+            restored = np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+        else:
+            restored = restorer(pixels, mask)
+        buffer = io.BytesIO()
+        Image.fromarray(restored).save(buffer, format="PNG")
+        (output_dir / path.name).write_bytes(buffer.getvalue())
+    return len(paths) / (time.perf_counter() - started)
+
+
+def _s3_endpoint():
+    """A throwaway S3 endpoint on loopback (moto's server, from the test extra), or None when moto is absent."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        return None
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"http://{host}:{port}"
+
+
+def bench_size(config: BenchConfig, height: int, width: int, workdir: Path, endpoint: str | None) -> dict:
+    frames = damaged_frames(config, height, width)
+    input_dir = workdir / f"in-{width}x{height}"
+    write_collection(input_dir, frames)
+    decoded = [(decode_frame((input_dir / f"f{i:05d}.png").read_bytes()).pixels, mask)
+               for i, (_, mask) in enumerate(frames)]
+    result: dict = {"height": height, "width": width, "megapixels": height * width / 1e6,
+                    "masked_fraction": float(np.mean([m.mean() for _, m in frames]))}
+    result["ceiling_fps"] = measure_ceiling(config, decoded)
+    io_run = measure_pipeline(config, str(input_dir), str(workdir / f"io-{width}"), "none")
+    result["io_ceiling_fps"] = io_run["fps"]
+    full = measure_pipeline(config, str(input_dir), str(workdir / f"out-{width}"), config.restorer)
+    result["pipeline_fps"] = full["fps"]
+    result["pipeline_fps_with_startup"] = full["fps_with_startup"]
+    result["worker_peak_rss_mb"] = max(io_run["worker_peak_rss_mb"], full["worker_peak_rss_mb"])
+    result["workers_total_peak_rss_mb"] = max(io_run["workers_total_peak_rss_mb"], full["workers_total_peak_rss_mb"])
+    if endpoint:
+        import boto3
+
+        bucket = f"bench-{width}x{height}"
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=bucket)
+        for path in sorted(input_dir.rglob("*.png")):
+            client.put_object(Bucket=bucket, Key=f"in/{path.relative_to(input_dir).as_posix()}", Body=path.read_bytes())
+        result["pipeline_s3_fps"] = measure_pipeline(config, f"s3://{bucket}/in", f"s3://{bucket}/out",
+                                                     config.restorer, endpoint)["fps"]
+    if config.naive:
+        result["naive_fps"] = measure_naive(config, input_dir, workdir / f"naive-{width}")
+        result["pipeline_over_naive"] = result["pipeline_fps"] / result["naive_fps"]
+    result["pipeline_over_ceiling"] = result["pipeline_fps"] / min(result["ceiling_fps"], result["io_ceiling_fps"])
+    for key in [k for k in result if k.endswith("_fps")]:
+        result[key.replace("_fps", "_mp_per_s")] = result[key] * result["megapixels"]
+    return result
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Every measurement for every frame size; top-level ratios are the worst over sizes."""
+    if config.damage not in DAMAGE_KINDS:
+        raise ValueError(f"damage: expected one of {', '.join(DAMAGE_KINDS)}, got {config.damage!r}")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(configure_logging=False, log_to_driver=False)
+    s3 = _s3_endpoint() if config.s3 else None
+    workdir = Path(tempfile.mkdtemp(prefix="restore-bench-"))
+    try:
+        sizes = [bench_size(config, h, w, workdir, s3[1] if s3 else None) for h, w in config.sizes]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if s3:
+            s3[0].stop()
+    primary = sizes[-1]
+    summary = {
+        "config": {**asdict(config), "sizes": [list(s) for s in config.sizes]},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+                    "gpu": _gpu_name()},
+        "date": time.strftime("%Y-%m-%d"),
+        "sizes": sizes,
+        "ceiling_fps": primary["ceiling_fps"],
+        "io_ceiling_fps": primary["io_ceiling_fps"],
+        "pipeline_fps": primary["pipeline_fps"],
+        "naive_fps": primary.get("naive_fps"),
+        "pipeline_over_ceiling": min(s["pipeline_over_ceiling"] for s in sizes),
+        "pipeline_over_naive": primary.get("pipeline_over_naive"),
+        "peak_rss_mb": {
+            "driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "worker": max(s["worker_peak_rss_mb"] for s in sizes),
+            "workers_total": max(s["workers_total_peak_rss_mb"] for s in sizes),
+        },
+    }
+    return summary
+
+
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

@@ -1,0 +1,20 @@
+import json
+
+from restore.cli import main as restore_main
+
+
+def test_bench_reports_every_measurement_with_sane_values(tmp_path, ray_session):
+    out = tmp_path / "bench.json"
+    code = restore_main(["bench", "--json", str(out), "--frames", "4", "--size", "96x64", "--restorer", "telea",
+                         "--batch-size", "2", "--cpus", "1"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    for key in ("ceiling_fps", "io_ceiling_fps", "pipeline_fps", "naive_fps", "pipeline_over_ceiling",
+                "pipeline_over_naive", "peak_rss_mb"):
+        assert result[key], key
+    size = result["sizes"][0]
+    assert (size["width"], size["height"]) == (96, 64)
+    assert size["pipeline_s3_fps"] > 0 and size["pipeline_mp_per_s"] > 0
+    assert 0 < size["masked_fraction"] < 0.5
+    assert result["peak_rss_mb"]["driver"] > 10 and result["peak_rss_mb"]["worker"] > 10
+    assert result["pipeline_over_ceiling"] == size["pipeline_fps"] / min(size["ceiling_fps"], size["io_ceiling_fps"])
