@@ -251,3 +251,74 @@ def _gpu_name() -> str | None:
     import torch
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _frame_time(restorer, pixels: np.ndarray, mask: np.ndarray, repeats: int = 2) -> float:
+    restorer.restore_batch([pixels], [mask])  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        restorer.restore_batch([pixels], [mask])
+    return (time.perf_counter() - started) / repeats
+
+
+def _mask_with_fraction(rng: np.random.Generator, height: int, width: int, fraction: float) -> np.ndarray:
+    """Dust-like square specks scattered over the frame until `fraction` of it is covered."""
+    mask = np.zeros((height, width), dtype=bool)
+    side = max(2, int(min(height, width) * 0.01))
+    while mask.mean() < fraction:
+        y, x = rng.integers(0, height - side), rng.integers(0, width - side)
+        mask[y:y + side, x:x + side] = True
+    return mask
+
+
+def scaling(config: BenchConfig, sizes=(256, 512, 1024, 2048, 4096),
+            fractions=(0.001, 0.01, 0.03, 0.1, 0.3), fraction_frame=(1556, 2048)) -> dict:
+    """Bare-restorer seconds per frame against frame size (archive damage) and against damaged fraction."""
+    restorer = build_restorer(restorer_settings(config), threads=max(1, int(config.cpus)))
+    rng = np.random.default_rng(config.seed)
+    by_size = []
+    for side in sizes:
+        pixels, mask = archive_damage(rng, clean_scene(rng, side, side), ARCHIVE_KINDS)
+        by_size.append({"size": side, "masked_fraction": float(mask.mean()),
+                        "seconds_per_frame": _frame_time(restorer, pixels, mask, repeats=1)})
+    height, width = fraction_frame
+    clean = clean_scene(rng, height, width)
+    by_fraction = []
+    for fraction in fractions:
+        mask = _mask_with_fraction(rng, height, width, fraction)
+        by_fraction.append({"masked_fraction": float(mask.mean()),
+                            "seconds_per_frame": _frame_time(restorer, clean, mask, repeats=1)})
+    return {"restorer": config.restorer, "by_size": by_size, "fraction_frame": f"{width}x{height}",
+            "by_damaged_fraction": by_fraction}
+
+
+def model_floor(config: BenchConfig, tile: int = 512) -> dict:
+    """The generator's arithmetic per megapixel and this machine's measured conv throughput: a floor on time/MP."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    restorer = build_restorer(restorer_settings(config, "gan"), threads=max(1, int(config.cpus)))
+    generator = restorer.generator
+    image, hole = torch.rand(1, 3, tile, tile), torch.zeros(1, 1, tile, tile, dtype=torch.bool)
+    hole[..., tile // 4: tile // 2, tile // 4: tile // 2] = True
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        generator(image, hole)
+    flops_per_mp = counter.get_total_flops() / (tile * tile / 1e6)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1)
+    x = torch.rand(1, 128, 128, 128)
+    with torch.inference_mode():
+        conv(x)
+        started = time.perf_counter()
+        for _ in range(5):
+            conv(x)
+        seconds = (time.perf_counter() - started) / 5
+    conv_flops = 2 * 128 * 128 * 9 * 128 * 128  # multiply-adds of one 3x3 conv pass, counted as 2 FLOPs
+    throughput = conv_flops / seconds
+    with torch.inference_mode():
+        generator(image, hole)
+        started = time.perf_counter()
+        generator(image, hole)
+        measured = (time.perf_counter() - started) / (tile * tile / 1e6)
+    return {"gflops_per_mp": flops_per_mp / 1e9, "conv_gflops_per_s": throughput / 1e9,
+            "floor_seconds_per_mp": flops_per_mp / throughput, "generator_seconds_per_mp": measured,
+            "generator_over_floor": measured / (flops_per_mp / throughput), "threads": torch.get_num_threads()}

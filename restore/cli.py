@@ -155,6 +155,13 @@ def cmd_bench(args) -> int:
     config = BenchConfig(frames=args.frames, damage=args.damage, restorer=args.restorer, weights=args.weights,
                          workers=args.workers, cpus=args.cpus, batch_size=args.batch_size, s3=not args.no_s3,
                          naive=not args.no_naive, seed=args.seed, **({"sizes": args.size} if args.size else {}))
+    if args.scaling:
+        from .bench import model_floor, scaling
+
+        result = {"scaling": scaling(config), "model_floor": model_floor(config) if config.restorer == "gan" else None}
+        _write_json(args.json, result)
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
     result = run_bench(config)
     _write_json(args.json, result)
     for size in result["sizes"]:
@@ -223,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-s3", action="store_true", help="skip the S3 run (it needs moto, from the test extra)")
     bench.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--scaling", action="store_true",
+                       help="instead: restorer time per frame against frame size and damaged fraction, and the FLOPs floor")
     bench.set_defaults(func=cmd_bench)
 
     training = verbs.add_parser("train", help="train the GAN inpainting generator (resumes from the last checkpoint)")

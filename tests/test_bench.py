@@ -18,3 +18,20 @@ def test_bench_reports_every_measurement_with_sane_values(tmp_path, ray_session)
     assert 0 < size["masked_fraction"] < 0.5
     assert result["peak_rss_mb"]["driver"] > 10 and result["peak_rss_mb"]["worker"] > 10
     assert result["pipeline_over_ceiling"] == size["pipeline_fps"] / min(size["ceiling_fps"], size["io_ceiling_fps"])
+
+
+def test_scaling_and_floor_report_time_per_frame_and_arithmetic(tmp_path):
+    from restore.bench import BenchConfig, model_floor, scaling
+    from restore.models.generator import Generator, GeneratorConfig
+    from restore.models.weights import save_generator
+
+    weights = tmp_path / "tiny.pt"
+    save_generator(Generator(GeneratorConfig(width=8, n_down=2, n_blocks=1)), weights)
+    config = BenchConfig(restorer="gan", weights=str(weights))
+    curve = scaling(config, sizes=(64, 128), fractions=(0.001, 0.05), fraction_frame=(96, 128))
+    assert [row["size"] for row in curve["by_size"]] == [64, 128]
+    assert all(row["seconds_per_frame"] > 0 for row in curve["by_size"] + curve["by_damaged_fraction"])
+    fractions = [row["masked_fraction"] for row in curve["by_damaged_fraction"]]
+    assert fractions[0] < fractions[1]
+    floor = model_floor(config, tile=64)
+    assert floor["gflops_per_mp"] > 0 and floor["conv_gflops_per_s"] > 0 and floor["generator_over_floor"] > 0
