@@ -1,0 +1,155 @@
+"""`restore verify`: check a job's outputs against its manifests, so an archive can prove what it holds.
+
+For the newest manifest row of each frame: an `ok` row's output must exist, hash to the recorded sha256 and carry
+provenance metadata that names the same id, input, config and weights as the row; its mask must exist when the
+row names one. Failed rows are listed (they are recorded, not broken). Optionally, objects under the output that
+no manifest row of the job accounts for are reported too (a stray or planted file).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .manifest import MANIFEST_ROOT, latest_rows, read_manifests
+from .storage import Storage, StorageError, open_storage
+
+PROVENANCE_KEY = "restore:provenance"
+# Objects the tools themselves keep under an output besides frames and masks: manifests and leases, and the
+# HTML report with its pictures. They are never "unknown".
+_OWN_PREFIXES = (f"{MANIFEST_ROOT}/", "_report/")
+_OWN_KEYS = ("report.html",)
+
+
+@dataclass
+class Problem:
+    key: str  # the input key of the frame, or the object's key for an unknown object
+    kind: str  # missing_output | checksum | provenance | missing_mask | unknown_object | no_manifest
+    detail: str
+
+    def as_dict(self) -> dict:
+        return {"key": self.key, "kind": self.kind, "detail": self.detail}
+
+
+@dataclass
+class VerifyReport:
+    job: str
+    output: str
+    frames: int = 0  # frames with a manifest row (newest row each)
+    verified: int = 0  # ok rows whose output, checksum, provenance and mask all checked out
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input key, recorded error)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {
+            "job": self.job, "output": self.output, "frames": self.frames, "verified": self.verified,
+            "failed": [{"input_key": key, "error": error} for key, error in self.failed],
+            "problems": [problem.as_dict() for problem in self.problems], "ok": self.ok,
+        }
+
+
+def expected_id(input_key: str, input_etag: str | None, config_hash: str) -> str:
+    """The provenance id of a frame: the same derivation as the pipeline's, from what its manifest row records."""
+    return hashlib.sha256(f"{input_key}\0{input_etag}\0{config_hash}".encode()).hexdigest()[:32]
+
+
+def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: bool = False,
+           threads: int = 8) -> VerifyReport:
+    """Check every frame of `job` under `output_uri`; `unknown=True` also reports objects no row accounts for.
+
+    Outputs are read in `threads` threads: on S3 the time goes into round trips, not hashing.
+    """
+    storage = open_storage(output_uri, endpoint_url)
+    table = read_manifests(storage, job)
+    report = VerifyReport(job=job, output=output_uri)
+    if table.num_rows == 0:
+        report.problems.append(Problem(job, "no_manifest", f"no manifest rows for job {job!r} under {output_uri}"))
+        return report
+    rows = latest_rows(table)
+    report.frames = len(rows)
+    report.failed = [(row["input_key"], row["error"]) for row in rows if row["status"] == "failed"]
+    ok_rows = [row for row in rows if row["status"] == "ok"]
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for problems in pool.map(lambda row: check_row(storage, row), ok_rows):
+            report.problems.extend(problems)
+            report.verified += not problems
+    if unknown:
+        report.problems.extend(unknown_objects(storage, table.to_pylist()))
+    return report
+
+
+def check_row(storage: Storage, row: dict) -> list[Problem]:
+    """The problems of one `ok` row: its output's presence, checksum and provenance, and its mask's presence."""
+    key = row["input_key"]
+    problems = []
+    if row["mask_key"] and storage.head(row["mask_key"]) is None:
+        problems.append(Problem(key, "missing_mask", f"mask {row['mask_key']!r} is missing"))
+    try:
+        data = storage.get(row["output_key"])
+    except StorageError as error:
+        return problems + [Problem(key, "missing_output", f"output {row['output_key']!r}: {error}")]
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != row["output_sha256"]:
+        problems.append(Problem(key, "checksum", f"output {row['output_key']!r} has sha256 {digest}, "
+                                                 f"the manifest records {row['output_sha256']}"))
+    mismatch = provenance_mismatch(data, row)
+    if mismatch:
+        problems.append(Problem(key, "provenance", f"output {row['output_key']!r}: {mismatch}"))
+    return problems
+
+
+def provenance_mismatch(data: bytes, row: dict) -> str | None:
+    """Why the file's provenance does not match its manifest row, or None when it does."""
+    try:
+        text = read_provenance(data)
+    except Exception as error:  # noqa: BLE001 - any reader failure means the provenance cannot be read
+        return f"provenance unreadable ({type(error).__name__}: {error})"
+    if not text or PROVENANCE_KEY not in text:
+        return "carries no restore provenance"
+    try:
+        recorded = json.loads(text[PROVENANCE_KEY])
+    except json.JSONDecodeError:
+        return "provenance is not valid JSON"
+    if not str(text.get("Software", "")).startswith("restore "):
+        return f"Software is {text.get('Software')!r}, not restore"
+    expected = {"id": expected_id(row["input_key"], row["input_etag"], row["config_hash"]),
+                "input_key": row["input_key"], "input_sha256": row["input_sha256"], "restorer": row["restorer"],
+                "weights_sha256": row["weights_sha256"], "config_hash": row["config_hash"]}
+    wrong = [f"{name} is {recorded.get(name)!r}, expected {value!r}" for name, value in expected.items()
+             if recorded.get(name) != value]
+    return "; ".join(wrong) or None
+
+
+def read_provenance(data: bytes) -> dict[str, str] | None:
+    """The provenance text fields an output carries: PNG iTXt, TIFF ImageDescription, JPEG comment, DPX/EXR header."""
+    from PIL import Image
+
+    if data[:4] in (b"SDPX", b"XPDS", b"v/1\x01"):
+        from .film import read_film_provenance
+
+        return read_film_provenance(data)
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        import tifffile
+
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            description = tif.pages.first.description
+        return json.loads(description) if description.startswith("{") else None
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "PNG":
+            return dict(image.text)
+        comment = image.info.get("comment")
+    return json.loads(comment) if comment else None
+
+
+def unknown_objects(storage: Storage, rows: list[dict]) -> list[Problem]:
+    """Objects under the output that no row of the job (any run) names as its output or mask."""
+    known = {row[name] for row in rows for name in ("output_key", "mask_key") if row[name]}
+    return [Problem(info.key, "unknown_object", f"{info.key!r} ({info.size} bytes) is in no manifest row")
+            for info in storage.list(exclude_prefixes=_OWN_PREFIXES)
+            if info.key not in known and info.key not in _OWN_KEYS]

@@ -1,0 +1,111 @@
+"""`restore verify` on real jobs: a clean output verifies; tampering of any kind is found; 16 bits survive a job."""
+import io
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from restore.frames import decode_frame
+from restore.pipeline import prepare, run_job
+from restore.spec import parse_spec
+from restore.storage import open_storage
+from restore.verify import read_provenance, verify
+
+HEIGHT, WIDTH = 48, 64
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gradient16() -> np.ndarray:
+    """A smooth 16-bit ramp with 3,072 distinct levels: any squeeze to 8 bits leaves at most 256."""
+    return np.linspace(0, 65535, HEIGHT * WIDTH).reshape(HEIGHT, WIDTH).astype(np.uint16)
+
+
+def box_mask() -> np.ndarray:
+    mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    mask[10:20, 20:30] = 255
+    return mask
+
+
+@pytest.fixture(scope="module")
+def restored(tmp_path_factory, ray_session):
+    """One real job: 8-bit PNGs, a 16-bit TIFF and a 16-bit PNG gradient (all masked), and a broken file."""
+    root = tmp_path_factory.mktemp("verify")
+    (root / "in" / "masks").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        (root / "in" / f"f{index}.png").write_bytes(png_bytes(rng.integers(0, 256, (HEIGHT, WIDTH, 3), np.uint8)))
+    tifffile.imwrite(root / "in" / "ramp.tif", gradient16(), photometric="minisblack")
+    (root / "in" / "ramp16.png").write_bytes(png_bytes(gradient16()))
+    for stem in ("f0", "f1", "f2", "ramp", "ramp16"):
+        (root / "in" / "masks" / f"{stem}.png").write_bytes(png_bytes(box_mask()))
+    (root / "in" / "broken.png").write_bytes(b"\x89PNG broken")
+    raw = {"name": "v", "input": str(root / "in"), "output": str(root / "out"), "restorer": {"name": "telea"},
+           "include": ["*.png", "*.tif"], "batch_size": 2, "commit_every": 4}
+    result = run_job(*prepare(parse_spec(raw)))
+    assert result.counts == {"ok": 5, "failed": 1}
+    return root
+
+
+def test_a_clean_job_verifies_and_lists_its_failed_frames(restored):
+    report = verify(str(restored / "out"), "v", unknown=True)
+    assert report.ok, report.problems
+    assert report.frames == 6 and report.verified == 5
+    assert [key for key, _ in report.failed] == ["broken.png"]
+    assert json.loads(json.dumps(report.as_dict()))["ok"] is True
+
+
+def test_16_bit_frames_keep_their_depth_and_levels_through_a_job(restored):
+    hole = box_mask() > 0
+    for name in ("ramp.tif", "ramp16.png"):
+        frame = decode_frame((restored / "out" / name).read_bytes())
+        assert frame.pixels.dtype == np.uint16 and frame.pixels.shape == (HEIGHT, WIDTH, 1)
+        assert np.array_equal(frame.pixels[..., 0][~hole], gradient16()[~hole])
+        assert len(np.unique(frame.pixels)) > 256
+        assert len(np.unique(frame.pixels[..., 0][hole])) > 1  # the hole was filled, not left flat
+    text = read_provenance((restored / "out" / "ramp.tif").read_bytes())  # TIFF ImageDescription
+    assert json.loads(text["restore:provenance"])["input_key"] == "ramp.tif"
+
+
+def test_tampered_outputs_are_found(restored, tmp_path):
+    out = tmp_path / "out"
+    storage, original = open_storage(str(out)), open_storage(str(restored / "out"))
+    for info in original.list():
+        storage.put(info.key, original.get(info.key))
+    pixels = np.asarray(Image.open(out / "f0.png")).copy()
+    pixels[0, 0] ^= 1  # one bit of one unmasked pixel
+    (out / "f0.png").write_bytes(png_bytes(pixels))  # checksum differs and the provenance is gone
+    (out / "f1.png").unlink()
+    (out / "_masks" / "f2.png.png").unlink()
+    (out / "stray.png").write_bytes(png_bytes(pixels))
+
+    report = verify(str(out), "v")
+    found = {(p.key, p.kind) for p in report.problems}
+    assert found == {("f0.png", "checksum"), ("f0.png", "provenance"), ("f1.png", "missing_output"),
+                     ("f2.png", "missing_mask")}
+    assert not report.ok and report.verified == 2
+    assert {(p.key, p.kind) for p in verify(str(out), "v", unknown=True).problems} == found | {("stray.png", "unknown_object")}
+
+
+def test_provenance_that_names_another_frame_is_found(restored, tmp_path):
+    """A file copied over another output: its own provenance is intact but names the wrong input."""
+    out = tmp_path / "out"
+    storage, original = open_storage(str(out)), open_storage(str(restored / "out"))
+    for info in original.list():
+        storage.put(info.key, original.get(info.key))
+    (out / "f1.png").write_bytes((out / "f0.png").read_bytes())
+
+    problems = {p.kind: p.detail for p in verify(str(out), "v").problems if p.key == "f1.png"}
+    assert set(problems) == {"checksum", "provenance"}
+    assert "input_key is 'f0.png', expected 'f1.png'" in problems["provenance"]
+
+
+def test_an_output_without_manifests_is_a_problem(tmp_path):
+    report = verify(str(tmp_path), "nothing")
+    assert not report.ok and report.problems[0].kind == "no_manifest"
