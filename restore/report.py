@@ -1,0 +1,556 @@
+"""The HTML job report: what the runs did, frame by frame, for people who judge restoration with their eyes.
+
+`report.html` sits at the output root, beside the restored frames it links to, so it opens the same from a folder
+or an S3 static site. It needs nothing from the network: CSS, JS and the frame rows (as JSON) are inline, and the
+pictures are small JPEGs under `_report/<job>/`, named by a digest of the input and output they show. A picture is
+made once; rebuilding the report over 50,000 frames makes only the pictures of new or changed frames. The page
+renders its frame list 100 rows at a time with lazily loaded images, so it opens quickly whatever the job's size.
+
+Everything shown comes from the manifests (the source of truth) and the job spec; the spec is saved beside the
+pictures so `rebuild_report(output)` can redo the report without the YAML file.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import io
+import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from urllib.parse import quote, urlsplit
+
+import numpy as np
+import pyarrow as pa
+import yaml
+from PIL import Image
+
+from .frames import FrameError, decode_frame, decode_mask
+from .manifest import MANIFEST_ROOT, latest_rows, read_manifests, summarize
+from .spec import JobSpec, parse_spec
+from .storage import Storage, StorageError, open_storage
+
+REPORT_KEY = "report.html"
+REPORT_ROOT = "_report"
+THUMB_SIZE = 240  # long side of the thumbnails in the frame list (shown at 160 px, sharp on high-density screens)
+PREVIEW_SIZE = 2048  # long side of the compare views: film frames up to 2K are shown at full resolution
+COMPARE_FRAMES = 9  # frames with the largest masked area get a compare view
+FAILURES_SHOWN = 50  # the rest are one filter away in the frame list
+RUNS_SHOWN = 20
+TINT = np.array([255, 0, 128], dtype=np.float32)  # masked pixels in the overlay: a colour no film stock has
+PICTURES = ("o", "m", "r")  # original, mask overlay, restored; "r" is written last and marks a complete set
+COLUMNS = ("key", "status", "error", "masked", "width", "height", "bits", "pictures", "has_mask", "output", "note",
+           "run")  # the frame rows' fields in the page's JSON, one array per frame
+
+
+class ReportError(Exception):
+    """The report cannot be built (for example: no saved spec to rebuild from)."""
+
+
+@dataclass
+class ReportResult:
+    uri: str  # where report.html was written
+    frames: int
+    pictures_made: int  # frames whose pictures this call made
+    pictures_kept: int  # frames whose pictures were already there
+    pictures_unavailable: int  # restored frames shown without pictures, each with its reason in the report
+
+
+def write_report(spec: JobSpec, workers: int = 4) -> ReportResult:
+    """Build `report.html` for a job in its output; `workers` threads decode frames for the new pictures."""
+    input_storage = open_storage(spec.input, spec.endpoint_url)
+    output_storage = open_storage(spec.output, spec.endpoint_url)
+    return build_report(spec, input_storage, output_storage, workers)
+
+
+def rebuild_report(output: str, job: str | None = None, endpoint_url: str | None = None,
+                   workers: int = 4) -> ReportResult:
+    """Rebuild the report in `output` from the spec the last report saved; `job` may be omitted when it is alone."""
+    output_storage = open_storage(output, endpoint_url)
+    if job is None:
+        parts = output_storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/")
+        jobs = sorted({info.key.split("/")[1] for info in parts})
+        if len(jobs) != 1:
+            raise ReportError(f"{output} holds manifests of {len(jobs)} jobs ({', '.join(jobs) or 'none'}): name one")
+        job = jobs[0]
+    key = _spec_key(job)
+    if output_storage.head(key) is None:
+        raise ReportError(f"no saved job spec at {key} in {output}: build the report once from the job's YAML file")
+    raw = json.loads(output_storage.get(key))
+    if endpoint_url:  # the saved spec carries the endpoint without credentials; the caller's wins
+        raw["endpoint_url"] = endpoint_url
+    spec = parse_spec(raw, source=f"{output_storage.uri}/{key}")
+    return build_report(spec, open_storage(spec.input, spec.endpoint_url), output_storage, workers)
+
+
+def build_report(spec: JobSpec, input_storage: Storage, output_storage: Storage, workers: int = 4) -> ReportResult:
+    """Pictures first, then the spec, then report.html, so the page never names a picture that is not there yet."""
+    table = read_manifests(output_storage, spec.name)
+    rows = latest_rows(table)
+    prefix = f"{REPORT_ROOT}/{spec.name}"
+    existing = {info.key for info in output_storage.list(("*.jpg",), prefix=f"{prefix}/")}
+    compare = {row["input_key"] for row in sorted(
+        (row for row in rows if _digest(row) and row["mask_key"]), key=lambda row: -row["masked_fraction"]
+    )[:COMPARE_FRAMES]}
+
+    jobs, kept = [], 0
+    for row in rows:
+        digest = _digest(row)
+        if digest is None:
+            continue
+        need_thumbs = f"{prefix}/thumbs/{digest}-r.jpg" not in existing
+        need_preview = row["input_key"] in compare and f"{prefix}/previews/{digest}-r.jpg" not in existing
+        if need_thumbs or need_preview:
+            jobs.append((row, digest, need_thumbs, need_preview))
+        else:
+            kept += 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        failures = list(pool.map(lambda job: _make_pictures(input_storage, output_storage, prefix, *job), jobs))
+    notes = {row["input_key"]: note for (row, *_), note in zip(jobs, failures) if note}
+
+    output_storage.put(_spec_key(spec.name), json.dumps(_public_spec(spec), indent=2).encode(),
+                       content_type="application/json")
+    page = render_report(spec, table, rows, notes, compare, generated=datetime.now(timezone.utc))
+    stored = output_storage.put(REPORT_KEY, page.encode(), content_type="text/html; charset=utf-8")
+    return ReportResult(uri=f"{output_storage.uri.rstrip('/')}/{stored.key}", frames=len(rows),
+                        pictures_made=len(jobs) - len(notes), pictures_kept=kept, pictures_unavailable=len(notes))
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+
+def _spec_key(job: str) -> str:
+    return f"{REPORT_ROOT}/{job}/job.json"
+
+
+def _digest(row: dict) -> str | None:
+    """Names a frame's pictures by what they show (input and output bytes): a changed frame gets new ones."""
+    if row["status"] != "ok" or not row["output_key"] or not row["input_sha256"]:
+        return None
+    return hashlib.sha256(f"{row['input_sha256']}:{row['output_sha256']}".encode()).hexdigest()[:20]
+
+
+def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:
+    data = storage.get(key)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise FrameError(f"the {what} at {key!r} has changed since the manifest recorded it")
+    return data
+
+
+def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str, row: dict, digest: str,
+                   thumbs: bool, preview: bool) -> str | None:
+    """Decode a frame's original, mask and output once; write the picture sets asked for. Returns why it could not."""
+    try:
+        original = decode_frame(_read_checked(input_storage, row["input_key"], row["input_sha256"], "original")).pixels
+        restored = decode_frame(_read_checked(output_storage, row["output_key"], row["output_sha256"], "output")).pixels
+        mask = decode_mask(output_storage.get(row["mask_key"])) if row["mask_key"] else None
+    except (StorageError, FrameError) as error:
+        return f"no pictures: {error}"
+    sets = (("previews", preview, PREVIEW_SIZE, 90), ("thumbs", thumbs, THUMB_SIZE, 85))
+    for folder, wanted, long_side, quality in sets:
+        if wanted:
+            for kind, data in picture_set(original, mask, restored, long_side, quality).items():
+                output_storage.put(f"{prefix}/{folder}/{digest}-{kind}.jpg", data, content_type="image/jpeg")
+    return None
+
+
+def picture_set(original: np.ndarray, mask: np.ndarray | None, restored: np.ndarray, long_side: int,
+                quality: int) -> dict[str, bytes]:
+    """JPEGs of the original, the mask overlay (only with a mask) and the restored frame, all at one size.
+
+    Ordered so that "r" comes last: its presence tells a later rebuild that the set is complete.
+    """
+    size = fit(original.shape[1], original.shape[0], long_side)
+    small = _resize(original, size)
+    pictures = {"o": _jpeg(small, quality)}
+    if mask is not None:
+        # BOX averaging gives the masked share of each output pixel; any share at all tints it at least 45 %, so a
+        # one-pixel scratch on a 6K scan still shows in a thumbnail.
+        share = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX),
+                           dtype=np.float32)[..., None] / 255  # (h, w, 1)
+        alpha = np.where(share > 0, np.clip(0.45 + share, 0, 0.85), 0)
+        pictures["m"] = _jpeg((small * (1 - alpha) + TINT * alpha).astype(np.uint8), quality)
+    pictures["r"] = _jpeg(_resize(restored, size), quality)
+    return pictures
+
+
+def fit(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(width, height) scaled down, never up, so the long side is at most `long_side`."""
+    scale = min(1.0, long_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) uint8/uint16 → (h, w, 3) uint8; gray stays gray, 16-bit keeps its top 8 bits."""
+    if pixels.dtype == np.uint16:
+        pixels = (pixels >> 8).astype(np.uint8)
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    return np.asarray(image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0).convert("RGB"))
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    # 4:4:4: the default chroma subsampling would smear a one-pixel tinted scratch into its pale neighbours
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, optimize=True, subsampling=0)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+def _public_spec(spec: JobSpec) -> dict:
+    """The spec as plain data, with any user and password taken out of the endpoint URL: reports get published."""
+    raw = json.loads(json.dumps(asdict(spec)))
+    if spec.endpoint_url:
+        parts = urlsplit(spec.endpoint_url)
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        raw["endpoint_url"] = parts._replace(netloc=host).geturl()
+    return raw
+
+
+def run_stats(table: pa.Table) -> list[dict]:
+    """Per run, newest first: frames, outcome, wall time (run start, from its id, to its last frame) and rate."""
+    runs: dict[str, dict] = {}
+    columns = table.select(["run_id", "status", "finished_at", "restorer", "config_hash"]).to_pydict()
+    for run_id, status, finished, restorer, config in zip(*columns.values()):
+        run = runs.setdefault(run_id, {"run_id": run_id, "frames": 0, "status": Counter(), "finished": finished,
+                                       "restorers": set(), "configs": set()})
+        run["frames"] += 1
+        run["status"][status] += 1
+        run["finished"] = max(run["finished"], finished)
+        run["restorers"].add(restorer)
+        run["configs"].add(config)
+    for run in runs.values():
+        run["started"] = datetime.strptime(run["run_id"][:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        run["seconds"] = max((run["finished"] - run["started"]).total_seconds(), 1.0)  # run ids have 1 s resolution
+        run["rate"] = run["frames"] / run["seconds"]
+    return sorted(runs.values(), key=lambda run: run["run_id"], reverse=True)
+
+
+def _frame_rows(rows: list[dict], notes: dict[str, str]) -> list[list]:
+    """One compact array per frame (see COLUMNS): 50,000 of them stay a few megabytes of JSON."""
+    out = []
+    for row in rows:
+        digest = _digest(row)
+        note = notes.get(row["input_key"])
+        out.append([
+            row["input_key"], row["status"], row["error"], round(row["masked_fraction"] or 0.0, 6),
+            row["width"], row["height"], row["bit_depth"], None if note or not digest else digest,
+            int(bool(row["mask_key"])), None if row["output_key"] == row["input_key"] else row["output_key"],
+            note, row["run_id"],
+        ])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _href(key: str) -> str:
+    """A relative link to an object under the output root, for a folder and an S3 static site alike."""
+    return quote(key, safe="/")
+
+
+def _seconds(value: float) -> str:
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def _card(label: str, value: str, ident: str, detail: str = "", kind: str = "") -> str:
+    return (f'<div class="card {kind}"><div class="label">{_e(label)}</div>'
+            f'<div class="value" id="{ident}">{_e(value)}</div><div class="detail">{_e(detail)}</div></div>')
+
+
+def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
+    summary = summarize(table)
+    status = summary.by_status
+    masked = [row["masked_fraction"] for row in rows if row["status"] == "ok" and row["mask_key"]]
+    cards = [
+        _card("Frames", f"{summary.total:,}", "count-total", f"{summary.runs} run{'s' * (summary.runs != 1)}"),
+        _card("Restored", f"{status.get('ok', 0):,}", "count-ok", "status ok", "ok"),
+        _card("Failed", f"{status.get('failed', 0):,}", "count-failed",
+              "reasons below" if status.get("failed") else "none",
+              "failed" if status.get("failed") else ""),
+    ]
+    if status.get("skipped"):
+        cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped", "", "skipped"))
+    cards.append(_card("Frames with damage masked", f"{len(masked):,}", "count-masked",
+                       f"mean masked area {100 * sum(masked) / len(masked):.2f} %" if masked else "none masked"))
+    if runs:
+        last = runs[0]
+        cards.append(_card("Last run", _seconds(last["seconds"]), "last-run-seconds",
+                           f"{last['frames']:,} frames, started {last['started']:%Y-%m-%d %H:%M} UTC"))
+        cards.append(_card("Frames per second", f"{last['rate']:.2f}", "last-run-rate", "last run, wall time"))
+    stage = {name: sum(row[f"{name}_seconds"] or 0.0 for row in rows) for name in ("read", "restore", "write")}
+    cards.append(_card("Worker time", _seconds(sum(stage.values())), "worker-seconds",
+                       " · ".join(f"{name} {_seconds(value)}" for name, value in stage.items())))
+    return f'<section class="cards">{"".join(cards)}</section>'
+
+
+def _provenance(rows: list[dict]) -> str:
+    groups = Counter((row["restorer"], row["weights_sha256"], row["mask_source"], row["config_hash"])
+                     for row in rows if row["status"] == "ok")
+    if not groups:
+        return ""
+    body = "".join(
+        f'<tr><td>{_e(restorer)}</td><td class="hash">{_e(weights or "none (classical restorer)")}</td>'
+        f'<td>{_e(source or "")}</td><td class="hash">{_e(config)}</td><td class="num">{count:,}</td></tr>'
+        for (restorer, weights, source, config), count in groups.most_common())
+    return ("<section><h2>How the frames were restored</h2><table class=\"plain\"><thead><tr><th>Restorer</th>"
+            "<th>Weights sha256</th><th>Masks</th><th>Config hash</th><th class=\"num\">Frames</th></tr></thead>"
+            f"<tbody id=\"provenance\">{body}</tbody></table></section>")
+
+
+def _failures(rows: list[dict]) -> str:
+    failed = [row for row in rows if row["status"] == "failed"]
+    if not failed:
+        return ""
+    body = "".join(f'<tr><td class="key">{_e(row["input_key"])}</td><td class="reason">{_e(row["error"])}</td>'
+                   f'<td class="hash">{_e(row["run_id"])}</td></tr>' for row in failed[:FAILURES_SHOWN])
+    more = (f'<p class="more">… and {len(failed) - FAILURES_SHOWN:,} more: choose “failed” in the frame list.</p>'
+            if len(failed) > FAILURES_SHOWN else "")
+    return (f'<section><h2>Failures <span class="badge failed">{len(failed):,}</span></h2>'
+            '<table class="plain"><thead><tr><th>Frame</th><th>Reason</th><th>Run</th></tr></thead>'
+            f'<tbody id="failures">{body}</tbody></table>{more}</section>')
+
+
+def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix: str) -> str:
+    chosen = sorted((row for row in rows if row["input_key"] in compare and row["input_key"] not in notes),
+                    key=lambda row: (-row["masked_fraction"], row["input_key"]))
+    if not chosen:
+        return ""
+    cards = []
+    for row in chosen:
+        picture = f"{prefix}/previews/{_digest(row)}"
+        width, height = fit(row["width"], row["height"], PREVIEW_SIZE)
+        shown = "full resolution" if width == row["width"] else f"shown at {width}×{height}"
+        cards.append(f"""<figure class="compare-card">
+<figcaption><span class="key">{_e(row["input_key"])}</span>
+<span class="meta">{100 * row["masked_fraction"]:.2f} % masked · {row["width"]}×{row["height"]}, {row["bit_depth"]}-bit · {shown}</span></figcaption>
+<div class="viewport"><div class="compare" style="--pos:50%;max-width:{width}px">
+<img class="before" src="{picture}-o.jpg" data-plain="{picture}-o.jpg" data-mask="{picture}-m.jpg" alt="original" loading="lazy" width="{width}" height="{height}">
+<img class="after" src="{picture}-r.jpg" alt="restored" loading="lazy" width="{width}" height="{height}">
+<span class="tag left">original</span><span class="tag right">restored</span></div></div>
+<div class="controls"><input type="range" min="0" max="100" value="50" aria-label="divide original and restored">
+<label><input type="checkbox" class="show-mask"> show mask</label>
+<label><input type="checkbox" class="actual"> 1:1</label>
+<a href="{_href(row["output_key"])}">full-resolution output</a> · <a href="{_href(row["mask_key"])}">mask</a></div>
+</figure>""")
+    return ('<section><h2>Largest damaged areas</h2><p class="hint">Drag the slider to compare; the original is on the '
+            f'left of the line. “show mask” tints every restored pixel.</p><div class="compare-grid">{"".join(cards)}'
+            "</div></section>")
+
+
+def _runs(runs: list[dict]) -> str:
+    if not runs:
+        return ""
+    body = "".join(
+        f'<tr><td class="hash">{_e(run["run_id"])}</td><td>{run["started"]:%Y-%m-%d %H:%M:%S}</td>'
+        f'<td class="num">{run["frames"]:,}</td><td class="num">{run["status"].get("ok", 0):,}</td>'
+        f'<td class="num">{run["status"].get("failed", 0):,}</td><td class="num">{_seconds(run["seconds"])}</td>'
+        f'<td class="num">{run["rate"]:.2f}</td><td>{_e(", ".join(sorted(run["restorers"])))}</td>'
+        f'<td class="hash">{_e(", ".join(sorted(run["configs"])))}</td></tr>' for run in runs[:RUNS_SHOWN])
+    more = f'<p class="more">… and {len(runs) - RUNS_SHOWN:,} earlier runs.</p>' if len(runs) > RUNS_SHOWN else ""
+    return ("<section><h2>Runs</h2><table class=\"plain\"><thead><tr><th>Run</th><th>Started (UTC)</th>"
+            "<th class=\"num\">Frames</th><th class=\"num\">OK</th><th class=\"num\">Failed</th><th class=\"num\">Wall time</th>"
+            "<th class=\"num\">Frames/s</th><th>Restorer</th><th>Config hash</th></tr></thead>"
+            f"<tbody id=\"runs\">{body}</tbody></table>{more}</section>")
+
+
+def render_report(spec: JobSpec, table: pa.Table, rows: list[dict], notes: dict[str, str], compare: set[str],
+                  generated: datetime) -> str:
+    """The whole page as one string; pure, so tests can render it without storage."""
+    prefix = f"{REPORT_ROOT}/{spec.name}"
+    runs = run_stats(table)
+    data = json.dumps({"columns": COLUMNS, "rows": _frame_rows(rows, notes), "pictures": f"{prefix}/thumbs/"},
+                      separators=(",", ":")).replace("<", "\\u003c")  # no "</script>" can end the blob early
+    config = yaml.safe_dump(_public_spec(spec), sort_keys=False, allow_unicode=True)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(spec.name)} · restoration report</title><style>{CSS}</style></head>
+<body data-images-loaded="0" data-images-broken="0">
+<header><h1>Restoration report <span class="job">{_e(spec.name)}</span></h1>
+<p>Output <code>{_e(spec.output)}</code> · input <code>{_e(spec.input)}</code> · generated {generated:%Y-%m-%d %H:%M} UTC</p></header>
+<main>
+{_summary(table, rows, runs)}
+{_failures(rows)}
+{_provenance(rows)}
+{_compare(rows, compare, notes, prefix)}
+<section><h2>Frames</h2>
+<div class="toolbar"><label>Status <select id="status-filter"></select></label>
+<label>Frame <input id="search" type="search" placeholder="part of the name"></label>
+<label>Order <select id="order"><option value="key">by name</option><option value="masked">largest masked area first</option></select></label>
+<span class="pager"><button id="prev" type="button">‹ previous</button> <span id="page-info"></span> <button id="next" type="button">next ›</button></span></div>
+<table id="frame-table"><thead><tr><th>Frame</th><th>Status</th><th class="num">Masked</th><th>Original</th><th>Damage mask</th><th>Restored</th></tr></thead><tbody></tbody></table>
+</section>
+{_runs(runs)}
+<section><h2>Job configuration</h2><pre id="job-config">{_e(config)}</pre></section>
+</main>
+<script type="application/json" id="frame-data">{data}</script>
+<script>{JS}</script>
+</body></html>
+"""
+
+
+CSS = """
+:root{--ok:#1a7f37;--failed:#c62828;--skipped:#8a6d00;--ink:#1f2328;--muted:#59636e;--line:#d8dde3;--mat:#3b3b3b}
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--ink);background:#f3f3f1}
+header{background:#1f2328;color:#f3f3f1;padding:18px 28px}
+header h1{margin:0;font-size:22px;font-weight:600}
+header .job{font-weight:400;color:#c9d1d9;margin-left:6px}
+header p{margin:4px 0 0;color:#aab3bd;font-size:13px}
+header code{color:#e6edf3}
+main{padding:8px 28px 40px;max-width:1500px}
+h2{font-size:18px;margin:28px 0 10px}
+section{margin-bottom:8px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px;margin-top:18px}
+.card{background:#fff;border:1px solid var(--line);border-left:5px solid #8c959f;border-radius:6px;padding:10px 14px}
+.card.ok{border-left-color:var(--ok)}.card.failed{border-left-color:var(--failed)}.card.skipped{border-left-color:var(--skipped)}
+.card .label{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
+.card .value{font-size:24px;white-space:nowrap;font-weight:600;font-variant-numeric:tabular-nums}
+.card.failed .value{color:var(--failed)}
+.card .detail{font-size:12px;color:var(--muted)}
+table{border-collapse:collapse;background:#fff;border:1px solid var(--line);width:100%}
+th,td{padding:6px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
+th{background:#eaecef;font-size:13px;font-weight:600}
+.num{text-align:right;font-variant-numeric:tabular-nums}
+.hash,code,pre{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,monospace;font-size:12.5px}
+.hash{word-break:break-all;color:#3d444d}
+.key{font-weight:600;word-break:break-all}
+.reason{color:var(--failed)}
+.more,.hint{color:var(--muted);font-size:13px}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;background:#8c959f;vertical-align:middle}
+.badge.ok{background:var(--ok)}.badge.failed{background:var(--failed)}.badge.skipped{background:var(--skipped)}
+pre{background:#fff;border:1px solid var(--line);padding:12px;overflow:auto}
+.compare-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:16px}
+.compare-card{margin:0;background:#fff;border:1px solid var(--line);border-radius:6px;padding:10px}
+.compare-card figcaption{display:flex;flex-wrap:wrap;justify-content:space-between;gap:4px;margin-bottom:6px}
+.meta{color:var(--muted);font-size:13px}
+.viewport{background:var(--mat);overflow:auto;max-height:80vh}
+.compare{position:relative;line-height:0;margin:0 auto}
+.compare img{display:block;width:100%;height:auto}
+.compare .after{position:absolute;inset:0;clip-path:inset(0 0 0 var(--pos))}
+.compare::after{content:"";position:absolute;top:0;bottom:0;left:var(--pos);border-left:2px solid #fff;box-shadow:0 0 3px #000}
+.viewport.actual .compare{width:max-content}
+.viewport.actual .compare img{width:auto;max-width:none}
+.tag{position:absolute;top:6px;padding:2px 6px;background:rgba(0,0,0,.6);color:#fff;font-size:12px;line-height:1.3;border-radius:3px}
+.tag.left{left:6px}.tag.right{right:6px}
+.controls{display:flex;flex-wrap:wrap;align-items:center;gap:12px;margin-top:8px;font-size:13px}
+.controls input[type=range]{flex:1;min-width:160px}
+.toolbar{display:flex;flex-wrap:wrap;gap:16px;align-items:center;margin-bottom:10px;font-size:14px}
+.toolbar select,.toolbar input,.toolbar button{font:inherit;padding:3px 6px}
+.pager{margin-left:auto}
+#frame-table td.pic{background:var(--mat);width:172px;text-align:center;vertical-align:middle;padding:6px}
+#frame-table td.pic img{max-width:160px;max-height:120px;display:block;margin:auto}
+#frame-table td.pic.none{color:#c9d1d9;font-size:12px}
+#frame-table td.error{color:var(--failed);vertical-align:middle}
+.sub{color:var(--muted);font-size:12px}
+a{color:#0b5cad}
+"""
+
+JS = """
+(function () {
+  "use strict";
+  // Renders the frame list from the JSON blob, PAGE rows at a time, and counts loaded and broken images on <body>.
+  var PAGE = 100;
+  var data = JSON.parse(document.getElementById("frame-data").textContent);
+  var C = {};
+  data.columns.forEach(function (name, i) { C[name] = i; });
+  var all = data.rows, shown = all, page = 0;
+  var tbody = document.querySelector("#frame-table tbody");
+  var statusFilter = document.getElementById("status-filter");
+  var search = document.getElementById("search");
+  var order = document.getElementById("order");
+
+  function href(key) { return key.split("/").map(encodeURIComponent).join("/"); }
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    for (var name in attrs) node.setAttribute(name, attrs[name]);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+  function picture(row, kind, alt, link) {
+    var td = el("td", {"class": "pic"});
+    var img = el("img", {src: data.pictures + row[C.pictures] + "-" + kind + ".jpg", alt: alt + " " + row[C.key], loading: "lazy"});
+    if (link) { var a = el("a", {href: link, title: "open the full-resolution output"}); a.appendChild(img); td.appendChild(a); }
+    else td.appendChild(img);
+    return td;
+  }
+  function frameRow(row) {
+    var tr = el("tr");
+    var name = el("td");
+    name.appendChild(el("div", {"class": "key"}, row[C.key]));
+    if (row[C.width]) name.appendChild(el("div", {"class": "sub"}, row[C.width] + "×" + row[C.height] + ", " + row[C.bits] + "-bit · run " + row[C.run]));
+    tr.appendChild(name);
+    var status = el("td");
+    status.appendChild(el("span", {"class": "badge " + row[C.status]}, row[C.status]));
+    tr.appendChild(status);
+    tr.appendChild(el("td", {"class": "num"}, row[C.status] === "ok" ? (100 * row[C.masked]).toFixed(2) + " %" : "–"));
+    if (row[C.pictures]) {
+      tr.appendChild(picture(row, "o", "original"));
+      if (row[C.has_mask]) tr.appendChild(picture(row, "m", "mask over"));
+      else tr.appendChild(el("td", {"class": "pic none"}, "nothing masked: copied unchanged"));
+      tr.appendChild(picture(row, "r", "restored", href(row[C.output] || row[C.key])));
+    } else {
+      tr.appendChild(el("td", {colspan: 3, "class": row[C.error] ? "error" : "pic none"}, row[C.error] || row[C.note] || "no pictures"));
+    }
+    return tr;
+  }
+  function render() {
+    var pages = Math.max(1, Math.ceil(shown.length / PAGE));
+    page = Math.min(Math.max(page, 0), pages - 1);
+    var start = page * PAGE, rows = shown.slice(start, start + PAGE);
+    tbody.replaceChildren.apply(tbody, rows.map(frameRow));
+    document.getElementById("page-info").textContent = shown.length
+      ? (start + 1) + "–" + (start + rows.length) + " of " + shown.length.toLocaleString("en") + " frames"
+      : "no frames match";
+    document.getElementById("prev").disabled = page === 0;
+    document.getElementById("next").disabled = page >= pages - 1;
+    document.body.setAttribute("data-rows-rendered", rows.length);
+  }
+  function apply() {
+    var status = statusFilter.value, text = search.value.toLowerCase();
+    shown = all.filter(function (row) {
+      return (!status || row[C.status] === status) && (!text || row[C.key].toLowerCase().indexOf(text) >= 0);
+    });
+    if (order.value === "masked") shown = shown.slice().sort(function (a, b) { return b[C.masked] - a[C.masked]; });
+    page = 0;
+    render();
+  }
+  var counts = {};
+  all.forEach(function (row) { counts[row[C.status]] = (counts[row[C.status]] || 0) + 1; });
+  statusFilter.appendChild(el("option", {value: ""}, "all (" + all.length.toLocaleString("en") + ")"));
+  Object.keys(counts).sort().forEach(function (status) {
+    statusFilter.appendChild(el("option", {value: status}, status + " (" + counts[status].toLocaleString("en") + ")"));
+  });
+  statusFilter.onchange = search.oninput = order.onchange = apply;
+  document.getElementById("prev").onclick = function () { page -= 1; render(); };
+  document.getElementById("next").onclick = function () { page += 1; render(); };
+  render();
+  document.body.setAttribute("data-first-page-ms", Math.round(performance.now()));
+
+  document.querySelectorAll(".compare-card").forEach(function (card) {
+    var compare = card.querySelector(".compare"), before = card.querySelector(".before");
+    card.querySelector("input[type=range]").oninput = function (event) { compare.style.setProperty("--pos", event.target.value + "%"); };
+    card.querySelector(".show-mask").onchange = function (event) { before.src = event.target.checked ? before.dataset.mask : before.dataset.plain; };
+    card.querySelector(".actual").onchange = function (event) { card.querySelector(".viewport").classList.toggle("actual", event.target.checked); };
+  });
+
+  function countImages() {
+    var loaded = 0, broken = 0;
+    document.querySelectorAll("img").forEach(function (img) {
+      if (img.complete) { if (img.naturalWidth > 0) loaded += 1; else broken += 1; }
+    });
+    document.body.setAttribute("data-images-loaded", loaded);
+    document.body.setAttribute("data-images-broken", broken);
+  }
+  document.addEventListener("load", countImages, true);
+  document.addEventListener("error", countImages, true);
+  window.addEventListener("load", countImages);
+})();
+"""

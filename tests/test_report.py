@@ -1,0 +1,222 @@
+"""The HTML report, from a real small job run through Ray, checked as data and in headless Chromium."""
+from html import escape
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from restore.manifest import latest_rows, read_manifests, summarize
+from restore.pipeline import prepare, run_job
+from restore.report import COLUMNS, REPORT_ROOT, picture_set, rebuild_report, write_report
+from restore.spec import parse_spec
+from restore.storage import open_storage
+
+TRICKY_KEY = "reel/f #4 & <b>.png"  # must show as text, never as markup, and its link must still resolve
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def scene(seed: int, height=240, width=320) -> np.ndarray:
+    """A sepia print with a sky, a hill and a sun, so thumbnails and the screenshot show what an eye can follow."""
+    y, x = np.mgrid[0:height, 0:width]
+    tone = 150 + 80 * y / height - 60 * (y > 150 + 30 * np.sin(x / 40 + seed))  # sky, then a darker hill
+    tone = np.where((x - 80 - seed * 40) ** 2 + (y - 70) ** 2 < 900, 235, tone)
+    tone = tone + np.random.default_rng(seed).normal(0, 4, tone.shape)  # grain
+    return np.clip(tone[..., None] * [1.0, 0.86, 0.68], 0, 255).astype(np.uint8)
+
+
+def scratch_mask(seed: int, height=240, width=320) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[:, 60 + seed * 40: 63 + seed * 40] = 255  # a vertical scratch
+    mask[40:60 + seed * 16, 180:220 + seed * 10] = 255  # a blotch, bigger for later frames
+    return mask
+
+
+def damaged(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    out = image.copy()
+    out[mask > 0] = 250
+    return out
+
+
+def read_blob(page: str) -> list[dict]:
+    blob = re.search(r'<script type="application/json" id="frame-data">(.*?)</script>', page, re.S).group(1)
+    data = json.loads(blob)
+    assert data["columns"] == list(COLUMNS)
+    return [dict(zip(COLUMNS, row)) for row in data["rows"]]
+
+
+def element_text(page: str, ident: str) -> str:
+    return re.search(rf'id="{ident}"[^>]*>([^<]*)<', page).group(1)
+
+
+@pytest.fixture(scope="module")
+def finished_job(tmp_path_factory, ray_session):
+    """Five restored frames (one with nothing masked, one with a hostile name) and one corrupt frame."""
+    root = tmp_path_factory.mktemp("report-job")
+    reel = root / "in" / "reel"
+    (reel / "masks").mkdir(parents=True)
+    for index, key in enumerate(["reel/f0.png", "reel/f1.png", "reel/f2.png", TRICKY_KEY]):
+        stem = Path(key).stem
+        mask = scratch_mask(index)
+        (root / "in" / key).write_bytes(png_bytes(damaged(scene(index), mask)))
+        (reel / "masks" / f"{stem}.png").write_bytes(png_bytes(mask))
+    (reel / "f5-clean.png").write_bytes(png_bytes(scene(5)))
+    (reel / "f6-corrupt.png").write_bytes(png_bytes(scene(6))[:300])
+    spec = parse_spec({"name": "report-test", "input": str(root / "in"), "output": str(root / "out"),
+                       "restorer": {"name": "telea"}, "batch_size": 2, "commit_every": 2})
+    context, plan = prepare(spec)
+    run_job(context, plan)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def report(finished_job):
+    return finished_job, write_report(finished_job)
+
+
+def test_report_lists_every_frame_with_its_pictures_and_the_manifest_figures(report):
+    spec, result = report
+    out = Path(spec.output)
+    table = read_manifests(open_storage(spec.output), spec.name)
+    rows, summary = latest_rows(table), summarize(table)
+    assert summary.by_status == {"ok": 5, "failed": 1}
+    assert (result.frames, result.pictures_made, result.pictures_kept, result.pictures_unavailable) == (6, 5, 0, 0)
+    assert result.uri == str(out / "report.html")
+
+    page = (out / "report.html").read_text()
+    shown = read_blob(page)
+    assert [(r["key"], r["status"]) for r in shown] == [(r["input_key"], r["status"]) for r in rows]
+    assert element_text(page, "count-total") == "6"
+    assert element_text(page, "count-ok") == "5"
+    assert element_text(page, "count-failed") == "1"
+    assert element_text(page, "count-masked") == "4"  # the clean frame had no mask
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert f'<td class="key">reel/f6-corrupt.png</td><td class="reason">{failed["error"]}</td>' in page
+    assert "<b>" not in page and "f #4 &amp; &lt;b&gt;.png" in page  # escaped in the failure-free HTML parts too
+
+    pictures = out / REPORT_ROOT / spec.name / "thumbs"
+    for row in shown:
+        if row["status"] != "ok":
+            assert row["pictures"] is None
+            continue
+        made = {kind for kind in "omr" if (pictures / f"{row['pictures']}-{kind}.jpg").is_file()}
+        assert made == ({"o", "m", "r"} if row["has_mask"] else {"o", "r"}), row["key"]
+        with Image.open(pictures / f"{row['pictures']}-r.jpg") as thumb:
+            assert thumb.size == (240, 180)  # the long side brought down to THUMB_SIZE
+    previews = sorted((out / REPORT_ROOT / spec.name / "previews").glob("*-r.jpg"))
+    assert len(previews) == 4  # every masked frame, since there are fewer than COMPARE_FRAMES
+    compared = re.findall(r'<figcaption><span class="key">([^<]*)</span>', page)
+    by_area = sorted((r for r in rows if r["mask_key"]), key=lambda r: -r["masked_fraction"])
+    assert compared == [escape(r["input_key"]) for r in by_area]  # largest masked area first
+
+
+def test_rebuilding_keeps_pictures_and_needs_only_the_output(report):
+    spec, _ = report
+    pictures = Path(spec.output) / REPORT_ROOT / spec.name
+    before = {p: p.stat().st_mtime_ns for p in pictures.rglob("*.jpg")}
+    result = rebuild_report(spec.output)  # the job's name and input come from what the first report saved
+    assert (result.frames, result.pictures_made, result.pictures_kept) == (6, 0, 5)
+    assert {p: p.stat().st_mtime_ns for p in pictures.rglob("*.jpg")} == before
+
+
+def test_a_changed_original_is_shown_without_pictures_and_says_why(report, tmp_path):
+    spec, _ = report
+    for side in ("in", "out"):
+        shutil.copytree(Path(spec.output).parent / side, tmp_path / side)
+    shutil.rmtree(tmp_path / "out" / REPORT_ROOT)
+    (tmp_path / "in" / "reel" / "f1.png").write_bytes(png_bytes(scene(9)))  # edited after it was restored
+    copy = parse_spec({"name": spec.name, "input": str(tmp_path / "in"), "output": str(tmp_path / "out")})
+    result = write_report(copy)
+    assert (result.pictures_made, result.pictures_unavailable) == (4, 1)
+    row = next(r for r in read_blob((tmp_path / "out" / "report.html").read_text()) if r["key"] == "reel/f1.png")
+    assert row["pictures"] is None and "has changed since the manifest recorded it" in row["note"]
+
+
+def test_report_on_s3_is_served_as_a_web_page_and_rebuilds_from_the_bucket(report, s3_endpoint, s3_bucket):
+    import boto3
+
+    spec, _ = report
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    local = Path(spec.output).parent
+    for path in sorted(p for side in ("in", "out") for p in (local / side).rglob("*") if p.is_file()):
+        key = path.relative_to(local).as_posix()
+        if not key.startswith(f"out/{REPORT_ROOT}/"):
+            s3.put_object(Bucket=s3_bucket, Key=key, Body=path.read_bytes())
+    remote = parse_spec({"name": spec.name, "input": f"s3://{s3_bucket}/in", "output": f"s3://{s3_bucket}/out",
+                         "endpoint_url": s3_endpoint})
+    result = write_report(remote)
+    assert (result.pictures_made, result.uri) == (5, f"s3://{s3_bucket}/out/report.html")
+    assert s3.head_object(Bucket=s3_bucket, Key="out/report.html")["ContentType"] == "text/html; charset=utf-8"
+    listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"out/{REPORT_ROOT}/{spec.name}/thumbs/")["Contents"]
+    assert len(listed) == 4 * 3 + 2
+    again = rebuild_report(f"s3://{s3_bucket}/out", endpoint_url=s3_endpoint)
+    assert (again.pictures_made, again.pictures_kept) == (0, 5)
+
+
+def test_overlay_shows_a_one_pixel_scratch_on_a_downscaled_16_bit_scan():
+    original = np.full((1200, 1600, 1), 30000, dtype=np.uint16)
+    mask = np.zeros((1200, 1600), dtype=bool)
+    mask[:, 801] = True  # one pixel wide: a tenth of a thumbnail pixel
+    pictures = picture_set(original, mask, original, long_side=240, quality=95)
+    assert list(pictures) == ["o", "m", "r"]
+    overlay = np.asarray(Image.open(io.BytesIO(pictures["m"])).convert("RGB")).astype(int)
+    plain = np.asarray(Image.open(io.BytesIO(pictures["o"])).convert("RGB")).astype(int)
+    assert overlay.shape == plain.shape == (180, 240, 3)
+    assert abs(plain[90, 120] - [117, 117, 117]).max() <= 2  # 30000 >> 8: gray stays gray, top 8 bits kept
+    assert overlay[90, 120, 0] - overlay[90, 120, 1] > 80  # the scratch column is tinted
+    assert abs(overlay[:, :100] - plain[:, :100]).max() <= 3  # and nothing far from it
+
+
+def chromium(*args: str, user_data: Path) -> str:
+    run = subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={user_data}", *args],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
+def test_report_opens_in_headless_chromium_with_every_image(report, tmp_path):
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium package is not installed: the browser check of the report cannot run")
+    spec, _ = report
+    out = Path(spec.output)
+    url = (out / "report.html").as_uri()
+    # A window taller than the page, so every lazily loaded image is asked for before the DOM is dumped.
+    dom = chromium("--window-size=1280,12000", "--virtual-time-budget=10000", "--dump-dom", url,
+                   user_data=tmp_path / "profile")
+    body = dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', re.search(r"<body([^>]*)>", dom).group(1)))
+    images = len(re.findall(r"<img\b", dom))
+    assert images == 5 * 2 + 4 + 4 * 2  # thumbnails: original and restored per frame, overlay when masked; previews
+    assert body["data-images-broken"] == "0"
+    assert body["data-images-loaded"] == str(images)
+    assert body["data-rows-rendered"] == "6"
+    table = read_manifests(open_storage(spec.output), spec.name)
+    assert element_text(dom, "count-ok") == str(summarize(table).by_status["ok"])
+    assert element_text(dom, "page-info") == "1–6 of 6 frames"
+    rendered_keys = re.findall(r'<tr><td><div class="key">([^<]*)</div>', dom)
+    assert rendered_keys == [escape(r["input_key"], quote=False) for r in latest_rows(table)]
+    links = [unquote(href) for href in re.findall(r'<a href="([^"]+)"', dom)]
+    assert TRICKY_KEY in links and all((out / link).is_file() for link in links)
+
+    screenshot = tmp_path / "report.png"
+    chromium("--window-size=1280,1600", "--virtual-time-budget=10000", "--hide-scrollbars",
+             f"--screenshot={screenshot}", url, user_data=tmp_path / "profile")
+    with Image.open(screenshot) as picture:
+        assert picture.size == (1280, 1600)
+    if os.environ.get("RESTORE_TEST_ARTEFACTS"):
+        target = Path(os.environ["RESTORE_TEST_ARTEFACTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, target / "report.png")
