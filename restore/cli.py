@@ -70,8 +70,26 @@ def cmd_run(args) -> int:
         print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed "
               f"in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "
               f"outputs in {spec.output}, manifest {summary['manifest']}")
+    if result.planned:
+        from .report import write_report
+
+        summary["report"] = write_report(spec).uri
+        if not args.quiet:
+            print(f"report: {summary['report']}")
     _write_json(args.json, summary)
     return EXIT_FRAMES_FAILED if counts.get("failed") else EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from .report import rebuild_report, write_report
+    from .spec import load_spec
+
+    if Path(args.target).is_file():
+        result = write_report(load_spec(args.target))
+    else:
+        result = rebuild_report(args.target, args.job, args.endpoint_url)
+    print(f"report: {result.uri} ({result.frames} frames, {result.pictures_made} new pictures)")
+    return EXIT_OK
 
 
 def cmd_status(args) -> int:
@@ -192,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", metavar="OUT", help="write the summary as JSON to OUT")
     status.set_defaults(func=cmd_status)
 
+    report = verbs.add_parser("report", help="(re)build report.html for a job's output from its manifests")
+    report.add_argument("target", help="job spec (YAML), or an output location")
+    report.add_argument("--job", help="job name, when the output holds several jobs")
+    report.add_argument("--endpoint-url", help="S3 endpoint, when TARGET is an s3:// output location")
+    report.set_defaults(func=cmd_report)
+
     demo = verbs.add_parser("demo", help="generate a small damaged collection for a job spec, then run it")
     demo.add_argument("spec", nargs="?", default="jobs/demo.yaml", help="job spec (default jobs/demo.yaml)")
     demo.add_argument("--frames", type=int, default=12, help="how many frames to generate")
@@ -256,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .frames import FrameError
     from .pipeline import JobError
+    from .report import ReportError
     from .restorers import RestorerError
     from .spec import SpecError
     from .storage import StorageError
@@ -263,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, StorageError, RestorerError, JobError, FrameError, ValueError, OSError) as error:
+    except (SpecError, StorageError, RestorerError, JobError, FrameError, ReportError, ValueError, OSError) as error:
         print(f"restore {args.verb}: {error}", file=sys.stderr)
         return EXIT_ERROR
 
