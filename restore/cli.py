@@ -92,18 +92,36 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
-def cmd_status(args) -> int:
-    from .manifest import read_manifests, summarize
+def _output_target(args) -> tuple[str, str | None, str]:
+    """(output URI, endpoint, job) from a job spec or from an output location plus --job."""
     from .spec import load_spec
-    from .storage import open_storage
 
     if Path(args.target).is_file():
         spec = load_spec(args.target)
-        output, endpoint_url, job = spec.output, spec.endpoint_url, spec.name
-    else:
-        output, endpoint_url, job = args.target, args.endpoint_url, args.job
-        if not job:
-            raise SystemExit("restore status: give a job spec, or an output location with --job NAME")
+        return spec.output, spec.endpoint_url, spec.name
+    if not args.job:
+        raise SystemExit(f"restore {args.verb}: give a job spec, or an output location with --job NAME")
+    return args.target, args.endpoint_url, args.job
+
+
+def cmd_verify(args) -> int:
+    from .verify import verify
+
+    output, endpoint_url, job = _output_target(args)
+    report = verify(output, job, endpoint_url, unknown=args.unknown)
+    print(f"job {job}: {report.frames} frames, {report.verified} verified, {len(report.failed)} recorded as failed, "
+          f"{len(report.problems)} problems")
+    for problem in report.problems[: args.show]:
+        print(f"  {problem.kind} {problem.key}: {problem.detail}")
+    _write_json(args.json, report.as_dict())
+    return EXIT_OK if report.ok else EXIT_FRAMES_FAILED
+
+
+def cmd_status(args) -> int:
+    from .manifest import read_manifests, summarize
+    from .storage import open_storage
+
+    output, endpoint_url, job = _output_target(args)
     summary = summarize(read_manifests(open_storage(output, endpoint_url), job))
     if summary.runs == 0:
         print(f"job {job}: no manifests under {output}")
@@ -209,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--show", type=int, default=50, help="how many failures to print")
     status.add_argument("--json", metavar="OUT", help="write the summary as JSON to OUT")
     status.set_defaults(func=cmd_status)
+
+    verify = verbs.add_parser("verify", help="check outputs against the manifests: presence, sha256, provenance, masks")
+    verify.add_argument("target", help="job spec (YAML), or an output location with --job")
+    verify.add_argument("--job", help="job name, when TARGET is an output location")
+    verify.add_argument("--endpoint-url", help="S3 endpoint, when TARGET is an s3:// output location")
+    verify.add_argument("--unknown", action="store_true", help="also report objects no manifest row accounts for")
+    verify.add_argument("--show", type=int, default=50, help="how many problems to print")
+    verify.add_argument("--json", metavar="OUT", help="write the verification as JSON to OUT")
+    verify.set_defaults(func=cmd_verify)
 
     report = verbs.add_parser("report", help="(re)build report.html for a job's output from its manifests")
     report.add_argument("target", help="job spec (YAML), or an output location")

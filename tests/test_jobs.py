@@ -221,3 +221,27 @@ def test_worker_pool_larger_than_the_cluster_is_refused_before_any_work(tmp_path
     with pytest.raises(JobError, match="workers: 4 worker"):
         run(job(tmp_path, workers={"count": 4, "cpus": 1}))
     assert not (tmp_path / "out" / "_manifests").exists()
+
+
+def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, capsys):
+    import json
+
+    write_collection(tmp_path / "in", 2)
+    (tmp_path / "in" / "bad.png").write_bytes(b"not a png")
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+    assert restore_main(["run", str(spec_file), "--quiet", "--json", str(tmp_path / "run.json")]) == 1  # a frame failed
+    run_summary = json.loads((tmp_path / "run.json").read_text())
+    assert run_summary["counts"] == {"ok": 2, "failed": 1}
+    assert (tmp_path / "out" / "report.html").is_file()
+
+    assert restore_main(["status", str(tmp_path / "out"), "--job", "t", "--json", str(tmp_path / "status.json")]) == 1
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["by_status"] == {"ok": 2, "failed": 1}
+    assert status["failures"][0]["input_key"] == "bad.png"
+
+    assert restore_main(["verify", str(spec_file), "--json", str(tmp_path / "verify.json")]) == 0
+    assert json.loads((tmp_path / "verify.json").read_text())["verified"] == 2
+    (tmp_path / "out" / "reel" / "f000.png").write_bytes(png_bytes(scene(99)))  # tampered output
+    assert restore_main(["verify", str(spec_file)]) == 1
+    assert "checksum" in capsys.readouterr().out
