@@ -32,7 +32,7 @@ DEFAULT_MAX_PIXELS = 2 * 89_478_485
 # even when a job raises max_pixels, so it is switched off in favour of ours.
 Image.MAX_IMAGE_PIXELS = None
 
-OUTPUT_FORMATS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg"}
+OUTPUT_FORMATS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "dpx": ".dpx", "exr": ".exr"}  # dpx/exr: film.py
 _FORMAT_ALIASES = {"tif": "tiff", "jpg": "jpeg"}
 _INPUT_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")  # no plugin that runs external programs (EPS)
 _MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "TIFF",
@@ -81,6 +81,10 @@ def _format_name(fmt: str) -> str:
 
 def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     """Decode an image file's bytes; raises FrameError with a readable reason for anything it cannot hold."""
+    from .film import decode_film, is_film  # film scans: OpenImageIO, an optional extra
+
+    if is_film(data):
+        return decode_film(data, max_pixels)
     image = _open(data)
     width, height = image.size
     if width * height > max_pixels:
@@ -242,6 +246,10 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
         raise FrameError(
             f"pixels are {pixels.shape} {pixels.dtype} but the frame is {frame.pixels.shape} {frame.pixels.dtype}"
         )
+    if name in ("dpx", "exr"):
+        from .film import encode_film
+
+        return encode_film(frame, pixels, name, text)
     if pixels.dtype == np.uint16 and pixels.shape[2] == 1 and frame.alpha is not None:
         raise FrameError("16-bit grayscale with alpha is not supported: drop the alpha or use 8 bits")
     if name == "tiff":
