@@ -1,0 +1,123 @@
+"""Video inputs: generated clips decoded in order and in chunks, restored, re-encoded losslessly with provenance."""
+import io
+import json
+
+import numpy as np
+import pytest
+
+from restore.frames import FrameError
+from restore.restorers import build_restorer
+from restore.spec import RestorerSettings
+from restore.verify import read_provenance
+
+av = pytest.importorskip("av", reason="video needs PyAV")
+from restore.video import VideoFrame, encode_video, iter_video_frames, probe_video  # noqa: E402
+
+COUNT, HEIGHT, WIDTH = 48, 48, 64
+PROVENANCE = {"Software": "restore 0.1.0", "restore:provenance": json.dumps({"id": "cd" * 16})}
+
+
+def picture(index: int) -> np.ndarray:
+    """A moving ramp under a top band of six black/white blocks: the frame's index in binary, legible after lossy coding."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    image = np.stack([(x * 3 + index * 2) % 256, (y * 4 + index) % 256, (x + y) % 256], axis=2)
+    for bit in range(6):
+        image[:16, bit * 10:(bit + 1) * 10] = 255 * ((index >> bit) & 1)
+    return image.astype(np.uint8)
+
+
+def clip(codec: str, container: str, pix_fmt: str, options=None) -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=24)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, pix_fmt
+        stream.options = options or {}
+        for index in range(COUNT):
+            frame = av.VideoFrame.from_ndarray(picture(index), format="rgb24")
+            frame.pts = index
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module", params=[("libx264", "mp4", "yuv420p", {"bf": "2", "g": "12"}),
+                                        ("mpeg4", "avi", "yuv420p", {"g": "10"}), ("ffv1", "matroska", "bgr0", {})],
+                ids=["h264-bframes", "mpeg4", "ffv1"])
+def video(request):
+    codec, container, pix_fmt, options = request.param
+    return clip(codec, container, pix_fmt, options)
+
+
+def shown_index(frame: VideoFrame) -> int:
+    return sum(1 << bit for bit in range(6) if frame.pixels[4:12, bit * 10 + 2:bit * 10 + 8].mean() > 128)
+
+
+def test_probe_counts_frames_without_decoding(video):
+    info = probe_video(video)
+    assert info.frames == COUNT and info.fps == 24 and (info.width, info.height) == (WIDTH, HEIGHT)
+    assert info.bit_depth == 8 and list(info.pts) == sorted(info.pts)
+
+
+def test_frames_come_out_in_order_whole_and_in_chunks(video):
+    info = probe_video(video)
+    frames = list(iter_video_frames(video, info=info))
+    assert [f.index for f in frames] == list(range(COUNT))
+    assert [shown_index(f) for f in frames] == list(range(COUNT))  # the pictures, not just the numbers, in order
+    for start, stop in ((0, 7), (13, 30), (40, 99)):
+        chunk = list(iter_video_frames(video, start, stop, info=info))
+        assert [f.index for f in chunk] == list(range(start, min(stop, COUNT)))
+        assert all(np.array_equal(c.pixels, frames[c.index].pixels) for c in chunk)  # seeking decodes the same
+
+
+def test_restored_video_is_re_encoded_losslessly_with_every_frame_in_order(video):
+    info = probe_video(video)
+    mask = np.zeros((HEIGHT, WIDTH), bool)
+    mask[20:30, 24:40] = True
+    restorer = build_restorer(RestorerSettings(name="telea"))
+    decoded = list(iter_video_frames(video, info=info))
+    restored = [VideoFrame(f.index, f.pts, restorer(f.pixels, mask)) for f in decoded]
+
+    output = encode_video(restored, info, text=PROVENANCE)
+
+    assert encode_video(restored, info, text=PROVENANCE) == output  # byte-identical reruns
+    again = probe_video(output)
+    assert again.frames == COUNT and again.fps == 24
+    assert again.codec == ("h264" if info.codec == "h264" else "ffv1")  # lossless H.264 RGB, else FFV1
+    frames = list(iter_video_frames(output, info=again))
+    assert [f.index for f in frames] == list(range(COUNT))
+    for before, after, original in zip(decoded, frames, restored):
+        assert np.array_equal(after.pixels, original.pixels)  # lossless: exactly what the restorer returned
+        assert np.array_equal(after.pixels[~mask], before.pixels[~mask])  # so unmasked pixels are as decoded
+    assert read_provenance(output) == PROVENANCE
+
+
+def test_sixteen_bit_video_stays_sixteen_bit():
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "gbrp16le"
+        for index in range(3):
+            ramp = np.linspace(0, 65535, HEIGHT * WIDTH * 3).reshape(HEIGHT, WIDTH, 3).astype(np.uint16) ^ index
+            frame = av.VideoFrame.from_ndarray(ramp, format="rgb48le")
+            frame.pts = index
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    info = probe_video(buffer.getvalue())
+    frames = list(iter_video_frames(buffer.getvalue(), info=info))
+    assert info.bit_depth == 16 and frames[0].pixels.dtype == np.uint16 and len(np.unique(frames[0].pixels)) > 256
+    again = list(iter_video_frames(encode_video(frames, info)))
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(frames, again)) and len(again) == 3
+
+
+def test_a_file_without_video_is_refused_with_the_reason():
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as out:
+        stream = out.add_stream("pcm_s16le", rate=8000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 8000, 0
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    with pytest.raises(FrameError, match=r"no video stream in this file \(it holds audio\)"):
+        probe_video(buffer.getvalue())
+    with pytest.raises(FrameError, match="not a readable video"):
+        probe_video(b"this is a text file, not a video")
