@@ -29,7 +29,6 @@ from .frames import Frame, FrameError
 
 DPX_MAGIC = (b"SDPX", b"XPDS")  # big- and little-endian
 EXR_MAGIC = b"v/1\x01"
-FILM_FORMATS = {"dpx": ".dpx", "exr": ".exr"}
 PROVENANCE_KEY = "restore:provenance"
 # SMPTE 268M user data opens with a 32-byte user identification; ours marks the block as provenance.
 USER_DATA_ID = PROVENANCE_KEY.encode().ljust(32, b"\0")
@@ -40,9 +39,9 @@ SHOULDER_STOPS = 6  # the shoulder holds highlights up to 2**6 = 64 times diffus
 # EXR compressions that lose nothing; any other (b44, dwaa, ...) is written as zip, since a lossy re-encode would
 # change pixels outside the mask. pxr24 is lossless for half only.
 LOSSLESS_EXR = ("none", "rle", "zips", "zip", "piz")
-# Attributes that describe the file layout or that we write ourselves: never copied from the input.
 _DPX_NAME = slice(36, 136)  # the file header's image file name field (100 bytes)
 _PIXEL_TYPES = {"uint16": "uint16", "float16": "half", "float32": "float"}  # numpy dtype → OpenImageIO type
+# Attributes that describe the file layout or that we write ourselves: never copied from the input.
 _SKIPPED = ("Software", PROVENANCE_KEY, "dpx:UserData", "compression", "dpx:EndOfLinePadding",
             "dpx:EndOfImagePadding", "openexr:chunkCount")
 
