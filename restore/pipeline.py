@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__
+from .film import FilmFrame
 from .frames import Frame, FrameError, decode_frame, decode_mask, encode_frame, encode_mask, extension_for
 from .manifest import MANIFEST_SCHEMA, ManifestWriter, done_keys, new_run_id, read_manifests, run_prefix
 from .restorers import build_restorer, resolve_weights
@@ -61,6 +62,8 @@ FRAME_FIELDS = [
     ("icc_profile", pa.binary()),
     ("exif", pa.binary()),
     ("dpi", pa.list_(pa.float64())),
+    ("film_header", pa.string()),  # DPX/EXR: how to write the samples back exactly (see film.py)
+    ("film_source", pa.large_binary()),  # DPX/EXR: the samples as stored; `pixels` is their display view
     ("mask", pa.large_binary()),  # one byte per pixel, 1 = hole
     ("masked_fraction", pa.float64()),
     ("read_seconds", pa.float64()),
@@ -125,10 +128,10 @@ _SAME_EXTENSIONS = {".tif": (".tif", ".tiff"), ".jpg": (".jpg", ".jpeg")}
 
 
 def lossless_format(source_format: str, output_format: str) -> str:
-    """'same' keeps PNG and TIFF; any other source becomes PNG, since outputs are lossless unless asked."""
+    """'same' keeps PNG, TIFF, DPX and EXR; any other source becomes PNG, since outputs are lossless unless asked."""
     if output_format != "same":
         return output_format
-    return {"PNG": "png", "TIFF": "tiff"}.get(source_format, "png")
+    return {"PNG": "png", "TIFF": "tiff", "DPX": "dpx", "EXR": "exr"}.get(source_format, "png")
 
 
 def neighbour_keys(keys: list[str], window: int) -> dict[str, list[str]]:
@@ -197,6 +200,7 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "dpi": list(frame.dpi) if frame.dpi else None,
         "mask": mask.astype(np.uint8).tobytes(),
         "masked_fraction": float(mask.mean()),
+        **(frame.columns() if isinstance(frame, FilmFrame) else {"film_header": None, "film_source": None}),
     }
 
 
@@ -341,6 +345,8 @@ def _write_one(context: JobContext, row: dict) -> dict:
         alpha = np.frombuffer(row["alpha"], dtype=pixels.dtype).reshape(row["height"], row["width"])
     frame = Frame(pixels=pixels, alpha=alpha, format=row["source_format"], mode=row["source_mode"],
                   icc_profile=row["icc_profile"], exif=row["exif"], dpi=tuple(row["dpi"]) if row["dpi"] else None)
+    if row["film_header"]:
+        frame = FilmFrame.from_columns(frame, row["film_header"], row["film_source"])
     fmt = lossless_format(row["source_format"], context.spec.output_format)
     data = encode_frame(frame, pixels, fmt, text=provenance(context, row))
     output_key = output_key_for(row["input_key"], fmt)

@@ -15,7 +15,7 @@ import yaml
 RESTORERS = ("gan", "telea", "navier-stokes")  # the inpainting methods
 RESTORER_NAMES = RESTORERS + ("none",)  # "none" copies frames through unchanged: the pipeline's I/O-bound ceiling
 MASK_SOURCES = ("given",)
-OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg")
+OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")
 DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff")
 DEFAULT_MAX_PIXELS = 180_000_000
 

@@ -184,3 +184,23 @@ def test_without_openimageio_film_files_fail_with_the_extra_to_install(monkeypat
     monkeypatch.setitem(sys.modules, "OpenImageIO", None)  # makes `import OpenImageIO` raise ImportError
     with pytest.raises(FrameError, match=r"restore\[film\]"):
         decode_frame(b"SDPX" + b"\0" * 2044)
+
+
+def test_a_dpx_scan_goes_through_a_job_and_comes_back_as_dpx_exact_outside_the_mask(oiio, tmp_path, ray_session):
+    from restore.frames import encode_mask
+    from restore.pipeline import prepare, run_job
+    from restore.spec import parse_spec
+
+    samples = (scene(3, 3) * 65535).astype(np.uint16)
+    (tmp_path / "in" / "masks").mkdir(parents=True)
+    data = write_film(oiio, tmp_path / "in", "frame.dpx", samples, "uint16", ("R", "G", "B"),
+                      oiio__BitsPerSample=10, dpx__Transfer="Printing density")
+    (tmp_path / "in" / "masks" / "frame.png").write_bytes(encode_mask(hole()))
+    spec = parse_spec({"name": "film", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                       "include": ["*.dpx"], "restorer": {"name": "telea"}})
+    result = run_job(*prepare(spec))
+    assert result.counts == {"ok": 1}
+    original, restored = decode_frame(data), decode_frame((tmp_path / "out" / "frame.dpx").read_bytes())
+    assert restored.format == "DPX" and restored.bit_depth == original.bit_depth == 10
+    assert np.array_equal(restored.source[~hole()], original.source[~hole()])
+    assert not np.array_equal(restored.source[hole()], original.source[hole()])
