@@ -485,6 +485,7 @@ def export_generator(checkpoint_dir: str | os.PathLike, out_path: str | os.PathL
         "crop_sizes": config.crop_sizes,
         "batch_size": config.batch_size,
         "adversarial": config.loss.adversarial,
+        "adversarial_steps": 0 if config.loss.adversarial == "none" else max(0, payload["step"] - config.adv_start_step),
         "exported": time.strftime("%Y-%m-%d"),
     }
     return save_generator(generator, out_path, info)
