@@ -28,6 +28,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("input_etag", pa.string()),
     ("input_version_id", pa.string()),
     ("input_sha256", pa.string()),
+    ("input_frames", pa.int32()),  # frames in the input object (a video's count); null for a still image
     ("output_key", pa.string()),
     ("output_sha256", pa.string()),
     ("output_version_id", pa.string()),

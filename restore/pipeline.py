@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import __version__
 from .film import FilmFrame
@@ -43,11 +44,12 @@ TASK_SCHEMA = pa.schema([
     ("input_size", pa.int64()),
     ("input_etag", pa.string()),
     ("input_version_id", pa.string()),
-    ("mask_key", pa.string()),
+    ("frame_indices", pa.list_(pa.int32())),  # videos: the frames this task decodes; null for a still image
     ("neighbour_keys", pa.list_(pa.string())),
 ])
 
 FRAME_FIELDS = [
+    ("input_frames", pa.int32()),  # frames in the input object: a video's count, null for a still image
     ("status", pa.string()),
     ("error", pa.string()),
     ("input_sha256", pa.string()),
@@ -110,15 +112,44 @@ class RunResult:
 
 # ---------------------------------------------------------------------------------------------- planning
 
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mxf")
+VIDEO_CHUNK = 32  # frames of one video decoded by one load task
+
+
+def is_video(key: str) -> bool:
+    return posixpath.splitext(key)[1].lower() in VIDEO_EXTENSIONS
+
+
+def video_frame_key(video_key: str, index: int) -> str:
+    """A video's frames are addressed as `reel.mkv#000123`: one manifest row, output and mask each."""
+    return f"{video_key}#{index:06d}"
+
+
+def split_frame_key(key: str) -> tuple[str, int | None]:
+    """(object key, frame index) of a video frame key; (key, None) for a still image."""
+    base, sep, index = key.rpartition("#")
+    if sep and index.isdigit() and is_video(base):
+        return base, int(index)
+    return key, None
+
+
 def mask_key_for(pattern: str, input_key: str) -> str:
-    directory, name = posixpath.split(input_key)
-    stem = posixpath.splitext(name)[0]
+    """A still's mask, or a video frame's: `{stem}` of `reel.mkv#000123` is `reel/000123` (a folder per video)."""
+    object_key, index = split_frame_key(input_key)
+    directory, name = posixpath.split(object_key)
+    stem = posixpath.splitext(name)[0] + ("" if index is None else f"/{index:06d}")
     return posixpath.normpath(pattern.format(stem=stem, name=name, dir=directory or "."))
 
 
 def output_key_for(input_key: str, fmt: str) -> str:
-    """Same key when the format is kept; otherwise the new extension is appended, so keys never collide."""
+    """Same key when the format is kept; otherwise the new extension is appended, so keys never collide.
+
+    A video comes back as an image sequence beside it: `reel.mkv#000123` → `reel.mkv.frames/000123.png`.
+    """
     extension = extension_for(fmt)
+    video, index = split_frame_key(input_key)
+    if index is not None:
+        return f"{video}.frames/{index:06d}{extension}"
     if posixpath.splitext(input_key)[1].lower() in _SAME_EXTENSIONS.get(extension, (extension,)):
         return input_key
     return input_key + extension
@@ -155,27 +186,60 @@ def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
     return input_storage, output_storage, mask_storage
 
 
+def _video_tasks(info: ObjectInfo, input_storage: Storage, done: set[tuple[str, str]], table: pa.Table,
+                 window: int) -> tuple[list[dict], int, int]:
+    """Chunk tasks for the frames of a video not yet done; returns (tasks, frames in the video, frames done)."""
+    from .video import probe_video
+
+    recorded = table.filter(pc.starts_with(table["input_key"], info.key + "#"))
+    counts = [n for n in recorded["input_frames"].to_pylist() if n is not None]
+    frames_done = sum(1 for key, etag in done if etag == info.etag and split_frame_key(key)[0] == info.key)
+    if counts and frames_done == counts[-1]:
+        return [], counts[-1], frames_done  # known complete: no need to read the video again
+    base = {"input_key": info.key, "input_size": info.size, "input_etag": info.etag,
+            "input_version_id": info.version_id, "neighbour_keys": []}
+    try:
+        count = probe_video(input_storage.get(info.key)).frames
+    except (StorageError, FrameError):
+        return [{**base, "frame_indices": []}], 1, 0  # the load stage reads it again and records why it fails
+    wanted = [i for i in range(count) if (video_frame_key(info.key, i), info.etag) not in done]
+    tasks = []
+    for start in range(0, len(wanted), VIDEO_CHUNK):
+        chunk = wanted[start:start + VIDEO_CHUNK]
+        neighbours = sorted({j for i in chunk for j in range(i - window, i + window + 1) if 0 <= j < count} - set(chunk))
+        tasks.append({**base, "frame_indices": chunk,
+                      "neighbour_keys": [video_frame_key(info.key, j) for j in neighbours]})
+    return tasks, count, count - len(wanted)
+
+
 def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, config_hash: str) -> Plan:
     listed: list[ObjectInfo] = list(input_storage.list(spec.include))
     if not listed:
         raise JobError(f"input: no frames matching {', '.join(spec.include)} under {spec.input}")
-    masks = {info.key: mask_key_for(spec.masks.pattern, info.key) for info in listed}
     if (spec.masks.uri or spec.input) == spec.input:
-        mask_files = set(masks.values())
+        mask_files = {mask_key_for(spec.masks.pattern, info.key) for info in listed}
         listed = [info for info in listed if info.key not in mask_files]  # a mask is not a frame
-    done = done_keys(read_manifests(output_storage, spec.name), config_hash)
-    todo = [info for info in listed if (info.key, info.etag) not in done]
-    neighbours = neighbour_keys([info.key for info in listed], spec.sequence.window)
+    table = read_manifests(output_storage, spec.name)
+    done = done_keys(table, config_hash)
+    stills = [info for info in listed if not is_video(info.key)]
+    todo = [info for info in stills if (info.key, info.etag) not in done]
+    neighbours = neighbour_keys([info.key for info in stills], spec.sequence.window)
     tasks = [{
         "input_key": info.key,
         "input_size": info.size,
         "input_etag": info.etag,
         "input_version_id": info.version_id,
-        "mask_key": masks[info.key],
+        "frame_indices": None,
         "neighbour_keys": neighbours[info.key],
     } for info in todo]
-    return Plan(tasks=tasks, listed=len(listed), already_done=len(listed) - len(todo),
-                bytes_to_read=sum(info.size for info in todo))
+    frames, frames_done = len(stills), len(stills) - len(todo)
+    for info in listed:
+        if is_video(info.key):
+            video_tasks, count, count_done = _video_tasks(info, input_storage, done, table, spec.sequence.window)
+            tasks += video_tasks
+            frames, frames_done = frames + count, frames_done + count_done
+    return Plan(tasks=tasks, listed=frames, already_done=frames_done,
+                bytes_to_read=sum(task["input_size"] for task in tasks))
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -212,16 +276,16 @@ def _mask(row: dict) -> np.ndarray:
     return np.frombuffer(row["mask"], dtype=np.uint8).reshape(row["height"], row["width"]).astype(bool)
 
 
-def _load_mask(context: JobContext, row: dict, shape: tuple[int, int]) -> np.ndarray:
+def _load_mask(context: JobContext, input_key: str, shape: tuple[int, int]) -> np.ndarray:
     settings = context.spec.masks
-    if context.mask_storage.head(row["mask_key"]) is None:
+    mask_key = mask_key_for(settings.pattern, input_key)
+    if context.mask_storage.head(mask_key) is None:
         if settings.required:
-            raise FrameError(f"no mask at {row['mask_key']!r} (masks.required is true)")
+            raise FrameError(f"no mask at {mask_key!r} (masks.required is true)")
         return np.zeros(shape, dtype=bool)
-    mask = decode_mask(context.mask_storage.get(row["mask_key"]), context.spec.max_pixels)
+    mask = decode_mask(context.mask_storage.get(mask_key), context.spec.max_pixels)
     if mask.shape != shape:
-        raise FrameError(f"mask {row['mask_key']!r} is {mask.shape[1]}x{mask.shape[0]}, "
-                         f"frame is {shape[1]}x{shape[0]}")
+        raise FrameError(f"mask {mask_key!r} is {mask.shape[1]}x{mask.shape[0]}, frame is {shape[1]}x{shape[0]}")
     if settings.dilate:
         import cv2
 
@@ -229,6 +293,33 @@ def _load_mask(context: JobContext, row: dict, shape: tuple[int, int]) -> np.nda
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
         mask = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
     return mask
+
+
+def _frame_row(context: JobContext, row: dict, frame: Frame) -> dict:
+    """The row of one decoded frame with its mask; a frame-level problem (its mask) fails only this frame."""
+    try:
+        return {**row, **_frame_columns(frame, _load_mask(context, row["input_key"], frame.pixels.shape[:2]))}
+    except (StorageError, FrameError) as error:
+        return {**row, "status": "failed", "error": str(error)}
+
+
+def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:
+    """One row per wanted frame of a video chunk, in order; frames the decoder never yields fail with the reason."""
+    from .video import iter_video_frames, probe_video
+
+    info = probe_video(data)  # raises FrameError for a broken file or one without a video stream
+    wanted = row["frame_indices"]
+    if not wanted:
+        raise FrameError(f"video {row['input_key']!r}: no frames could be planned")
+    base = {**row, "input_frames": info.frames}
+    rows = {}
+    for decoded in iter_video_frames(data, wanted[0], wanted[-1] + 1, info=info):
+        if decoded.index in wanted:
+            frame = Frame(pixels=decoded.pixels, alpha=None, format="VIDEO", mode="RGB", icc_profile=None, exif=None)
+            key = video_frame_key(row["input_key"], decoded.index)
+            rows[decoded.index] = _frame_row(context, {**base, "input_key": key}, frame)
+    return [rows.get(i) or {**base, "input_key": video_frame_key(row["input_key"], i), "status": "failed",
+                            "error": f"frame {i} of {info.frames} could not be decoded"} for i in wanted]
 
 
 def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
@@ -242,13 +333,14 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
             # Record what was really read: the object may have changed since it was listed.
             out.update(input_etag=info.etag, input_version_id=info.version_id, input_size=info.size,
                        input_sha256=hashlib.sha256(data).hexdigest())
-            frame = decode_frame(data, context.spec.max_pixels)
-            mask = _load_mask(context, row, frame.pixels.shape[:2])
-            out.update(_frame_columns(frame, mask))
+            if row["frame_indices"] is None:
+                loaded = [_frame_row(context, out, decode_frame(data, context.spec.max_pixels))]
+            else:
+                loaded = _video_rows(context, out, data)
         except (StorageError, FrameError) as error:
-            out.update(status="failed", error=str(error))
-        out["read_seconds"] = time.perf_counter() - started
-        rows.append(out)
+            loaded = [{**out, "status": "failed", "error": str(error)}]
+        seconds = (time.perf_counter() - started) / len(loaded)
+        rows += [{**frame_row, "read_seconds": seconds} for frame_row in loaded]
     return pa.Table.from_pylist(rows, schema=FRAME_SCHEMA)
 
 
@@ -320,6 +412,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "job": spec.name, "run_id": context.run_id,
             "input_key": row["input_key"], "input_size": row["input_size"], "input_etag": row["input_etag"],
             "input_version_id": row["input_version_id"], "input_sha256": row["input_sha256"],
+            "input_frames": row["input_frames"],
             "mask_source": spec.masks.source, "masked_fraction": row["masked_fraction"],
             "restorer": spec.restorer.name, "weights_sha256": context.weights_sha256,
             "config_hash": context.config_hash, "status": row["status"], "error": row["error"],

@@ -121,3 +121,52 @@ def test_a_file_without_video_is_refused_with_the_reason():
         probe_video(buffer.getvalue())
     with pytest.raises(FrameError, match="not a readable video"):
         probe_video(b"this is a text file, not a video")
+
+
+def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_rereading(tmp_path, ray_session):
+    from PIL import Image
+
+    from restore.frames import encode_mask
+    from restore.manifest import read_manifests
+    from restore.pipeline import prepare, run_job
+    from restore.spec import parse_spec
+    from restore.storage import open_storage
+
+    (tmp_path / "in" / "masks" / "clip").mkdir(parents=True)
+    (tmp_path / "in" / "clip.mkv").write_bytes(clip("ffv1", "matroska", "bgr0"))
+    hole = np.zeros((HEIGHT, WIDTH), bool)
+    hole[30:40, 20:40] = True
+    (tmp_path / "in" / "masks" / "clip" / "000005.png").write_bytes(encode_mask(hole))
+    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "include": ["*.mkv"],
+           "restorer": {"name": "telea"}, "batch_size": 4}
+
+    result = run_job(*prepare(parse_spec(raw)))
+
+    assert result.counts == {"ok": COUNT}
+    for index in range(COUNT):
+        restored = np.asarray(Image.open(tmp_path / "out" / "clip.mkv.frames" / f"{index:06d}.png"))
+        if index == 5:
+            assert np.array_equal(restored[~hole], picture(index)[~hole])
+            assert not np.array_equal(restored[hole], picture(index)[hole])
+        else:
+            assert np.array_equal(restored, picture(index))  # lossless source, no mask: unchanged, in order
+    rows = read_manifests(open_storage(str(tmp_path / "out")), "video").to_pylist()
+    assert sorted(row["input_key"] for row in rows) == [f"clip.mkv#{i:06d}" for i in range(COUNT)]
+    assert {row["input_frames"] for row in rows} == {COUNT}
+    context, plan = prepare(parse_spec(raw))
+    assert plan.tasks == [] and plan.already_done == COUNT
+
+
+def test_a_broken_video_becomes_one_failed_row_with_the_reason(tmp_path, ray_session):
+    from restore.manifest import read_manifests
+    from restore.pipeline import prepare, run_job
+    from restore.spec import parse_spec
+    from restore.storage import open_storage
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing else")
+    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "include": ["*.mp4"],
+           "restorer": {"name": "telea"}}
+    assert run_job(*prepare(parse_spec(raw))).counts == {"failed": 1}
+    row, = read_manifests(open_storage(str(tmp_path / "out")), "video").to_pylist()
+    assert row["input_key"] == "broken.mp4" and "video" in row["error"].lower()
