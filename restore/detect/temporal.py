@@ -1,0 +1,126 @@
+"""Temporal detector for film: damage is on one frame only, the picture is on its neighbours too.
+
+In the spirit of the spike detection index (Kokaram): after motion compensation, a pixel that is much brighter
+(or much darker) than BOTH the previous and the next frame is a spike, i.e. dust, dirt or a blotch; real motion is
+absorbed by the compensation, and where it fails (occlusions) the previous and next frames disagree with each
+other, which vetoes the detection. Motion is OpenCV's DIS optical flow on luma.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from . import Detector, luma, to_float
+from .classical import ClassicalDetector
+
+
+def _split(neighbours: list[np.ndarray] | None, n_previous: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(nearest previous frame, nearest next frame), None where the sequence has none."""
+    neighbours = list(neighbours or [])
+    n_previous = len(neighbours) // 2 if n_previous is None else n_previous
+    if not 0 <= n_previous <= len(neighbours):
+        raise ValueError(f"n_previous={n_previous} but only {len(neighbours)} neighbours")
+    previous = neighbours[n_previous - 1] if n_previous > 0 else None
+    following = neighbours[n_previous] if n_previous < len(neighbours) else None
+    return previous, following
+
+
+def _warp_to(frame_luma: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """`other` (H, W, C) float32 moved onto the frame: out(x) = other(x + flow(x)), flow by DIS on luma."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    to8 = lambda y: np.clip(y * 255 + 0.5, 0, 255).astype(np.uint8)  # noqa: E731 - DIS takes 8-bit gray
+    other_luma = other @ np.array([0.299, 0.587, 0.114], np.float32) if other.shape[2] == 3 else other[..., 0]
+    flow = dis.calc(to8(frame_luma), to8(other_luma), None)  # (H, W, 2): frame(x) ~ other(x + flow)
+    height, width = frame_luma.shape
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    warped = cv2.remap(other, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    return warped if warped.ndim == 3 else warped[..., None]
+
+
+def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previous: int | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(frame, previous, next) as (H, W, C) float32 in [0, 1], the two neighbours motion-compensated onto the
+    frame; None when the frame lacks a previous or a next neighbour (the first and last frames of a sequence)."""
+    previous, following = _split(neighbours, n_previous)
+    if previous is None or following is None:
+        return None
+    frame = to_float(pixels)
+    frame_luma = luma(pixels)
+    for other in (previous, following):
+        if other.shape != pixels.shape:
+            raise ValueError(f"neighbour shape {other.shape} differs from the frame's {pixels.shape}")
+    return frame, _warp_to(frame_luma, to_float(previous)), _warp_to(frame_luma, to_float(following))
+
+
+def _to_luma(image: np.ndarray) -> np.ndarray:
+    return image @ np.array([0.299, 0.587, 0.114], np.float32) if image.shape[2] == 3 else image[..., 0]
+
+
+def _robust_sigma(x: np.ndarray) -> float:
+    return max(1.4826 * float(np.median(np.abs(x - np.median(x)))), 1.0 / 1024)
+
+
+class TemporalDetector(Detector):
+    """Spikes against both motion-compensated neighbours; first and last frames fall back to `ClassicalDetector`.
+
+    Settings: `threshold` is the noise multiple by which a pixel must differ from both neighbours somewhere in a
+    region, `grow` the lower multiple the region may spread over, `agree` the multiple within which the two
+    neighbours must agree with each other (else it is occlusion or failed motion, not damage), `motion_error`
+    the flow's error in pixels, which on an edge of gradient g lets a difference of g * motion_error through.
+    """
+
+    name = "temporal"
+    temporal = True
+
+    def __init__(self, threshold: float = 5.0, grow: float = 2.0, agree: float = 6.0, motion_error: float = 0.5):
+        self.threshold = float(threshold)
+        self.motion_error = float(motion_error)
+        self.grow = float(grow)
+        self.agree = float(agree)
+        self.single_frame = ClassicalDetector()
+
+    def __call__(self, pixels, neighbours=None, n_previous=None) -> np.ndarray:
+        frames = compensated(pixels, neighbours, n_previous)
+        if frames is None:
+            return self.single_frame(pixels)
+        # 1. differences to each neighbour, lightly smoothed so grain counts less than damage
+        frame, previous, following = (cv2.GaussianBlur(_to_luma(f), (0, 0), 1.0) for f in frames)
+        to_previous, to_next = frame - previous, frame - following
+        sigma = _robust_sigma(np.concatenate([to_previous.ravel(), to_next.ravel()]))
+        # 2. spike: same sign against both, the smaller difference counts; neighbours must agree
+        spike = np.where(to_previous * to_next > 0, np.minimum(np.abs(to_previous), np.abs(to_next)), 0)
+        spike[np.abs(previous - following) / sigma > self.agree] = 0
+        # 3. motion is only known to a fraction of a pixel: on a steep edge that alone makes a difference
+        gradient = np.hypot(cv2.Sobel(frame, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(frame, cv2.CV_32F, 0, 1, ksize=3)) / 8
+        spike = spike / (sigma + self.motion_error * gradient)
+        # 4. hysteresis: a region needs one strong pixel
+        weak = (spike > self.grow).astype(np.uint8)
+        count, labels = cv2.connectedComponents(weak, connectivity=8)
+        keep = np.zeros(count, bool)
+        keep[labels[spike > self.threshold]] = True
+        keep[0] = False
+        return keep[labels]
+
+
+def temporal_fill(pixels: np.ndarray, mask: np.ndarray, neighbours: list[np.ndarray] | None,
+                  n_previous: int | None = None, agree: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels with masked pixels copied from the motion-compensated neighbours where those agree, mask left).
+
+    The copy is the mean of the previous and next frames; where they differ by more than `agree` noise sigmas
+    (motion the flow missed, or damage on a neighbour) the pixel stays in the returned mask for the restorer.
+    Without both neighbours nothing is filled. Pixels outside the mask are returned unchanged.
+    """
+    frames = compensated(pixels, neighbours, n_previous)
+    if frames is None or not mask.any():
+        return pixels.copy(), mask.copy()
+    _, previous, following = frames
+    disagreement = _to_luma(previous) - _to_luma(following)
+    sigma = _robust_sigma(disagreement[~mask]) if (~mask).any() else 1.0 / 1024
+    fill = mask & (np.abs(disagreement) <= agree * sigma)
+    scale = 255.0 if pixels.dtype == np.uint8 else 65535.0
+    mean = np.round((previous + following) / 2 * scale).astype(pixels.dtype)  # (H, W, C')
+    out = pixels.copy()
+    view = out if out.ndim == 3 else out[..., None]
+    view[..., :mean.shape[2]][fill] = mean[fill]
+    return out, mask & ~fill

@@ -1,0 +1,129 @@
+"""Damage detectors on generated frames: damage found, grain and moving content left alone."""
+import cv2
+import numpy as np
+import pytest
+
+from restore.damage import film_grain
+from restore.detect import DETECTORS, build_detector, refine_mask
+from restore.detect.temporal import temporal_fill
+
+
+def scene(size=192, shift=0, seed=0):
+    """A smooth synthetic photo: gradients plus soft blobs, shifted right by `shift` pixels (a panning camera)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size + 16].astype(np.float32)
+    image = 0.35 + 0.2 * np.sin(x / 23) * np.cos(y / 31)
+    for cx, cy, r, v in [(40, 60, 25, 0.25), (130, 120, 35, -0.2), (90, 30, 15, 0.15)]:
+        image += v * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
+    image = image[:, 8 - shift:8 - shift + size]
+    rgb = np.stack([image, image * 0.9 + 0.05, image * 0.8 + 0.1], 2)
+    return film_grain(rng, np.clip(rgb * 255, 0, 255).astype(np.uint8), 0.02, 0.004)
+
+
+def add_dust_and_scratch(frame):
+    damaged = frame.copy()
+    spots = [(30, 150), (100, 60), (160, 170), (60, 100)]
+    for x, y in spots:
+        cv2.circle(damaged, (x, y), 2, (250, 250, 250), -1)
+    truth = np.zeros(frame.shape[:2], bool)
+    for x, y in spots:
+        truth[y - 2:y + 3, x - 2:x + 3] = True
+    damaged[20:180, 120] = 250  # a bright base scratch, one pixel wide
+    truth[20:180, 120] = True
+    return damaged, truth, spots
+
+
+def test_build_detector_fails_loudly():
+    with pytest.raises(ValueError, match="unknown detector 'nope'"):
+        build_detector("nope")
+    with pytest.raises(ValueError, match="bad settings"):
+        build_detector("classical", colour="red")
+    assert {"classical", "temporal"} <= set(DETECTORS)
+
+
+def test_classical_finds_dust_and_a_vertical_scratch():
+    frame = scene()
+    damaged, truth, spots = add_dust_and_scratch(frame)
+    mask = build_detector("classical")(damaged)
+    assert mask.dtype == bool and mask.shape == frame.shape[:2]
+    assert all(mask[y - 2:y + 3, x - 2:x + 3].any() for x, y in spots)
+    assert mask[20:180, 119:122].any(axis=1).mean() > 0.8  # most of the scratch's length
+    near_truth = cv2.dilate(truth.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert (mask & ~near_truth).sum() <= 0.001 * mask.size
+
+
+@pytest.mark.parametrize("name", ["classical", "temporal"])
+def test_clean_grainy_frame_is_left_alone(name):
+    frames = [scene(shift=s, seed=s + 3) for s in (0, 2, 4)]
+    mask = build_detector(name)(frames[1], [frames[0], frames[2]], n_previous=1)
+    assert mask.mean() <= 0.001
+
+
+def test_classical_takes_16_bit_and_gray():
+    frame = scene()
+    damaged, _, spots = add_dust_and_scratch(frame)
+    detector = build_detector("classical")
+    wide = detector(damaged.astype(np.uint16) * 257)
+    gray = detector(cv2.cvtColor(damaged, cv2.COLOR_RGB2GRAY))
+    for mask in (wide, gray):
+        assert all(mask[y - 2:y + 3, x - 2:x + 3].any() for x, y in spots)
+
+
+def sequence_with_blotch():
+    """Five frames of a panning shot with a bright object moving the other way; a dark blotch on frame 2 only."""
+    frames = []
+    for t in range(5):
+        frame = scene(shift=2 * t, seed=10 + t).astype(np.float32)
+        cx = 40 + 6 * t  # the object moves 6 px a frame against the pan
+        cv2.rectangle(frame, (cx, 140), (cx + 20, 165), (230, 220, 200), -1)
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    truth = np.zeros(frames[0].shape[:2], np.uint8)
+    cv2.ellipse(truth, (120, 60), (14, 9), 30, 0, 360, 1, -1)
+    frames[2][truth.astype(bool)] = (40, 30, 30)
+    return frames, truth.astype(bool)
+
+
+def test_temporal_flags_a_one_frame_blotch_not_motion():
+    frames, truth = sequence_with_blotch()
+    detector = build_detector("temporal")
+    assert detector.temporal
+    mask = detector(frames[2], [frames[0], frames[1], frames[3], frames[4]], n_previous=2)
+    assert (mask & truth).sum() >= 0.9 * truth.sum()
+    assert (mask & ~refine_mask(truth, dilate=1)).sum() <= 20  # the moving object and the pan are not damage
+    for t in (1, 3):  # undamaged frames next to the damaged one: its blotch must not echo onto them
+        others = [f for i, f in enumerate(frames) if i != t and abs(i - t) <= 1]
+        assert detector(frames[t], others, n_previous=1).sum() <= 20
+
+
+def test_temporal_first_frame_falls_back_to_single_frame():
+    frame = scene()
+    damaged, _, spots = add_dust_and_scratch(frame)
+    mask = build_detector("temporal")(damaged, [scene(shift=2, seed=4)], n_previous=0)
+    assert all(mask[y - 2:y + 3, x - 2:x + 3].any() for x, y in spots)
+
+
+def test_temporal_fill_copies_from_neighbours_where_they_agree():
+    frames, truth = sequence_with_blotch()
+    clean = scene(shift=4, seed=12)
+    filled, remaining = temporal_fill(frames[2], truth, [frames[1], frames[3]], n_previous=1)
+    assert filled.dtype == frames[2].dtype and filled.shape == frames[2].shape
+    assert np.array_equal(filled[~truth], frames[2][~truth])  # only masked pixels change
+    done = truth & ~remaining
+    assert done.sum() >= 0.8 * truth.sum()
+    assert np.abs(filled[done].astype(int) - clean[done].astype(int)).mean() < 8  # the scene, up to grain
+    spoiled = frames[1].copy()
+    spoiled[20:100, 80:160] = np.clip(spoiled[20:100, 80:160].astype(int) + 60, 0, 255)  # a flash on one neighbour
+    _, remaining = temporal_fill(frames[2], truth, [spoiled, frames[3]], n_previous=1)
+    assert remaining[50:70, 110:130][truth[50:70, 110:130]].mean() > 0.8
+    assert not (remaining & ~truth).any()
+
+
+def test_refine_mask_drops_small_regions_then_dilates():
+    mask = np.zeros((20, 20), bool)
+    mask[2, 2] = True  # 1 px: noise
+    mask[10:13, 10:13] = True  # 9 px
+    out = refine_mask(mask, dilate=1, min_area=4)
+    assert not out[2, 2] and out[10:13, 9:14].all() and out[9:14, 10:13].all() and out.sum() == 21  # 3x3 grown by a cross
+    assert np.array_equal(refine_mask(mask), mask)
+    with pytest.raises(ValueError):
+        refine_mask(mask, dilate=-1)
