@@ -176,6 +176,15 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_eval_detect(args) -> int:
+    from .evaluate_detect import evaluate_detect, markdown_table
+
+    result = evaluate_detect(args.data, args.detectors, args.overlays, args.seed, args.limit)
+    _write_json(args.json, result)
+    print(markdown_table(result))
+    return EXIT_OK
+
+
 def _size(text: str) -> tuple[int, int]:
     """'2048x1556' (width x height) → (height, width)."""
     try:
@@ -267,6 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--crop", type=int, default=256)
     evaluation.add_argument("--threads", type=int, default=1, help="torch threads for the GAN")
     evaluation.set_defaults(func=cmd_eval)
+
+    from .spec import DETECTOR_NAMES
+
+    detection = verbs.add_parser("eval-detect", help="damage detection quality: precision, recall, F1, IoU per kind")
+    detection.add_argument("--data", required=True, help="folder of clean PNG/JPEG images")
+    detection.add_argument("--json", required=True, metavar="OUT", help="write the results as JSON to OUT")
+    detection.add_argument("--overlays", help="folder of RGBA damage overlays (alpha = damage) to blend in too")
+    detection.add_argument("--detectors", nargs="+", default=list(DETECTOR_NAMES), choices=DETECTOR_NAMES)
+    detection.add_argument("--limit", type=int, help="use only the first N images")
+    detection.add_argument("--seed", type=int, default=0)
+    detection.set_defaults(func=cmd_eval_detect)
 
     bench = verbs.add_parser("bench", help="throughput: bare restorer, I/O ceiling, pipeline (local, S3) and naive loop")
     bench.add_argument("--json", metavar="OUT", help="write the measurements as JSON to OUT")

@@ -34,7 +34,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("output_version_id", pa.string()),
     ("output_format", pa.string()),
     ("mask_key", pa.string()),
-    ("mask_source", pa.string()),
+    ("mask_source", pa.string()),  # given | detect | both
+    ("detector", pa.string()),  # the detector's name when masks were detected
     ("masked_fraction", pa.float64()),
     ("restorer", pa.string()),
     ("weights_sha256", pa.string()),

@@ -217,7 +217,8 @@ def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, con
     if not listed:
         raise JobError(f"input: no frames matching {', '.join(spec.include)} under {spec.input}")
     if (spec.masks.uri or spec.input) == spec.input:
-        mask_files = {mask_key_for(spec.masks.pattern, info.key) for info in listed}
+        patterns = [spec.masks.pattern] + ([spec.masks.protect] if spec.masks.protect else [])
+        mask_files = {mask_key_for(pattern, info.key) for info in listed for pattern in patterns}
         listed = [info for info in listed if info.key not in mask_files]  # a mask is not a frame
     table = read_manifests(output_storage, spec.name)
     done = done_keys(table, config_hash)
@@ -276,31 +277,65 @@ def _mask(row: dict) -> np.ndarray:
     return np.frombuffer(row["mask"], dtype=np.uint8).reshape(row["height"], row["width"]).astype(bool)
 
 
-def _load_mask(context: JobContext, input_key: str, shape: tuple[int, int]) -> np.ndarray:
-    settings = context.spec.masks
-    mask_key = mask_key_for(settings.pattern, input_key)
+def _read_mask(context: JobContext, pattern: str, input_key: str, shape: tuple[int, int],
+               required: bool) -> np.ndarray | None:
+    """The mask file the pattern names for this frame, or None when there is none (and none is required)."""
+    mask_key = mask_key_for(pattern, input_key)
     if context.mask_storage.head(mask_key) is None:
-        if settings.required:
+        if required:
             raise FrameError(f"no mask at {mask_key!r} (masks.required is true)")
-        return np.zeros(shape, dtype=bool)
+        return None
     mask = decode_mask(context.mask_storage.get(mask_key), context.spec.max_pixels)
     if mask.shape != shape:
         raise FrameError(f"mask {mask_key!r} is {mask.shape[1]}x{mask.shape[0]}, frame is {shape[1]}x{shape[0]}")
-    if settings.dilate:
-        import cv2
-
-        size = 2 * settings.dilate + 1
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-        mask = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
     return mask
 
 
-def _frame_row(context: JobContext, row: dict, frame: Frame) -> dict:
+def frame_mask(context: JobContext, input_key: str, pixels: np.ndarray, neighbours: list[np.ndarray],
+               n_previous: int) -> np.ndarray:
+    """Given ∪ detected, grown by `dilate`, minus what the user protects: the exact set of pixels that may change."""
+    from .detect import build_detector, refine_mask
+
+    settings = context.spec.masks
+    shape = pixels.shape[:2]
+    mask = np.zeros(shape, dtype=bool)
+    if settings.source in ("given", "both"):
+        given = _read_mask(context, settings.pattern, input_key, shape, settings.required)
+        if given is not None:
+            mask |= given
+    if settings.source in ("detect", "both"):
+        detected = build_detector(settings.detector)(pixels, neighbours or None, n_previous)
+        mask |= refine_mask(detected, min_area=settings.min_area)
+    if settings.dilate:
+        mask = refine_mask(mask, dilate=settings.dilate)
+    if settings.protect:
+        protected = _read_mask(context, settings.protect, input_key, shape, required=False)
+        if protected is not None:
+            mask &= ~protected
+    return mask
+
+
+def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np.ndarray] = (),
+               n_previous: int = 0) -> dict:
     """The row of one decoded frame with its mask; a frame-level problem (its mask) fails only this frame."""
     try:
-        return {**row, **_frame_columns(frame, _load_mask(context, row["input_key"], frame.pixels.shape[:2]))}
+        mask = frame_mask(context, row["input_key"], frame.pixels, list(neighbours), n_previous)
+        return {**row, **_frame_columns(frame, mask)}
     except (StorageError, FrameError) as error:
         return {**row, "status": "failed", "error": str(error)}
+
+
+def _uses_neighbours(context: JobContext) -> bool:
+    return context.spec.masks.source != "given" and context.spec.masks.detector == "temporal"
+
+
+def _still_neighbours(context: JobContext, row: dict) -> tuple[list[np.ndarray], int]:
+    """Decoded neighbour frames for a temporal detector (previous first), and how many come before the frame."""
+    if not _uses_neighbours(context):
+        return [], 0
+    keys = row["neighbour_keys"]
+    frames = [decode_frame(context.input_storage.get(key), context.spec.max_pixels).pixels for key in keys]
+    return frames, sum(key < row["input_key"] for key in keys)
 
 
 def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:
@@ -311,15 +346,22 @@ def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:
     wanted = row["frame_indices"]
     if not wanted:
         raise FrameError(f"video {row['input_key']!r}: no frames could be planned")
+    window = context.spec.sequence.window if _uses_neighbours(context) else 0
+    first, last = max(0, wanted[0] - window), min(info.frames - 1, wanted[-1] + window)
+    decoded = {frame.index: frame.pixels for frame in iter_video_frames(data, first, last + 1, info=info)}
     base = {**row, "input_frames": info.frames}
-    rows = {}
-    for decoded in iter_video_frames(data, wanted[0], wanted[-1] + 1, info=info):
-        if decoded.index in wanted:
-            frame = Frame(pixels=decoded.pixels, alpha=None, format="VIDEO", mode="RGB", icc_profile=None, exif=None)
-            key = video_frame_key(row["input_key"], decoded.index)
-            rows[decoded.index] = _frame_row(context, {**base, "input_key": key}, frame)
-    return [rows.get(i) or {**base, "input_key": video_frame_key(row["input_key"], i), "status": "failed",
-                            "error": f"frame {i} of {info.frames} could not be decoded"} for i in wanted]
+    rows = []
+    for i in wanted:
+        key = video_frame_key(row["input_key"], i)
+        if i not in decoded:
+            rows.append({**base, "input_key": key, "status": "failed",
+                         "error": f"frame {i} of {info.frames} could not be decoded"})
+            continue
+        before = [decoded[j] for j in range(i - window, i) if j in decoded]
+        after = [decoded[j] for j in range(i + 1, i + window + 1) if j in decoded]
+        frame = Frame(pixels=decoded[i], alpha=None, format="VIDEO", mode="RGB", icc_profile=None, exif=None)
+        rows.append(_frame_row(context, {**base, "input_key": key}, frame, before + after, len(before)))
+    return rows
 
 
 def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
@@ -334,7 +376,8 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
             out.update(input_etag=info.etag, input_version_id=info.version_id, input_size=info.size,
                        input_sha256=hashlib.sha256(data).hexdigest())
             if row["frame_indices"] is None:
-                loaded = [_frame_row(context, out, decode_frame(data, context.spec.max_pixels))]
+                frame = decode_frame(data, context.spec.max_pixels)
+                loaded = [_frame_row(context, out, frame, *_still_neighbours(context, row))]
             else:
                 loaded = _video_rows(context, out, data)
         except (StorageError, FrameError) as error:
@@ -414,6 +457,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "input_version_id": row["input_version_id"], "input_sha256": row["input_sha256"],
             "input_frames": row["input_frames"],
             "mask_source": spec.masks.source, "masked_fraction": row["masked_fraction"],
+            "detector": spec.masks.detector if spec.masks.source != "given" else None,
             "restorer": spec.restorer.name, "weights_sha256": context.weights_sha256,
             "config_hash": context.config_hash, "status": row["status"], "error": row["error"],
             "width": row["width"], "height": row["height"],

@@ -14,7 +14,8 @@ import yaml
 
 RESTORERS = ("gan", "telea", "navier-stokes")  # the inpainting methods
 RESTORER_NAMES = RESTORERS + ("none",)  # "none" copies frames through unchanged: the pipeline's I/O-bound ceiling
-MASK_SOURCES = ("given",)
+MASK_SOURCES = ("given", "detect", "both")  # both = the union of the given mask and the detected one
+DETECTOR_NAMES = ("classical", "temporal")
 OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")
 DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff")
 DEFAULT_MAX_PIXELS = 180_000_000
@@ -35,6 +36,9 @@ class MaskSettings:
     pattern: str = "{dir}/masks/{stem}.png"  # key of a frame's mask; {stem}, {name}, {dir} are the frame key's parts
     dilate: int = 0  # grow every mask by this many pixels
     required: bool = False  # a frame without a mask file fails instead of passing through unchanged
+    detector: str = "classical"  # with source detect|both; "temporal" compares neighbours (needs sequence.window >= 1)
+    min_area: int = 0  # detected regions smaller than this (pixels) are dropped
+    protect: str | None = None  # pattern like pattern: regions never to change (stamps, signatures), overriding all
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,9 @@ class JobSpec:
             restorer.pop("overlap")
         masks = asdict(self.masks)
         masks.pop("uri")
+        if self.masks.source == "given":
+            masks.pop("detector")
+            masks.pop("min_area")
         return {
             "restorer": restorer,
             "weights_sha256": weights_sha256,
@@ -202,6 +209,9 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         pattern=check.string(masks_raw, "pattern", "masks.pattern", MaskSettings.pattern),
         dilate=check.number(masks_raw, "dilate", "masks.dilate", 0),
         required=check.boolean(masks_raw, "required", "masks.required", False),
+        detector=check.string(masks_raw, "detector", "masks.detector", "classical", choices=DETECTOR_NAMES),
+        min_area=check.number(masks_raw, "min_area", "masks.min_area", 0),
+        protect=check.string(masks_raw, "protect", "masks.protect"),
     )
     if masks.pattern and "{" not in masks.pattern:
         problems.append(f"masks.pattern: expected a pattern naming the frame, e.g. '{{dir}}/masks/{{stem}}.png', got {masks.pattern!r}")
@@ -228,6 +238,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     )
     sequence_raw = check.section(raw, "sequence", set(SequenceSettings.__dataclass_fields__))
     sequence = SequenceSettings(window=check.number(sequence_raw, "window", "sequence.window", 0))
+    if masks.source != "given" and masks.detector == "temporal" and sequence.window < 1:
+        problems.append("sequence.window: expected 1 or more with masks.detector temporal (it compares neighbours)")
 
     spec_kwargs = dict(
         output_format=check.string(raw, "output_format", "output_format", "same", choices=OUTPUT_FORMATS),
