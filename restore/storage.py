@@ -140,7 +140,11 @@ class Storage(ABC):
 
     @abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        """Create the object only if no object has the key; True if this call created it."""
+        """Create the object only if no object has the key; True if this call created it.
+
+        Write unique content (a holder and a time): on S3, finding our exact bytes already there counts as created,
+        since that is what a retry sees when the first attempt's answer was lost.
+        """
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -389,7 +393,12 @@ class S3Storage(Storage):
             return True
         except ClientError as e:
             # 412: the key exists; 409: another conditional write to it is in flight, so someone else wins
-            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            code = e.response.get("Error", {}).get("Code")
+            if code == "PreconditionFailed":
+                # Or our own first attempt created it and its answer was lost (a 5xx or a dropped connection after
+                # the write), so the retry found it: then it holds exactly our bytes (callers write unique content).
+                return self.read(key)[0] == data
+            if code == "ConditionalRequestConflict":
                 return False
             raise self._error("create", key, e) from None
         except BotoCoreError as e:

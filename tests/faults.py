@@ -166,6 +166,7 @@ class FaultProxy:
 
     - `fault_rate`: share of requests answered with a transient fault (500 InternalError, 503 ServiceUnavailable,
       503 SlowDown) without reaching the server; a seeded RNG draws them
+    - `max_faults`: stop injecting them after this many
     - `fault_after_apply`: share of the faulty answers given *after* the server applied the request (a lost
       response: the client must retry something that already happened)
     - `deny`: an S3 error code ("AccessDenied", "SignatureDoesNotMatch", ...) answered with 403 to everything,
@@ -178,6 +179,7 @@ class FaultProxy:
         self.upstream = urlsplit(upstream)
         self.fault_rate = fault_rate
         self.fault_after_apply = fault_after_apply
+        self.max_faults: int | None = None  # stop injecting transient faults after this many
         self.deny: str | None = None
         self.hook = None
         self.requests: list[tuple[str, str, str]] = []
@@ -233,7 +235,7 @@ class FaultProxy:
         with self._lock:
             self.requests.append((request.method, bucket, key))
             deny = self.deny
-            fault = self._rng.random() < self.fault_rate
+            fault = self._rng.random() < self.fault_rate and (self.max_faults is None or self.injected < self.max_faults)
             after_apply = fault and self._rng.random() < self.fault_after_apply
             kind = TRANSIENT_FAULTS[self._rng.randrange(len(TRANSIENT_FAULTS))]
         if self.hook is not None and self.hook(request) == "drop":
@@ -752,11 +754,17 @@ def s3_denied(client, bucket: str, proxy: FaultProxy, frames: int = 12, after: i
     return result
 
 
+def restorer_actors() -> list[dict]:
+    """Live restorer actors of the connected Ray, from the GCS (ray.util.state needs the dashboard, which
+    ray[data] does not install)."""
+    import ray._private.state
+
+    return [actor for actor in ray._private.state.actors().values()
+            if "RestoreFrames" in actor["ActorClassName"] and actor["State"] == "ALIVE" and actor.get("Pid")]
+
+
 def actor_kill(workdir: Path, frames: int = 24) -> Outcome:
     """SIGKILL the restorer actor's process while it holds a batch (Ray restarts it; the batch is retried)."""
-    import ray
-    from ray.util.state import list_actors
-
     from restore.storage import open_storage
 
     objects = reel(frames, 256, 256)
@@ -766,10 +774,10 @@ def actor_kill(workdir: Path, frames: int = 24) -> Outcome:
     def killer():
         deadline = time.monotonic() + 120
         while not killed and time.monotonic() < deadline and not done.is_set():
-            for actor in list_actors(filters=[("state", "=", "ALIVE")]):
-                if "RestoreFrames" in actor.class_name and actor.pid and progress_seen["done"] >= 2:
-                    os.kill(actor.pid, signal.SIGKILL)
-                    killed.append(actor.pid)
+            for actor in restorer_actors():
+                if progress_seen["done"] >= 2:
+                    os.kill(actor["Pid"], signal.SIGKILL)
+                    killed.append(actor["Pid"])
                     break
             time.sleep(0.2)
 
@@ -817,7 +825,6 @@ def _node_loss_main(workdir: str, frames: int) -> int:
     """Head (no CPUs for work) + two 1-CPU worker nodes; remove the node running the restorer once frames flow."""
     import ray
     from ray.cluster_utils import Cluster
-    from ray.util.state import list_actors
 
     root = Path(workdir)
     write_local(root / "in", reel(frames, 128, 128))
@@ -831,9 +838,9 @@ def _node_loss_main(workdir: str, frames: int) -> int:
     def remove_restorer_node():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not removed.is_set():
-            actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "RestoreFrames" in a.class_name]
+            actors = restorer_actors()
             for node in workers:
-                if actors and any(a.node_id == node.node_id for a in actors) and progress["done"] >= 3:
+                if any(a["Address"]["NodeID"] == node.node_id for a in actors) and progress["done"] >= 3:
                     cluster.remove_node(node, allow_graceful=False)
                     state["removed_node"] = node.node_id
                     removed.set()
@@ -869,6 +876,85 @@ def _node_loss_main(workdir: str, frames: int) -> int:
     return 0
 
 
+def _rss_mb(pid: int | str, field: str = "VmRSS") -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _ray_workers(root: int) -> list[int]:
+    """Ray worker processes started under this process (its own local Ray)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            try:
+                command = (Path(f"/proc/{child}/cmdline")).read_bytes()
+            except OSError:
+                continue
+            if b"default_worker.py" in command or command.startswith(b"ray::"):
+                found.append(child)
+    return found
+
+
+def load_figures(workdir: Path, frames: int, timeout: float = 3600) -> dict:
+    """Run the load job in a subprocess with its own 2-CPU Ray; its figures (peak RSS, rate) as a dict."""
+    done = subprocess.run([sys.executable, str(HERE / "faults.py"), "load", str(workdir), "--frames", str(frames)],
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"load run failed: {done.stderr[-3000:]}")
+    return json.loads((workdir / "load.json").read_text())
+
+
+def _load_main(workdir: str, frames: int) -> int:
+    """`frames` 32x32 frames with masks, one job (batch 8, parts of 64 rows); RSS sampled every 0.25 s."""
+    import ray
+
+    root = Path(workdir)
+    write_local(root / "in", reel(frames, 32, 32))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    peaks = Counter()
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.25):
+            workers = [_rss_mb(pid) for pid in _ray_workers(os.getpid())]
+            peaks["driver"] = max(peaks["driver"], _rss_mb("self"))
+            peaks["worker"] = max(peaks["worker"], max(workers, default=0.0))
+            peaks["workers_total"] = max(peaks["workers_total"], sum(workers))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    result = run_in_process(base_job(str(root / "in"), str(root / "out"), batch_size=8, commit_every=64))
+    seconds = time.monotonic() - started
+    stop.set()
+    thread.join()
+    from restore.storage import open_storage
+
+    check = check_job(open_storage(str(root / "out")), "rel", frame_keys(reel(frames, 32, 32)))
+    (root / "load.json").write_text(json.dumps({
+        "frames": frames, "counts": result.counts, "seconds": round(seconds, 1),
+        "frames_per_second": round(frames / seconds, 1),
+        "driver_peak_rss_mb": round(max(_rss_mb("self", "VmHWM"), peaks["driver"]), 1),
+        "worker_peak_rss_mb": round(peaks["worker"], 1), "workers_total_peak_rss_mb": round(peaks["workers_total"], 1),
+        "lost": len(check.lost), "duplicated": len(check.duplicated)}))
+    ray.shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -879,9 +965,14 @@ def main(argv: list[str] | None = None) -> int:
     n = verbs.add_parser("node-loss", help="a job on a 3-node Cluster losing a worker node mid-job")
     n.add_argument("workdir")
     n.add_argument("--frames", type=int, default=40)
+    load = verbs.add_parser("load", help="one job over many small frames, peak RSS of driver and workers")
+    load.add_argument("workdir")
+    load.add_argument("--frames", type=int, default=2000)
     args = parser.parse_args(argv)
     if args.verb == "drive":
         return _harness(args.spec, args.kill_at, args.nth)
+    if args.verb == "load":
+        return _load_main(args.workdir, args.frames)
     return _node_loss_main(args.workdir, args.frames)
 
 
