@@ -38,14 +38,15 @@ class Progress:
 
 
 def cmd_run(args) -> int:
-    from .pipeline import prepare, run_job
+    from .pipeline import prepare, run
+    from .report import write_report
     from .spec import load_spec
 
     spec = load_spec(args.spec)
-    context, plan = prepare(spec)
     if args.dry_run:
+        context, plan = prepare(spec)
         summary = {"job": spec.name, "listed": plan.listed, "already_done": plan.already_done,
-                   "to_process": len(plan.tasks), "bytes_to_read": plan.bytes_to_read,
+                   "to_process": len(plan.tasks), "given_up": plan.given_up, "bytes_to_read": plan.bytes_to_read,
                    "keys": [task["input_key"] for task in plan.tasks]}
         print(f"job {spec.name}: {plan.listed} frames listed, {plan.already_done} already done, "
               f"{len(plan.tasks)} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)")
@@ -54,30 +55,58 @@ def cmd_run(args) -> int:
         _write_json(args.json, summary)
         return EXIT_OK
     if not args.quiet:
-        print(f"job {spec.name}: {len(plan.tasks)} frames to restore, {plan.already_done} already done "
-              f"(restorer {spec.restorer.name}, config {context.config_hash})", file=sys.stderr)
-    progress = None if args.quiet else Progress()
-    result = run_job(context, plan, progress=progress)
+        print(f"job {spec.name}: planning (restorer {spec.restorer.name}, masks {spec.masks.source})", file=sys.stderr)
+    context, plan, result = run(spec, progress=None if args.quiet else Progress())
     counts = result.counts
     summary = {"job": spec.name, "run_id": result.run_id, "planned": result.planned,
-               "already_done": result.already_done, "counts": counts, "seconds": round(result.seconds, 3),
-               "frames_per_second": round(result.frames_per_second, 3), "output": spec.output,
-               "manifest": f"{spec.output.rstrip('/')}/{result.manifest_prefix}",
+               "already_done": result.already_done, "given_up": plan.given_up, "counts": counts,
+               "seconds": round(result.seconds, 3), "frames_per_second": round(result.frames_per_second, 3),
+               "output": spec.output, "manifest": f"{spec.output.rstrip('/')}/{result.manifest_prefix}",
                "config_hash": context.config_hash, "weights_sha256": context.weights_sha256}
     if not result.planned:
-        print(f"job {spec.name}: nothing to do, all {result.already_done} frames already restored")
+        print(f"job {spec.name}: nothing to do, all {result.already_done} frames already restored"
+              + (f" ({len(plan.given_up)} left failed after {spec.max_attempts} attempts)" if plan.given_up else ""))
     else:
         print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed "
               f"in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "
               f"outputs in {spec.output}, manifest {summary['manifest']}")
-    if result.planned:
-        from .report import write_report
-
         summary["report"] = write_report(spec).uri
         if not args.quiet:
             print(f"report: {summary['report']}")
     _write_json(args.json, summary)
     return EXIT_FRAMES_FAILED if counts.get("failed") else EXIT_OK
+
+
+def cmd_submit(args) -> int:
+    from .submit import submit, wait
+
+    if not args.address:
+        return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=False, json=None, show=0))
+    submission_id = submit(args.spec, args.address)
+    print(submission_id)
+    if not args.wait:
+        return EXIT_OK
+    state = wait(args.address, submission_id, timeout_s=args.timeout)
+    print(f"{submission_id}: {state.status} {state.message or ''}".rstrip(), file=sys.stderr)
+    if state.exit_code is not None:
+        return state.exit_code
+    return EXIT_OK if state.status == "SUCCEEDED" else EXIT_ERROR
+
+
+def cmd_jobs(args) -> int:
+    import dataclasses
+
+    from .submit import job_logs, job_status, stop_job
+
+    if args.action == "logs":
+        print(job_logs(args.address, args.id), end="")
+    elif args.action == "stop":
+        print("stopped" if stop_job(args.address, args.id) else "already finished")
+    else:
+        state = job_status(args.address, args.id)
+        print(f"{state.submission_id}: {state.status} {state.message or ''}".rstrip())
+        _write_json(args.json, dataclasses.asdict(state))
+    return EXIT_OK
 
 
 def cmd_report(args) -> int:
@@ -246,6 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", metavar="OUT", help="write the verification as JSON to OUT")
     verify.set_defaults(func=cmd_verify)
 
+    submit = verbs.add_parser("submit", help="run a job spec on a Ray cluster (Jobs API); prints the submission id")
+    submit.add_argument("spec", help="job spec (YAML)")
+    submit.add_argument("--address", help="dashboard URL, e.g. http://HEAD:8265; without it: runs here like `restore run`")
+    submit.add_argument("--wait", action="store_true", help="follow to the end; exit with the remote run's exit code")
+    submit.add_argument("--timeout", type=float, help="with --wait: give up after N s")
+    submit.set_defaults(func=cmd_submit)
+
+    jobs = verbs.add_parser("jobs", help="status, logs or stop of a submitted job")
+    jobs.add_argument("action", choices=["status", "logs", "stop"])
+    jobs.add_argument("id", help="submission id printed by restore submit")
+    jobs.add_argument("--address", required=True, help="dashboard URL, e.g. http://HEAD:8265")
+    jobs.add_argument("--json", metavar="OUT", help="with status: write the job's state as JSON to OUT")
+    jobs.set_defaults(func=cmd_jobs)
+
     report = verbs.add_parser("report", help="(re)build report.html for a job's output from its manifests")
     report.add_argument("target", help="job spec (YAML), or an output location")
     report.add_argument("--job", help="job name, when the output holds several jobs")
@@ -326,16 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .frames import FrameError
+    from .lease import LeaseError
     from .pipeline import JobError
     from .report import ReportError
     from .restorers import RestorerError
     from .spec import SpecError
     from .storage import StorageError
+    from .submit import SubmitError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, StorageError, RestorerError, JobError, FrameError, ReportError, ValueError, OSError) as error:
+    except (SpecError, StorageError, RestorerError, JobError, FrameError, ReportError, LeaseError, SubmitError,
+            ValueError, OSError) as error:
         print(f"restore {args.verb}: {error}", file=sys.stderr)
         return EXIT_ERROR
 

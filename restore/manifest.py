@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from .storage import Storage
 
 MANIFEST_ROOT = "_manifests"
+SNAPSHOTS = "_snapshots"  # compacted snapshots: _manifests/<job>/_snapshots/<run_id>.parquet
 
 MANIFEST_SCHEMA = pa.schema([
     ("job", pa.string()),
@@ -55,7 +56,8 @@ MANIFEST_SCHEMA = pa.schema([
 
 def new_run_id() -> str:
     """Sortable by start time, unique across hosts."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    now = time.time()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1000):03d}Z-" + secrets.token_hex(3)
 
 
 def run_prefix(job: str, run_id: str) -> str:
@@ -65,14 +67,17 @@ def run_prefix(job: str, run_id: str) -> str:
 class ManifestWriter:
     """Commits rows of one run as numbered Parquet parts; a part is written only after its outputs exist."""
 
-    def __init__(self, storage: Storage, job: str, run_id: str):
+    def __init__(self, storage: Storage, job: str, run_id: str, lease=None):
         self.storage = storage
         self.prefix = run_prefix(job, run_id)
+        self.lease = lease  # a run that lost its lease to a newer run must not commit (fencing)
         self.parts_written = 0
 
     def commit(self, rows: list[dict]) -> str | None:
         if not rows:
             return None
+        if self.lease is not None:
+            self.lease.check()
         table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
@@ -82,14 +87,55 @@ class ManifestWriter:
         return key
 
 
+def _read_parquet(storage: Storage, key: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(storage.get(key))).cast(MANIFEST_SCHEMA)
+
+
+def _part_run_id(key: str, job: str) -> str:
+    return key[len(f"{MANIFEST_ROOT}/{job}/"):].split("/", 1)[0]
+
+
 def read_manifests(storage: Storage, job: str) -> pa.Table:
-    """Every committed row of a job, all runs; an empty table with the schema when there are none."""
-    parts = [info.key for info in storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/{job}/")]
-    tables = [pq.read_table(io.BytesIO(storage.get(key))) for key in parts]
-    tables = [table.cast(MANIFEST_SCHEMA) for table in tables if table.num_rows]
+    """What a job's manifests say: the newest snapshot plus every part committed after it (all parts if none).
+
+    An empty table with the schema when there are none.
+    """
+    keys = [info.key for info in storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/{job}/")]
+    snapshots = sorted(key for key in keys if key.startswith(f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/"))
+    covered = snapshots[-1].rsplit("/", 1)[1].removesuffix(".parquet") if snapshots else ""
+    parts = [key for key in keys if key not in snapshots and _part_run_id(key, job) > covered]
+    tables = [_read_parquet(storage, key) for key in snapshots[-1:] + parts]
+    tables = [table for table in tables if table.num_rows]
     if not tables:
         return MANIFEST_SCHEMA.empty_table()
     return pa.concat_tables(tables)
+
+
+def parts_since_snapshot(storage: Storage, job: str) -> int:
+    keys = [info.key for info in storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/{job}/")]
+    snapshots = sorted(key for key in keys if key.startswith(f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/"))
+    covered = snapshots[-1].rsplit("/", 1)[1].removesuffix(".parquet") if snapshots else ""
+    return sum(1 for key in keys if key not in snapshots and _part_run_id(key, job) > covered)
+
+
+def compact(storage: Storage, job: str, run_id: str, lease=None) -> str:
+    """Write a snapshot covering every run up to `run_id`: the newest row per (frame, ETag, config), plus every
+    failure (they count retry attempts). A new file: parts are never rewritten, and older snapshots stay valid."""
+    table = read_manifests(storage, job)
+    ordered = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
+    index = pa.array(range(ordered.num_rows), pa.int64())
+    ordered = ordered.append_column("_row", index)
+    newest = ordered.group_by(["input_key", "input_etag", "config_hash"], use_threads=False).aggregate([("_row", "max")])
+    keep = pc.is_in(index, value_set=newest["_row_max"])
+    keep = pc.or_(keep, pc.equal(ordered["status"], "failed"))
+    snapshot = ordered.filter(keep).drop_columns(["_row"])
+    buffer = io.BytesIO()
+    pq.write_table(snapshot, buffer, compression="zstd")
+    if lease is not None:
+        lease.check()
+    key = f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/{run_id}.parquet"
+    storage.put(key, buffer.getvalue(), content_type="application/vnd.apache.parquet")
+    return key
 
 
 def latest_rows(table: pa.Table) -> list[dict]:
@@ -100,10 +146,35 @@ def latest_rows(table: pa.Table) -> list[dict]:
     return [newest[key] for key in sorted(newest)]
 
 
+@dataclass
+class History:
+    """What resume needs to know of one config's past, computed column-wise so a million rows plan in seconds."""
+
+    done: set[tuple[str, str]]  # (input key, ETag) whose newest row is ok
+    failures: dict[tuple[str, str], int]  # (input key, ETag) whose newest row failed → failed attempts so far
+
+
+def history(table: pa.Table, config_hash: str) -> History:
+    rows = table.filter(pc.equal(table["config_hash"], config_hash))
+    rows = rows.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
+    newest = rows.group_by(["input_key", "input_etag"], use_threads=False).aggregate([("status", "last")])
+    failed = rows.filter(pc.equal(rows["status"], "failed"))
+    attempts = failed.group_by(["input_key", "input_etag"]).aggregate([("status", "count")])
+    counts = dict(zip(zip(attempts["input_key"].to_pylist(), attempts["input_etag"].to_pylist()),
+                      attempts["status_count"].to_pylist()))
+    done, failures = set(), {}
+    for key, etag, status in zip(newest["input_key"].to_pylist(), newest["input_etag"].to_pylist(),
+                                 newest["status_last"].to_pylist()):
+        if status == "ok":
+            done.add((key, etag))
+        elif status == "failed":
+            failures[(key, etag)] = counts.get((key, etag), 0)
+    return History(done=done, failures=failures)
+
+
 def done_keys(table: pa.Table, config_hash: str) -> set[tuple[str, str]]:
     """(input key, ETag) pairs whose newest row under this config is `ok`: resume skips exactly these."""
-    rows = table.filter(pc.equal(table["config_hash"], config_hash))
-    return {(row["input_key"], row["input_etag"]) for row in latest_rows(rows) if row["status"] == "ok"}
+    return history(table, config_hash).done
 
 
 @dataclass

@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 from . import __version__
 from .film import FilmFrame
 from .frames import Frame, FrameError, decode_frame, decode_mask, encode_frame, encode_mask, extension_for
-from .manifest import MANIFEST_SCHEMA, ManifestWriter, done_keys, new_run_id, read_manifests, run_prefix
+from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, new_run_id, parts_since_snapshot,
+                       read_manifests, run_prefix)
 from .restorers import build_restorer, resolve_weights
 from .spec import JobSpec
 from .storage import ObjectInfo, Storage, StorageError, check_no_overlap, open_storage
@@ -94,6 +95,7 @@ class Plan:
     listed: int
     already_done: int
     bytes_to_read: int
+    given_up: list[str] = field(default_factory=list)  # frames that failed max_attempts times: not retried
 
 
 @dataclass
@@ -221,7 +223,9 @@ def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, con
         mask_files = {mask_key_for(pattern, info.key) for info in listed for pattern in patterns}
         listed = [info for info in listed if info.key not in mask_files]  # a mask is not a frame
     table = read_manifests(output_storage, spec.name)
-    done = done_keys(table, config_hash)
+    past = history(table, config_hash)
+    exhausted = {frame for frame, attempts in past.failures.items() if 0 < spec.max_attempts <= attempts}
+    done = past.done | exhausted  # a frame that failed too often is left alone until it changes (a new ETag)
     stills = [info for info in listed if not is_video(info.key)]
     todo = [info for info in stills if (info.key, info.etag) not in done]
     neighbours = neighbour_keys([info.key for info in stills], spec.sequence.window)
@@ -239,8 +243,10 @@ def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, con
             video_tasks, count, count_done = _video_tasks(info, input_storage, done, table, spec.sequence.window)
             tasks += video_tasks
             frames, frames_done = frames + count, frames_done + count_done
-    return Plan(tasks=tasks, listed=frames, already_done=frames_done,
-                bytes_to_read=sum(task["input_size"] for task in tasks))
+    listed_etags = {info.key: info.etag for info in listed}
+    given_up = sorted(key for key, etag in exhausted if listed_etags.get(split_frame_key(key)[0]) == etag)
+    return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up),
+                bytes_to_read=sum(task["input_size"] for task in tasks), given_up=given_up)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -520,21 +526,25 @@ def _check_resources(spec: JobSpec) -> None:
                 f"the Ray cluster has {available.get(resource, 0):g}")
 
 
-def prepare(spec: JobSpec) -> tuple[JobContext, Plan]:
-    """Everything before the first pixel: storages, weights, config hash, and what is left to do."""
+def open_job(spec: JobSpec) -> JobContext:
+    """Storages, weights and config hash of a new run: everything but the plan."""
     input_storage, output_storage, mask_storage = open_job_storages(spec)
     _, weights_sha256 = resolve_weights(spec.restorer)
-    config_hash = spec.config_hash(weights_sha256)
-    context = JobContext(spec=spec, input_storage=input_storage, output_storage=output_storage,
-                         mask_storage=mask_storage, run_id=new_run_id(), config_hash=config_hash,
-                         weights_sha256=weights_sha256)
-    return context, plan_job(spec, input_storage, output_storage, config_hash)
+    return JobContext(spec=spec, input_storage=input_storage, output_storage=output_storage,
+                      mask_storage=mask_storage, run_id=new_run_id(), config_hash=spec.config_hash(weights_sha256),
+                      weights_sha256=weights_sha256)
+
+
+def prepare(spec: JobSpec) -> tuple[JobContext, Plan]:
+    """A run's context and what is left to do, without taking the job's lease (dry runs, tests)."""
+    context = open_job(spec)
+    return context, plan_job(spec, context.input_storage, context.output_storage, context.config_hash)
 
 
 ProgressCallback = Callable[[int, int, int], None]  # (frames done, frames planned, failures so far)
 
 
-def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None = None) -> RunResult:
+def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None = None, lease=None) -> RunResult:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -546,7 +556,7 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     if not plan.tasks:
         return result
     if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=False)
+        ray.init(configure_logging=False, log_to_driver=False, include_dashboard=False)
     _check_resources(spec)
     ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress line replaces Ray's
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -563,7 +573,7 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
         .map_batches(write_outputs, fn_kwargs={"context": context}, batch_size=spec.batch_size,
                      batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
     )
-    writer = ManifestWriter(context.output_storage, spec.name, context.run_id)
+    writer = ManifestWriter(context.output_storage, spec.name, context.run_id, lease)
     pending: list[dict] = []
     done = failed = 0
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -580,3 +590,41 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     writer.commit(pending)
     result.seconds = time.perf_counter() - started
     return result
+
+
+COMPACT_AFTER_PARTS = 64  # a snapshot once this many parts have been committed since the last one
+
+
+def run(spec: JobSpec, progress: ProgressCallback | None = None) -> tuple[JobContext, Plan, RunResult]:
+    """One run of a job as users start it: under the job's lease, planned after taking it (so it sees every
+    committed row), a machine-readable summary next to the manifests, and compaction when parts pile up."""
+    from .lease import acquire
+
+    context = open_job(spec)
+    with acquire(context.output_storage, spec.name, run_id=context.run_id) as lease:
+        plan = plan_job(spec, context.input_storage, context.output_storage, context.config_hash)
+        result = run_job(context, plan, progress, lease)
+        if result.planned:
+            write_run_summary(context, plan, result)
+        if parts_since_snapshot(context.output_storage, spec.name) >= COMPACT_AFTER_PARTS:
+            compact(context.output_storage, spec.name, context.run_id, lease)
+    return context, plan, result
+
+
+def run_summary(context: JobContext, plan: Plan, result: RunResult) -> dict:
+    return {
+        "job": context.spec.name, "run_id": result.run_id, "status": "failed" if result.counts.get("failed") else "ok",
+        "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
+        "counts": result.counts, "seconds": round(result.seconds, 3),
+        "frames_per_second": round(result.frames_per_second, 3), "input": context.spec.input,
+        "output": context.spec.output, "restorer": context.spec.restorer.name,
+        "weights_sha256": context.weights_sha256, "config_hash": context.config_hash,
+    }
+
+
+def write_run_summary(context: JobContext, plan: Plan, result: RunResult) -> str:
+    """`summary.json` beside the run's manifest parts, for schedulers and alerting."""
+    key = f"{result.manifest_prefix}/summary.json"
+    context.output_storage.put(key, json.dumps(run_summary(context, plan, result), indent=2).encode(),
+                               content_type="application/json")
+    return key

@@ -220,7 +220,7 @@ def run_stats(table: pa.Table) -> list[dict]:
         run["restorers"].add(restorer)
         run["configs"].add(config)
     for run in runs.values():
-        run["started"] = datetime.strptime(run["run_id"][:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        run["started"] = datetime.strptime(run["run_id"][:15], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
         run["seconds"] = max((run["finished"] - run["started"]).total_seconds(), 1.0)  # run ids have 1 s resolution
         run["rate"] = run["frames"] / run["seconds"]
     return sorted(runs.values(), key=lambda run: run["run_id"], reverse=True)

@@ -81,6 +81,7 @@ class JobSpec:
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     sequence: SequenceSettings = field(default_factory=SequenceSettings)
     commit_every: int = 64  # manifest rows per committed part (a crash loses at most the frames in flight)
+    max_attempts: int = 3  # a frame that failed this many times is left alone until it changes (0 = retry forever)
 
     def output_settings(self, weights_sha256: str | None) -> dict[str, Any]:
         """What changes the output bytes, and nothing else: worker counts must never reprocess an archive."""
@@ -109,7 +110,7 @@ class JobSpec:
 
 _TOP_FIELDS = {
     "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format",
-    "max_pixels", "batch_size", "workers", "sequence", "commit_every",
+    "max_pixels", "batch_size", "workers", "sequence", "commit_every", "max_attempts",
 }
 
 
@@ -246,6 +247,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         max_pixels=check.number(raw, "max_pixels", "max_pixels", DEFAULT_MAX_PIXELS, minimum=1),
         batch_size=check.number(raw, "batch_size", "batch_size", 4, minimum=1),
         commit_every=check.number(raw, "commit_every", "commit_every", 64, minimum=1),
+        max_attempts=check.number(raw, "max_attempts", "max_attempts", 3),
     )
     if problems:
         raise SpecError(source, problems)

@@ -245,3 +245,63 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     (tmp_path / "out" / "reel" / "f000.png").write_bytes(png_bytes(scene(99)))  # tampered output
     assert restore_main(["verify", str(spec_file)]) == 1
     assert "checksum" in capsys.readouterr().out
+
+
+def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_changes(tmp_path, ray_session):
+    from restore.pipeline import run as run_with_lease
+
+    write_collection(tmp_path / "in", 1)
+    (tmp_path / "in" / "broken.png").write_bytes(b"garbage")
+    spec = parse_spec(job(tmp_path, max_attempts=2))
+    assert run_with_lease(spec)[2].counts == {"ok": 1, "failed": 1}
+    assert run_with_lease(spec)[2].counts == {"failed": 1}
+    _, plan, result = run_with_lease(spec)
+    assert result.planned == 0 and plan.given_up == ["broken.png"]
+    (tmp_path / "in" / "broken.png").write_bytes(png_bytes(scene(3)))  # fixed upstream: a new ETag
+    assert run_with_lease(spec)[2].counts == {"ok": 1}
+
+
+def test_runs_write_a_summary_and_a_second_concurrent_run_is_refused(tmp_path, ray_session):
+    import json
+
+    from restore.lease import LeaseHeldError, acquire
+    from restore.pipeline import run as run_with_lease
+
+    write_collection(tmp_path / "in", 2)
+    spec = parse_spec(job(tmp_path))
+    _, _, result = run_with_lease(spec)
+    summary = json.loads((tmp_path / "out" / result.manifest_prefix / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 2} and summary["status"] == "ok" and summary["run_id"] == result.run_id
+    with acquire(open_storage(str(tmp_path / "out")), "t"):  # another run holds the job
+        with pytest.raises(LeaseHeldError):
+            run_with_lease(spec)
+
+
+def test_compaction_keeps_what_resume_needs_without_rewriting_parts(tmp_path, ray_session):
+    from restore.manifest import compact, history
+
+    write_collection(tmp_path / "in", 4)
+    (tmp_path / "in" / "broken.png").write_bytes(b"garbage")
+    run(job(tmp_path))
+    run(job(tmp_path))  # retries the broken frame: two failures on record
+    storage = open_storage(str(tmp_path / "out"))
+    config_hash = prepare(parse_spec(job(tmp_path)))[0].config_hash
+    parts = {p: p.read_bytes() for p in (tmp_path / "out" / "_manifests").rglob("part-*.parquet")}
+    before = history(read_manifests(storage, "t"), config_hash)
+
+    compact(storage, "t", prepare(parse_spec(job(tmp_path)))[0].run_id)  # as a run does at its end
+
+    compacted = read_manifests(storage, "t")
+    after = history(compacted, config_hash)
+    assert after.done == before.done and after.failures == before.failures == {("broken.png", after_etag(tmp_path)): 2}
+    assert compacted.num_rows == sum(pq.read_table(p).num_rows for p in parts)  # every row still needed
+    assert {p: p.read_bytes() for p in parts} == parts  # parts are never rewritten
+    assert [task["input_key"] for task in prepare(parse_spec(job(tmp_path)))[1].tasks] == ["broken.png"]
+    (tmp_path / "in" / "new.png").write_bytes(png_bytes(scene(5)))
+    run(job(tmp_path))  # parts committed after the snapshot are read on top of it
+    assert ("new.png", open_storage(str(tmp_path / "in")).head("new.png").etag) in history(
+        read_manifests(storage, "t"), config_hash).done
+
+
+def after_etag(tmp_path) -> str:
+    return open_storage(str(tmp_path / "in")).head("broken.png").etag
