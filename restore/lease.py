@@ -67,7 +67,20 @@ class LeaseRecord:
     released: bool = False
 
     def live(self, now: datetime) -> bool:
-        return not self.released and now < self.expires_at
+        return not self.released and now < self.expires_at and not self.holder_died()
+
+    def holder_died(self) -> bool:
+        """True when the holder ran on this host and its process is gone: a killed run need not wait out its TTL."""
+        host, _, pid = self.holder.rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False  # another machine's run: only its expiry can tell
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, owned by another user
+        return False
 
     def to_json(self) -> bytes:
         fields = {**asdict(self), "acquired_at": self.acquired_at.isoformat(), "expires_at": self.expires_at.isoformat()}

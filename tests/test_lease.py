@@ -176,3 +176,21 @@ def test_racing_takers_of_an_expired_lease_exactly_one_wins(storage):
     assert len(won) == 1 and len(refused) == 5
     assert won[0].token == 6
     won[0].release()
+
+
+def test_a_lease_whose_driver_died_on_this_host_is_taken_over_at_once(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from restore.lease import acquire, newest_lease
+    from restore.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path)
+    code = ("import sys; from restore.lease import acquire; from restore.storage import LocalStorage;"
+            "acquire(LocalStorage(sys.argv[1]), 'job', ttl_s=3600); import os; os._exit(0)")  # dies holding it
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    dead = newest_lease(storage, "job")
+    assert dead.holder.startswith(socket.gethostname()) and dead.holder_died()
+    with acquire(storage, "job") as lease:
+        assert lease.token == dead.token + 1
