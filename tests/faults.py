@@ -40,6 +40,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+LEASE_TTL_S = 6.0  # driven runs hold the job's lease this long unrenewed (120 s by default), so a resume after
+# a SIGKILL waits seconds, not minutes, for the dead run's lease to lapse
 MARKER_ENV = "RESTORE_FAULT_RUN"  # set in the environment of a driven run's driver and Ray workers
 HERE = Path(__file__).resolve().parent
 
@@ -62,19 +64,26 @@ def scene(seed: int, height: int = 48, width: int = 64, channels: int = 3) -> np
     return image[:, :, 0] if channels == 1 else image
 
 
-def box_mask(height: int = 48, width: int = 64) -> np.ndarray:
+def box_mask(height: int = 48, width: int = 64, heavy: bool = False) -> np.ndarray:
+    """A box hole; `heavy` covers half the frame, which keeps the restorer busy (with a large Telea radius)."""
     mask = np.zeros((height, width), dtype=np.uint8)
-    mask[height // 4:height // 2, width // 3:width // 2] = 255
+    if heavy:
+        mask[height // 8:height * 7 // 8, width // 4:width * 3 // 4] = 255
+    else:
+        mask[height // 4:height // 2, width // 3:width // 2] = 255
     return mask
 
 
-def reel(count: int, height: int = 48, width: int = 64) -> dict[str, bytes]:
+def reel(count: int, height: int = 48, width: int = 64, heavy: bool = False) -> dict[str, bytes]:
     """`count` frames under reel/ with a mask each under reel/masks/: key -> bytes."""
     objects = {}
     for index in range(count):
         objects[f"reel/f{index:04d}.png"] = png_bytes(scene(index, height, width))
-        objects[f"reel/masks/f{index:04d}.png"] = png_bytes(box_mask(height, width))
+        objects[f"reel/masks/f{index:04d}.png"] = png_bytes(box_mask(height, width, heavy))
     return objects
+
+
+SLOW_RESTORER = {"name": "telea", "radius": 15}  # ~0.3 s a 256x256 frame with a heavy mask: batches take a while
 
 
 def frame_keys(objects: dict[str, bytes]) -> set[str]:
@@ -158,7 +167,7 @@ class ProxyRequest:
 
     @property
     def is_output_put(self) -> bool:
-        return self.method == "PUT" and not self.is_manifest_part and "/_lease/" not in self.key
+        return self.method == "PUT" and "/_manifests/" not in f"/{self.key}"
 
 
 class FaultProxy:
@@ -368,20 +377,25 @@ def drive(spec_file: Path, ray_address: str, kill_at: str = "none", nth: int = 1
     kill_at/nth: the harness kills itself at that phase; kill_after: the test kills it after that many seconds;
     hook: a proxy hook that kills it (given the pid here). Waits for the killed run's Ray workers to be gone.
     """
-    marker = f"{os.getpid()}-{time.monotonic_ns()}"
-    env = {**os.environ, "RAY_ADDRESS": ray_address, MARKER_ENV: marker}
-    command = [sys.executable, str(HERE / "faults.py"), "drive", str(spec_file), "--kill-at", kill_at, "--nth", str(nth)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    if hook is not None:
-        hook.pid = process.pid
-    try:
-        stdout, stderr = process.communicate(timeout=kill_after if kill_after is not None else timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(process.pid)
-        stdout, stderr = process.communicate()
-    wait_for_stragglers(marker)
-    return DriverRun(process.returncode, stdout, stderr, killed=process.returncode == -signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while True:
+        marker = f"{os.getpid()}-{time.monotonic_ns()}"
+        env = {**os.environ, "RAY_ADDRESS": ray_address, MARKER_ENV: marker}
+        command = [sys.executable, str(HERE / "faults.py"), "drive", str(spec_file), "--kill-at", kill_at,
+                   "--nth", str(nth), "--lease-ttl", str(LEASE_TTL_S)]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        if hook is not None:
+            hook.pid = process.pid
+        try:
+            stdout, stderr = process.communicate(timeout=kill_after if kill_after is not None else timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(process.pid)
+            stdout, stderr = process.communicate()
+        wait_for_stragglers(marker)
+        if process.returncode == 2 and "already running" in stderr and time.monotonic() < deadline:
+            continue  # the harness waited its while for the lease; try again
+        return DriverRun(process.returncode, stdout, stderr, killed=process.returncode == -signal.SIGKILL)
 
 
 def write_spec(path: Path, raw: dict) -> Path:
@@ -428,13 +442,28 @@ def _worker_setup() -> None:
     storage.LocalStorage._write_temp = write_temp
 
 
-def _harness(spec: str, kill_at: str, nth: int) -> int:
+def _harness(spec: str, kill_at: str, nth: int, lease_ttl: float) -> int:
     """The `drive` subcommand: `restore run SPEC --quiet` in this process, dying at the requested phase."""
     import tempfile
 
     import ray
 
-    from restore import cli, manifest, storage
+    from restore import cli, lease, manifest, storage
+
+    original_acquire = lease.acquire
+
+    def acquire(storage, job, ttl_s=None, run_id=None):
+        """A short TTL, and wait for a killed run's lease to lapse, as a scheduler retrying the job would."""
+        deadline = time.monotonic() + 3 * lease_ttl + 30
+        while True:
+            try:
+                return original_acquire(storage, job, ttl_s=lease_ttl, run_id=run_id)
+            except lease.LeaseHeldError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    lease.acquire = acquire
 
     env_vars = {MARKER_ENV: os.environ.get(MARKER_ENV, "")}
     if kill_at == "output-write":
@@ -618,13 +647,13 @@ def crash_cycles(workdir: Path, ray_address: str, phases, frames: int = 16, seed
     run_in_process(base_job(input_uri, reference_uri, **extra))  # the uninterrupted run
     reference = output_digests(open_storage(reference_uri, endpoint))
     spec_file = write_spec(workdir / "job.yaml", base_job(input_uri, output_uri, **extra))
-    notes, killed, logs = [], 0, []
+    notes, killed, missed, logs = [], 0, [], []
     started = time.monotonic()
     for phase in phases:
         nth = rng.randint(*NTH_RANGE[phase]) if s3 is None or phase != "listing" else 1  # one S3 listing page
         hook = None
         if phase == "random":
-            run = drive(spec_file, ray_address, kill_after=rng.uniform(2.0, 20.0))
+            run = drive(spec_file, ray_address, kill_after=rng.uniform(1.0, 12.0))
         elif s3 is None:
             run = drive(spec_file, ray_address, kill_at=phase, nth=nth)
         else:
@@ -638,6 +667,8 @@ def crash_cycles(workdir: Path, ray_address: str, phases, frames: int = 16, seed
             proxy.hook = None
         logs.append(run.stdout + run.stderr)
         killed += run.killed
+        if not run.killed and phase != "random":  # a random delay may outlast the run; a phase must be hit
+            missed.append(phase)
         staged = ""
         if s3 is None:  # evidence of where the kill landed: staged files it left behind
             from restore.storage import TEMP_PREFIX
@@ -650,10 +681,10 @@ def crash_cycles(workdir: Path, ray_address: str, phases, frames: int = 16, seed
     output = open_storage(output_uri, endpoint)
     check = check_job(output, "rel", frame_keys(objects), reference)
     untouched = output_digests(open_storage(input_uri, endpoint), exclude=()) == inputs_before
-    ok = check.clean and untouched and final.returncode == 0 and killed == len(phases)
+    ok = check.clean and untouched and final.returncode == 0 and not missed
     outcome = (f"{killed} kills, resumed: {check.ok_rows} ok rows for {check.frames} frames over {check.runs} runs, "
                f"outputs identical to an uninterrupted run" if ok else f"FAILED: {check} untouched={untouched} "
-               f"final exit {final.returncode} killed {killed}/{len(phases)}\n{final.stderr[-2000:]}")
+               f"final exit {final.returncode} killed {killed}/{len(phases)}, missed {missed}\n{final.stderr[-2000:]}")
     result = Outcome(fault="driver SIGKILL (" + ", ".join(dict.fromkeys(phases)) + ")",
                      storage="S3 (moto)" if s3 else "local", injected=killed, frames=len(frame_keys(objects)),
                      lost=len(check.lost), duplicated=len(check.duplicated), outcome=outcome, ok=ok,
@@ -767,7 +798,7 @@ def actor_kill(workdir: Path, frames: int = 24) -> Outcome:
     """SIGKILL the restorer actor's process while it holds a batch (Ray restarts it; the batch is retried)."""
     from restore.storage import open_storage
 
-    objects = reel(frames, 256, 256)
+    objects = reel(frames, 256, 256, heavy=True)
     write_local(workdir / "in", objects)
     killed = []
 
@@ -775,7 +806,7 @@ def actor_kill(workdir: Path, frames: int = 24) -> Outcome:
         deadline = time.monotonic() + 120
         while not killed and time.monotonic() < deadline and not done.is_set():
             for actor in restorer_actors():
-                if progress_seen["done"] >= 2:
+                if progress_seen["done"] >= 1:  # the actor has done a batch and holds the next
                     os.kill(actor["Pid"], signal.SIGKILL)
                     killed.append(actor["Pid"])
                     break
@@ -790,8 +821,8 @@ def actor_kill(workdir: Path, frames: int = 24) -> Outcome:
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        result = run_in_process(base_job(str(workdir / "in"), str(workdir / "out"), batch_size=2, commit_every=2),
-                                progress=progress)
+        result = run_in_process(base_job(str(workdir / "in"), str(workdir / "out"), batch_size=2, commit_every=2,
+                                         restorer=SLOW_RESTORER), progress=progress)
     finally:
         done.set()
         thread.join()
@@ -814,7 +845,7 @@ def node_loss(workdir: Path, frames: int = 40, timeout: float = 540) -> Outcome:
     report = json.loads(report_file.read_text())
     from restore.storage import open_storage
 
-    check = check_job(open_storage(str(workdir / "out")), "rel", frame_keys(reel(frames)))
+    check = check_job(open_storage(str(workdir / "out")), "rel", frame_keys(reel(frames, 8, 8)))
     ok = check.clean and report["removed"] and report["runs_needed"] == 1
     return Outcome("Ray worker node removed mid-job", "local", int(report["removed"]), frames, len(check.lost),
                    len(check.duplicated), f"{report['summary']}" if ok else f"FAILED: {report} {check}", ok,
@@ -827,20 +858,22 @@ def _node_loss_main(workdir: str, frames: int) -> int:
     from ray.cluster_utils import Cluster
 
     root = Path(workdir)
-    write_local(root / "in", reel(frames, 128, 128))
+    write_local(root / "in", reel(frames, 256, 256, heavy=True))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     removed = threading.Event()
     state = {"removed_node": None, "error": None}
+    removed_at = {}
 
     def remove_restorer_node():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not removed.is_set():
             actors = restorer_actors()
             for node in workers:
-                if any(a["Address"]["NodeID"] == node.node_id for a in actors) and progress["done"] >= 3:
+                if any(a["Address"]["NodeID"] == node.node_id for a in actors) and progress["done"] >= 2:
+                    removed_at["done"] = progress["done"]
                     cluster.remove_node(node, allow_graceful=False)
                     state["removed_node"] = node.node_id
                     removed.set()
@@ -854,7 +887,7 @@ def _node_loss_main(workdir: str, frames: int) -> int:
 
     thread = threading.Thread(target=remove_restorer_node, daemon=True)
     thread.start()
-    raw = base_job(str(root / "in"), str(root / "out"), batch_size=2, commit_every=2)
+    raw = base_job(str(root / "in"), str(root / "out"), batch_size=2, commit_every=2, restorer=SLOW_RESTORER)
     runs = 0
     counts = {}
     for _ in range(3):  # the job should finish in one run; a resume is allowed but recorded
@@ -866,7 +899,7 @@ def _node_loss_main(workdir: str, frames: int) -> int:
             state["error"] = f"{type(error).__name__}: {error}"[:2000]
     removed.set()
     thread.join()
-    summary = (f"node with the restorer removed after {progress['done']} frames; job finished in {runs} run(s), "
+    summary = (f"node with the restorer removed after {removed_at.get('done', '?')} frames; job finished in {runs} run(s), "
                f"{counts.get('ok', 0)} ok")
     (root / "node-loss.json").write_text(json.dumps({
         "removed": state["removed_node"] is not None, "runs_needed": runs, "counts": counts, "error": state["error"],
@@ -962,6 +995,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("spec")
     d.add_argument("--kill-at", default="none", choices=("none",) + LOCAL_PHASES)
     d.add_argument("--nth", type=int, default=1)
+    d.add_argument("--lease-ttl", type=float, default=LEASE_TTL_S)
     n = verbs.add_parser("node-loss", help="a job on a 3-node Cluster losing a worker node mid-job")
     n.add_argument("workdir")
     n.add_argument("--frames", type=int, default=40)
@@ -970,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--frames", type=int, default=2000)
     args = parser.parse_args(argv)
     if args.verb == "drive":
-        return _harness(args.spec, args.kill_at, args.nth)
+        return _harness(args.spec, args.kill_at, args.nth, args.lease_ttl)
     if args.verb == "load":
         return _load_main(args.workdir, args.frames)
     return _node_loss_main(args.workdir, args.frames)

@@ -37,7 +37,7 @@ def assert_clean(outcome: faults.Outcome):
 def test_driver_killed_at_each_phase_on_local_storage_then_resumed(tmp_path, ray_session):
     """Killed while listing, mid-write of an output (by a worker), before a commit, mid-write of a manifest part."""
     phases = ("listing", "output-write", "commit", "manifest-write", "output-write")
-    outcome = faults.crash_cycles(tmp_path, ray_session.get_runtime_context().gcs_address, phases, frames=20, seed=1)
+    outcome = faults.crash_cycles(tmp_path, ray_session.get_runtime_context().gcs_address, phases, frames=16, seed=1)
     assert_clean(outcome)
     assert outcome.injected == len(phases) >= 5
     staged = [note for note in outcome.notes if note.startswith(("output-write", "manifest-write"))]
@@ -45,10 +45,12 @@ def test_driver_killed_at_each_phase_on_local_storage_then_resumed(tmp_path, ray
 
 
 def test_driver_killed_at_each_phase_on_s3_then_resumed(tmp_path, s3_endpoint, s3_bucket, proxy, ray_session):
-    """Killed while listing, mid-restoration, mid-upload of an output, mid-upload of a manifest part."""
-    phases = ("listing", "restoring", "output-upload", "manifest-upload", "restoring")
+    """Killed while listing, mid-upload of an output, mid-upload of a manifest part (through the proxy).
+
+    Three cycles here to keep the suite short; tests/reliability_report.py runs more, mid-restoration included."""
+    phases = ("listing", "output-upload", "manifest-upload")
     client = boto3.client("s3", endpoint_url=s3_endpoint)
-    outcome = faults.crash_cycles(tmp_path, ray_session.get_runtime_context().gcs_address, phases, frames=20, seed=2,
+    outcome = faults.crash_cycles(tmp_path, ray_session.get_runtime_context().gcs_address, phases, frames=12, seed=2,
                                   s3=(client, s3_bucket, proxy))
     assert_clean(outcome)
     assert outcome.injected == len(phases)
@@ -57,7 +59,7 @@ def test_driver_killed_at_each_phase_on_s3_then_resumed(tmp_path, s3_endpoint, s
 # ---------------------------------------------------------------------------------------------- worker loss
 
 def test_restorer_actor_killed_mid_batch(tmp_path, ray_session):
-    assert_clean(faults.actor_kill(tmp_path))
+    assert_clean(faults.actor_kill(tmp_path, frames=16))
 
 
 def test_worker_node_removed_mid_job(tmp_path):
@@ -68,7 +70,7 @@ def test_worker_node_removed_mid_job(tmp_path):
 # ---------------------------------------------------------------------------------------------- storage faults
 
 def test_transient_s3_errors_are_retried(s3_endpoint, s3_bucket, proxy, ray_session):
-    outcome = faults.flaky_s3(boto3.client("s3", endpoint_url=s3_endpoint), s3_bucket, proxy)
+    outcome = faults.flaky_s3(boto3.client("s3", endpoint_url=s3_endpoint), s3_bucket, proxy, frames=8)
     assert_clean(outcome)
     assert outcome.injected >= 5
 
@@ -78,13 +80,13 @@ def test_s3_server_stopped_and_restarted_mid_run(s3_bucket, ray_session):
     try:
         client = boto3.client("s3", endpoint_url=server.url)
         client.create_bucket(Bucket=s3_bucket + "-r")
-        assert_clean(faults.s3_restart(client, s3_bucket + "-r", server))
+        assert_clean(faults.s3_restart(client, s3_bucket + "-r", server, frames=8))
     finally:
         server.stop()
 
 
 def test_access_denied_mid_run_stops_with_a_clear_error_and_resume_completes(s3_endpoint, s3_bucket, proxy, ray_session):
-    outcome = faults.s3_denied(boto3.client("s3", endpoint_url=s3_endpoint), s3_bucket, proxy)
+    outcome = faults.s3_denied(boto3.client("s3", endpoint_url=s3_endpoint), s3_bucket, proxy, frames=8, after=3)
     assert_clean(outcome)
     assert outcome.error.startswith(f"cannot write s3://{s3_bucket}/out/")  # names where, and why
     assert "access denied" in outcome.error
