@@ -37,9 +37,9 @@ def s3_bucket(s3_endpoint, request):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance shared by every test that needs it."""
+    """One local Ray instance shared by every test that needs it (its own, even if a `ray start` head is running)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
