@@ -551,9 +551,12 @@ def check_job(storage, job: str, expected: set[str], reference: dict[str, str] |
     unreadable, tables = [], []
     for info in storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/{job}/"):
         try:
-            tables.append(pq.read_table(io.BytesIO(storage.get(info.key))))
+            table = pq.read_table(io.BytesIO(storage.get(info.key)))
         except Exception:  # noqa: BLE001 - any unreadable part is the finding
             unreadable.append(info.key)
+            continue
+        if "/_snapshots/" not in info.key:  # snapshots repeat rows of parts; the parts are the record
+            tables.append(table)
     import pyarrow as pa
 
     rows = pa.concat_tables(tables).to_pylist() if tables else []
@@ -653,7 +656,8 @@ def crash_cycles(workdir: Path, ray_address: str, phases, frames: int = 16, seed
         nth = rng.randint(*NTH_RANGE[phase]) if s3 is None or phase != "listing" else 1  # one S3 listing page
         hook = None
         if phase == "random":
-            run = drive(spec_file, ray_address, kill_after=rng.uniform(1.0, 12.0))
+            delay = rng.uniform(1.0, 12.0)
+            run = drive(spec_file, ray_address, kill_after=delay)
         elif s3 is None:
             run = drive(spec_file, ray_address, kill_at=phase, nth=nth)
         else:
@@ -674,7 +678,8 @@ def crash_cycles(workdir: Path, ray_address: str, phases, frames: int = 16, seed
             from restore.storage import TEMP_PREFIX
 
             staged = f", {len(list((workdir / 'out').rglob(TEMP_PREFIX + '*')))} staged file(s) left"
-        notes.append(f"{phase}#{nth}: {'killed' if run.killed else f'exit {run.returncode}'}{staged}")
+        label = f"random after {delay:.1f} s" if phase == "random" else f"{phase}#{nth}"
+        notes.append(f"{label}: {'killed' if run.killed else f'exit {run.returncode}'}{staged}")
     driven_seconds = time.monotonic() - started
     final = drive(spec_file, ray_address)  # resume to the end, through the CLI
     logs.append(final.stdout + final.stderr)
@@ -790,8 +795,8 @@ def restorer_actors() -> list[dict]:
     ray[data] does not install)."""
     import ray._private.state
 
-    return [actor for actor in ray._private.state.actors().values()
-            if "RestoreFrames" in actor["ActorClassName"] and actor["State"] == "ALIVE" and actor.get("Pid")]
+    return [actor for actor in ray._private.state.actors(actor_state_name="ALIVE").values()
+            if "RestoreFrames" in actor["ActorClassName"] and actor.get("Pid")]
 
 
 def actor_kill(workdir: Path, frames: int = 24) -> Outcome:
@@ -804,13 +809,16 @@ def actor_kill(workdir: Path, frames: int = 24) -> Outcome:
 
     def killer():
         deadline = time.monotonic() + 120
+        first_seen = None
         while not killed and time.monotonic() < deadline and not done.is_set():
             for actor in restorer_actors():
-                if progress_seen["done"] >= 1:  # the actor has done a batch and holds the next
+                first_seen = first_seen or time.monotonic()
+                # batches flow back to back once it is up: after a batch, or a second or two, it holds one
+                if progress_seen["done"] >= 1 or time.monotonic() - first_seen > 1.5:
                     os.kill(actor["Pid"], signal.SIGKILL)
                     killed.append(actor["Pid"])
                     break
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     progress_seen = Counter()
     done = threading.Event()
