@@ -861,14 +861,14 @@ def node_loss(workdir: Path, frames: int = 40, timeout: float = 540) -> Outcome:
 
 
 def _node_loss_main(workdir: str, frames: int) -> int:
-    """Head (no CPUs for work) + two 1-CPU worker nodes; remove the node running the restorer once frames flow."""
+    """Head (no CPUs for work) + two 2-CPU worker nodes; remove the node running the restorer once frames flow."""
     import ray
     from ray.cluster_utils import Cluster
 
     root = Path(workdir)
     write_local(root / "in", reel(frames, 256, 256, heavy=True))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # work lands on the worker nodes
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     removed = threading.Event()

@@ -60,8 +60,8 @@ every manifest part is read back with pyarrow, and the output is searched for st
   the job would; it also waits for Ray to reap the dead driver's workers.
 - **Restorer actor SIGKILLed mid-batch**: the actor's process, found in the GCS actor table by class name
   (`ray.util.state` needs the dashboard, which `ray[data]` does not install), is killed while frames flow.
-- **Ray node removed**: a 3-node `ray.cluster_utils.Cluster` (head + two 1-CPU workers) in a subprocess; the node
-  running the restorer actor is removed (`allow_graceful=False`) after three frames.
+- **Ray node removed**: a 3-node `ray.cluster_utils.Cluster` (a head without CPUs + two 2-CPU workers) in a
+  subprocess; the node running the restorer actor is removed (`allow_graceful=False`) after two frames.
 - **S3 transient faults**: a threaded HTTP proxy on loopback answers a seeded 15% of requests with 500
   InternalError, 503 ServiceUnavailable or 503 SlowDown, 30% of them *after* forwarding (the answer is lost, the
   write happened). boto3's standard retry mode (8 attempts) is what must absorb them.
