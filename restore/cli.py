@@ -246,6 +246,12 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
+def _add_output_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", help="job spec (YAML), or an output location with --job")
+    parser.add_argument("--job", help="job name, when TARGET is an output location")
+    parser.add_argument("--endpoint-url", help="S3 endpoint, when TARGET is an s3:// output location")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restore", description="Batch restoration of damaged photo and film archives.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -259,17 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     status = verbs.add_parser("status", help="counts by status and failures with reasons, from the manifests")
-    status.add_argument("target", help="job spec (YAML), or an output location with --job")
-    status.add_argument("--job", help="job name, when TARGET is an output location")
-    status.add_argument("--endpoint-url", help="S3 endpoint, when TARGET is an s3:// output location")
+    _add_output_target(status)
     status.add_argument("--show", type=int, default=50, help="how many failures to print")
     status.add_argument("--json", metavar="OUT", help="write the summary as JSON to OUT")
     status.set_defaults(func=cmd_status)
 
     verify = verbs.add_parser("verify", help="check outputs against the manifests: presence, sha256, provenance, masks")
-    verify.add_argument("target", help="job spec (YAML), or an output location with --job")
-    verify.add_argument("--job", help="job name, when TARGET is an output location")
-    verify.add_argument("--endpoint-url", help="S3 endpoint, when TARGET is an s3:// output location")
+    _add_output_target(verify)
     verify.add_argument("--unknown", action="store_true", help="also report objects no manifest row accounts for")
     verify.add_argument("--show", type=int, default=50, help="how many problems to print")
     verify.add_argument("--json", metavar="OUT", help="write the verification as JSON to OUT")
@@ -290,9 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.set_defaults(func=cmd_jobs)
 
     report = verbs.add_parser("report", help="(re)build report.html for a job's output from its manifests")
-    report.add_argument("target", help="job spec (YAML), or an output location")
-    report.add_argument("--job", help="job name, when the output holds several jobs")
-    report.add_argument("--endpoint-url", help="S3 endpoint, when TARGET is an s3:// output location")
+    _add_output_target(report)
     report.set_defaults(func=cmd_report)
 
     demo = verbs.add_parser("demo", help="generate a small damaged collection for a job spec, then run it")
