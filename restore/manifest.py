@@ -6,6 +6,7 @@ input ETag and config hash.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import secrets
 import time
@@ -58,6 +59,11 @@ def new_run_id() -> str:
     """Sortable by start time, unique across hosts."""
     now = time.time()
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1000):03d}Z-" + secrets.token_hex(3)
+
+
+def provenance_id(input_key: str, input_etag: str | None, config_hash: str) -> str:
+    """The id an output carries to link it to its manifest row: no timestamp, so reruns write the same bytes."""
+    return hashlib.sha256(f"{input_key}\0{input_etag}\0{config_hash}".encode()).hexdigest()[:32]
 
 
 def run_prefix(job: str, run_id: str) -> str:

@@ -30,6 +30,7 @@ from . import __version__
 from .film import FilmFrame
 from .frames import Frame, FrameError, decode_frame, decode_mask, encode_frame, encode_mask, extension_for
 from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, new_run_id, parts_since_snapshot,
+                       provenance_id,
                        read_manifests, run_prefix)
 from .restorers import build_restorer, resolve_weights
 from .spec import JobSpec
@@ -427,11 +428,10 @@ class RestoreFrames:
 
 def provenance(context: JobContext, row: dict) -> dict[str, str]:
     """Deterministic, timestamp-free metadata linking an output to its manifest row."""
-    identity = f"{row['input_key']}\0{row['input_etag']}\0{context.config_hash}"
     return {
         "Software": f"restore {__version__}",
         "restore:provenance": json.dumps({
-            "id": hashlib.sha256(identity.encode()).hexdigest()[:32],
+            "id": provenance_id(row["input_key"], row["input_etag"], context.config_hash),
             "input_key": row["input_key"],
             "input_sha256": row["input_sha256"],
             "restorer": context.spec.restorer.name,

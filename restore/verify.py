@@ -13,7 +13,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .manifest import MANIFEST_ROOT, latest_rows, read_manifests
+from .manifest import MANIFEST_ROOT, latest_rows, provenance_id, read_manifests
 from .storage import Storage, StorageError, open_storage
 
 PROVENANCE_KEY = "restore:provenance"
@@ -52,11 +52,6 @@ class VerifyReport:
             "failed": [{"input_key": key, "error": error} for key, error in self.failed],
             "problems": [problem.as_dict() for problem in self.problems], "ok": self.ok,
         }
-
-
-def expected_id(input_key: str, input_etag: str | None, config_hash: str) -> str:
-    """The provenance id of a frame: the same derivation as the pipeline's, from what its manifest row records."""
-    return hashlib.sha256(f"{input_key}\0{input_etag}\0{config_hash}".encode()).hexdigest()[:32]
 
 
 def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: bool = False,
@@ -118,7 +113,7 @@ def provenance_mismatch(data: bytes, row: dict) -> str | None:
         return "provenance is not valid JSON"
     if not str(text.get("Software", "")).startswith("restore "):
         return f"Software is {text.get('Software')!r}, not restore"
-    expected = {"id": expected_id(row["input_key"], row["input_etag"], row["config_hash"]),
+    expected = {"id": provenance_id(row["input_key"], row["input_etag"], row["config_hash"]),
                 "input_key": row["input_key"], "input_sha256": row["input_sha256"], "restorer": row["restorer"],
                 "weights_sha256": row["weights_sha256"], "config_hash": row["config_hash"]}
     wrong = [f"{name} is {recorded.get(name)!r}, expected {value!r}" for name, value in expected.items()
