@@ -32,7 +32,7 @@ from .frames import Frame, FrameError, decode_frame, decode_mask, encode_frame, 
 from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, new_run_id, parts_since_snapshot,
                        provenance_id,
                        read_manifests, run_prefix)
-from .restorers import build_restorer, resolve_weights
+from .restorers import build_restorer, check_weights
 from .spec import JobSpec
 from .storage import ObjectInfo, Storage, StorageError, check_no_overlap, open_storage
 
@@ -48,6 +48,7 @@ TASK_SCHEMA = pa.schema([
     ("input_version_id", pa.string()),
     ("frame_indices", pa.list_(pa.int32())),  # videos: the frames this task decodes; null for a still image
     ("neighbour_keys", pa.list_(pa.string())),
+    ("plan_error", pa.string()),  # a frame planning already knows must fail, with the reason
 ])
 
 FRAME_FIELDS = [
@@ -215,6 +216,23 @@ def _video_tasks(info: ObjectInfo, input_storage: Storage, done: set[tuple[str, 
     return tasks, count, count - len(wanted)
 
 
+_FORMAT_BY_EXTENSION = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".dpx": "DPX", ".exr": "EXR"}
+
+
+def _refuse_shared_outputs(tasks: list[dict], output_format: str) -> None:
+    """Two inputs must never write one output (`scan.jpg` → `scan.jpg.png` beside a real `scan.jpg.png`): the
+    input whose own key is the output keeps it; the other fails with the reason instead of overwriting it."""
+    by_output: dict[str, list[dict]] = {}
+    for task in tasks:
+        source = _FORMAT_BY_EXTENSION.get(posixpath.splitext(task["input_key"])[1].lower(), "")
+        by_output.setdefault(output_key_for(task["input_key"], lossless_format(source, output_format)), []).append(task)
+    for output_key, sharing in by_output.items():
+        owner = next((t for t in sharing if t["input_key"] == output_key), sharing[0])
+        for task in sharing:
+            if task is not owner:
+                task["plan_error"] = f"its output {output_key!r} would overwrite the output of {owner['input_key']!r}"
+
+
 def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, config_hash: str) -> Plan:
     listed: list[ObjectInfo] = list(input_storage.list(spec.include))
     if not listed:
@@ -238,6 +256,7 @@ def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, con
         "frame_indices": None,
         "neighbour_keys": neighbours[info.key],
     } for info in todo]
+    _refuse_shared_outputs(tasks, spec.output_format)
     frames, frames_done = len(stills), len(stills) - len(todo)
     for info in listed:
         if is_video(info.key):
@@ -292,7 +311,10 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, shape: tuple[i
         if required:
             raise FrameError(f"no mask at {mask_key!r} (masks.required is true)")
         return None
-    mask = decode_mask(context.mask_storage.get(mask_key), context.spec.max_pixels)
+    try:
+        mask = decode_mask(context.mask_storage.get(mask_key), context.spec.max_pixels)
+    except FrameError as error:
+        raise FrameError(f"mask {mask_key!r}: {error}") from None
     if mask.shape != shape:
         raise FrameError(f"mask {mask_key!r} is {mask.shape[1]}x{mask.shape[0]}, frame is {shape[1]}x{shape[0]}")
     return mask
@@ -378,6 +400,8 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
         started = time.perf_counter()
         out = {**row, "status": "ok", "error": None}
         try:
+            if row["plan_error"]:
+                raise FrameError(row["plan_error"])
             data, info = context.input_storage.read(row["input_key"])
             # Record what was really read: the object may have changed since it was listed.
             out.update(input_etag=info.etag, input_version_id=info.version_id, input_size=info.size,
@@ -529,7 +553,7 @@ def _check_resources(spec: JobSpec) -> None:
 def open_job(spec: JobSpec) -> JobContext:
     """Storages, weights and config hash of a new run: everything but the plan."""
     input_storage, output_storage, mask_storage = open_job_storages(spec)
-    _, weights_sha256 = resolve_weights(spec.restorer)
+    _, weights_sha256 = check_weights(spec.restorer)
     return JobContext(spec=spec, input_storage=input_storage, output_storage=output_storage,
                       mask_storage=mask_storage, run_id=new_run_id(), config_hash=spec.config_hash(weights_sha256),
                       weights_sha256=weights_sha256)

@@ -136,6 +136,19 @@ def resolve_weights(settings: RestorerSettings) -> tuple[Path | None, str | None
     return path, digest
 
 
+def check_weights(settings: RestorerSettings) -> tuple[Path | None, str | None]:
+    """resolve_weights, plus one load on the driver: a damaged file is refused before any work, not in an actor."""
+    path, digest = resolve_weights(settings)
+    if path is not None:
+        from .models.weights import WeightsError, load_generator
+
+        try:
+            load_generator(path)
+        except WeightsError as error:
+            raise RestorerError(f"restorer.weights: {error}") from None
+    return path, digest
+
+
 def build_restorer(settings: RestorerSettings, threads: int = 1) -> Restorer:
     if settings.name == "none":
         return PassThrough()

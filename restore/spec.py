@@ -183,8 +183,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         problems.append(f"{unknown}: unknown field (expected one of {', '.join(sorted(_TOP_FIELDS))})")
 
     name = check.string(raw, "name", "name", required=True)
-    if name and not all(c.isalnum() or c in "-_." for c in name):
-        problems.append(f"name: expected letters, digits, '-', '_' or '.', got {name!r}")
+    if name and (not all(c.isalnum() or c in "-_." for c in name) or set(name) == {"."}):
+        problems.append(f"name: expected letters, digits, '-', '_' or '.' (not only dots), got {name!r}")
     input_uri = check.string(raw, "input", "input", required=True)
     output_uri = check.string(raw, "output", "output", required=True)
     for label, uri in (("input", input_uri), ("output", output_uri)):

@@ -86,16 +86,16 @@ tensor checksum: tampered, garbage, foreign-config and pickled-code files are re
 (`test_tampered_or_garbage_weights_are_refused`, `test_weights_with_a_foreign_config_are_refused`,
 `test_pickled_code_is_refused`).
 
-## Known gaps (xfail tests, strict)
+## Found by this suite and fixed
 
-- `test_two_inputs_never_share_an_output`: `scan.jpg` (JPEG, written as PNG) and `scan.jpg.png` both write the
-  output `scan.jpg.png`; the later one overwrites the first, whose `ok` row then points at the wrong bytes.
-- `test_tampered_weights_are_refused_before_any_work`: an unpinned, tampered weights file passes planning (only
-  hashed) and first fails inside the restorer actor: the user gets a Ray `ActorDiedError` traceback, not a message.
-- `test_an_undecodable_mask_is_named_in_the_failure_reason`: a garbage mask fails its frame as "not an image (...)"
-  without saying it is the mask.
-- `test_a_job_name_that_is_a_path_component_is_refused`: `name: ".."` validates; its manifest keys are refused
-  only at the first commit, after the outputs are written.
+- `test_two_inputs_never_share_an_output`: `scan.jpg` (JPEG, written as PNG) and `scan.jpg.png` both mapped to the
+  output `scan.jpg.png`. Planning now fails the renamed one with the reason instead of letting it overwrite.
+- `test_tampered_weights_are_refused_before_any_work`: an unpinned, tampered weights file used to fail only inside
+  the restorer actor; the driver now loads the weights once before any work and refuses them with a message.
+- `test_an_undecodable_mask_is_named_in_the_failure_reason`: a garbage mask's failure now names the mask.
+- `test_a_job_name_that_is_a_path_component_is_refused`: `name: ".."` is refused when the spec is validated.
+- `test_conditional_create_whose_answer_was_lost_still_counts_as_created`: an S3 conditional create whose answer
+  was lost is now recognised as ours on retry.
 """
 
 

@@ -314,8 +314,6 @@ def _run_stages_inline(raw: dict) -> list[dict]:
     return write_outputs(RestoreFrames(context)(batch), context).to_pylist()
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.output_key_for: scan.jpg (JPEG, written as PNG) and scan.jpg.png "
-                                       "both map to the output scan.jpg.png; the second overwrites the first")
 def test_two_inputs_never_share_an_output(tmp_path):
     write_local(tmp_path / "in", {"scan.jpg": _encode(scene(1), "JPEG"), "scan.jpg.png": png_bytes(scene(2))})
     rows = _run_stages_inline(base_job(str(tmp_path / "in"), str(tmp_path / "out")))
@@ -323,16 +321,12 @@ def test_two_inputs_never_share_an_output(tmp_path):
     assert len(written) == len(set(written))
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline._load_mask: a mask that cannot be decoded fails its frame with "
-                                       "the decoder's words only ('not an image ...'), not naming the mask")
 def test_an_undecodable_mask_is_named_in_the_failure_reason(tmp_path):
     write_local(tmp_path / "in", {"f.png": png_bytes(scene(1)), "masks/f.png": b"garbage"})
     [row] = _run_stages_inline(base_job(str(tmp_path / "in"), str(tmp_path / "out")))
     assert row["status"] == "failed" and "masks/f.png" in row["error"]
 
 
-@pytest.mark.xfail(strict=True, reason="spec.parse_spec accepts name '..' (or '.'); its manifests key "
-                                       "'_manifests/../<run>' is refused only at the first commit, after the outputs")
 def test_a_job_name_that_is_a_path_component_is_refused():
     from restore.spec import SpecError, parse_spec
 
@@ -341,8 +335,6 @@ def test_a_job_name_that_is_a_path_component_is_refused():
             parse_spec({"name": name, "input": "/archive/in", "output": "/archive/out"})
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.prepare only hashes the weights; a tampered, unpinned file is "
-                                       "first loaded in the restorer actor, whose death surfaces as a Ray traceback")
 def test_tampered_weights_are_refused_before_any_work(tmp_path):
     from restore.pipeline import prepare
     from restore.restorers import SHIPPED_WEIGHTS
