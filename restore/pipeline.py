@@ -30,14 +30,15 @@ from . import __version__
 from .film import FilmFrame
 from .frames import Frame, FrameError, decode_frame, decode_mask, encode_frame, encode_mask, extension_for
 from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, new_run_id, parts_since_snapshot,
-                       provenance_id,
-                       read_manifests, run_prefix)
+                       provenance_id, read_manifests, run_prefix)
 from .restorers import build_restorer, check_weights
 from .spec import JobSpec
 from .storage import ObjectInfo, Storage, StorageError, check_no_overlap, open_storage
 
+
 class JobError(RuntimeError):
     """A job that cannot start (not enough cluster resources, storage unusable): nothing was processed."""
+
 
 MASK_PREFIX = "_masks"
 

@@ -15,7 +15,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
