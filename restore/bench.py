@@ -152,7 +152,7 @@ def measure_naive(config: BenchConfig, input_dir: Path, output_dir: Path) -> flo
         pixels = np.asarray(Image.open(path).convert("RGB"))
         mask = decode_mask((input_dir / "masks" / path.name).read_bytes())
         if generator is not None:
-            image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
+            image = torch.tensor(pixels).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
             hole = torch.from_numpy(mask)[None, None]
             with torch.inference_mode():
                 pred = generator(image, hole)
