@@ -16,23 +16,28 @@ def _write_json(path: str | None, payload: dict) -> None:
 
 
 class Progress:
-    """Frames done / total, failures, rate and ETA on one terminal line (or a line every few seconds if not a TTY)."""
+    """Frames done / total, failures, rate and ETA: one live terminal line, a line every few seconds when not a
+    terminal, or one JSON object per line for scripts (`as_json`)."""
 
-    def __init__(self, stream=sys.stderr, every: float = 5.0):
-        self.stream, self.every = stream, every
+    def __init__(self, stream=None, every: float = 5.0, as_json: bool = False):
+        self.stream, self.every, self.as_json = stream or sys.stderr, every, as_json
         self.started = self.last = time.monotonic()
-        self.tty = stream.isatty()
+        self.live = self.stream.isatty() and not as_json
 
     def __call__(self, done: int, total: int, failed: int) -> None:
         now = time.monotonic()
-        if not self.tty and now - self.last < self.every and done < total:
+        if not self.live and now - self.last < self.every and done < total:
             return
         self.last = now
         rate = done / max(now - self.started, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        line = f"{done}/{total} frames, {failed} failed, {rate:.2f} frames/s, ETA {eta:.0f} s"
-        self.stream.write(("\r" + line + " " * 8) if self.tty else line + "\n")
-        if self.tty and done == total:
+        eta = (total - done) / rate if rate > 0 else None
+        if self.as_json:
+            line = json.dumps({"done": done, "total": total, "failed": failed, "frames_per_second": round(rate, 3),
+                               "eta_seconds": None if eta is None else round(eta, 1)})
+        else:
+            line = f"{done}/{total} frames, {failed} failed, {rate:.2f} frames/s, ETA {eta or 0:.0f} s"
+        self.stream.write(("\r" + line + " " * 8) if self.live else line + "\n")
+        if self.live and done == total:
             self.stream.write("\n")
         self.stream.flush()
 
@@ -56,7 +61,7 @@ def cmd_run(args) -> int:
         return EXIT_OK
     if not args.quiet:
         print(f"job {spec.name}: planning (restorer {spec.restorer.name}, masks {spec.masks.source})", file=sys.stderr)
-    context, plan, result = run(spec, progress=None if args.quiet else Progress())
+    context, plan, result = run(spec, progress=None if args.quiet else Progress(as_json=args.progress_json))
     counts = result.counts
     summary = {"job": spec.name, "run_id": result.run_id, "planned": result.planned,
                "already_done": result.already_done, "given_up": plan.given_up, "counts": counts,
@@ -81,7 +86,8 @@ def cmd_submit(args) -> int:
     from .submit import submit, wait
 
     if not args.address:
-        return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=False, json=None, show=0))
+        return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=False, json=None, show=0,
+                                          progress_json=False))
     submission_id = submit(args.spec, args.address)
     print(submission_id)
     if not args.wait:
@@ -170,7 +176,8 @@ def cmd_demo(args) -> int:
     spec = load_spec(args.spec)
     written = make_demo_frames(spec, count=args.frames, seed=args.seed)
     print(f"demo: {written} damaged frames with masks in {spec.input}", file=sys.stderr)
-    return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=args.quiet, json=args.json, show=0))
+    return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=args.quiet, json=args.json, show=0,
+                                      progress_json=False))
 
 
 def cmd_eval(args) -> int:
@@ -261,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="list what would be processed, process nothing")
     run.add_argument("--quiet", action="store_true", help="no progress line, only the final summary")
     run.add_argument("--json", metavar="OUT", help="write the run summary as JSON to OUT")
+    run.add_argument("--progress-json", action="store_true",
+                     help="progress as one JSON object per line on stderr (every few seconds), for scripts")
     run.add_argument("--show", type=int, default=20, help="with --dry-run: how many keys to print")
     run.set_defaults(func=cmd_run)
 

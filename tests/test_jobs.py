@@ -305,3 +305,14 @@ def test_compaction_keeps_what_resume_needs_without_rewriting_parts(tmp_path, ra
 
 def after_etag(tmp_path) -> str:
     return open_storage(str(tmp_path / "in")).head("broken.png").etag
+
+
+def test_progress_can_be_json_lines_for_scripts(tmp_path, ray_session, capsys):
+    import json
+
+    write_collection(tmp_path / "in", 3)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+    assert restore_main(["run", str(spec_file), "--progress-json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert lines and lines[-1]["done"] == lines[-1]["total"] == 3 and lines[-1]["failed"] == 0
