@@ -11,6 +11,7 @@ on the receiving side.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -321,10 +322,18 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, shape: tuple[i
     return mask
 
 
+@functools.cache
+def _detector(name: str):
+    """Built once per worker process, not once per frame."""
+    from .detect import build_detector
+
+    return build_detector(name)
+
+
 def frame_mask(context: JobContext, input_key: str, pixels: np.ndarray, neighbours: list[np.ndarray],
                n_previous: int) -> np.ndarray:
     """Given ∪ detected, grown by `dilate`, minus what the user protects: the exact set of pixels that may change."""
-    from .detect import build_detector, refine_mask
+    from .detect import refine_mask
 
     settings = context.spec.masks
     shape = pixels.shape[:2]
@@ -334,7 +343,7 @@ def frame_mask(context: JobContext, input_key: str, pixels: np.ndarray, neighbou
         if given is not None:
             mask |= given
     if settings.source in ("detect", "both"):
-        detected = build_detector(settings.detector)(pixels, neighbours or None, n_previous)
+        detected = _detector(settings.detector)(pixels, neighbours or None, n_previous)
         mask |= refine_mask(detected, min_area=settings.min_area)
     if settings.dilate:
         mask = refine_mask(mask, dilate=settings.dilate)
