@@ -368,13 +368,23 @@ def _uses_neighbours(context: JobContext) -> bool:
     return context.spec.masks.source != "given" and context.spec.masks.detector == "temporal"
 
 
-def _still_neighbours(context: JobContext, row: dict) -> tuple[list[np.ndarray], int]:
-    """Decoded neighbour frames for a temporal detector (previous first), and how many come before the frame."""
+def _still_neighbours(context: JobContext, row: dict, decoded: dict[str, np.ndarray | None]
+                      ) -> tuple[list[np.ndarray], int]:
+    """Decoded neighbour frames for a temporal detector (previous first), and how many come before the frame.
+
+    `decoded` holds the batch's frames by key, so consecutive frames share their decodes; a neighbour that cannot
+    be read is left out (it is reported as its own frame's failure, not this one's).
+    """
     if not _uses_neighbours(context):
         return [], 0
-    keys = row["neighbour_keys"]
-    frames = [decode_frame(context.input_storage.get(key), context.spec.max_pixels).pixels for key in keys]
-    return frames, sum(key < row["input_key"] for key in keys)
+    for key in row["neighbour_keys"]:
+        if key not in decoded:
+            try:
+                decoded[key] = decode_frame(context.input_storage.get(key), context.spec.max_pixels).pixels
+            except (StorageError, FrameError):
+                decoded[key] = None
+    keys = [key for key in row["neighbour_keys"] if decoded[key] is not None]
+    return [decoded[key] for key in keys], sum(key < row["input_key"] for key in keys)
 
 
 def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:
@@ -406,6 +416,7 @@ def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:
 def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
     """Read, checksum, decode and attach the mask; a bad frame becomes a failed row and the batch goes on."""
     rows = []
+    decoded: dict[str, np.ndarray | None] = {}  # this batch's frames by key, for temporal neighbours
     for row in batch.to_pylist():
         started = time.perf_counter()
         out = {**row, "status": "ok", "error": None}
@@ -418,7 +429,8 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
                        input_sha256=hashlib.sha256(data).hexdigest())
             if row["frame_indices"] is None:
                 frame = decode_frame(data, context.spec.max_pixels)
-                loaded = [_frame_row(context, out, frame, *_still_neighbours(context, row))]
+                decoded[row["input_key"]] = frame.pixels
+                loaded = [_frame_row(context, out, frame, *_still_neighbours(context, row, decoded))]
             else:
                 loaded = _video_rows(context, out, data)
         except (StorageError, FrameError) as error:
@@ -489,6 +501,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
     """Encode and store outputs and masks; returns manifest rows (no pixels travel further)."""
     spec = context.spec
     rows = []
+    decoded: dict[str, np.ndarray | None] = {}  # this batch's frames by key, for temporal neighbours
     for row in batch.to_pylist():
         started = time.perf_counter()
         out = {

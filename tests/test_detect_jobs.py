@@ -83,3 +83,12 @@ def test_protect_masks_override_the_detector(tmp_path, ray_session):
     assert run_job(*prepare(job(tmp_path, protect="{dir}/protect/{stem}.png"))).counts == {"ok": 5}  # not a frame
     restored = np.asarray(Image.open(tmp_path / "out" / "reel/f002.png"))
     assert np.array_equal(restored[30:60, 50:80], frames[2][30:60, 50:80])
+
+
+def test_a_corrupt_neighbour_fails_only_itself(tmp_path, ray_session):
+    frames = sequence(blotch_on=2)
+    write(tmp_path / "in", frames)
+    (tmp_path / "in" / "reel" / "f003.png").write_bytes(b"corrupt")
+    result = run_job(*prepare(job(tmp_path)))
+    assert result.counts == {"ok": 4, "failed": 1}
+    assert rows(tmp_path)["reel/f003.png"]["status"] == "failed"
