@@ -11,6 +11,11 @@ Decisions: palette images are expanded to RGB(A) and written as such (restored p
 silent one would change every pixel); animated GIF/PNG/WebP are refused rather than cut to their first frame;
 a multi-page TIFF is read as its first page, the full-resolution image (later pages are usually thumbnails);
 16-bit grayscale with alpha is refused (no library here writes it as PNG).
+
+Infrared: film scanners write RGBI TIFFs, RGB plus an infrared sample marked as ExtraSamples 0 ("unspecified";
+1 and 2 mean alpha). Dust and scratches block infrared while dyes do not, so that plane is a damage map, not
+colour and not transparency: it is kept apart in `Frame.infrared`, never restored, written back unchanged by
+TIFF outputs and dropped by every other format (the manifest's `infrared` column says which).
 """
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ class Frame:
     icc_profile: bytes | None
     exif: bytes | None  # "Exif\0\0" + TIFF-structured EXIF, as in a JPEG APP1 segment
     dpi: tuple[float, float] | None = None
+    infrared: np.ndarray | None = None  # (H, W), same dtype as pixels: an RGBI scan's infrared plane
 
     @property
     def bit_depth(self) -> int:
@@ -94,13 +100,14 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         )
     if image.mode == "CMYK":
         raise FrameError("CMYK images are not supported: convert to RGB with a colour-managed tool first")
+    infrared = None
     try:
         frames = getattr(image, "n_frames", 1)
         if frames > 1 and image.format != "TIFF":
             raise FrameError(f"animated {image.format} with {frames} frames: split it into single frames first")
         if image.format == "TIFF":
             exif = _tiff_exif(image)
-            mode, pixels, alpha = _decode_tiff(data)
+            mode, pixels, alpha, infrared = _decode_tiff(data)
         else:
             exif = image.info.get("exif") or None
             if exif and not exif.startswith(b"Exif\x00\x00"):  # PNG eXIf and WebP carry it without the header
@@ -122,6 +129,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         icc_profile=image.info.get("icc_profile") or None,
         exif=exif,
         dpi=(float(dpi[0]), float(dpi[1])) if dpi else None,
+        infrared=infrared,
     )
 
 
@@ -183,8 +191,8 @@ def _decode_png16(data: bytes, colour_type: int, shape: tuple[int, int]) -> tupl
     return "RGB;16", np.ascontiguousarray(array[..., ::-1]), None  # OpenCV stores BGR
 
 
-def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None]:
-    """Pixels of the first page, exactly as stored (no orientation applied)."""
+def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(mode, pixels, alpha, infrared) of the first page, exactly as stored (no orientation applied)."""
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages.first
         array = page.asarray()
@@ -193,26 +201,30 @@ def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None]:
         photometric = page.photometric
         colormap = page.colormap
         jpeg = page.compression == tifffile.COMPRESSION.JPEG
+        extrasamples = tuple(page.extrasamples)
     P = tifffile.PHOTOMETRIC
     if array.dtype == bool:  # 1-bit: becomes 8-bit grayscale, 0 or 255
         white = ~array if photometric == P.MINISWHITE else array
-        return "1", (white.astype(np.uint8) * 255)[..., None], None
+        return "1", (white.astype(np.uint8) * 255)[..., None], None, None
     if array.dtype not in (np.uint8, np.uint16):
         raise FrameError(f"TIFF samples of type {array.dtype} are not supported (8- or 16-bit unsigned integers)")
     sixteen = array.dtype == np.uint16
     samples = 1 if array.ndim == 2 else array.shape[2]
     if photometric == P.MINISWHITE and samples == 1:
-        return ("I;16" if sixteen else "L"), (np.iinfo(array.dtype).max - array)[..., None], None
+        return ("I;16" if sixteen else "L"), (np.iinfo(array.dtype).max - array)[..., None], None, None
     if photometric == P.MINISBLACK and samples == 1:
-        return ("I;16" if sixteen else "L"), array[..., None], None
+        return ("I;16" if sixteen else "L"), array[..., None], None, None
     if photometric == P.MINISBLACK and samples == 2 and not sixteen:
-        return ("LA", *_split_alpha(array, 1))
+        return ("LA", *_split_alpha(array, 1), None)
     if photometric == P.RGB or (photometric == P.YCBCR and jpeg):  # JPEG-in-TIFF decodes to RGB
+        depth = ";16" if sixteen else ""
+        if samples == 4 and extrasamples[:1] == (tifffile.EXTRASAMPLE.UNSPECIFIED,):  # RGBI: not alpha
+            return "RGBI" + depth, np.ascontiguousarray(array[..., :3]), None, np.ascontiguousarray(array[..., 3])
         if samples in (3, 4):
-            return ("RGB" if samples == 3 else "RGBA") + (";16" if sixteen else ""), *_split_alpha(array, 3)
+            return ("RGB" if samples == 3 else "RGBA") + depth, *_split_alpha(array, 3), None
     if photometric == P.PALETTE and colormap is not None:
         rgb = colormap[:, array].transpose(1, 2, 0)  # colormap is (3, 2**bits) of 16-bit values
-        return "P", np.ascontiguousarray(rgb if sixteen else (rgb >> 8).astype(np.uint8)), None
+        return "P", np.ascontiguousarray(rgb if sixteen else (rgb >> 8).astype(np.uint8)), None, None
     if photometric == P.SEPARATED:
         raise FrameError("CMYK images are not supported: convert to RGB with a colour-managed tool first")
     raise FrameError(f"unsupported TIFF layout: {photometric.name} with {samples} {array.dtype} samples per pixel")
@@ -326,11 +338,15 @@ def _encode_png16(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None)
 
 
 def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) -> bytes:
-    """Deflate with a horizontal predictor: lossless, widely readable, no timestamps or software tags."""
+    """Deflate with a horizontal predictor: lossless, widely readable, no timestamps or software tags.
+
+    Alpha and an RGBI scan's infrared plane follow the colour samples, marked as alpha and "unspecified".
+    """
     colour = pixels.shape[2] == 3
-    array = pixels if colour else pixels[..., 0]
-    if frame.alpha is not None:
-        array = np.dstack([array, frame.alpha])
+    extras = [(plane, kind) for plane, kind in ((frame.alpha, "unassalpha"), (frame.infrared, "unspecified"))
+              if plane is not None]
+    array = np.dstack([pixels] + [plane for plane, _ in extras]) if extras else pixels
+    array = array if array.shape[2] > 1 else array[..., 0]
     tags = []
     if frame.icc_profile:
         tags.append((34675, 7, len(frame.icc_profile), frame.icc_profile, True))  # InterColorProfile, UNDEFINED
@@ -346,7 +362,7 @@ def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
         buffer,
         array,
         photometric="rgb" if colour else "minisblack",
-        extrasamples=("unassalpha",) if frame.alpha is not None else None,
+        extrasamples=tuple(kind for _, kind in extras) or None,
         compression="zlib",
         compressionargs={"level": ZLIB_LEVEL},
         predictor=True,

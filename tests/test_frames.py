@@ -177,6 +177,30 @@ def test_multipage_tiff_reads_its_first_page():
     assert decoded.pixels.shape == (6, 8, 1) and decoded.pixels.max() == 10
 
 
+def four_sample_tiff(array: np.ndarray, extra: str) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, photometric="rgb", extrasamples=(extra,))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("dtype, mode", [(np.uint8, "RGBI"), (np.uint16, "RGBI;16")])
+def test_rgbi_scan_keeps_its_infrared_plane_apart_from_colour_and_alpha(dtype, mode):
+    array = np.random.default_rng(3).integers(0, np.iinfo(dtype).max, (6, 9, 4), dtype=dtype, endpoint=True)
+    rgbi = decode_frame(four_sample_tiff(array, "unspecified"))  # ExtraSamples 0: film scanners' infrared
+    assert rgbi.mode == mode and rgbi.alpha is None
+    np.testing.assert_array_equal(rgbi.pixels, array[..., :3])
+    np.testing.assert_array_equal(rgbi.infrared, array[..., 3])
+    rgba = decode_frame(four_sample_tiff(array, "unassalpha"))  # ExtraSamples 2: alpha, not infrared
+    assert rgba.infrared is None
+    np.testing.assert_array_equal(rgba.alpha, array[..., 3])
+    again = decode_frame(encode_frame(rgbi, rgbi.pixels, "tiff"))  # TIFF writes the plane back, still infrared
+    assert again.mode == mode and again.alpha is None
+    np.testing.assert_array_equal(again.infrared, array[..., 3])
+    as_png = decode_frame(encode_frame(rgbi, rgbi.pixels, "png"))  # PNG cannot hold it: colour only, no alpha
+    assert as_png.infrared is None and as_png.alpha is None
+    np.testing.assert_array_equal(as_png.pixels, array[..., :3])
+
+
 # --- bad input ----------------------------------------------------------------------------------------------------
 
 
