@@ -39,6 +39,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("mask_source", pa.string()),  # given | detect | both
     ("detector", pa.string()),  # the detector's name when masks were detected
     ("masked_fraction", pa.float64()),
+    ("temporal_fill_fraction", pa.float64()),  # of the frame, copied from neighbours (masks.temporal_fill); else null
+    ("infrared", pa.string()),  # an RGBI scan's infrared plane: kept (TIFF output) | dropped (other formats) | null
     ("restorer", pa.string()),
     ("weights_sha256", pa.string()),
     ("config_hash", pa.string()),
@@ -94,7 +96,12 @@ class ManifestWriter:
 
 
 def _read_parquet(storage: Storage, key: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(storage.get(key))).cast(MANIFEST_SCHEMA)
+    """A part or snapshot in today's schema: columns added since it was written read as null, so old ones stay valid."""
+    table = pq.read_table(io.BytesIO(storage.get(key)))
+    for column in MANIFEST_SCHEMA:
+        if column.name not in table.column_names:
+            table = table.append_column(column.name, pa.nulls(table.num_rows, column.type))
+    return table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
 
 
 def _part_run_id(key: str, job: str) -> str:

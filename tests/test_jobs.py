@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
 
 from restore.cli import main as restore_main
-from restore.manifest import read_manifests
+from restore.manifest import MANIFEST_SCHEMA, read_manifests
 from restore.pipeline import neighbour_keys, prepare, run_job
 from restore.spec import parse_spec
 from restore.storage import open_storage
@@ -305,6 +306,17 @@ def test_compaction_keeps_what_resume_needs_without_rewriting_parts(tmp_path, ra
 
 def after_etag(tmp_path) -> str:
     return open_storage(str(tmp_path / "in")).head("broken.png").etag
+
+
+def test_manifests_from_before_a_column_existed_still_read(tmp_path):
+    old_schema = pa.schema([column for column in MANIFEST_SCHEMA
+                            if column.name not in ("input_frames", "temporal_fill_fraction", "infrared")])
+    old = pa.Table.from_pylist([{"job": "j", "run_id": "r1", "input_key": "a.png", "status": "ok"}], schema=old_schema)
+    (tmp_path / "_manifests" / "j" / "r1").mkdir(parents=True)
+    pq.write_table(old, tmp_path / "_manifests" / "j" / "r1" / "part-00000.parquet")
+    [row] = read_manifests(open_storage(str(tmp_path)), "j").to_pylist()
+    assert row["input_key"] == "a.png" and row["status"] == "ok"
+    assert row["input_frames"] is None and row["temporal_fill_fraction"] is None and row["infrared"] is None
 
 
 def test_progress_can_be_json_lines_for_scripts(tmp_path, ray_session, capsys):
