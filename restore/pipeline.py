@@ -64,6 +64,7 @@ FRAME_FIELDS = [
     ("channels", pa.int8()),
     ("dtype", pa.string()),
     ("alpha", pa.large_binary()),
+    ("infrared", pa.large_binary()),  # an RGBI scan's infrared plane: a mask source, never restored
     ("source_format", pa.string()),
     ("source_mode", pa.string()),
     ("icc_profile", pa.binary()),
@@ -73,6 +74,8 @@ FRAME_FIELDS = [
     ("film_source", pa.large_binary()),  # DPX/EXR: the samples as stored; `pixels` is their display view
     ("mask", pa.large_binary()),  # one byte per pixel, 1 = hole
     ("masked_fraction", pa.float64()),
+    ("restore_mask", pa.large_binary()),  # the part of `mask` temporal fill left to the restorer; null = all of it
+    ("temporal_fill_fraction", pa.float64()),
     ("read_seconds", pa.float64()),
     ("restore_seconds", pa.float64()),
     ("worker", pa.string()),
@@ -286,6 +289,7 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "channels": channels,
         "dtype": frame.pixels.dtype.str,
         "alpha": None if frame.alpha is None else frame.alpha.tobytes(),
+        "infrared": None if frame.infrared is None else frame.infrared.tobytes(),
         "source_format": frame.format,
         "source_mode": frame.mode,
         "icc_profile": frame.icc_profile,
@@ -301,8 +305,13 @@ def _pixels(row: dict) -> np.ndarray:
     return np.frombuffer(row["pixels"], dtype=np.dtype(row["dtype"])).reshape(row["height"], row["width"], row["channels"])
 
 
-def _mask(row: dict) -> np.ndarray:
-    return np.frombuffer(row["mask"], dtype=np.uint8).reshape(row["height"], row["width"]).astype(bool)
+def _mask(row: dict, column: str = "mask") -> np.ndarray:
+    return np.frombuffer(row[column], dtype=np.uint8).reshape(row["height"], row["width"]).astype(bool)
+
+
+def _restore_mask(row: dict) -> np.ndarray:
+    """What the restorer fills: the mask, less the pixels temporal fill already copied from neighbours."""
+    return _mask(row, "mask" if row["restore_mask"] is None else "restore_mask")
 
 
 def _read_mask(context: JobContext, pattern: str, input_key: str, shape: tuple[int, int],
@@ -330,12 +339,13 @@ def _detector(name: str):
     return build_detector(name)
 
 
-def frame_mask(context: JobContext, input_key: str, pixels: np.ndarray, neighbours: list[np.ndarray],
+def frame_mask(context: JobContext, input_key: str, frame: Frame, neighbours: list[np.ndarray],
                n_previous: int) -> np.ndarray:
     """Given ∪ detected, grown by `dilate`, minus what the user protects: the exact set of pixels that may change."""
     from .detect import refine_mask
 
     settings = context.spec.masks
+    pixels = frame.pixels
     shape = pixels.shape[:2]
     mask = np.zeros(shape, dtype=bool)
     if settings.source in ("given", "both"):
@@ -343,7 +353,11 @@ def frame_mask(context: JobContext, input_key: str, pixels: np.ndarray, neighbou
         if given is not None:
             mask |= given
     if settings.source in ("detect", "both"):
-        detected = _detector(settings.detector)(pixels, neighbours or None, n_previous)
+        detector = _detector(settings.detector)
+        if detector.infrared and frame.infrared is None:
+            raise FrameError(f"masks.detector infrared: this {frame.format} frame has no infrared channel"
+                             " (expected an RGBI TIFF: RGB plus an unspecified extra sample, as film scanners write)")
+        detected = detector(frame.infrared if detector.infrared else pixels, neighbours or None, n_previous)
         mask |= refine_mask(detected, min_area=settings.min_area)
     if settings.dilate:
         mask = refine_mask(mask, dilate=settings.dilate)
@@ -358,22 +372,42 @@ def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np
                n_previous: int = 0) -> dict:
     """The row of one decoded frame with its mask; a frame-level problem (its mask) fails only this frame."""
     try:
-        mask = frame_mask(context, row["input_key"], frame.pixels, list(neighbours), n_previous)
-        return {**row, **_frame_columns(frame, mask)}
+        mask = frame_mask(context, row["input_key"], frame, list(neighbours), n_previous)
     except (StorageError, FrameError) as error:
         return {**row, "status": "failed", "error": str(error)}
+    columns = _frame_columns(frame, mask)
+    if context.spec.masks.temporal_fill:
+        columns.update(_fill_from_neighbours(frame.pixels, mask, list(neighbours), n_previous))
+    return {**row, **columns}
+
+
+def _fill_from_neighbours(pixels: np.ndarray, mask: np.ndarray, neighbours: list[np.ndarray],
+                          n_previous: int) -> dict:
+    """Masked pixels on which the motion-compensated neighbours agree, copied from them; the restorer gets the rest.
+
+    Film dirt is on one frame only, so its neighbours hold the real picture; the mask written beside the output
+    stays the whole mask, since every pixel in it may have changed.
+    """
+    from .detect.temporal import temporal_fill
+
+    filled, rest = temporal_fill(pixels, mask, neighbours, n_previous)
+    return {"pixels": filled.tobytes(), "restore_mask": rest.astype(np.uint8).tobytes(),
+            "temporal_fill_fraction": float((mask & ~rest).mean())}
 
 
 def _uses_neighbours(context: JobContext) -> bool:
-    return context.spec.masks.source != "given" and context.spec.masks.detector == "temporal"
+    masks = context.spec.masks
+    return masks.temporal_fill or (masks.source != "given" and masks.detector == "temporal")
 
 
 def _still_neighbours(context: JobContext, row: dict, decoded: dict[str, np.ndarray | None]
                       ) -> tuple[list[np.ndarray], int]:
-    """Decoded neighbour frames for a temporal detector (previous first), and how many come before the frame.
+    """Decoded neighbour frames for a temporal detector or temporal fill (previous first), and how many come
+    before the frame.
 
     `decoded` holds the batch's frames by key, so consecutive frames share their decodes; a neighbour that cannot
-    be read is left out (it is reported as its own frame's failure, not this one's).
+    be read is left out (it is reported as its own frame's failure, not this one's), and so is one of another size
+    or layout (another shot, not this frame's picture).
     """
     if not _uses_neighbours(context):
         return [], 0
@@ -383,7 +417,8 @@ def _still_neighbours(context: JobContext, row: dict, decoded: dict[str, np.ndar
                 decoded[key] = decode_frame(context.input_storage.get(key), context.spec.max_pixels).pixels
             except (StorageError, FrameError):
                 decoded[key] = None
-    keys = [key for key in row["neighbour_keys"] if decoded[key] is not None]
+    shape = decoded[row["input_key"]].shape
+    keys = [key for key in row["neighbour_keys"] if decoded[key] is not None and decoded[key].shape == shape]
     return [decoded[key] for key in keys], sum(key < row["input_key"] for key in keys)
 
 
@@ -452,7 +487,7 @@ class RestoreFrames:
         todo = [row for row in rows if row["status"] == "ok"]
         started = time.perf_counter()
         try:
-            restored = self.restorer.restore_batch([_pixels(r) for r in todo], [_mask(r) for r in todo])
+            restored = self.restorer.restore_batch([_pixels(r) for r in todo], [_restore_mask(r) for r in todo])
         except Exception:  # noqa: BLE001 - one bad frame must not fail its batch-mates: retry one by one
             restored = [self._restore_one(row) for row in todo]
         seconds = (time.perf_counter() - started) / max(1, len(todo))
@@ -467,7 +502,7 @@ class RestoreFrames:
 
     def _restore_one(self, row: dict) -> np.ndarray | str:
         try:
-            return self.restorer(_pixels(row), _mask(row))
+            return self.restorer(_pixels(row), _restore_mask(row))
         except Exception as error:  # noqa: BLE001 - recorded as the frame's failure reason
             return f"restorer {self.restorer.name} failed: {type(error).__name__}: {error}"
 
@@ -501,7 +536,6 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
     """Encode and store outputs and masks; returns manifest rows (no pixels travel further)."""
     spec = context.spec
     rows = []
-    decoded: dict[str, np.ndarray | None] = {}  # this batch's frames by key, for temporal neighbours
     for row in batch.to_pylist():
         started = time.perf_counter()
         out = {
@@ -510,6 +544,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "input_version_id": row["input_version_id"], "input_sha256": row["input_sha256"],
             "input_frames": row["input_frames"],
             "mask_source": spec.masks.source, "masked_fraction": row["masked_fraction"],
+            "temporal_fill_fraction": row["temporal_fill_fraction"],
             "detector": spec.masks.detector if spec.masks.source != "given" else None,
             "restorer": spec.restorer.name, "weights_sha256": context.weights_sha256,
             "config_hash": context.config_hash, "status": row["status"], "error": row["error"],
@@ -533,8 +568,12 @@ def _write_one(context: JobContext, row: dict) -> dict:
     alpha = None
     if row["alpha"] is not None:
         alpha = np.frombuffer(row["alpha"], dtype=pixels.dtype).reshape(row["height"], row["width"])
+    infrared = None
+    if row["infrared"] is not None:
+        infrared = np.frombuffer(row["infrared"], dtype=pixels.dtype).reshape(row["height"], row["width"])
     frame = Frame(pixels=pixels, alpha=alpha, format=row["source_format"], mode=row["source_mode"],
-                  icc_profile=row["icc_profile"], exif=row["exif"], dpi=tuple(row["dpi"]) if row["dpi"] else None)
+                  icc_profile=row["icc_profile"], exif=row["exif"], dpi=tuple(row["dpi"]) if row["dpi"] else None,
+                  infrared=infrared)
     if row["film_header"]:
         frame = FilmFrame.from_columns(frame, row["film_header"], row["film_source"])
     fmt = lossless_format(row["source_format"], context.spec.output_format)
@@ -545,6 +584,8 @@ def _write_one(context: JobContext, row: dict) -> dict:
         "output_key": output_key, "output_sha256": hashlib.sha256(data).hexdigest(),
         "output_version_id": stored.version_id, "output_format": fmt, "bit_depth": frame.bit_depth,
         "mask_key": None,
+        # only a TIFF output carries the infrared plane on (unchanged); an archivist must know when it is gone
+        "infrared": None if infrared is None else ("kept" if fmt == "tiff" else "dropped"),
     }
     mask = _mask(row)
     if mask.any():

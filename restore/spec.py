@@ -16,6 +16,8 @@ RESTORERS = ("gan", "telea", "navier-stokes")  # the inpainting methods
 RESTORER_NAMES = RESTORERS + ("none",)  # "none" copies frames through unchanged: the pipeline's I/O-bound ceiling
 MASK_SOURCES = ("given", "detect", "both")  # both = the union of the given mask and the detected one
 DETECTOR_NAMES = ("classical", "temporal")
+# A job may also take its mask from the infrared plane of RGBI film scans, which eval-detect's pictures lack.
+MASK_DETECTORS = DETECTOR_NAMES + ("infrared",)
 OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")
 DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff")
 DEFAULT_MAX_PIXELS = 180_000_000
@@ -36,9 +38,11 @@ class MaskSettings:
     pattern: str = "{dir}/masks/{stem}.png"  # key of a frame's mask; {stem}, {name}, {dir} are the frame key's parts
     dilate: int = 0  # grow every mask by this many pixels
     required: bool = False  # a frame without a mask file fails instead of passing through unchanged
-    detector: str = "classical"  # with source detect|both; "temporal" compares neighbours (needs sequence.window >= 1)
+    detector: str = "classical"  # with source detect|both; "temporal" compares neighbours (needs sequence.window >= 1),
+    # "infrared" reads the infrared plane of RGBI TIFF scans (a frame without one fails)
     min_area: int = 0  # detected regions smaller than this (pixels) are dropped
     protect: str | None = None  # pattern like pattern: regions never to change (stamps, signatures), overriding all
+    temporal_fill: bool = False  # copy masked pixels from the motion-compensated neighbours where they agree first
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class JobSpec:
         if self.masks.source == "given":
             masks.pop("detector")
             masks.pop("min_area")
+        if not self.masks.temporal_fill:
+            masks.pop("temporal_fill")  # so jobs that never used it keep the hash they had before it existed
         return {
             "restorer": restorer,
             "weights_sha256": weights_sha256,
@@ -210,9 +216,10 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         pattern=check.string(masks_raw, "pattern", "masks.pattern", MaskSettings.pattern),
         dilate=check.number(masks_raw, "dilate", "masks.dilate", 0),
         required=check.boolean(masks_raw, "required", "masks.required", False),
-        detector=check.string(masks_raw, "detector", "masks.detector", "classical", choices=DETECTOR_NAMES),
+        detector=check.string(masks_raw, "detector", "masks.detector", "classical", choices=MASK_DETECTORS),
         min_area=check.number(masks_raw, "min_area", "masks.min_area", 0),
         protect=check.string(masks_raw, "protect", "masks.protect"),
+        temporal_fill=check.boolean(masks_raw, "temporal_fill", "masks.temporal_fill", False),
     )
     if masks.pattern and "{" not in masks.pattern:
         problems.append(f"masks.pattern: expected a pattern naming the frame, e.g. '{{dir}}/masks/{{stem}}.png', got {masks.pattern!r}")
@@ -241,6 +248,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     sequence = SequenceSettings(window=check.number(sequence_raw, "window", "sequence.window", 0))
     if masks.source != "given" and masks.detector == "temporal" and sequence.window < 1:
         problems.append("sequence.window: expected 1 or more with masks.detector temporal (it compares neighbours)")
+    if masks.temporal_fill and sequence.window < 1:
+        problems.append("sequence.window: expected 1 or more with masks.temporal_fill (it copies from neighbours)")
 
     spec_kwargs = dict(
         output_format=check.string(raw, "output_format", "output_format", "same", choices=OUTPUT_FORMATS),

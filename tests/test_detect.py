@@ -118,6 +118,23 @@ def test_temporal_fill_copies_from_neighbours_where_they_agree():
     assert not (remaining & ~truth).any()
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_infrared_finds_the_dark_specks_of_the_infrared_plane(dtype):
+    rng = np.random.default_rng(5)
+    top = np.iinfo(dtype).max
+    level = 0.75 + 0.1 * np.linspace(0, 1, 160)[None, :]  # uneven illumination across the frame
+    clean = np.clip((level + rng.normal(0, 0.008, (120, 160))) * top, 0, top).astype(dtype)
+    truth = np.zeros(clean.shape, bool)
+    truth[10:14, 20:25] = truth[60:63, 100:102] = truth[90, 30:70] = True  # dust, a speck, a hair
+    dusty = clean.copy()
+    dusty[truth] = 0.3 * top
+    mask = build_detector("infrared")(dusty)
+    edge = cv2.dilate(truth.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert (mask & truth).sum() == truth.sum() and not (mask & ~edge).any()  # the specks, at most a grain beyond
+    assert (mask & ~truth).sum() <= 3
+    assert not build_detector("infrared")(clean).any()
+
+
 def test_refine_mask_drops_small_regions_then_dilates():
     mask = np.zeros((20, 20), bool)
     mask[2, 2] = True  # 1 px: noise

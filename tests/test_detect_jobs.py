@@ -1,9 +1,12 @@
-"""Jobs with `masks: detect`: detected damage is restored, undamaged frames come back identical, protect wins."""
+"""Jobs with `masks: detect`: detected damage is restored, undamaged frames come back identical, protect wins;
+the infrared plane of RGBI scans as mask source; temporal fill from neighbours before the restorer."""
 import io
 
 import numpy as np
+import tifffile
 from PIL import Image
 
+from restore.frames import decode_frame
 from restore.manifest import read_manifests
 from restore.pipeline import prepare, run_job
 from restore.spec import parse_spec
@@ -92,3 +95,84 @@ def test_a_corrupt_neighbour_fails_only_itself(tmp_path, ray_session):
     result = run_job(*prepare(job(tmp_path)))
     assert result.counts == {"ok": 4, "failed": 1}
     assert rows(tmp_path)["reel/f003.png"]["status"] == "failed"
+
+
+def rgbi_scan(seed: int, height=64, width=80) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """A 16-bit RGBI TIFF as film scanners write it, with dust: dark in the infrared plane, dimming the colour too.
+
+    Returns (file bytes, the infrared plane, where the dust is)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    colour = np.stack([0.5 + 0.3 * np.sin(x / 11 + seed), 0.4 + 0.2 * np.cos(y / 9), 0.3 + 0.1 * np.sin((x + y) / 15)],
+                      axis=2)
+    infrared = 0.8 + 0.05 * x / width + rng.normal(0, 0.005, (height, width))  # dyes are transparent to infrared
+    dust = np.zeros((height, width), bool)
+    dust[10 + seed:13 + seed, 20:24] = dust[40:42, 50 + seed:53 + seed] = dust[55, 5:25] = True  # specks and a hair
+    colour[dust] *= 0.4
+    infrared[dust] = 0.25
+    planes = np.round(np.clip(np.dstack([colour, infrared]), 0, 1) * 65535).astype(np.uint16)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, planes, photometric="rgb", extrasamples=("unspecified",))
+    return buffer.getvalue(), planes[..., 3], dust
+
+
+def test_an_infrared_job_masks_the_dust_of_rgbi_scans_and_keeps_their_infrared(tmp_path, ray_session):
+    (tmp_path / "in").mkdir()
+    scans = {}
+    for seed in (0, 1):
+        data, infrared, dust = rgbi_scan(seed)
+        (tmp_path / "in" / f"scan{seed}.tif").write_bytes(data)
+        scans[f"scan{seed}.tif"] = (decode_frame(data).pixels, infrared, dust)
+    (tmp_path / "in" / "print.png").write_bytes(png(sequence(1)[0]))  # no infrared channel
+    for output_format, infrared_state in (("same", "kept"), ("png", "dropped")):
+        spec = parse_spec({"name": "detect", "input": str(tmp_path / "in"), "output": str(tmp_path / output_format),
+                           "masks": {"source": "detect", "detector": "infrared"}, "output_format": output_format})
+        assert run_job(*prepare(spec)).counts == {"ok": 2, "failed": 1}
+        manifest = {row["input_key"]: row for row in read_manifests(open_storage(str(tmp_path / output_format)),
+                                                                    "detect").to_pylist()}
+        assert manifest["print.png"]["status"] == "failed"
+        assert "has no infrared channel" in manifest["print.png"]["error"]
+        for key, (colour, infrared, dust) in scans.items():
+            row = manifest[key]
+            assert row["detector"] == "infrared" and row["infrared"] == infrared_state
+            assert row["masked_fraction"] == dust.mean()
+            mask = np.asarray(Image.open(tmp_path / output_format / row["mask_key"])) > 0
+            assert np.array_equal(mask, dust)  # exactly the dust, nothing else
+            restored = decode_frame((tmp_path / output_format / row["output_key"]).read_bytes())
+            changed = np.any(restored.pixels != colour, axis=2)
+            assert changed.any() and not (changed & ~dust).any()  # only the dust changed
+            if infrared_state == "kept":
+                assert restored.mode == "RGBI;16" and restored.alpha is None
+                assert np.array_equal(restored.infrared, infrared)  # written back untouched
+            else:
+                assert restored.infrared is None and restored.alpha is None
+
+
+def test_temporal_fill_copies_a_one_frame_blotch_from_its_neighbours(tmp_path, ray_session):
+    frames = sequence(blotch_on=2)  # panning 2 px a frame: the neighbours need motion compensation
+    clean = sequence()[2]
+    write(tmp_path / "in", frames)
+    blotch = np.zeros(frames[0].shape[:2], bool)
+    blotch[40:48, 60:70] = True
+    (tmp_path / "in" / "reel" / "masks").mkdir()
+    (tmp_path / "in" / "reel" / "masks" / "f002.png").write_bytes(png(blotch.astype(np.uint8) * 255))
+    spec = parse_spec({"name": "detect", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                       "masks": {"source": "given", "temporal_fill": True}, "sequence": {"window": 1},
+                       "restorer": {"name": "none"}})  # the restorer changes nothing: every fill is temporal
+    assert run_job(*prepare(spec)).counts == {"ok": 5}
+    manifest = rows(tmp_path)
+    row = manifest["reel/f002.png"]
+    assert row["masked_fraction"] == blotch.mean()
+    assert row["temporal_fill_fraction"] >= 0.9 * blotch.mean()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / row["mask_key"])) > 0, blotch)  # the whole mask
+    restored = np.asarray(Image.open(tmp_path / "out" / "reel/f002.png"))
+    assert np.array_equal(restored[~blotch], frames[2][~blotch])  # only masked pixels change
+    assert np.abs(restored[blotch].astype(int) - clean[blotch].astype(int)).mean() < 3  # the neighbours' picture
+    assert {manifest[key]["temporal_fill_fraction"] for key in manifest if key != "reel/f002.png"} == {0.0}
+
+
+def test_a_neighbour_of_another_size_is_left_out_not_compared(tmp_path, ray_session):
+    frames = sequence(count=3)
+    frames[2] = frames[2][:64, :64]  # another shot, another size
+    write(tmp_path / "in", frames)
+    assert run_job(*prepare(job(tmp_path, temporal_fill=True))).counts == {"ok": 3}

@@ -54,6 +54,28 @@ def test_config_hash_follows_outputs_not_worker_counts():
     assert one.config_hash("a" * 64) != one.config_hash("b" * 64)
 
 
+def test_temporal_fill_needs_neighbours_and_changes_the_config_hash():
+    base = {"name": "j", "input": "s3://in/a", "output": "s3://out/b"}
+    with pytest.raises(SpecError, match=r"sequence.window: expected 1 or more with masks.temporal_fill"):
+        parse_spec({**base, "masks": {"source": "given", "temporal_fill": True}})
+    with pytest.raises(SpecError, match=r"masks.temporal_fill: expected true or false"):
+        parse_spec({**base, "masks": {"temporal_fill": "yes"}, "sequence": {"window": 1}})
+    plain = parse_spec(base)
+    off = parse_spec({**base, "masks": {"temporal_fill": False}, "sequence": {"window": 1}})
+    on = parse_spec({**base, "masks": {"temporal_fill": True}, "sequence": {"window": 1}})
+    assert on.masks.temporal_fill and not off.masks.temporal_fill
+    assert plain.config_hash(None) == off.config_hash(None) != on.config_hash(None)  # off: hashes as before it existed
+
+
+def test_infrared_is_a_mask_detector_by_name():
+    base = {"name": "j", "input": "s3://in/a", "output": "s3://out/b"}
+    spec = parse_spec({**base, "masks": {"source": "detect", "detector": "infrared"}})
+    assert spec.masks.detector == "infrared"
+    assert spec.config_hash(None) != parse_spec({**base, "masks": {"source": "detect"}}).config_hash(None)
+    with pytest.raises(SpecError, match="masks.detector: expected one of .*infrared"):
+        parse_spec({**base, "masks": {"source": "detect", "detector": "ir"}})
+
+
 def test_shipped_demo_spec_validates():
     spec = load_spec(Path(__file__).parent.parent / "jobs" / "demo.yaml")
     assert spec.name == "demo"

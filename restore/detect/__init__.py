@@ -2,22 +2,26 @@
 
 Every detector is called as `detector(pixels, neighbours=None, n_previous=None)` with `pixels` (H, W) or (H, W, C)
 uint8/uint16 and returns a bool mask (H, W), True = damage. Temporal detectors also take the frame's neighbours
-in its sequence (same shape; `n_previous` of them come before it, the rest after). `build_detector(name)` is the
-one way to get a detector by name; an unknown name or setting fails loudly.
+in its sequence (same shape; `n_previous` of them come before it, the rest after). An infrared detector is called
+with a scan's infrared plane (H, W) instead of its colour pixels. `build_detector(name)` is the one way to get a
+detector by name; an unknown name or setting fails loudly.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+# Detectors that read the picture, the ones `restore eval-detect` scores; "infrared" reads a scan's infrared plane.
 DETECTORS = ("classical", "temporal")
 
 
 class Detector:
-    """Base class: `name` identifies the detector in manifests; `temporal` says whether it uses neighbours."""
+    """Base class: `name` identifies the detector in manifests; `temporal` says whether it uses neighbours,
+    `infrared` whether it reads the infrared plane of an RGBI scan instead of the colour pixels."""
 
     name: str = ""
     temporal: bool = False
+    infrared: bool = False
 
     def __call__(self, pixels: np.ndarray, neighbours: list[np.ndarray] | None = None,
                  n_previous: int | None = None) -> np.ndarray:
@@ -70,10 +74,12 @@ def build_detector(name: str, **settings) -> Detector:
     """The detector called `name`, built with `settings` (its constructor's keyword arguments)."""
     if name == "classical":
         from .classical import ClassicalDetector as cls
+    elif name == "infrared":
+        from .infrared import InfraredDetector as cls
     elif name == "temporal":
         from .temporal import TemporalDetector as cls
     else:
-        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
+        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS + ('infrared',))}")
     try:
         return cls(**settings)
     except TypeError as e:  # an unknown or missing setting

@@ -111,8 +111,8 @@ def temporal_fill(pixels: np.ndarray, mask: np.ndarray, neighbours: list[np.ndar
     (motion the flow missed, or damage on a neighbour) the pixel stays in the returned mask for the restorer.
     Without both neighbours nothing is filled. Pixels outside the mask are returned unchanged.
     """
-    frames = compensated(pixels, neighbours, n_previous)
-    if frames is None or not mask.any():
+    frames = compensated(pixels, neighbours, n_previous) if mask.any() else None  # no motion to estimate for none
+    if frames is None:
         return pixels.copy(), mask.copy()
     _, previous, following = frames
     disagreement = _to_luma(previous) - _to_luma(following)
