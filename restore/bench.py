@@ -138,9 +138,20 @@ def measure_pipeline(config: BenchConfig, input_uri: str, output_uri: str, resto
             "worker_peak_rss_mb": memory.peak_one / 2**20, "workers_total_peak_rss_mb": memory.peak_total / 2**20}
 
 
+def whole_frame(generator, pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The generator over a whole 8-bit RGB frame at once, composited: what a user's own loop would do."""
+    import torch
+
+    image = torch.tensor(pixels).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
+    hole = torch.from_numpy(mask)[None, None]
+    with torch.inference_mode():
+        pred = generator(image, hole)
+    out = torch.where(hole, pred, image)[0].permute(1, 2, 0).numpy()
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
 def measure_naive(config: BenchConfig, input_dir: Path, output_dir: Path) -> float:
     """One process, frame by frame: read → decode → the model over the whole frame → encode (default PNG) → write."""
-    import torch
     from PIL import Image
 
     restorer = build_restorer(restorer_settings(config), threads=max(1, int(config.cpus)))
@@ -152,12 +163,7 @@ def measure_naive(config: BenchConfig, input_dir: Path, output_dir: Path) -> flo
         pixels = np.asarray(Image.open(path).convert("RGB"))
         mask = decode_mask((input_dir / "masks" / path.name).read_bytes())
         if generator is not None:
-            image = torch.tensor(pixels).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
-            hole = torch.from_numpy(mask)[None, None]
-            with torch.inference_mode():
-                pred = generator(image, hole)
-            out = torch.where(hole, pred, image)[0].permute(1, 2, 0).numpy()
-            restored = np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+            restored = whole_frame(generator, pixels, mask)
         else:
             restored = restorer(pixels, mask)
         buffer = io.BytesIO()
@@ -298,6 +304,29 @@ def scaling(config: BenchConfig, sizes=(256, 512, 1024, 2048, 4096),
                             "seconds_per_frame": _frame_time(restorer, clean, mask, repeats=1)})
     return {"restorer": config.restorer, "by_size": by_size, "fraction_frame": f"{width}x{height}",
             "by_damaged_fraction": by_fraction}
+
+
+def tiling_fidelity(config: BenchConfig, frames: int = 4, frame=(1556, 2048)) -> dict:
+    """Hole PSNR of the shipped GAN as jobs run it (boxes fitted to the damage) against the generator over each
+    whole frame, pooled over `frames` frames with archive damage: what tiling costs in quality, and saves in time."""
+    restorer = build_restorer(restorer_settings(config, "gan"), threads=max(1, int(config.cpus)))
+    rng = np.random.default_rng(config.seed)
+    errors = {"tiled": 0.0, "whole": 0.0}
+    seconds = {"tiled": 0.0, "whole": 0.0}
+    holes = 0
+    for _ in range(frames):
+        clean = clean_scene(rng, *frame)
+        damaged, mask = archive_damage(rng, clean, ARCHIVE_KINDS)
+        holes += int(mask.sum())
+        for way, restore in (("tiled", restorer), ("whole", lambda p, m: whole_frame(restorer.generator, p, m))):
+            started = time.perf_counter()
+            out = restore(damaged, mask)
+            seconds[way] += time.perf_counter() - started
+            errors[way] += float(((out.astype(np.float64) - clean)[mask] ** 2).sum())
+    db = {way: 10 * float(np.log10(255 ** 2 * 3 * holes / errors[way])) for way in errors}  # 3 channels
+    return {"frame": f"{frame[1]}x{frame[0]}", "frames": frames, "psnr_hole_tiled": db["tiled"],
+            "psnr_hole_whole": db["whole"], "tiled_minus_whole_db": db["tiled"] - db["whole"],
+            "seconds_per_frame_tiled": seconds["tiled"] / frames, "seconds_per_frame_whole": seconds["whole"] / frames}
 
 
 def model_floor(config: BenchConfig, tile: int = 512) -> dict:

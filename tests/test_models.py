@@ -6,7 +6,7 @@ import torch
 from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
 from restore.models.losses import ADVERSARIAL_KINDS, LossConfig, discriminator_loss, generator_loss, hole_l1
-from restore.models.tiling import inpaint_tiled, inpaint_tiled_batch
+from restore.models.tiling import damage_boxes, inpaint_tiled, inpaint_tiled_batch
 from restore.models.weights import WeightsError, load_generator, save_generator
 
 TINY = GeneratorConfig(width=8, n_down=2, n_blocks=2)
@@ -207,3 +207,45 @@ def test_tiling_rejects_bad_inputs():
         inpaint_tiled(g, torch.rand(3, 16, 16), torch.zeros(16, 17, dtype=torch.bool))
     with pytest.raises(ValueError, match="overlap"):
         inpaint_tiled(g, torch.rand(3, 16, 16), torch.zeros(16, 16, dtype=torch.bool), tile=16, overlap=16)
+
+
+def _covered(boxes, shape):
+    covered = torch.zeros(shape, dtype=torch.bool)
+    for y, x, h, w in boxes:
+        covered[y:y + h, x:x + w] = True
+    return covered
+
+
+def test_damage_boxes_hold_every_hole_with_its_context_and_no_more_than_a_tile():
+    mask = torch.zeros(600, 800, dtype=torch.bool)
+    mask[300:303, 400:403] = True  # a dust speck
+    mask[20:580, 700:702] = True  # a scratch longer than a tile
+    mask[100:180, 100:190] = True  # a blotch
+    boxes = damage_boxes(mask, tile=256, overlap=32, context=24)
+    assert all(h <= 256 and w <= 256 for _, _, h, w in boxes)
+    assert _covered(boxes, mask.shape)[mask].all()
+    speck = [b for b in boxes if b[0] <= 300 < b[0] + b[2] and b[1] <= 400 < b[1] + b[3]]
+    assert len(speck) == 1
+    y, x, h, w = speck[0]
+    assert y <= 300 - 24 and x <= 400 - 24 and y + h >= 303 + 24 and x + w >= 403 + 24
+    blotch = [b for b in boxes if b[0] <= 100 and b[1] <= 100 and b[0] + b[2] >= 180 and b[1] + b[3] >= 190]
+    assert blotch and blotch[0][0] <= 100 - 24  # a thick hole reaches at least as far as a thin one
+
+
+def test_damage_boxes_cost_follows_the_damage():
+    """A few specks cost a few small boxes, not a pass over the frame; more damage costs more."""
+    def cost(n_specks):
+        mask = torch.zeros(1024, 1024, dtype=torch.bool)
+        for y, x in torch.randint(0, 1020, (n_specks, 2), generator=torch.Generator().manual_seed(0)).tolist():
+            mask[y:y + 4, x:x + 4] = True
+        return sum(h * w for _, _, h, w in damage_boxes(mask, tile=512, overlap=64, context=32)) / mask.numel()
+
+    assert cost(1) < 0.01
+    assert cost(1) < cost(10) < cost(100)
+    assert cost(10) < 0.1
+
+
+def test_small_frame_mostly_damaged_runs_whole():
+    mask = torch.zeros(100, 120, dtype=torch.bool)
+    mask[::10, :] = True
+    assert damage_boxes(mask, tile=128, overlap=16, context=16) == [(0, 0, 100, 120)]

@@ -1,8 +1,11 @@
 """Tiled, sparse inpainting for frames of any size, with memory bounded by the tile size.
 
-The frame is covered by overlapping tiles; only tiles that contain hole pixels go through the generator (archive
-damage covers a few percent of a frame, so cost follows the damage), batched across tiles and frames. Each tile's
-prediction is weighted by a feather that falls off towards the tile's edges, so overlapping predictions blend
+Cost follows the damage: the generator sees only boxes fitted around the holes, each hole pixel with at least
+`context` pixels of its surroundings (archive damage covers a few percent of a frame, and a fixed grid of large
+tiles would still run the model over most of it). Boxes are found on a coarse grid of cells: the cells that hold
+hole pixels, grown by the context, split into connected regions; a region larger than a tile is cut into
+overlapping tiles, each shrunk to the region's cells inside it. Boxes of equal size share batches, across frames.
+Each box's prediction is weighted by a feather that falls off towards its edges, so overlapping predictions blend
 without seams; finally the result is composited, so pixels outside the mask are exactly the input.
 """
 from __future__ import annotations
@@ -10,8 +13,11 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 
 from restore.models.generator import Generator, composite
+
+CELL = 16  # pixels per side of the grid on which boxes are fitted: finer fits tighter, coarser makes fewer boxes
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
@@ -39,45 +45,132 @@ def _check(image: torch.Tensor, mask: torch.Tensor) -> None:
         raise ValueError(f"mask must be bool (H, W) = {tuple(image.shape[1:])}; got {mask.dtype} {tuple(mask.shape)}")
 
 
+def _regions(cells: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """8-connected regions of the True cells of a (rows, cols) grid, as lists of (row, col)."""
+    rows, cols = cells.shape
+    todo = {(int(r), int(c)) for r, c in cells.nonzero().tolist()}
+    regions = []
+    while todo:
+        stack = [todo.pop()]
+        region = []
+        while stack:
+            r, c = stack.pop()
+            region.append((r, c))
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    if (r + dr, c + dc) in todo:
+                        todo.remove((r + dr, c + dc))
+                        stack.append((r + dr, c + dc))
+        regions.append(region)
+    return regions
+
+
+def _region_boxes(region: list[tuple[int, int]], holes: torch.Tensor, shape: tuple[int, int], tile: int,
+                  overlap: int, context: int) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) boxes for one region of hole cells: its bounding box grown by its reach, or, when that is
+    larger than a tile, overlapping tiles over it, each shrunk to the grown region's cells inside it.
+
+    A hole needs context in proportion to its thickness (a blotch is filled from further away than a hairline
+    scratch): the reach is max(`context`, half the region's mean thickness), the thickness being its hole area
+    over the longer side of its bounding box.
+    """
+    H, W = shape
+    rows, cols = zip(*region)
+    r0, r1, c0, c1 = min(rows), max(rows) + 1, min(cols), max(cols) + 1
+    thickness = float(holes[list(rows), list(cols)].sum()) / (CELL * max(r1 - r0, c1 - c0))
+    reach = -(-max(context, round(thickness / 2)) // CELL)  # in cells
+    r0, c0 = max(0, r0 - reach), max(0, c0 - reach)
+    r1, c1 = min(holes.shape[0], r1 + reach), min(holes.shape[1], c1 + reach)
+    y0, x0, y1, x1 = r0 * CELL, c0 * CELL, min(H, r1 * CELL), min(W, c1 * CELL)
+    if y1 - y0 <= tile and x1 - x0 <= tile:
+        return [(y0, x0, y1, x1)]
+    own = torch.zeros(r1 - r0, c1 - c0)
+    own[[r - r0 for r in rows], [c - c0 for c in cols]] = 1.0
+    needed = F.max_pool2d(own[None, None], 2 * reach + 1, 1, reach)[0, 0].bool()  # (r1 - r0, c1 - c0)
+    boxes = []
+    th, tw = min(tile, y1 - y0), min(tile, x1 - x0)
+    for ty in _starts(y1 - y0, th, tile - overlap):
+        for tx in _starts(x1 - x0, tw, tile - overlap):
+            ty0, tx0 = y0 + ty, x0 + tx
+            cells = needed[ty0 // CELL - r0:-(-(ty0 + th) // CELL) - r0, tx0 // CELL - c0:-(-(tx0 + tw) // CELL) - c0]
+            inside = cells.nonzero()
+            if len(inside):
+                first, last = inside.min(0).values.tolist(), inside.max(0).values.tolist()
+                boxes.append((max(ty0, (ty0 // CELL + first[0]) * CELL), max(tx0, (tx0 // CELL + first[1]) * CELL),
+                              min(ty0 + th, (ty0 // CELL + last[0] + 1) * CELL),
+                              min(tx0 + tw, (tx0 // CELL + last[1] + 1) * CELL)))
+    return boxes
+
+
+def _merge(boxes: list[tuple[int, int, int, int]], tile: int) -> list[tuple[int, int, int, int]]:
+    """Merge boxes whose union fits a tile and costs no more than the two apart (nearby dust), until none do."""
+    def area(box):
+        return (box[2] - box[0]) * (box[3] - box[1])
+
+    changed = True
+    while changed:
+        changed = False
+        kept: list[tuple[int, int, int, int]] = []
+        for box in sorted(boxes):
+            for k, other in enumerate(kept):
+                union = (min(box[0], other[0]), min(box[1], other[1]), max(box[2], other[2]), max(box[3], other[3]))
+                if union[2] - union[0] <= tile and union[3] - union[1] <= tile and area(union) <= area(box) + area(other):
+                    kept[k], changed = union, True
+                    break
+            else:
+                kept.append(box)
+        boxes = kept
+    return boxes
+
+
+def damage_boxes(mask: torch.Tensor, tile: int, overlap: int, context: int) -> list[tuple[int, int, int, int]]:
+    """(y, x, h, w) boxes, none larger than `tile`, that hold every hole pixel of `mask` (bool (H, W)) with at least
+    `context` pixels around it (less only at the frame's edges or where an overlapping box takes over)."""
+    H, W = mask.shape
+    holes = F.avg_pool2d(mask[None, None].float(), CELL, CELL, ceil_mode=True)[0, 0] * CELL * CELL  # hole px per cell
+    boxes = [box for region in _regions(holes > 0)
+             for box in _region_boxes(region, holes, (H, W), tile, overlap, context)]
+    boxes = _merge(boxes, tile)
+    if H <= tile and W <= tile and sum((y1 - y0) * (x1 - x0) for y0, x0, y1, x1 in boxes) >= H * W / 2:
+        return [(0, 0, H, W)]  # mostly covered anyway: one pass over the whole frame sees the most context
+    return [(y0, x0, y1 - y0, x1 - x0) for y0, x0, y1, x1 in boxes]
+
+
 @torch.no_grad()
 def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks: list[torch.Tensor],
-                        tile: int = 512, overlap: int = 64, batch_size: int = 8) -> list[torch.Tensor]:
-    """Inpaint several frames, pooling their damaged tiles into batches of `batch_size`.
+                        tile: int = 512, overlap: int = 64, context: int = 32, batch_size: int = 8
+                        ) -> list[torch.Tensor]:
+    """Inpaint several frames, pooling the boxes around their holes into batches of `batch_size`.
 
     images: float (3, H, W) in [0, 1], sizes may differ; masks: bool (H, W), True = hole. Returns composited
-    (3, H, W) tensors on the images' devices. Frames no larger than a tile run whole (the generator pads them);
-    frames with an empty mask are returned unchanged without touching the generator. On CUDA the generator runs
-    under bf16 autocast with channels_last; on CPU in fp32, deterministically.
+    (3, H, W) tensors on the images' devices. Frames with an empty mask are returned unchanged without touching
+    the generator. On CUDA the generator runs under bf16 autocast with channels_last; on CPU in fp32,
+    deterministically.
     """
     if not 0 <= overlap < tile:
         raise ValueError(f"need 0 <= overlap < tile; got overlap={overlap}, tile={tile}")
+    if context < 0:
+        raise ValueError(f"need context >= 0; got {context}")
     device = next(generator.parameters()).device
-    jobs = []  # (frame index, y, x, h, w) of every tile that holds hole pixels
+    by_size: dict[tuple[int, int], list] = {}  # only boxes of equal size can share a batch
     for i, (image, mask) in enumerate(zip(images, masks)):
         _check(image, mask)
-        H, W = mask.shape
-        th, tw = min(tile, H), min(tile, W)
-        for y in _starts(H, th, tile - overlap):
-            for x in _starts(W, tw, tile - overlap):
-                if mask[y:y + th, x:x + tw].any():
-                    jobs.append((i, y, x, th, tw))
+        for y, x, h, w in damage_boxes(mask, tile, overlap, context):
+            by_size.setdefault((h, w), []).append((i, y, x))
     sums = [torch.zeros_like(im, dtype=torch.float32, device=device) for im in images]  # (3, H, W) weighted sums
     weights = [torch.zeros(im.shape[1:], device=device) for im in images]  # (H, W)
-    by_size: dict[tuple[int, int], list] = {}  # only tiles of equal size can share a batch
-    for job in jobs:
-        by_size.setdefault(job[3:], []).append(job)
     cuda = device.type == "cuda"
     for (th, tw), size_jobs in by_size.items():
         feather = _feather(th, tw, overlap, device)  # (th, tw)
         for start in range(0, len(size_jobs), batch_size):
             group = size_jobs[start:start + batch_size]
-            crops = torch.stack([images[i][:, y:y + th, x:x + tw] for i, y, x, _, _ in group]).to(device)  # (B, 3, th, tw)
-            holes = torch.stack([masks[i][y:y + th, x:x + tw] for i, y, x, _, _ in group]).to(device)[:, None]  # (B, 1, th, tw)
+            crops = torch.stack([images[i][:, y:y + th, x:x + tw] for i, y, x in group]).to(device)  # (B, 3, th, tw)
+            holes = torch.stack([masks[i][y:y + th, x:x + tw] for i, y, x in group]).to(device)[:, None]  # (B, 1, th, tw)
             if cuda:
                 crops = crops.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
                 pred = generator(crops.float(), holes).float()  # (B, 3, th, tw)
-            for (i, y, x, _, _), p in zip(group, pred):
+            for (i, y, x), p in zip(group, pred):
                 sums[i][:, y:y + th, x:x + tw] += p * feather
                 weights[i][y:y + th, x:x + tw] += feather
     out = []
@@ -91,6 +184,6 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
 
 
 def inpaint_tiled(generator: Generator, image: torch.Tensor, mask: torch.Tensor, tile: int = 512,
-                  overlap: int = 64, batch_size: int = 8) -> torch.Tensor:
+                  overlap: int = 64, context: int = 32, batch_size: int = 8) -> torch.Tensor:
     """Inpaint one frame: image float (3, H, W) in [0, 1], mask bool (H, W) -> composited (3, H, W)."""
-    return inpaint_tiled_batch(generator, [image], [mask], tile, overlap, batch_size)[0]
+    return inpaint_tiled_batch(generator, [image], [mask], tile, overlap, context, batch_size)[0]
