@@ -80,7 +80,7 @@ class OpenCVRestorer(Restorer):
 
 
 class GanRestorer(Restorer):
-    """Our GAN generator, run tile by tile over the damaged parts of a frame only."""
+    """Our GAN generator, run only on boxes fitted around a frame's holes (see `restore.models.tiling`)."""
 
     name = "gan"
 
@@ -94,7 +94,7 @@ class GanRestorer(Restorer):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.generator, _ = load_generator(path)
         self.generator.to(self.device).eval()
-        self.tile, self.overlap = settings.tile, settings.overlap
+        self.tile, self.overlap, self.context = settings.tile, settings.overlap, settings.context
 
     def fill(self, frames, masks):
         import torch
@@ -108,7 +108,8 @@ class GanRestorer(Restorer):
             images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)  # grey is seen as colour
         holes = [torch.from_numpy(mask) for mask in masks]
         with torch.inference_mode():
-            restored = inpaint_tiled_batch(self.generator, images, holes, tile=self.tile, overlap=self.overlap)
+            restored = inpaint_tiled_batch(self.generator, images, holes, tile=self.tile, overlap=self.overlap,
+                                           context=self.context)
         filled = []
         for pixels, scale, out in zip(frames, scales, restored):
             out = out.float().cpu()

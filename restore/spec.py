@@ -54,6 +54,7 @@ class RestorerSettings:
     radius: int = 3  # classical restorers' neighbourhood
     tile: int = 512  # GAN tile size
     overlap: int = 64  # GAN tile overlap
+    context: int = 32  # GAN: pixels of surroundings every hole gets at least (thick holes get more)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class JobSpec:
         if self.restorer.name != "gan":
             restorer.pop("tile")
             restorer.pop("overlap")
+            restorer.pop("context")
         masks = asdict(self.masks)
         masks.pop("uri")
         if self.masks.source == "given":
@@ -232,6 +234,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         radius=check.number(restorer_raw, "radius", "restorer.radius", 3, minimum=1),
         tile=check.number(restorer_raw, "tile", "restorer.tile", 512, minimum=32),
         overlap=check.number(restorer_raw, "overlap", "restorer.overlap", 64),
+        context=check.number(restorer_raw, "context", "restorer.context", RestorerSettings.context),
     )
     if restorer.weights_sha256 and (len(restorer.weights_sha256) != 64 or not all(c in "0123456789abcdef" for c in restorer.weights_sha256)):
         problems.append(f"restorer.weights_sha256: expected 64 lowercase hex digits, got {restorer.weights_sha256!r}")
