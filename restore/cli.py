@@ -237,9 +237,11 @@ def cmd_bench(args) -> int:
                          workers=args.workers, cpus=args.cpus, batch_size=args.batch_size, s3=not args.no_s3,
                          naive=not args.no_naive, seed=args.seed, **({"sizes": args.size} if args.size else {}))
     if args.scaling:
-        from .bench import model_floor, scaling
+        from .bench import model_floor, scaling, tiling_fidelity
 
-        result = {"scaling": scaling(config), "model_floor": model_floor(config) if config.restorer == "gan" else None}
+        gan = config.restorer == "gan"
+        result = {"scaling": scaling(config), "model_floor": model_floor(config) if gan else None,
+                  "tiling_fidelity": tiling_fidelity(config) if gan else None}
         _write_json(args.json, result)
         print(json.dumps(result, indent=2))
         return EXIT_OK
