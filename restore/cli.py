@@ -215,9 +215,19 @@ def cmd_export(args) -> int:
 def cmd_eval_detect(args) -> int:
     from .evaluate_detect import evaluate_detect, markdown_table
 
-    result = evaluate_detect(args.data, args.detectors, args.overlays, args.seed, args.limit)
+    result = evaluate_detect(args.data, args.detectors, args.overlays, args.seed, args.limit, weights=args.weights)
     _write_json(args.json, result)
     print(markdown_table(result))
+    return EXIT_OK
+
+
+def cmd_train_detector(args) -> int:
+    from .detect.learned import train_detector
+
+    digest = train_detector(args.data, args.out, steps=args.steps, seed=args.seed, crop=args.crop,
+                            overlay_dir=args.overlays, init=args.init, lr=args.lr, val_images=args.val_images,
+                            threads=args.threads)
+    print(f"restore train-detector: weights written to {args.out} (sha256 {digest})")
     return EXIT_OK
 
 
@@ -337,10 +347,27 @@ def build_parser() -> argparse.ArgumentParser:
     detection.add_argument("--data", required=True, help="folder of clean PNG/JPEG images")
     detection.add_argument("--json", required=True, metavar="OUT", help="write the results as JSON to OUT")
     detection.add_argument("--overlays", help="folder of RGBA damage overlays (alpha = damage) to blend in too")
-    detection.add_argument("--detectors", nargs="+", default=list(DETECTOR_NAMES), choices=DETECTOR_NAMES)
+    detection.add_argument("--detectors", nargs="+", choices=DETECTOR_NAMES,
+                           help="default: all; learned only where its weights are shipped")
+    detection.add_argument("--weights", help="detector file for learned (default: the shipped weights)")
     detection.add_argument("--limit", type=int, help="use only the first N images")
     detection.add_argument("--seed", type=int, default=0)
     detection.set_defaults(func=cmd_eval_detect)
+
+    detector_training = verbs.add_parser(
+        "train-detector", help="train the learned damage detector on synthetic damage over your own clean images")
+    detector_training.add_argument("--data", required=True, help="local folder of clean images (searched recursively)")
+    detector_training.add_argument("--out", required=True, help="weights file to write, e.g. my-detector.pt")
+    detector_training.add_argument("--overlays", help="folder of RGBA damage overlays (alpha = damage) to blend in too")
+    detector_training.add_argument("--init", help="start from these detector weights (fine-tune), e.g. the shipped ones")
+    detector_training.add_argument("--steps", type=int, default=3000)
+    detector_training.add_argument("--crop", type=int, default=128, help="training crop size in pixels")
+    detector_training.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
+    detector_training.add_argument("--val-images", type=int, default=8,
+                                   help="images held out to calibrate the threshold (0: keep 0.5)")
+    detector_training.add_argument("--seed", type=int, default=0)
+    detector_training.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    detector_training.set_defaults(func=cmd_train_detector)
 
     bench = verbs.add_parser("bench", help="throughput: bare restorer, I/O ceiling, pipeline (local, S3) and naive loop")
     bench.add_argument("--json", metavar="OUT", help="write the measurements as JSON to OUT")

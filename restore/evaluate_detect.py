@@ -77,10 +77,18 @@ def _frames(rng: np.random.Generator, image: np.ndarray, crop: int, kinds: tuple
     return damaged, mask, neighbours
 
 
-def evaluate_detect(data_dir: str | Path, detectors: Sequence[str | Detector] = DETECTORS,
+def default_detectors() -> tuple[str, ...]:
+    """Every detector that reads the picture; the learned one only where its shipped weights are present."""
+    from .detect.learned import SHIPPED_WEIGHTS
+
+    return tuple(d for d in DETECTORS if d != "learned" or SHIPPED_WEIGHTS.is_file())
+
+
+def evaluate_detect(data_dir: str | Path, detectors: Sequence[str | Detector] | None = None,
                     overlay_dir: str | Path | None = None, seed: int = 0, limit: int | None = None,
-                    crop: int = 512) -> dict:
-    """Score `detectors` (names or built detectors) on every image under `data_dir` (sorted, first `limit`).
+                    crop: int = 512, weights: str | Path | None = None) -> dict:
+    """Score `detectors` (names or built detectors; default `default_detectors()`) on every image under
+    `data_dir` (sorted, first `limit`); `weights` is a detector file for "learned" instead of the shipped one.
 
     Returns {"settings": {...}, "detectors": {name: {"overall": scores, kind: scores, ...,
     "clean": {"flagged_fraction": f}, "seconds_per_mp": s}}}.
@@ -88,7 +96,8 @@ def evaluate_detect(data_dir: str | Path, detectors: Sequence[str | Detector] = 
     paths = sorted(p for p in Path(data_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {data_dir}")
-    built = [build_detector(d) if isinstance(d, str) else d for d in detectors]
+    built = [build_detector(d, **({"weights": weights} if d == "learned" and weights else {}))
+             if isinstance(d, str) else d for d in (default_detectors() if detectors is None else detectors)]
     kinds = ARCHIVE_KINDS + ((OVERLAYS,) if overlay_dir is not None else ())
     overlay_dir = None if overlay_dir is None else str(overlay_dir)
     counts = {d.name: {k: np.zeros(4, np.int64) for k in kinds} for d in built}
@@ -112,7 +121,8 @@ def evaluate_detect(data_dir: str | Path, detectors: Sequence[str | Detector] = 
             clean_flagged[detector.name] += int(detector(clean, clean_neighbours, n_previous=1).sum())
     megapixels = len(kinds) * clean_pixels / 1e6
     result = {"settings": {"data": Path(data_dir).name, "images": len(paths), "crop": crop, "seed": seed,
-                           "kinds": list(kinds)},
+                           "kinds": list(kinds),
+                           "weights_sha256": {d.name: d.info["sha256"] for d in built if d.name == "learned"}},
               "detectors": {}}
     for detector in built:
         per_kind = counts[detector.name]

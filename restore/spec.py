@@ -15,7 +15,7 @@ import yaml
 RESTORERS = ("gan", "telea", "navier-stokes")  # the inpainting methods
 RESTORER_NAMES = RESTORERS + ("none",)  # "none" copies frames through unchanged: the pipeline's I/O-bound ceiling
 MASK_SOURCES = ("given", "detect", "both")  # both = the union of the given mask and the detected one
-DETECTOR_NAMES = ("classical", "temporal")
+DETECTOR_NAMES = ("classical", "temporal", "learned")  # learned: the U-Net shipped in restore/weights
 # A job may also take its mask from the infrared plane of RGBI film scans, which eval-detect's pictures lack.
 MASK_DETECTORS = DETECTOR_NAMES + ("infrared",)
 OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 # Detectors that read the picture, the ones `restore eval-detect` scores; "infrared" reads a scan's infrared plane.
-DETECTORS = ("classical", "temporal")
+DETECTORS = ("classical", "temporal", "learned")
 
 
 class Detector:
@@ -78,6 +78,8 @@ def build_detector(name: str, **settings) -> Detector:
         from .infrared import InfraredDetector as cls
     elif name == "temporal":
         from .temporal import TemporalDetector as cls
+    elif name == "learned":
+        from .learned import LearnedDetector as cls
     else:
         raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS + ('infrared',))}")
     try:
