@@ -161,7 +161,7 @@ def train_detector(data_dir: str | os.PathLike, out_path: str | os.PathLike, ste
     Every k-th image (`val_images` of them) is held out to calibrate the threshold at the end. `init` starts
     from existing weights (fine-tuning on an archive's own material). Loss: binary cross-entropy; the F1/clean
     trade-off is set by the calibrated threshold, not by loss weights. The weights are saved every 200 steps (with
-    the threshold of the last calibration, or 0.5) and calibrated at the end.
+    threshold 0.5), so a stopped run still leaves a model, and once more with the calibrated threshold at the end.
     """
     from restore.train import split_images
 
