@@ -94,6 +94,7 @@ class JobContext:
     run_id: str
     config_hash: str
     weights_sha256: str | None
+    detector_sha256: str | None = None  # the learned detector's weights, when the job uses it
 
 
 @dataclass
@@ -332,11 +333,11 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, shape: tuple[i
 
 
 @functools.cache
-def _detector(name: str):
+def _detector(name: str, weights: str | None = None):
     """Built once per worker process, not once per frame."""
     from .detect import build_detector
 
-    return build_detector(name)
+    return build_detector(name, **({"weights": weights} if weights else {}))
 
 
 def frame_mask(context: JobContext, input_key: str, frame: Frame, neighbours: list[np.ndarray],
@@ -353,7 +354,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, neighbours: li
         if given is not None:
             mask |= given
     if settings.source in ("detect", "both"):
-        detector = _detector(settings.detector)
+        detector = _detector(settings.detector, settings.detector_weights)
         if detector.infrared and frame.infrared is None:
             raise FrameError(f"masks.detector infrared: this {frame.format} frame has no infrared channel"
                              " (expected an RGBI TIFF: RGB plus an unspecified extra sample, as film scanners write)")
@@ -618,9 +619,24 @@ def open_job(spec: JobSpec) -> JobContext:
     """Storages, weights and config hash of a new run: everything but the plan."""
     input_storage, output_storage, mask_storage = open_job_storages(spec)
     _, weights_sha256 = check_weights(spec.restorer)
+    detector_sha256 = _check_detector_weights(spec)
     return JobContext(spec=spec, input_storage=input_storage, output_storage=output_storage,
-                      mask_storage=mask_storage, run_id=new_run_id(), config_hash=spec.config_hash(weights_sha256),
-                      weights_sha256=weights_sha256)
+                      mask_storage=mask_storage, run_id=new_run_id(),
+                      config_hash=spec.config_hash(weights_sha256, detector_sha256),
+                      weights_sha256=weights_sha256, detector_sha256=detector_sha256)
+
+
+def _check_detector_weights(spec: JobSpec) -> str | None:
+    """The learned detector's weights sha256, loaded once on the driver: a bad file stops the job before any work."""
+    if spec.masks.source == "given" or spec.masks.detector != "learned":
+        return None
+    from .detect.learned import SHIPPED_WEIGHTS, load_detector_net
+    from .models.weights import WeightsError
+
+    try:
+        return load_detector_net(spec.masks.detector_weights or SHIPPED_WEIGHTS)[1]["sha256"]
+    except WeightsError as error:
+        raise JobError(f"masks.detector_weights: {error}") from None
 
 
 def prepare(spec: JobSpec) -> tuple[JobContext, Plan]:

@@ -43,6 +43,7 @@ class MaskSettings:
     min_area: int = 0  # detected regions smaller than this (pixels) are dropped
     protect: str | None = None  # pattern like pattern: regions never to change (stamps, signatures), overriding all
     temporal_fill: bool = False  # copy masked pixels from the motion-compensated neighbours where they agree first
+    detector_weights: str | None = None  # learned: a file from `restore train-detector`; None = the shipped one
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,12 @@ class JobSpec:
     commit_every: int = 64  # manifest rows per committed part (a crash loses at most the frames in flight)
     max_attempts: int = 3  # a frame that failed this many times is left alone until it changes (0 = retry forever)
 
-    def output_settings(self, weights_sha256: str | None) -> dict[str, Any]:
-        """What changes the output bytes, and nothing else: worker counts must never reprocess an archive."""
+    def output_settings(self, weights_sha256: str | None, detector_sha256: str | None = None) -> dict[str, Any]:
+        """What changes the output bytes, and nothing else: worker counts must never reprocess an archive.
+
+        `detector_sha256` is that of the learned detector's weights, when a job uses it: retrained weights find
+        other damage, so they reprocess the frames.
+        """
         restorer = asdict(self.restorer)
         restorer.pop("weights")
         restorer.pop("weights_sha256")
@@ -99,6 +104,9 @@ class JobSpec:
             restorer.pop("context")
         masks = asdict(self.masks)
         masks.pop("uri")
+        masks.pop("detector_weights")
+        if detector_sha256:
+            masks["detector_sha256"] = detector_sha256
         if self.masks.source == "given":
             masks.pop("detector")
             masks.pop("min_area")
@@ -111,8 +119,8 @@ class JobSpec:
             "output_format": self.output_format,
         }
 
-    def config_hash(self, weights_sha256: str | None) -> str:
-        canonical = json.dumps(self.output_settings(weights_sha256), sort_keys=True)
+    def config_hash(self, weights_sha256: str | None, detector_sha256: str | None = None) -> str:
+        canonical = json.dumps(self.output_settings(weights_sha256, detector_sha256), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -222,7 +230,10 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         min_area=check.number(masks_raw, "min_area", "masks.min_area", 0),
         protect=check.string(masks_raw, "protect", "masks.protect"),
         temporal_fill=check.boolean(masks_raw, "temporal_fill", "masks.temporal_fill", False),
+        detector_weights=check.string(masks_raw, "detector_weights", "masks.detector_weights"),
     )
+    if masks.detector_weights and (masks.detector != "learned" or masks.source == "given"):
+        problems.append("masks.detector_weights: only used with masks.detector learned (and source detect or both)")
     if masks.pattern and "{" not in masks.pattern:
         problems.append(f"masks.pattern: expected a pattern naming the frame, e.g. '{{dir}}/masks/{{stem}}.png', got {masks.pattern!r}")
 
@@ -269,7 +280,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         output=_resolve_uri(output_uri, base),
         endpoint_url=endpoint_url,
         include=tuple(include),
-        masks=MaskSettings(**{**asdict(masks), "uri": _resolve_uri(masks.uri, base)}),
+        masks=MaskSettings(**{**asdict(masks), "uri": _resolve_uri(masks.uri, base),
+                              "detector_weights": _resolve_uri(masks.detector_weights, base)}),
         restorer=RestorerSettings(**{**asdict(restorer), "weights": _resolve_uri(restorer.weights, base)}),
         workers=workers,
         sequence=sequence,

@@ -139,6 +139,32 @@ def test_a_job_with_the_learned_detector(tmp_path, ray_session):
     assert changed.any() and not (changed & ~mask).any()  # only masked pixels change
 
 
+def test_a_job_uses_retrained_detector_weights_and_refuses_a_bad_file(tmp_path, ray_session):
+    """A user's own detector (from train-detector) is named in the spec, hashed into the config, checked up front."""
+    from PIL import Image
+
+    from restore.pipeline import JobError, open_job, prepare, run_job
+    from restore.spec import SpecError, parse_spec
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(smooth_frame(seed=2)).save(tmp_path / "in" / "a.png")
+    own = tmp_path / "own.pt"
+    sha = save_detector_net(DetectorNet(DetectorConfig(widths=(4, 6))), own, {"threshold": 0.5})
+    raw = {"name": "own", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+           "masks": {"source": "detect", "detector": "learned"}, "restorer": {"name": "telea"}}
+    shipped = parse_spec(raw)
+    mine = parse_spec({**raw, "masks": {**raw["masks"], "detector_weights": str(own)}})
+    context, plan = prepare(mine)
+    assert context.detector_sha256 == sha and context.config_hash != open_job(shipped).config_hash
+    assert run_job(context, plan).counts == {"ok": 1}
+
+    own.write_bytes(b"not a detector")
+    with pytest.raises(JobError, match="masks.detector_weights"):
+        open_job(mine)
+    with pytest.raises(SpecError, match="masks.detector_weights"):
+        parse_spec({**raw, "masks": {"source": "detect", "detector": "classical", "detector_weights": str(own)}})
+
+
 def test_eval_detect_scores_the_learned_detector_when_it_has_weights(tmp_path, monkeypatch):
     from restore import evaluate_detect as module
 
