@@ -340,9 +340,11 @@ def _detector(name: str, weights: str | None = None):
     return build_detector(name, **({"weights": weights} if weights else {}))
 
 
-def frame_mask(context: JobContext, input_key: str, frame: Frame, neighbours: list[np.ndarray],
-               n_previous: int) -> np.ndarray:
-    """Given ∪ detected, grown by `dilate`, minus what the user protects: the exact set of pixels that may change."""
+def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callable[[], tuple | None]) -> np.ndarray:
+    """Given ∪ detected, grown by `dilate`, minus what the user protects: the exact set of pixels that may change.
+
+    `motion` gives the frame's neighbours motion-compensated onto it (see `_motion`), for a temporal detector.
+    """
     from .detect import refine_mask
 
     settings = context.spec.masks
@@ -358,7 +360,10 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, neighbours: li
         if detector.infrared and frame.infrared is None:
             raise FrameError(f"masks.detector infrared: this {frame.format} frame has no infrared channel"
                              " (expected an RGBI TIFF: RGB plus an unspecified extra sample, as film scanners write)")
-        detected = detector(frame.infrared if detector.infrared else pixels, neighbours or None, n_previous)
+        if detector.temporal:
+            detected = detector.detect(pixels, motion())
+        else:
+            detected = detector(frame.infrared if detector.infrared else pixels)
         mask |= refine_mask(detected, min_area=settings.min_area)
     if settings.dilate:
         mask = refine_mask(mask, dilate=settings.dilate)
@@ -372,18 +377,26 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, neighbours: li
 def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np.ndarray] = (),
                n_previous: int = 0) -> dict:
     """The row of one decoded frame with its mask; a frame-level problem (its mask) fails only this frame."""
+    motion = _motion(frame.pixels, list(neighbours), n_previous)
     try:
-        mask = frame_mask(context, row["input_key"], frame, list(neighbours), n_previous)
+        mask = frame_mask(context, row["input_key"], frame, motion)
     except (StorageError, FrameError) as error:
         return {**row, "status": "failed", "error": str(error)}
     columns = _frame_columns(frame, mask)
     if context.spec.masks.temporal_fill:
-        columns.update(_fill_from_neighbours(frame.pixels, mask, list(neighbours), n_previous))
+        columns.update(_fill_from_neighbours(frame.pixels, mask, motion() if mask.any() else None))
     return {**row, **columns}
 
 
-def _fill_from_neighbours(pixels: np.ndarray, mask: np.ndarray, neighbours: list[np.ndarray],
-                          n_previous: int) -> dict:
+def _motion(pixels: np.ndarray, neighbours: list[np.ndarray], n_previous: int) -> Callable[[], tuple | None]:
+    """The neighbours motion-compensated onto the frame, estimated on first use and at most once: optical flow is
+    the costliest step of both temporal detection and temporal fill, and they share it."""
+    from .detect.temporal import compensated
+
+    return functools.cache(lambda: compensated(pixels, neighbours, n_previous))
+
+
+def _fill_from_neighbours(pixels: np.ndarray, mask: np.ndarray, frames: tuple | None) -> dict:
     """Masked pixels on which the motion-compensated neighbours agree, copied from them; the restorer gets the rest.
 
     Film dirt is on one frame only, so its neighbours hold the real picture; the mask written beside the output
@@ -391,7 +404,7 @@ def _fill_from_neighbours(pixels: np.ndarray, mask: np.ndarray, neighbours: list
     """
     from .detect.temporal import temporal_fill
 
-    filled, rest = temporal_fill(pixels, mask, neighbours, n_previous)
+    filled, rest = temporal_fill(pixels, mask, frames)
     return {"pixels": filled.tobytes(), "restore_mask": rest.astype(np.uint8).tobytes(),
             "temporal_fill_fraction": float((mask & ~rest).mean())}
 

@@ -5,7 +5,7 @@ import pytest
 
 from restore.damage import film_grain
 from restore.detect import DETECTORS, build_detector, refine_mask
-from restore.detect.temporal import temporal_fill
+from restore.detect.temporal import compensated, temporal_fill
 
 
 def scene(size=192, shift=0, seed=0):
@@ -105,7 +105,7 @@ def test_temporal_first_frame_falls_back_to_single_frame():
 def test_temporal_fill_copies_from_neighbours_where_they_agree():
     frames, truth = sequence_with_blotch()
     clean = scene(shift=4, seed=12)
-    filled, remaining = temporal_fill(frames[2], truth, [frames[1], frames[3]], n_previous=1)
+    filled, remaining = temporal_fill(frames[2], truth, compensated(frames[2], [frames[1], frames[3]], 1))
     assert filled.dtype == frames[2].dtype and filled.shape == frames[2].shape
     assert np.array_equal(filled[~truth], frames[2][~truth])  # only masked pixels change
     done = truth & ~remaining
@@ -113,7 +113,7 @@ def test_temporal_fill_copies_from_neighbours_where_they_agree():
     assert np.abs(filled[done].astype(int) - clean[done].astype(int)).mean() < 8  # the scene, up to grain
     spoiled = frames[1].copy()
     spoiled[20:100, 80:160] = np.clip(spoiled[20:100, 80:160].astype(int) + 60, 0, 255)  # a flash on one neighbour
-    _, remaining = temporal_fill(frames[2], truth, [spoiled, frames[3]], n_previous=1)
+    _, remaining = temporal_fill(frames[2], truth, compensated(frames[2], [spoiled, frames[3]], 1))
     assert remaining[50:70, 110:130][truth[50:70, 110:130]].mean() > 0.8
     assert not (remaining & ~truth).any()
 

@@ -7,7 +7,6 @@ how the net was trained, the threshold calibrated on held-out training images. T
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 
 from restore.damage import ARCHIVE_KINDS
 from restore.models.detector import DetectorConfig, DetectorNet
-from restore.models.weights import WeightsError, _tensor_digest, file_sha256
+from restore.models.weights import load_net, save_net
 
 from . import Detector, to_float
 from .synthetic import film_scan
@@ -30,42 +29,12 @@ THRESHOLDS = np.round(np.arange(0.30, 0.991, 0.01), 2)  # candidates tried by th
 
 
 def save_detector_net(net: DetectorNet, path: str | os.PathLike, info: dict | None = None) -> str:
-    """Write the net (fp32 state dict + config + info) atomically; returns the file's sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state_dict = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
-    payload = {"format": FORMAT, "config": dataclasses.asdict(net.config), "state_dict": state_dict,
-               "tensor_sha256": _tensor_digest(state_dict), "info": dict(info or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return file_sha256(path)
+    return save_net(net, path, FORMAT, info)
 
 
 def load_detector_net(path: str | os.PathLike) -> tuple[DetectorNet, dict]:
     """(net in eval mode on CPU, info with `sha256` and `path`); a corrupt or foreign file raises WeightsError."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"detector weights not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unpickling failure means the file is not what we wrote
-        raise WeightsError(f"cannot read detector weights {path}: {e}") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise WeightsError(f"{path} is not a restore detector file (expected format {FORMAT!r})")
-    state_dict = payload.get("state_dict")
-    if not isinstance(state_dict, dict) or payload.get("tensor_sha256") != _tensor_digest(state_dict):
-        raise WeightsError(f"{path}: tensor checksum mismatch: the file is corrupt or was modified")
-    try:
-        net = DetectorNet(DetectorConfig(**payload["config"]))
-        net.load_state_dict(state_dict, strict=True)
-    except Exception as e:  # wrong config fields, shapes, missing or extra tensors
-        raise WeightsError(f"{path}: weights do not match their config: {e}") from e
-    if not all(torch.isfinite(p).all() for p in net.parameters()):
-        raise WeightsError(f"{path}: weights contain NaN or infinity")
-    info = dict(payload.get("info") or {})
-    info.update(sha256=file_sha256(path), path=str(path))
-    return net.eval(), info
+    return load_net(path, FORMAT, DetectorNet, DetectorConfig)
 
 
 def damage_probability(net: DetectorNet, pixels: np.ndarray, tile: int = 1024, margin: int = 32) -> np.ndarray:

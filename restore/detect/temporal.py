@@ -81,7 +81,11 @@ class TemporalDetector(Detector):
         self.single_frame = ClassicalDetector()
 
     def __call__(self, pixels, neighbours=None, n_previous=None) -> np.ndarray:
-        frames = compensated(pixels, neighbours, n_previous)
+        return self.detect(pixels, compensated(pixels, neighbours, n_previous))
+
+    def detect(self, pixels: np.ndarray, frames: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """Damage of `pixels` given `frames` = `compensated(pixels, ...)`, so a caller that also fills from the
+        neighbours estimates the motion once."""
         if frames is None:
             return self.single_frame(pixels)
         # 1. differences to each neighbour, lightly smoothed so grain counts less than damage
@@ -103,16 +107,16 @@ class TemporalDetector(Detector):
         return keep[labels]
 
 
-def temporal_fill(pixels: np.ndarray, mask: np.ndarray, neighbours: list[np.ndarray] | None,
-                  n_previous: int | None = None, agree: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+def temporal_fill(pixels: np.ndarray, mask: np.ndarray, frames: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                  agree: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
     """(pixels with masked pixels copied from the motion-compensated neighbours where those agree, mask left).
 
     The copy is the mean of the previous and next frames; where they differ by more than `agree` noise sigmas
     (motion the flow missed, or damage on a neighbour) the pixel stays in the returned mask for the restorer.
-    Without both neighbours nothing is filled. Pixels outside the mask are returned unchanged.
+    `frames` is `compensated(pixels, ...)`; without both neighbours (None) nothing is filled. Pixels outside the mask
+    are returned unchanged.
     """
-    frames = compensated(pixels, neighbours, n_previous) if mask.any() else None  # no motion to estimate for none
-    if frames is None:
+    if frames is None or not mask.any():
         return pixels.copy(), mask.copy()
     _, previous, following = frames
     disagreement = _to_luma(previous) - _to_luma(following)

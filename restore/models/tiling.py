@@ -47,7 +47,6 @@ def _check(image: torch.Tensor, mask: torch.Tensor) -> None:
 
 def _regions(cells: torch.Tensor) -> list[list[tuple[int, int]]]:
     """8-connected regions of the True cells of a (rows, cols) grid, as lists of (row, col)."""
-    rows, cols = cells.shape
     todo = {(int(r), int(c)) for r, c in cells.nonzero().tolist()}
     regions = []
     while todo:

@@ -1,4 +1,4 @@
-"""Saving and loading the shipped generator without executing code from the file.
+"""Saving and loading our nets (the generator, the learned detector) without executing code from the file.
 
 The file is a plain `torch.save` dict of tensors and primitives (read back with `weights_only=True`): a format
 tag, the GeneratorConfig that built the weights (so loading rebuilds the same model), the state dict, a digest of
@@ -21,7 +21,7 @@ FORMAT = "restore-generator/1"
 
 
 class WeightsError(ValueError):
-    """The weights file is missing, corrupt, tampered with or not a restore generator."""
+    """The weights file is missing, corrupt, tampered with or not the restore net it should be."""
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -41,14 +41,15 @@ def _tensor_digest(state_dict: dict) -> str:
     return digest.hexdigest()
 
 
-def save_generator(generator: Generator, path: str | os.PathLike, info: dict | None = None) -> str:
-    """Write the generator (fp32 state dict + config + info) atomically; returns the file's sha256."""
+def save_net(net: torch.nn.Module, path: str | os.PathLike, fmt: str, info: dict | None = None) -> str:
+    """Write a net (fp32 state dict + its `config` dataclass + info) atomically under format tag `fmt`; returns
+    the file's sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state_dict = {k: v.detach().float().cpu().contiguous() for k, v in generator.state_dict().items()}
+    state_dict = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
     payload = {
-        "format": FORMAT,
-        "config": dataclasses.asdict(generator.config),
+        "format": fmt,
+        "config": dataclasses.asdict(net.config),
         "state_dict": state_dict,
         "tensor_sha256": _tensor_digest(state_dict),
         "info": dict(info or {}),
@@ -59,31 +60,43 @@ def save_generator(generator: Generator, path: str | os.PathLike, info: dict | N
     return file_sha256(path)
 
 
-def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Generator, dict]:
-    """(generator in eval mode, info) where info holds the stored info plus `sha256` and `path`."""
+def load_net(path: str | os.PathLike, fmt: str, net_class, config_class,
+             map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(net in eval mode, info) from a file `save_net` wrote with format tag `fmt`; info holds the stored info plus
+    `sha256`, `path` and `config`. Anything else (missing, corrupt, edited, foreign, NaN) raises WeightsError."""
     path = Path(path)
+    kind = fmt.split("/")[0].removeprefix("restore-")  # generator, detector
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+        raise WeightsError(f"{kind} weights file not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # any unpickling failure means the file is not what we wrote
-        raise WeightsError(f"cannot read weights {path}: {e}") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise WeightsError(f"{path} is not a restore generator file (expected format {FORMAT!r})")
-    fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
+        raise WeightsError(f"cannot read {kind} weights {path}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise WeightsError(f"{path} is not a restore {kind} file (expected format {fmt!r})")
+    fields = {f.name for f in dataclasses.fields(config_class)}
     config = payload.get("config")
     if not isinstance(config, dict) or set(config) != fields:
-        raise WeightsError(f"{path}: generator config must have exactly the fields {sorted(fields)}")
+        raise WeightsError(f"{path}: {kind} config must have exactly the fields {sorted(fields)}")
     state_dict = payload.get("state_dict")
     if not isinstance(state_dict, dict) or payload.get("tensor_sha256") != _tensor_digest(state_dict):
         raise WeightsError(f"{path}: tensor checksum mismatch: the file is corrupt or was modified")
     try:
-        generator = Generator(GeneratorConfig(**config))
-        generator.load_state_dict(state_dict, strict=True)
-    except Exception as e:  # wrong shapes, missing or extra tensors
+        net = net_class(config_class(**config))
+        net.load_state_dict(state_dict, strict=True)
+    except Exception as e:  # wrong values, shapes, missing or extra tensors
         raise WeightsError(f"{path}: weights do not match their config: {e}") from e
-    if not all(torch.isfinite(p).all() for p in generator.parameters()):
+    if not all(torch.isfinite(p).all() for p in net.parameters()):
         raise WeightsError(f"{path}: weights contain NaN or infinity")
     info = dict(payload.get("info") or {})
     info.update(sha256=file_sha256(path), path=str(path), config=config)
-    return generator.eval(), info
+    return net.eval(), info
+
+
+def save_generator(generator: Generator, path: str | os.PathLike, info: dict | None = None) -> str:
+    return save_net(generator, path, FORMAT, info)
+
+
+def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Generator, dict]:
+    """(generator in eval mode, info) where info holds the stored info plus `sha256`, `path` and `config`."""
+    return load_net(path, FORMAT, Generator, GeneratorConfig, map_location)
