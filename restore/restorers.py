@@ -53,30 +53,28 @@ class PassThrough(Restorer):
         return frames
 
 
+def classical_fill(pixels: np.ndarray, mask: np.ndarray, method: str, radius: int = 3) -> np.ndarray:
+    """OpenCV's inpainting (`telea` or `navier-stokes`) of an integer (H, W, C) frame; same dtype and shape."""
+    import cv2
+
+    flag = {"telea": cv2.INPAINT_TELEA, "navier-stokes": cv2.INPAINT_NS}[method]
+    hole = mask.astype(np.uint8)
+    if pixels.dtype == np.uint8 and pixels.shape[2] in (1, 3):
+        return cv2.inpaint(np.ascontiguousarray(pixels), hole, radius, flag).reshape(pixels.shape)
+    # OpenCV inpaints deeper frames only one channel at a time.
+    channels = [cv2.inpaint(np.ascontiguousarray(pixels[:, :, c]), hole, radius, flag) for c in range(pixels.shape[2])]
+    return np.stack(channels, axis=2)
+
+
 class OpenCVRestorer(Restorer):
     """OpenCV's classical inpainting (Telea's fast marching or Navier–Stokes): the baseline the GAN must beat."""
 
     def __init__(self, method: str, radius: int = 3):
-        import cv2
-
         self.name = method
         self.radius = radius
-        self._flag = {"telea": cv2.INPAINT_TELEA, "navier-stokes": cv2.INPAINT_NS}[method]
 
     def fill(self, frames, masks):
-        return [self._fill_one(pixels, mask) for pixels, mask in zip(frames, masks)]
-
-    def _fill_one(self, pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        import cv2
-
-        hole = mask.astype(np.uint8)
-        if pixels.dtype == np.uint8 and pixels.shape[2] in (1, 3):
-            out = cv2.inpaint(pixels, hole, self.radius, self._flag)
-            return out.reshape(pixels.shape)
-        # OpenCV inpaints deeper frames only one channel at a time.
-        channels = [cv2.inpaint(np.ascontiguousarray(pixels[:, :, c]), hole, self.radius, self._flag)
-                    for c in range(pixels.shape[2])]
-        return np.stack(channels, axis=2)
+        return [classical_fill(pixels, mask, self.name, self.radius) for pixels, mask in zip(frames, masks)]
 
 
 class GanRestorer(Restorer):
@@ -101,6 +99,9 @@ class GanRestorer(Restorer):
 
         from .models.tiling import inpaint_tiled_batch
 
+        prefill = self.generator.config.prefill
+        if prefill != "none":  # this generator refines a classical fill rather than blank holes
+            frames = [classical_fill(pixels, mask, prefill) for pixels, mask in zip(frames, masks)]
         scales = [float(np.iinfo(pixels.dtype).max) for pixels in frames]
         images = []
         for pixels, scale in zip(frames, scales):

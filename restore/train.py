@@ -26,6 +26,7 @@ from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
 from restore.models.losses import LossConfig, discriminator_loss, generator_loss
 from restore.models.weights import load_generator, save_generator
+from restore.restorers import classical_fill
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MASK_SOURCES = MASK_CLASSES + ("archive",)  # what a training mask can be drawn from
@@ -184,8 +185,20 @@ def hole_psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
 
 def telea_scores(val: dict) -> dict[str, float]:
     """OpenCV Telea's mean hole PSNR per source: the classical baseline to beat, logged beside ours."""
-    return {source: float(np.mean([hole_psnr(cv2.inpaint(c, m.astype(np.uint8), 3, cv2.INPAINT_TELEA), c, m)
-                                   for c, m in pairs])) for source, pairs in val.items()}
+    return {source: float(np.mean([hole_psnr(classical_fill(c, m, "telea"), c, m) for c, m in pairs]))
+            for source, pairs in val.items()}
+
+
+def generator_input(image: torch.Tensor, mask: torch.Tensor, prefill: str) -> torch.Tensor:
+    """What the generator sees: the image itself (it blanks the holes), or with a prefill the holes filled
+    classically from the 8-bit image, as the restorer does at inference."""
+    if prefill == "none":
+        return image
+    pixels = (image.permute(0, 2, 3, 1).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)  # (B, H, W, C)
+    holes = mask[:, 0].cpu().numpy()
+    filled = np.stack([classical_fill(p, m, prefill) for p, m in zip(pixels, holes)]).astype(np.float32) / 255
+    filled = torch.from_numpy(filled).permute(0, 3, 1, 2).to(image.device)
+    return torch.where(mask.bool(), filled, image)
 
 
 @torch.no_grad()
@@ -198,7 +211,7 @@ def evaluate(generator: Generator, val: dict, device: torch.device) -> dict[str,
         for crop, mask in pairs:
             image = torch.tensor(crop).permute(2, 0, 1)[None].float().to(device) / 255  # (1, 3, H, W)
             m = torch.from_numpy(mask)[None, None].to(device)  # (1, 1, H, W)
-            out = composite(generator(image, m), image, m)
+            out = composite(generator(generator_input(image, m, generator.config.prefill), m), image, m)
             out = (out[0].permute(1, 2, 0).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
             values.append(hole_psnr(out, crop, mask))
         scores[source] = float(np.mean(values))
@@ -224,7 +237,8 @@ def _new_state(config: TrainConfig, rank: int, device: torch.device) -> State:
     generator = Generator(config.generator)
     if config.init_weights:
         shipped, _ = load_generator(config.init_weights)
-        if shipped.config != config.generator:
+        # The prefill changes what the network sees, not its shape: a blank-hole generator can learn to refine.
+        if dataclasses.replace(shipped.config, prefill=config.generator.prefill) != config.generator:
             raise ValueError(f"init_weights were built with {shipped.config}, config asks for {config.generator}")
         generator.load_state_dict(shipped.state_dict())
     discriminator = PatchDiscriminator(config.discriminator)
@@ -266,9 +280,10 @@ def save_checkpoint(state: State, config: TrainConfig) -> Path:
 
 def _load_checkpoint(state: State, config: TrainConfig, path: Path, device: torch.device) -> None:
     payload = torch.load(path, map_location=device, weights_only=True)
-    for key in ("generator", "discriminator"):
-        if payload["config"][key] != dataclasses.asdict(getattr(config, key)):
-            raise ValueError(f"{path} was trained with {key} {payload['config'][key]}; the config asks for "
+    for key, cls in (("generator", GeneratorConfig), ("discriminator", DiscriminatorConfig)):
+        trained = dataclasses.asdict(cls(**payload["config"][key]))  # fields added since take their defaults
+        if trained != dataclasses.asdict(getattr(config, key)):
+            raise ValueError(f"{path} was trained with {key} {trained}; the config asks for "
                              f"{dataclasses.asdict(getattr(config, key))}: use another out_dir or resume=False")
     state.generator.load_state_dict(payload["generator"])
     state.ema.load_state_dict(payload["ema"])
@@ -306,7 +321,7 @@ def train_step(state: State, config: TrainConfig, images: list[np.ndarray], devi
     adversarial = config.loss.adversarial != "none" and state.step >= config.adv_start_step
     loss_config = config.loss if adversarial else dataclasses.replace(config.loss, adversarial="none")
 
-    pred = state.generator(real, mask)  # (B, 3, S, S)
+    pred = state.generator(generator_input(real, mask, config.generator.prefill), mask)  # (B, 3, S, S)
     fake = composite(pred, real, mask)
     state.discriminator.requires_grad_(False)
     g_loss, metrics = generator_loss(loss_config, state.discriminator, pred, fake, real, mask)

@@ -38,6 +38,16 @@ def test_prediction_ignores_hole_content():
     assert torch.equal(g(image, mask), g(other, mask))
 
 
+def test_a_refining_generator_sees_the_prefilled_holes():
+    g = tiny_generator(GeneratorConfig(width=8, n_down=2, n_blocks=2, prefill="telea"))
+    image = torch.rand(1, 3, 32, 32)
+    mask = random_mask((1, 1, 32, 32), 0.3)
+    other = torch.where(mask, torch.rand_like(image), image)
+    assert not torch.equal(g(image, mask), g(other, mask))
+    with pytest.raises(ValueError, match="prefill"):
+        GeneratorConfig(prefill="magic")
+
+
 def test_composite_changes_only_masked_pixels():
     image = torch.rand(2, 3, 16, 16)
     mask = random_mask((2, 1, 16, 16), 0.4)
@@ -102,6 +112,20 @@ def test_weights_round_trip(tmp_path):
     image, mask = torch.rand(1, 3, 24, 24), random_mask((1, 1, 24, 24), 0.3)
     with torch.no_grad():
         assert torch.equal(loaded(image, mask), g(image, mask))
+
+
+def test_weights_written_before_a_config_field_existed_load_with_its_default(tmp_path):
+    path = tmp_path / "g.pt"
+    save_generator(tiny_generator(), path)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["prefill"]  # as files written before refining generators existed
+    torch.save(payload, path)
+    loaded, info = load_generator(path)
+    assert loaded.config == TINY and info["config"]["prefill"] == "none"
+    payload["config"]["colour_space"] = "lab"  # a field this version does not know is refused
+    torch.save(payload, path)
+    with pytest.raises(WeightsError, match="only the fields"):
+        load_generator(path)
 
 
 def test_tampered_or_garbage_weights_are_refused(tmp_path):

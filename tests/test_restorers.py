@@ -16,6 +16,14 @@ def tiny_weights(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def refiner_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "refiner.pt"
+    save_generator(Generator(GeneratorConfig(width=8, n_down=2, n_blocks=1, prefill="telea")), path)
+    return str(path)
+
+
 def frames():
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 65535, 96 * 80).reshape(80, 96).astype(np.uint16)  # > 256 distinct levels
@@ -33,10 +41,12 @@ def hole():
     return mask
 
 
-@pytest.mark.parametrize("settings", [RestorerSettings(name="telea"), RestorerSettings(name="navier-stokes"), "gan"])
-def test_only_masked_pixels_change_for_every_depth_and_channel_count(settings, tiny_weights):
-    if settings == "gan":
-        settings = RestorerSettings(name="gan", weights=tiny_weights, tile=64, overlap=16)
+@pytest.mark.parametrize("settings", [RestorerSettings(name="telea"), RestorerSettings(name="navier-stokes"), "gan",
+                                      "gan refining telea"])
+def test_only_masked_pixels_change_for_every_depth_and_channel_count(settings, tiny_weights, refiner_weights):
+    if settings in ("gan", "gan refining telea"):
+        weights = tiny_weights if settings == "gan" else refiner_weights
+        settings = RestorerSettings(name="gan", weights=weights, tile=64, overlap=16)
     restorer = build_restorer(settings)
     mask = hole()
     names, inputs = zip(*frames().items())

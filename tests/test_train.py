@@ -12,8 +12,8 @@ from restore.models.discriminator import DiscriminatorConfig
 from restore.models.generator import GeneratorConfig
 from restore.models.losses import LossConfig, hole_l1
 from restore.models.weights import load_generator
-from restore.train import (TrainConfig, _new_state, checkpoint_path, export_generator, load_train_config,
-                           sample_batch, train, train_step)
+from restore.train import (TrainConfig, _new_state, checkpoint_path, export_generator, generator_input,
+                           load_train_config, sample_batch, train, train_step)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "restore" / "configs"
 
@@ -45,7 +45,7 @@ def tiny_config(data: str, out_dir, **changes) -> TrainConfig:
 
 
 def test_shipped_configs_load():
-    for name in ("gan-cpu.yaml", "gan-gpu.yaml", "l1-cpu.yaml"):
+    for name in ("gan-cpu.yaml", "gan-gpu.yaml", "l1-cpu.yaml", "refine-cpu.yaml"):
         config = load_train_config(CONFIGS / name, data="somewhere", out_dir="elsewhere")
         assert config.data == "somewhere" and isinstance(config.generator, GeneratorConfig)
     assert load_train_config(CONFIGS / "l1-cpu.yaml").loss.adversarial == "none"
@@ -120,6 +120,25 @@ def test_export_and_restart_from_shipped_weights(tiny_data, tmp_path):
     assert all(torch.equal(state.generator.state_dict()[k], v) for k, v in ema.items())
     with pytest.raises(ValueError, match="init_weights"):
         _new_state(dataclasses.replace(config, generator=GeneratorConfig(width=4, n_down=2, n_blocks=1)), 0, "cpu")
+
+
+def test_a_blank_hole_generator_is_fine_tuned_into_a_telea_refiner(tiny_data, tmp_path):
+    out = train(tiny_config(tiny_data, tmp_path / "run", max_steps=2), resume=False)
+    export_generator(out, tmp_path / "generator.pt")
+    refiner = GeneratorConfig(width=8, n_down=2, n_blocks=1, prefill="telea")
+    config = tiny_config(tiny_data, tmp_path / "refine", generator=refiner, init_weights=str(tmp_path / "generator.pt"),
+                         max_steps=4)
+    train(config, resume=False)
+    export_generator(tmp_path / "refine", tmp_path / "refiner.pt")
+    generator, _ = load_generator(tmp_path / "refiner.pt")
+    assert generator.config.prefill == "telea"
+    image = torch.full((1, 3, 32, 32), 0.5)
+    image[:, :, :, 16:] = 0.9
+    mask = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    mask[:, :, 8:12, 4:10] = True  # a hole inside the flat left half: Telea fills it with that half's value
+    seen = generator_input(image, mask, "telea")
+    assert torch.allclose(seen[mask.expand_as(seen)], torch.tensor(0.5), atol=1 / 255)
+    assert torch.equal(seen[~mask.expand_as(seen)], image[~mask.expand_as(image)])
 
 
 def test_ray_train_two_workers_stay_identical(tiny_data, tmp_path, ray_session):

@@ -82,6 +82,9 @@ class FFCResBlock(nn.Module):
         return xl + yl, xg + yg
 
 
+PREFILLS = ("none", "telea")  # what the holes hold when the network sees them
+
+
 @dataclass
 class GeneratorConfig:
     channels: int = 3  # image channels; the mask adds one input channel
@@ -89,12 +92,18 @@ class GeneratorConfig:
     n_down: int = 2  # the FFC blocks run at 1 / 2**n_down of the input resolution
     n_blocks: int = 6  # FFC residual blocks in the bottleneck
     global_ratio: float = 0.75  # share of bottleneck channels in the spectral (global) branch
+    prefill: str = "none"  # "none": holes are blanked; "telea": holes arrive filled by a classical method, refined here
+
+    def __post_init__(self):
+        if self.prefill not in PREFILLS:
+            raise ValueError(f"prefill must be one of {', '.join(PREFILLS)}; got {self.prefill!r}")
 
 
 class Generator(nn.Module):
     """image in [0, 1] (B, C, H, W) + bool mask (B, 1, H, W), True = hole -> prediction in [0, 1] (B, C, H, W).
 
-    Hole pixels are blanked before the network sees them, so the prediction never depends on damaged content.
+    Hole pixels are blanked before the network sees them, so the prediction never depends on damaged content;
+    with `prefill` the caller has already replaced them by a classical fill, which the network refines.
     The raw prediction covers the whole frame; `composite` keeps only its hole pixels.
     """
 
@@ -120,7 +129,8 @@ class Generator(nn.Module):
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, C, H, W = image.shape
         hole = mask.to(image.dtype)  # (B, 1, H, W)
-        x = torch.cat([(image * 2 - 1) * (1 - hole), hole], dim=1)  # (B, C+1, H, W), holes at mid-grey
+        seen = image * 2 - 1 if self.config.prefill != "none" else (image * 2 - 1) * (1 - hole)  # holes at mid-grey
+        x = torch.cat([seen, hole], dim=1)  # (B, C+1, H, W)
         step = 2 ** self.config.n_down
         pad_h, pad_w = -H % step, -W % step  # any frame size: pad to a multiple of the downsampling factor
         if pad_h or pad_w:

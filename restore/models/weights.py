@@ -76,8 +76,8 @@ def load_net(path: str | os.PathLike, fmt: str, net_class, config_class,
         raise WeightsError(f"{path} is not a restore {kind} file (expected format {fmt!r})")
     fields = {f.name for f in dataclasses.fields(config_class)}
     config = payload.get("config")
-    if not isinstance(config, dict) or set(config) != fields:
-        raise WeightsError(f"{path}: {kind} config must have exactly the fields {sorted(fields)}")
+    if not isinstance(config, dict) or not set(config) <= fields:  # fields added since take their defaults
+        raise WeightsError(f"{path}: {kind} config must have only the fields {sorted(fields)}")
     state_dict = payload.get("state_dict")
     if not isinstance(state_dict, dict) or payload.get("tensor_sha256") != _tensor_digest(state_dict):
         raise WeightsError(f"{path}: tensor checksum mismatch: the file is corrupt or was modified")
@@ -89,7 +89,7 @@ def load_net(path: str | os.PathLike, fmt: str, net_class, config_class,
     if not all(torch.isfinite(p).all() for p in net.parameters()):
         raise WeightsError(f"{path}: weights contain NaN or infinity")
     info = dict(payload.get("info") or {})
-    info.update(sha256=file_sha256(path), path=str(path), config=config)
+    info.update(sha256=file_sha256(path), path=str(path), config=dataclasses.asdict(net.config))
     return net.eval(), info
 
 
