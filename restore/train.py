@@ -237,10 +237,10 @@ def _new_state(config: TrainConfig, rank: int, device: torch.device) -> State:
     generator = Generator(config.generator)
     if config.init_weights:
         shipped, _ = load_generator(config.init_weights)
-        # The prefill changes what the network sees, not its shape: a blank-hole generator can learn to refine.
-        if dataclasses.replace(shipped.config, prefill=config.generator.prefill) != config.generator:
-            raise ValueError(f"init_weights were built with {shipped.config}, config asks for {config.generator}")
-        generator.load_state_dict(shipped.state_dict())
+        try:
+            generator.start_from(shipped)
+        except ValueError:
+            raise ValueError(f"init_weights were built with {shipped.config}, config asks for {config.generator}") from None
     discriminator = PatchDiscriminator(config.discriminator)
     ema = Generator(config.generator)
     ema.load_state_dict(generator.state_dict())

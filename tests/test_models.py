@@ -1,4 +1,6 @@
 """Generator, discriminator, losses, weight files and tiled inference on tiny seeded models."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -46,6 +48,19 @@ def test_a_refining_generator_sees_the_prefilled_holes():
     assert not torch.equal(g(image, mask), g(other, mask))
     with pytest.raises(ValueError, match="prefill"):
         GeneratorConfig(prefill="magic")
+
+
+def test_a_refiner_started_from_a_blank_hole_generator_begins_where_it_stands():
+    blank = tiny_generator()
+    refiner = Generator(dataclasses.replace(TINY, prefill="telea")).eval()
+    refiner.start_from(blank)
+    image = torch.rand(1, 3, 32, 32)
+    mask = random_mask((1, 1, 32, 32), 0.3)
+    filled = torch.where(mask, torch.rand_like(image), image)  # whatever the classical fill put in the holes
+    with torch.no_grad():
+        assert torch.allclose(refiner(filled, mask), blank(image, mask), atol=1e-6)
+    with pytest.raises(ValueError, match="cannot start"):
+        refiner.start_from(tiny_generator(GeneratorConfig(width=4, n_down=2, n_blocks=2)))
 
 
 def test_composite_changes_only_masked_pixels():

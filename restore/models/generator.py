@@ -6,6 +6,7 @@ need. Built bottom-up: FourierUnit -> SpectralTransform -> FFC -> FFCResBlock ->
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +93,7 @@ class GeneratorConfig:
     n_down: int = 2  # the FFC blocks run at 1 / 2**n_down of the input resolution
     n_blocks: int = 6  # FFC residual blocks in the bottleneck
     global_ratio: float = 0.75  # share of bottleneck channels in the spectral (global) branch
-    prefill: str = "none"  # "none": holes are blanked; "telea": holes arrive filled by a classical method, refined here
+    prefill: str = "none"  # "none": holes are blanked; "telea": the caller filled them classically, an extra input
 
     def __post_init__(self):
         if self.prefill not in PREFILLS:
@@ -102,8 +103,9 @@ class GeneratorConfig:
 class Generator(nn.Module):
     """image in [0, 1] (B, C, H, W) + bool mask (B, 1, H, W), True = hole -> prediction in [0, 1] (B, C, H, W).
 
-    Hole pixels are blanked before the network sees them, so the prediction never depends on damaged content;
-    with `prefill` the caller has already replaced them by a classical fill, which the network refines.
+    Hole pixels are blanked before the network sees them, so the prediction never depends on damaged content.
+    With `prefill` the caller has replaced them by a classical fill, which the network also sees, as extra input
+    channels that hold the fill inside the holes and zero elsewhere.
     The raw prediction covers the whole frame; `composite` keeps only its hole pixels.
     """
 
@@ -111,7 +113,8 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config
         widths = [config.width * 2 ** i for i in range(config.n_down + 1)]
-        self.stem = nn.Conv2d(config.channels + 1, widths[0], 5, padding=2, padding_mode="reflect")
+        inputs = config.channels + 1 + (config.channels if config.prefill != "none" else 0)
+        self.stem = nn.Conv2d(inputs, widths[0], 5, padding=2, padding_mode="reflect")
         self.down = nn.ModuleList(
             nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1, padding_mode="reflect")
             for i in range(config.n_down)
@@ -126,11 +129,27 @@ class Generator(nn.Module):
         )
         self.head = nn.Conv2d(widths[0], config.channels, 3, padding=1, padding_mode="reflect")
 
+    @torch.no_grad()
+    def start_from(self, other: Generator) -> None:
+        """Take the weights of a generator of the same shape. From a blank-hole one, this refiner's inputs for the
+        classical fill start at zero: it begins exactly where that generator stands and learns to use the fill."""
+        if dataclasses.replace(other.config, prefill=self.config.prefill) != self.config:
+            raise ValueError(f"cannot start a generator with {self.config} from one with {other.config}")
+        state = other.state_dict()
+        if other.config.prefill != self.config.prefill:
+            stem = self.stem.weight.new_zeros(self.stem.weight.shape)
+            shared = min(stem.shape[1], state["stem.weight"].shape[1])
+            stem[:, :shared] = state["stem.weight"][:, :shared]
+            state["stem.weight"] = stem
+        self.load_state_dict(state)
+
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, C, H, W = image.shape
         hole = mask.to(image.dtype)  # (B, 1, H, W)
-        seen = image * 2 - 1 if self.config.prefill != "none" else (image * 2 - 1) * (1 - hole)  # holes at mid-grey
-        x = torch.cat([seen, hole], dim=1)  # (B, C+1, H, W)
+        inputs = [(image * 2 - 1) * (1 - hole), hole]  # holes at mid-grey
+        if self.config.prefill != "none":
+            inputs.append((image * 2 - 1) * hole)  # the classical fill, inside the holes only
+        x = torch.cat(inputs, dim=1)  # (B, C+1 [+C], H, W)
         step = 2 ** self.config.n_down
         pad_h, pad_w = -H % step, -W % step  # any frame size: pad to a multiple of the downsampling factor
         if pad_h or pad_w:
