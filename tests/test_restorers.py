@@ -59,6 +59,18 @@ def test_only_masked_pixels_change_for_every_depth_and_channel_count(settings, t
     assert len(np.unique(gray16)) > 256  # 16-bit stays 16-bit
 
 
+@pytest.mark.parametrize("weights", ["tiny_weights", "refiner_weights"])
+def test_what_the_damage_left_inside_the_hole_never_reaches_the_output(weights, request):
+    """Blank-hole or refiner, the fill depends only on the surroundings: a refiner sees the classical fill, never
+    the damaged pixels it replaces."""
+    restorer = build_restorer(RestorerSettings(name="gan", weights=request.getfixturevalue(weights), tile=64,
+                                               overlap=16))
+    pixels, mask = frames()["rgb8"], hole()
+    other = pixels.copy()
+    other[mask] = 255 - other[mask]  # other damage, the same surroundings
+    assert np.array_equal(restorer(pixels, mask), restorer(other, mask))
+
+
 def test_empty_mask_returns_an_identical_copy_without_running_the_model(tiny_weights):
     restorer = build_restorer(RestorerSettings(name="gan", weights=tiny_weights))
     restorer.generator = None  # would fail if touched

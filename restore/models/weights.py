@@ -1,9 +1,9 @@
 """Saving and loading our nets (the generator, the learned detector) without executing code from the file.
 
 The file is a plain `torch.save` dict of tensors and primitives (read back with `weights_only=True`): a format
-tag, the GeneratorConfig that built the weights (so loading rebuilds the same model), the state dict, a digest of
-the tensors (torch's zip reader does not check CRCs, so without it a flipped byte would load silently) and a
-small info dict (training steps, wall time...). Loading reports the file's sha256, which identifies the weights in
+tag, the config dataclass that built the weights (so loading rebuilds the same model; fields added since the file
+was written take their defaults), the state dict, a digest of the tensors (torch's zip reader does not check CRCs,
+so without it a flipped byte would load silently) and a small info dict (training steps, wall time...). Loading reports the file's sha256, which identifies the weights in
 every manifest row.
 """
 from __future__ import annotations
