@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 
 from restore.damage import MASK_CLASSES, archive_damage, hole_mask
+from restore.evaluate import gradient_energy, psnr
 from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
 from restore.models.losses import LossConfig, discriminator_loss, generator_loss
@@ -177,16 +178,20 @@ def validation_set(images: list[np.ndarray], overlays: str | None = None) -> dic
     return out
 
 
-def hole_psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
-    """PSNR in dB over hole pixels of 8-bit images."""
-    diff = (pred.astype(np.float64) - target.astype(np.float64))[mask]
-    return float(10 * np.log10(255.0 ** 2 / max(np.mean(diff ** 2), 1e-10)))
-
-
-def telea_scores(val: dict) -> dict[str, float]:
-    """OpenCV Telea's mean hole PSNR per source: the classical baseline to beat, logged beside ours."""
-    return {source: float(np.mean([hole_psnr(classical_fill(c, m, "telea"), c, m) for c, m in pairs]))
-            for source, pairs in val.items()}
+def score_fills(val: dict, fill) -> dict[str, dict[str, float]]:
+    """Per mask source, mean hole PSNR and texture (pooled gradient energy, as `restore eval` reports it) of
+    `fill(crop, mask)` -> restored uint8 crop."""
+    scores = {"psnr_hole": {}, "texture": {}}
+    for source, pairs in val.items():
+        psnrs, energy = [], [0.0, 0.0]
+        for crop, mask in pairs:
+            restored = fill(crop, mask)
+            psnrs.append(psnr(restored, crop, mask))
+            energy[0] += gradient_energy(restored, mask)
+            energy[1] += gradient_energy(crop, mask)
+        scores["psnr_hole"][source] = float(np.mean(psnrs))
+        scores["texture"][source] = energy[0] / energy[1] if energy[1] > 0 else float("inf")
+    return scores
 
 
 def generator_input(image: torch.Tensor, mask: torch.Tensor, prefill: str) -> torch.Tensor:
@@ -202,20 +207,17 @@ def generator_input(image: torch.Tensor, mask: torch.Tensor, prefill: str) -> to
 
 
 @torch.no_grad()
-def evaluate(generator: Generator, val: dict, device: torch.device) -> dict[str, float]:
-    """Mean hole PSNR per mask source of the composited prediction, rounded to 8 bits as it would be saved."""
+def evaluate(generator: Generator, val: dict, device: torch.device) -> dict[str, dict[str, float]]:
+    """`score_fills` of the composited prediction, rounded to 8 bits as it would be saved."""
     generator.eval()
-    scores = {}
-    for source, pairs in val.items():
-        values = []
-        for crop, mask in pairs:
-            image = torch.tensor(crop).permute(2, 0, 1)[None].float().to(device) / 255  # (1, 3, H, W)
-            m = torch.from_numpy(mask)[None, None].to(device)  # (1, 1, H, W)
-            out = composite(generator(generator_input(image, m, generator.config.prefill), m), image, m)
-            out = (out[0].permute(1, 2, 0).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
-            values.append(hole_psnr(out, crop, mask))
-        scores[source] = float(np.mean(values))
-    return scores
+
+    def fill(crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        image = torch.tensor(crop).permute(2, 0, 1)[None].float().to(device) / 255  # (1, 3, H, W)
+        m = torch.from_numpy(mask)[None, None].to(device)  # (1, 1, H, W)
+        out = composite(generator(generator_input(image, m, generator.config.prefill), m), image, m)
+        return (out[0].permute(1, 2, 0).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+
+    return score_fills(val, fill)
 
 
 # ---- training state ----
@@ -401,7 +403,7 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
         _load_checkpoint(state, config, checkpoint_path(out_dir), device)
     lead = rank == 0
     val = validation_set(val_images, config.overlays) if lead else {}
-    telea = telea_scores(val) if lead else {}
+    telea = score_fills(val, lambda crop, mask: classical_fill(crop, mask, "telea")) if lead else {}
     if lead:
         _log(log_path, {"event": "start", "step": state.step, "workers": world_size, "time": time.time()})
     last_checkpoint = started = time.monotonic()
@@ -415,7 +417,9 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
             _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1), **metrics})
         if state.step % config.val_every == 0 or state.step == config.max_steps:
             scores = evaluate(state.ema, val, device)
-            _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1), "val": scores, "telea": telea})
+            _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1),
+                            "val": scores["psnr_hole"], "val_texture": scores["texture"],
+                            "telea": telea["psnr_hole"], "telea_texture": telea["texture"]})
             plot_log(log_path, out_dir / "curves.png")
         if time.monotonic() - last_checkpoint > 60 * config.checkpoint_minutes:
             save_checkpoint(state, config)

@@ -3,6 +3,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,10 @@ from restore.models.discriminator import DiscriminatorConfig
 from restore.models.generator import GeneratorConfig
 from restore.models.losses import LossConfig, hole_l1
 from restore.models.weights import load_generator
+from restore.evaluate import PSNR_CAP
 from restore.train import (TrainConfig, _new_state, checkpoint_path, export_generator, generator_input,
-                           load_train_config, sample_batch, train, train_step)
+                           load_train_config, sample_batch, score_fills, train, train_step,
+                           validation_set)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "restore" / "configs"
 
@@ -102,7 +105,9 @@ def test_resume_continues_the_same_run(tiny_data, tmp_path):
             assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
     log = [json.loads(line) for line in open(Path(resumed) / "log.jsonl")]
     assert [r["step"] for r in log if r.get("event") == "start"] == [0, 3]
-    assert any("val" in r for r in log) and (Path(resumed) / "curves.png").stat().st_size > 0
+    validations = [r for r in log if "val" in r]
+    assert validations and (Path(resumed) / "curves.png").stat().st_size > 0
+    assert set(validations[-1]["val_texture"]) == set(validations[-1]["telea_texture"]) == set(validations[-1]["val"])
     wider = tiny_config(tiny_data, tmp_path / "b", max_steps=8, generator=GeneratorConfig(width=4, n_down=2, n_blocks=1))
     with pytest.raises(ValueError, match="trained with generator"):
         train(wider, resume=True)
@@ -150,3 +155,20 @@ def test_ray_train_two_workers_stay_identical(tiny_data, tmp_path, ray_session):
     fingerprints = replicas[0]["fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
     assert torch.load(checkpoint_path(out), weights_only=True)["step"] == 3
+
+
+def test_validation_scores_hole_psnr_and_texture_like_restore_eval():
+    grain = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)  # all fine detail
+    val = validation_set(list(grain))
+    exact = score_fills(val, lambda crop, mask: crop)
+    assert all(v == PSNR_CAP for v in exact["psnr_hole"].values())
+    assert all(v == pytest.approx(1.0) for v in exact["texture"].values())
+
+    def blur(crop, mask):
+        out = crop.copy()
+        out[mask] = cv2.GaussianBlur(crop, (0, 0), 6)[mask]
+        return out
+
+    blurred = score_fills(val, blur)
+    assert all(v < PSNR_CAP for v in blurred["psnr_hole"].values())
+    assert all(v < 0.5 for v in blurred["texture"].values()), blurred
