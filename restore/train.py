@@ -356,16 +356,16 @@ def _log(path: Path, record: dict) -> None:
 
 
 def plot_log(log_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
-    """Learning curves: smoothed hole L1 and adversarial terms, and validation hole PSNR against Telea's."""
+    """Learning curves: smoothed hole L1 and adversarial terms, and validation hole PSNR and texture against Telea's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in open(log_path)]
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
     steps = [r for r in records if "g_l1" in r]
     vals = [r for r in records if "val" in r]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 4.5))
     for key in ("g_l1", "g_adv", "g_fm"):
         xs = [r["step"] for r in steps if key in r]
         if xs:
@@ -376,15 +376,19 @@ def plot_log(log_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
     ax1.set_xlabel("step")
     ax1.set_title("training losses (moving average)")
     ax1.legend()
-    for i, source in enumerate(MASK_SOURCES):
-        xs = [r["step"] for r in vals if source in r["val"]]
-        if xs:
-            colour = f"C{i}"
-            ax2.plot(xs, [r["val"][source] for r in vals if source in r["val"]], color=colour, marker=".", label=source)
-            ax2.axhline(vals[-1]["telea"][source], color=colour, linestyle="--", linewidth=0.8)
-    ax2.set_xlabel("step")
-    ax2.set_title("validation hole PSNR, dB (dashed: OpenCV Telea)")
-    ax2.legend()
+    for ax, ours, telea, title in ((ax2, "val", "telea", "validation hole PSNR, dB"),
+                                   (ax3, "val_texture", "telea_texture", "validation texture (1.0 natural)")):
+        scored = [r for r in vals if ours in r]  # logs written before texture was scored lack it
+        for i, source in enumerate(MASK_SOURCES):
+            xs = [r["step"] for r in scored if source in r[ours]]
+            if xs:
+                colour = f"C{i}"
+                ax.plot(xs, [r[ours][source] for r in scored if source in r[ours]], color=colour, marker=".", label=source)
+                ax.axhline(scored[-1][telea][source], color=colour, linestyle="--", linewidth=0.8)
+        ax.set_xlabel("step")
+        ax.set_title(f"{title} (dashed: OpenCV Telea)")
+        if scored:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

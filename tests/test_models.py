@@ -4,6 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
@@ -105,6 +106,42 @@ def test_every_adversarial_loss_trains(kind):
     d_loss.backward()
     assert torch.isfinite(d_loss) and "d_loss" in d_metrics
     assert all(p.grad is not None for p in d.parameters())
+
+
+@pytest.mark.parametrize("kind", [k for k in ADVERSARIAL_KINDS if k != "none"])
+def test_a_composite_counts_as_fake_only_where_it_has_holes(kind):
+    """Outside the holes a composite is the real image: without holes it is judged exactly like the real one."""
+    torch.manual_seed(0)
+    d = PatchDiscriminator(DiscriminatorConfig(width=8, n_layers=2)).eval()  # eval: spectral norms hold still
+    real = torch.rand(2, 3, 32, 32)
+    config = LossConfig(adversarial=kind, r1_weight=0.0, gp_weight=0.0)
+    no_holes = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    logits, _ = d(real, no_holes)
+    d_loss, _ = discriminator_loss(config, d, real.clone(), real, no_holes, step=1)
+    both_real = 2 * {"non_saturating": F.softplus(-logits), "hinge": F.relu(1 - logits), "wgan_gp": -logits,
+                     "lsgan": (logits - 1) ** 2}[kind].mean()
+    assert d_loss.item() == pytest.approx(both_real.item(), abs=1e-6)
+    g_loss, metrics = generator_loss(dataclasses.replace(config, fm_weight=0.0), d, real, real, real, no_holes)
+    assert metrics["g_adv"] == 0.0  # no hole, nothing for the adversary to judge
+
+
+def test_the_discriminator_learns_to_find_a_flat_fill():
+    torch.manual_seed(0)
+    d = PatchDiscriminator(DiscriminatorConfig(width=8, n_layers=2))
+    opt = torch.optim.Adam(d.parameters(), lr=2e-3, betas=(0.5, 0.99))
+    config = LossConfig(r1_every=4)  # with the default R1 weight
+    real = torch.rand(4, 3, 32, 32)  # grain everywhere; the fill is flat grey
+    mask = torch.zeros(4, 1, 32, 32, dtype=torch.bool)
+    mask[..., 8:20, 10:22] = True
+    fake = composite(torch.full_like(real, 0.5), real, mask)
+    for step in range(100):
+        loss, metrics = discriminator_loss(config, d, fake, real, mask, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["d_real"] - metrics["d_fake"] > 0.5
+    g_adv = generator_loss(config, d, fake, fake, real, mask)[1]["g_adv"]
+    assert g_adv > generator_loss(config, d, real, real, real, mask)[1]["g_adv"]
 
 
 def test_unknown_adversarial_loss_fails_loudly():

@@ -1,5 +1,8 @@
 """Losses: hole-normalised L1, discriminator feature matching, and four adversarial variants chosen by name.
 
+The adversarial terms are hole-aware: a composite is real outside its holes, so only its discriminator patches
+that hold a hole count as fake, and the generator's term is averaged over those patches.
+
 `generator_loss` and `discriminator_loss` each return `(loss, metrics)`, metrics being plain floats to log.
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ class LossConfig:
     l1_weight: float = 1.0
     adv_weight: float = 0.01  # small next to L1 so sharper texture does not cost hole PSNR
     fm_weight: float = 0.1
-    r1_weight: float = 1.0  # gamma of the R1 penalty on real images (non_saturating)
+    r1_weight: float = 0.1  # gamma of the per-patch R1 penalty on real images (non_saturating)
     r1_every: int = 16  # lazy R1: applied every k steps, scaled by k (as in StyleGAN2)
     gp_weight: float = 10.0  # WGAN-GP gradient penalty
 
@@ -44,14 +47,51 @@ def feature_matching(fake_features: list[torch.Tensor], real_features: list[torc
     return sum(F.l1_loss(f, r.detach()) for f, r in zip(fake_features, real_features)) / len(fake_features)
 
 
-def _generator_adversarial(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
+def hole_patches(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """1.0 for every discriminator patch that holds a hole pixel, else 0.0, at the logits' resolution.
+
+    Outside the holes the composite is the real image, so those patches of a fake are real: asking the
+    discriminator to call them fake would teach it nothing and wash out its verdict on the holes (as in LaMa's
+    mask-as-fake-target).
+    """
+    return F.adaptive_max_pool2d(mask.to(logits.dtype), logits.shape[-2:])  # (B, 1, h, w)
+
+
+def _hole_mean(values: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+    return (values * holes).sum() / holes.sum().clamp(min=1.0)
+
+
+def _real_term(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """Per-patch discriminator loss for a patch that is real; the generator minimises it for its holes."""
     if kind == "non_saturating":
-        return F.softplus(-fake_logits).mean()
-    if kind in ("hinge", "wgan_gp"):
-        return -fake_logits.mean()
+        return F.softplus(-logits)
+    if kind == "hinge":
+        return F.relu(1 - logits)
+    if kind == "wgan_gp":
+        return -logits
     if kind == "lsgan":
-        return ((fake_logits - 1) ** 2).mean()
-    raise ValueError(f"adversarial loss {kind!r} has no generator term")
+        return (logits - 1) ** 2
+    raise ValueError(f"adversarial loss {kind!r} has no real/fake terms")
+
+
+def _fake_term(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """Per-patch discriminator loss for a patch that is fake."""
+    if kind == "non_saturating":
+        return F.softplus(logits)
+    if kind == "hinge":
+        return F.relu(1 + logits)
+    if kind == "wgan_gp":
+        return logits
+    if kind == "lsgan":
+        return logits ** 2
+    raise ValueError(f"adversarial loss {kind!r} has no real/fake terms")
+
+
+def _generator_adversarial(kind: str, fake_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The generator's term averaged over the patches that hold a hole, so its weight does not shrink with the
+    hole's area (like the hole-normalised L1 beside it). Hinge generators use -logits, as WGAN's do."""
+    per_patch = -fake_logits if kind == "hinge" else _real_term(kind, fake_logits)
+    return _hole_mean(per_patch, hole_patches(mask, fake_logits))
 
 
 def generator_loss(config: LossConfig, discriminator: PatchDiscriminator | None, pred: torch.Tensor,
@@ -64,7 +104,7 @@ def generator_loss(config: LossConfig, discriminator: PatchDiscriminator | None,
         fake_logits, fake_features = discriminator(fake, mask)
         with torch.no_grad():
             _, real_features = discriminator(real, mask)
-        adv = _generator_adversarial(config.adversarial, fake_logits)
+        adv = _generator_adversarial(config.adversarial, fake_logits, mask)
         fm = feature_matching(fake_features, real_features)
         loss = loss + config.adv_weight * adv + config.fm_weight * fm
         metrics.update(g_adv=adv.item(), g_fm=fm.item())
@@ -73,10 +113,12 @@ def generator_loss(config: LossConfig, discriminator: PatchDiscriminator | None,
 
 
 def _r1_penalty(discriminator: PatchDiscriminator, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Squared input gradient of the real logits, per patch: the gradient of their sum over an image adds up
+    every patch's, so it is divided by the patch count to keep gamma's meaning at any crop size."""
     real = real.detach().requires_grad_(True)
     logits, _ = discriminator(real, mask)
     (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-    return grad.pow(2).flatten(1).sum(1).mean()
+    return grad.pow(2).flatten(1).sum(1).mean() / logits[0].numel()
 
 
 def _gradient_penalty(discriminator: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor,
@@ -90,22 +132,19 @@ def _gradient_penalty(discriminator: PatchDiscriminator, real: torch.Tensor, fak
 
 def discriminator_loss(config: LossConfig, discriminator: PatchDiscriminator, fake: torch.Tensor,
                        real: torch.Tensor, mask: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
-    """Real vs composited fake (detached), plus the regulariser that goes with the chosen variant."""
+    """Real vs composited fake (detached), where only the fake's patches with holes are fake, plus the
+    regulariser that goes with the chosen variant."""
     kind = config.adversarial
     if kind == "none":
         raise ValueError("adversarial loss 'none' trains no discriminator")
     fake = fake.detach()
     real_logits, _ = discriminator(real, mask)
     fake_logits, _ = discriminator(fake, mask)
-    if kind == "non_saturating":
-        loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-    elif kind == "hinge":
-        loss = F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-    elif kind == "wgan_gp":
-        loss = fake_logits.mean() - real_logits.mean()
-    else:  # lsgan
-        loss = ((real_logits - 1) ** 2).mean() + (fake_logits ** 2).mean()
-    metrics = {"d_real": real_logits.mean().item(), "d_fake": fake_logits.mean().item()}
+    holes = hole_patches(mask, fake_logits)
+    fake_loss = holes * _fake_term(kind, fake_logits) + (1 - holes) * _real_term(kind, fake_logits)
+    loss = _real_term(kind, real_logits).mean() + fake_loss.mean()
+    # mean logits over the patches with holes, where real and fake differ: their gap is what D has learnt
+    metrics = {"d_real": _hole_mean(real_logits, holes).item(), "d_fake": _hole_mean(fake_logits, holes).item()}
     if kind == "non_saturating" and config.r1_weight > 0 and step % config.r1_every == 0:
         r1 = _r1_penalty(discriminator, real, mask)
         loss = loss + config.r1_weight / 2 * r1 * config.r1_every
