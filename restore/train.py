@@ -44,7 +44,7 @@ class TrainConfig:
     crop_sizes: list[int] = field(default_factory=lambda: [128])  # one drawn per step; repeat a size to weight it
     batch_size: int = 8  # per worker
     lr_g: float = 5e-4
-    lr_d: float = 2e-4
+    lr_d: float = 1e-3
     grad_clip: float = 1.0  # max gradient norm of the generator (no normalisation layers to tame it)
     ema_decay: float = 0.999
     adv_start_step: int = 0  # L1-only warm-up: the discriminator joins at this step
@@ -289,9 +289,16 @@ def _load_checkpoint(state: State, config: TrainConfig, path: Path, device: torc
                              f"{dataclasses.asdict(getattr(config, key))}: use another out_dir or resume=False")
     state.generator.load_state_dict(payload["generator"])
     state.ema.load_state_dict(payload["ema"])
-    state.discriminator.load_state_dict(payload["discriminator"])
+    try:
+        state.discriminator.load_state_dict(payload["discriminator"])
+    except RuntimeError as error:
+        raise ValueError(f"{path} holds a discriminator of an older design; start a new out_dir from its "
+                         f"generator (restore export, then --init-weights)") from error
     state.opt_g.load_state_dict(payload["opt_g"])
     state.opt_d.load_state_dict(payload["opt_d"])
+    for optimizer, lr in ((state.opt_g, config.lr_g), (state.opt_d, config.lr_d)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr  # the config's rate, not the one saved: a resumed run may be given a new one
     state.rng.bit_generator.state = json.loads(payload["numpy_rng"])
     torch.set_rng_state(payload["torch_rng"])
     state.step, state.wall_seconds = payload["step"], payload["wall_seconds"]

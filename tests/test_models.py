@@ -75,7 +75,7 @@ def test_composite_changes_only_masked_pixels():
 
 def test_discriminator_logits_and_features():
     d = PatchDiscriminator(DiscriminatorConfig(width=8, n_layers=3))
-    logits, features = d(torch.rand(2, 3, 64, 64), random_mask((2, 1, 64, 64), 0.2))
+    logits, features = d(torch.rand(2, 3, 64, 64))
     assert logits.shape == (2, 1, 8, 8)
     assert [f.shape[1] for f in features] == [8, 16, 32, 32]
 
@@ -116,7 +116,7 @@ def test_a_composite_counts_as_fake_only_where_it_has_holes(kind):
     real = torch.rand(2, 3, 32, 32)
     config = LossConfig(adversarial=kind, r1_weight=0.0, gp_weight=0.0)
     no_holes = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
-    logits, _ = d(real, no_holes)
+    logits, _ = d(real)
     d_loss, _ = discriminator_loss(config, d, real.clone(), real, no_holes, step=1)
     both_real = 2 * {"non_saturating": F.softplus(-logits), "hinge": F.relu(1 - logits), "wgan_gp": -logits,
                      "lsgan": (logits - 1) ** 2}[kind].mean()

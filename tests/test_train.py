@@ -157,6 +157,14 @@ def test_ray_train_two_workers_stay_identical(tiny_data, tmp_path, ray_session):
     assert torch.load(checkpoint_path(out), weights_only=True)["step"] == 3
 
 
+def test_a_resumed_run_takes_the_learning_rates_of_its_config(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path, max_steps=2), resume=False)
+    resumed = train(tiny_config(tiny_data, tmp_path, max_steps=3, lr_g=1e-5, lr_d=2e-5), resume=True)
+    payload = torch.load(checkpoint_path(resumed), weights_only=True)
+    assert [g["lr"] for g in payload["opt_g"]["param_groups"]] == [1e-5]
+    assert [g["lr"] for g in payload["opt_d"]["param_groups"]] == [2e-5]
+
+
 def test_validation_scores_hole_psnr_and_texture_like_restore_eval():
     grain = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)  # all fine detail
     val = validation_set(list(grain))

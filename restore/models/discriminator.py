@@ -1,6 +1,8 @@
 """Patch discriminator with spectral normalisation: one real/fake logit per overlapping patch.
 
-It sees the (composited) image and the mask, so it can judge whether the filled region fits its surroundings.
+It sees the composited image alone, not the mask: told where the holes are, it settles for a prior there
+(every hole patch is a coin toss) instead of learning what a fill looks like; blind, it must find the holes by
+their content, which is what pushes the generator towards natural texture (LaMa's discriminator is blind too).
 Intermediate activations are returned for the feature-matching loss.
 """
 from __future__ import annotations
@@ -15,19 +17,19 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 @dataclass
 class DiscriminatorConfig:
-    channels: int = 3  # image channels; the mask adds one input channel
+    channels: int = 3  # image channels
     width: int = 32  # channels of the first layer, doubled per downsampling layer
     n_layers: int = 3  # stride-2 layers; each logit sees a patch of about 2**(n_layers + 2) pixels
 
 
 class PatchDiscriminator(nn.Module):
-    """image in [0, 1] (B, C, H, W) + mask (B, 1, H, W) -> logits (B, 1, h, w) and a list of features."""
+    """image in [0, 1] (B, C, H, W) -> logits (B, 1, h, w) and a list of features."""
 
     def __init__(self, config: DiscriminatorConfig):
         super().__init__()
         self.config = config
         layers = []
-        channels = config.channels + 1
+        channels = config.channels
         for i in range(config.n_layers):
             out = config.width * 2 ** i
             layers.append(spectral_norm(nn.Conv2d(channels, out, 4, stride=2, padding=1)))
@@ -36,8 +38,8 @@ class PatchDiscriminator(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.head = spectral_norm(nn.Conv2d(channels, 1, 3, padding=1))
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = torch.cat([image * 2 - 1, mask.to(image.dtype)], dim=1)  # (B, C+1, H, W)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = image * 2 - 1  # (B, C, H, W)
         features = []
         for layer in self.layers:
             x = F.leaky_relu(layer(x), 0.2)  # (B, width * 2**i, H / 2**(i+1), W / 2**(i+1))

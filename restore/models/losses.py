@@ -23,7 +23,7 @@ class LossConfig:
     l1_weight: float = 1.0
     adv_weight: float = 0.01  # small next to L1 so sharper texture does not cost hole PSNR
     fm_weight: float = 0.1
-    r1_weight: float = 0.1  # gamma of the per-patch R1 penalty on real images (non_saturating)
+    r1_weight: float = 0.01  # gamma of the per-patch R1 penalty on real images (non_saturating)
     r1_every: int = 16  # lazy R1: applied every k steps, scaled by k (as in StyleGAN2)
     gp_weight: float = 10.0  # WGAN-GP gradient penalty
 
@@ -101,9 +101,9 @@ def generator_loss(config: LossConfig, discriminator: PatchDiscriminator | None,
     loss = config.l1_weight * l1
     metrics = {"g_l1": l1.item()}
     if config.adversarial != "none":
-        fake_logits, fake_features = discriminator(fake, mask)
+        fake_logits, fake_features = discriminator(fake)
         with torch.no_grad():
-            _, real_features = discriminator(real, mask)
+            _, real_features = discriminator(real)
         adv = _generator_adversarial(config.adversarial, fake_logits, mask)
         fm = feature_matching(fake_features, real_features)
         loss = loss + config.adv_weight * adv + config.fm_weight * fm
@@ -112,20 +112,19 @@ def generator_loss(config: LossConfig, discriminator: PatchDiscriminator | None,
     return loss, metrics
 
 
-def _r1_penalty(discriminator: PatchDiscriminator, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _r1_penalty(discriminator: PatchDiscriminator, real: torch.Tensor) -> torch.Tensor:
     """Squared input gradient of the real logits, per patch: the gradient of their sum over an image adds up
     every patch's, so it is divided by the patch count to keep gamma's meaning at any crop size."""
     real = real.detach().requires_grad_(True)
-    logits, _ = discriminator(real, mask)
+    logits, _ = discriminator(real)
     (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
     return grad.pow(2).flatten(1).sum(1).mean() / logits[0].numel()
 
 
-def _gradient_penalty(discriminator: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor,
-                      mask: torch.Tensor) -> torch.Tensor:
+def _gradient_penalty(discriminator: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     t = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
     mixed = (t * real + (1 - t) * fake).detach().requires_grad_(True)
-    logits, _ = discriminator(mixed, mask)
+    logits, _ = discriminator(mixed)
     (grad,) = torch.autograd.grad(logits.sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
@@ -138,19 +137,19 @@ def discriminator_loss(config: LossConfig, discriminator: PatchDiscriminator, fa
     if kind == "none":
         raise ValueError("adversarial loss 'none' trains no discriminator")
     fake = fake.detach()
-    real_logits, _ = discriminator(real, mask)
-    fake_logits, _ = discriminator(fake, mask)
+    real_logits, _ = discriminator(real)
+    fake_logits, _ = discriminator(fake)
     holes = hole_patches(mask, fake_logits)
     fake_loss = holes * _fake_term(kind, fake_logits) + (1 - holes) * _real_term(kind, fake_logits)
     loss = _real_term(kind, real_logits).mean() + fake_loss.mean()
     # mean logits over the patches with holes, where real and fake differ: their gap is what D has learnt
     metrics = {"d_real": _hole_mean(real_logits, holes).item(), "d_fake": _hole_mean(fake_logits, holes).item()}
     if kind == "non_saturating" and config.r1_weight > 0 and step % config.r1_every == 0:
-        r1 = _r1_penalty(discriminator, real, mask)
+        r1 = _r1_penalty(discriminator, real)
         loss = loss + config.r1_weight / 2 * r1 * config.r1_every
         metrics["d_r1"] = r1.item()
     if kind == "wgan_gp":
-        gp = _gradient_penalty(discriminator, real, fake, mask)
+        gp = _gradient_penalty(discriminator, real, fake)
         loss = loss + config.gp_weight * gp
         metrics["d_gp"] = gp.item()
     metrics["d_loss"] = loss.item()
