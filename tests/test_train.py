@@ -48,10 +48,14 @@ def tiny_config(data: str, out_dir, **changes) -> TrainConfig:
 
 
 def test_shipped_configs_load():
-    for name in ("gan-cpu.yaml", "gan-gpu.yaml", "l1-cpu.yaml", "refine-cpu.yaml"):
+    for name in ("gan-cpu.yaml", "gan-gpu.yaml", "l1-cpu.yaml", "refine-cpu.yaml", "refine-l1-cpu.yaml"):
         config = load_train_config(CONFIGS / name, data="somewhere", out_dir="elsewhere")
         assert config.data == "somewhere" and isinstance(config.generator, GeneratorConfig)
-    assert load_train_config(CONFIGS / "l1-cpu.yaml").loss.adversarial == "none"
+    for gan, ablation in (("gan-cpu.yaml", "l1-cpu.yaml"), ("refine-cpu.yaml", "refine-l1-cpu.yaml")):
+        gan, ablation = (load_train_config(CONFIGS / name, out_dir="same") for name in (gan, ablation))
+        assert ablation.loss.adversarial == "none" and gan.loss.adversarial != "none"
+        # an ablation differs from its GAN in the adversarial loss alone
+        assert dataclasses.replace(ablation, loss=gan.loss) == gan
 
 
 def test_config_errors_name_the_key(tmp_path):
