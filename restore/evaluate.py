@@ -82,13 +82,11 @@ def gradient_energy(image: np.ndarray, mask: np.ndarray) -> float:
     return float(np.sqrt(gx ** 2 + gy ** 2)[mask].mean())
 
 
-def texture(result: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    """Detail in one filled hole relative to the original's: 1.0 natural, below 1 blurred (inf if the original is flat).
-
-    `evaluate` pools the same two gradient energies over all images of a class instead of averaging ratios.
-    """
-    reference = gradient_energy(truth, mask)
-    return gradient_energy(result, mask) / reference if reference > 0 else math.inf
+def texture(result_energy: float, truth_energy: float) -> float:
+    """Detail in filled holes relative to the originals', from `gradient_energy` summed over the holes of a class
+    (summed, not a mean of ratios, so a flat original cannot divide by zero): 1.0 natural, below 1 blurred, inf if
+    the originals are flat."""
+    return result_energy / truth_energy if truth_energy > 0 else math.inf
 
 
 # ---- inputs ----
@@ -219,11 +217,10 @@ def evaluate(data_dir: str | Path, methods=RESTORERS, classes=CLASSES, crop: int
     for method in restorers:
         table[method] = {}
         for kind in classes:
-            result_detail, truth_detail = detail[method][kind]
             table[method][kind] = {
                 **{metric: float(np.mean(values)) for metric, values in scores[method][kind].items()},
                 "seconds_per_mp": seconds[method][kind] / megapixels,
-                "texture": result_detail / truth_detail if truth_detail > 0 else math.inf,
+                "texture": texture(*detail[method][kind]),
             }
     gan = restorers.get("gan")
     result = {

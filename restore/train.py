@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from restore.damage import MASK_CLASSES, archive_damage, hole_mask
-from restore.evaluate import gradient_energy, psnr
+from restore.evaluate import gradient_energy, psnr, texture
 from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
 from restore.models.losses import LossConfig, discriminator_loss, generator_loss
@@ -179,18 +179,18 @@ def validation_set(images: list[np.ndarray], overlays: str | None = None) -> dic
 
 
 def score_fills(val: dict, fill) -> dict[str, dict[str, float]]:
-    """Per mask source, mean hole PSNR and texture (pooled gradient energy, as `restore eval` reports it) of
-    `fill(crop, mask)` -> restored uint8 crop."""
+    """Per mask source, mean hole PSNR and texture (as `restore eval` reports them) of `fill(crop, mask)` ->
+    restored uint8 crop."""
     scores = {"psnr_hole": {}, "texture": {}}
     for source, pairs in val.items():
-        psnrs, energy = [], [0.0, 0.0]
+        psnrs, energy = [], [0.0, 0.0]  # gradient energy of (fills, originals) in the holes
         for crop, mask in pairs:
             restored = fill(crop, mask)
             psnrs.append(psnr(restored, crop, mask))
             energy[0] += gradient_energy(restored, mask)
             energy[1] += gradient_energy(crop, mask)
         scores["psnr_hole"][source] = float(np.mean(psnrs))
-        scores["texture"][source] = energy[0] / energy[1] if energy[1] > 0 else float("inf")
+        scores["texture"][source] = texture(*energy)
     return scores
 
 

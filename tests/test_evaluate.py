@@ -83,10 +83,10 @@ def test_texture_known_values():
     inner = np.zeros((32, 32), bool)
     inner[4:28, 4:28] = True
     assert gradient_energy(ramp, inner) == pytest.approx(32.0)  # Sobel: 8 × the per-pixel slope
-    assert texture(ramp, ramp, inner) == pytest.approx(1.0)
+    assert texture(gradient_energy(ramp, inner), gradient_energy(ramp, inner)) == pytest.approx(1.0)
     flat = np.full_like(ramp, 60)
-    assert texture(flat, ramp, inner) == 0.0  # a fill without any detail
-    assert texture(ramp, flat, inner) == math.inf
+    assert texture(gradient_energy(flat, inner), gradient_energy(ramp, inner)) == 0.0  # a fill without any detail
+    assert texture(gradient_energy(ramp, inner), gradient_energy(flat, inner)) == math.inf
 
 
 # ---- inputs and damage ----
