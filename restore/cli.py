@@ -198,7 +198,8 @@ def cmd_train(args) -> int:
     from .train import load_train_config, train
 
     config = load_train_config(args.config, data=args.data, out_dir=args.out, init_weights=args.init_weights,
-                               max_steps=args.max_steps, threads=args.threads, device=args.device)
+                               max_steps=args.max_steps, max_minutes=args.max_minutes, threads=args.threads,
+                               device=args.device)
     out_dir = train(config, resume=not args.fresh, ray_workers=args.workers)
     print(f"restore train: checkpoints, log.jsonl and curves.png in {out_dir}")
     return EXIT_OK
@@ -393,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     training.add_argument("--init-weights", help="start the generator from these weights, with a fresh discriminator")
     training.add_argument("--max-steps", type=int, help="stop at this step")
+    training.add_argument("--max-minutes", type=float,
+                          help="stop after this many minutes (checkpointed; resume later), e.g. a nightly window")
     training.add_argument("--threads", type=int, help="torch CPU threads per worker")
     training.add_argument("--device", help="cpu or cuda")
     training.add_argument("--workers", type=int, default=0, help="train on N Ray Train workers (DDP); 0 = this process")

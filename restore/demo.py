@@ -9,9 +9,7 @@ import numpy as np
 
 from .damage import archive_damage
 from .frames import Frame, encode_frame, encode_mask
-from .pipeline import mask_key_for, put_or_adopt
 from .spec import JobSpec
-from .storage import open_storage
 
 
 def clean_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -42,6 +40,11 @@ def clean_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 def make_demo_frames(spec: JobSpec, count: int = 12, seed: int = 0, height: int = 384, width: int = 512) -> int:
     """Write `count` damaged frames and their masks where the spec reads them; returns how many were written."""
+    # Imported here so that clean_scene, which `restore bench --scaling` draws its frames with, needs no storage
+    # client: that benchmark then runs on a GPU machine that has torch and OpenCV alone.
+    from .pipeline import mask_key_for, put_or_adopt
+    from .storage import open_storage
+
     storage = open_storage(spec.input, spec.endpoint_url)
     masks = storage if not spec.masks.uri else open_storage(spec.masks.uri, spec.endpoint_url)
     rng = np.random.default_rng(seed)

@@ -49,6 +49,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     adv_start_step: int = 0  # L1-only warm-up: the discriminator joins at this step
     max_steps: int = 1_000_000
+    max_minutes: float | None = None  # also stop, with a checkpoint, after this many minutes of this session
     mask_weights: dict[str, float] = field(default_factory=lambda: {k: 1.0 for k in MASK_SOURCES})
     overlays: str | None = None  # optional folder of RGBA damage overlays for archive masks
     desaturate_p: float = 0.15  # share of crops turned grey (archives are often monochrome)
@@ -57,6 +58,9 @@ class TrainConfig:
     val_every: int = 1000
     log_every: int = 50
     checkpoint_minutes: float = 5.0
+    snapshot_every: int = 0  # also export the EMA generator every this many steps, to compare runs at equal steps
+    loader_workers: int = 0  # processes preparing batches (crops, masks, prefill) ahead of the loop; 0: in the
+    # loop, and then a resumed run draws exactly the batches an unbroken one would have drawn
     init_weights: str | None = None  # start from shipped generator weights with a fresh discriminator
     seed: int = 0
     threads: int = 2  # torch CPU threads per process
@@ -150,7 +154,7 @@ def sample_batch(rng: np.random.Generator, images: list[np.ndarray], config: Tra
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         if rng.random() < config.desaturate_p:
-            crop = np.repeat(crop.mean(2, keepdims=True), 3, 2)
+            crop = np.repeat(crop.mean(2, keepdims=True).round(), 3, 2)  # grey stays on the 8-bit levels
         crops.append(np.ascontiguousarray(crop, np.float32) / 255.0)
         source = sources[int(rng.choice(len(sources), p=weights / weights.sum()))]
         masks.append(draw_mask(rng, size, size, source, config.overlays))
@@ -204,6 +208,52 @@ def generator_input(image: torch.Tensor, mask: torch.Tensor, prefill: str) -> to
     filled = np.stack([classical_fill(p, m, prefill) for p, m in zip(pixels, holes)]).astype(np.float32) / 255
     filled = torch.from_numpy(filled).permute(0, 3, 1, 2).to(image.device)
     return torch.where(mask.bool(), filled, image)
+
+
+def prepare_batch(rng: np.random.Generator, images: list[np.ndarray],
+                  config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training batch on the CPU at a crop size drawn from the config: (image, mask, what the generator sees),
+    the images as uint8 (exact: every value is on the 8-bit levels), a quarter of the bytes to pass between
+    processes and to the GPU."""
+    size = config.crop_sizes[int(rng.integers(len(config.crop_sizes)))]
+    image, mask = sample_batch(rng, images, config, size)
+    seen = generator_input(image, mask, config.generator.prefill)
+    return _to_bytes(image), mask, _to_bytes(seen)
+
+
+def _to_bytes(image: torch.Tensor) -> torch.Tensor:
+    return (image * 255).round().to(torch.uint8)
+
+
+class _LoaderBatches(torch.utils.data.IterableDataset):
+    """Endless batches for a DataLoader worker, each worker drawing from its own seed."""
+
+    def __init__(self, images: list[np.ndarray], config: TrainConfig, seed: list[int]):
+        self.images, self.config, self.seed = images, config, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([*self.seed, info.id if info else 0])
+        while True:
+            yield prepare_batch(rng, self.images, self.config)
+
+
+def _single_threaded_worker(_: int) -> None:
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def training_batches(state: State, config: TrainConfig, images: list[np.ndarray], rank: int, device: torch.device):
+    """Endless batches: drawn in the loop from the checkpointed RNG, or by `loader_workers` processes seeded by
+    (seed, rank, step at start), so that a GPU is not left waiting on the classical prefill."""
+    if config.loader_workers <= 0:
+        while True:
+            yield prepare_batch(state.rng, images, config)
+    loader = torch.utils.data.DataLoader(
+        _LoaderBatches(images, config, [config.seed, rank, state.step]), batch_size=None,
+        num_workers=config.loader_workers, worker_init_fn=_single_threaded_worker, prefetch_factor=2,
+        pin_memory=device.type == "cuda")
+    yield from loader
 
 
 @torch.no_grad()
@@ -321,16 +371,16 @@ def _average_gradients(module: torch.nn.Module, world_size: int) -> None:
             p.grad /= world_size
 
 
-def train_step(state: State, config: TrainConfig, images: list[np.ndarray], device: torch.device,
-               world_size: int = 1) -> dict:
-    """One generator step and (after the warm-up) one discriminator step; returns the metrics."""
-    size = config.crop_sizes[int(state.rng.integers(len(config.crop_sizes)))]
-    real, mask = sample_batch(state.rng, images, config, size)
-    real, mask = real.to(device), mask.to(device)  # (B, 3, S, S), (B, 1, S, S)
+def train_step(state: State, config: TrainConfig, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+               device: torch.device, world_size: int = 1) -> dict:
+    """One generator step and (after the warm-up) one discriminator step on a `prepare_batch` batch; returns the
+    metrics."""
+    real, mask, seen = (t.to(device, non_blocking=True) for t in batch)  # (B, 3, S, S), (B, 1, S, S), (B, 3, S, S)
+    real, seen = real.float() / 255, seen.float() / 255
     adversarial = config.loss.adversarial != "none" and state.step >= config.adv_start_step
     loss_config = config.loss if adversarial else dataclasses.replace(config.loss, adversarial="none")
 
-    pred = state.generator(generator_input(real, mask, config.generator.prefill), mask)  # (B, 3, S, S)
+    pred = state.generator(seen, mask)  # (B, 3, S, S)
     fake = composite(pred, real, mask)
     state.discriminator.requires_grad_(False)
     g_loss, metrics = generator_loss(loss_config, state.discriminator, pred, fake, real, mask)
@@ -353,7 +403,7 @@ def train_step(state: State, config: TrainConfig, images: list[np.ndarray], devi
 
     _update_ema(state.ema, state.generator, state.step, config.ema_decay)
     state.step += 1
-    metrics["crop"] = size
+    metrics["crop"] = real.shape[-1]
     return metrics
 
 
@@ -405,6 +455,8 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
     """The training loop shared by the single-process and the Ray Train paths; returns the checkpoint dir."""
     torch.set_num_threads(config.threads)
     device = torch.device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # a few crop sizes only: each gets its fastest kernels once
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log.jsonl"
@@ -418,20 +470,27 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
     if lead:
         _log(log_path, {"event": "start", "step": state.step, "workers": world_size, "time": time.time()})
     last_checkpoint = started = time.monotonic()
+    deadline = started + 60 * config.max_minutes if config.max_minutes else float("inf")
     session_start_wall = state.wall_seconds
+    batches = training_batches(state, config, images, rank, device)
     while state.step < config.max_steps:
-        metrics = train_step(state, config, images, device, world_size)
+        metrics = train_step(state, config, next(batches), device, world_size)
         state.wall_seconds = session_start_wall + time.monotonic() - started
+        final = state.step == config.max_steps or time.monotonic() > deadline
         if not lead:
             continue
-        if state.step % config.log_every == 0 or state.step == config.max_steps:
+        if state.step % config.log_every == 0 or final:
             _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1), **metrics})
-        if state.step % config.val_every == 0 or state.step == config.max_steps:
+        if state.step % config.val_every == 0 or final:
             scores = evaluate(state.ema, val, device)
             _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1),
                             "val": scores["psnr_hole"], "val_texture": scores["texture"],
                             "telea": telea["psnr_hole"], "telea_texture": telea["texture"]})
             plot_log(log_path, out_dir / "curves.png")
+        if config.snapshot_every and state.step % config.snapshot_every == 0:
+            _save_ema(state.ema, config, state.step, state.wall_seconds, out_dir / f"generator-{state.step:07d}.pt")
+        if final:
+            break
         if time.monotonic() - last_checkpoint > 60 * config.checkpoint_minutes:
             save_checkpoint(state, config)
             last_checkpoint = time.monotonic()
@@ -488,6 +547,8 @@ def train(config: TrainConfig, resume: bool = True, ray_workers: int = 0) -> Pat
     """
     if ray_workers <= 0:
         return _run(config, resume)
+    if config.max_minutes:
+        raise ValueError("max_minutes stops one process on its own clock: with Ray Train workers give max_steps")
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -508,14 +569,20 @@ def export_generator(checkpoint_dir: str | os.PathLike, out_path: str | os.PathL
     config = _config_from_dict(payload["config"])
     generator = Generator(config.generator)
     generator.load_state_dict(payload["ema"])
+    return _save_ema(generator, config, payload["step"], payload["wall_seconds"], out_path)
+
+
+def _save_ema(ema: Generator, config: TrainConfig, step: int, wall_seconds: float, out_path: str | os.PathLike) -> str:
+    """The EMA generator as a weights file whose info says how it was trained; returns its sha256."""
     info = {
-        "step": payload["step"],
-        "wall_hours": round(payload["wall_seconds"] / 3600, 2),
+        "step": step,
+        "wall_hours": round(wall_seconds / 3600, 2),
         "data": Path(config.data).name,
         "crop_sizes": config.crop_sizes,
         "batch_size": config.batch_size,
+        "device": config.device,
         "adversarial": config.loss.adversarial,
-        "adversarial_steps": 0 if config.loss.adversarial == "none" else max(0, payload["step"] - config.adv_start_step),
+        "adversarial_steps": 0 if config.loss.adversarial == "none" else max(0, step - config.adv_start_step),
         "exported": time.strftime("%Y-%m-%d"),
     }
-    return save_generator(generator, out_path, info)
+    return save_generator(ema, out_path, info)

@@ -14,9 +14,9 @@ from restore.models.generator import GeneratorConfig
 from restore.models.losses import LossConfig, hole_l1
 from restore.models.weights import load_generator
 from restore.evaluate import PSNR_CAP
-from restore.train import (TrainConfig, _new_state, checkpoint_path, export_generator, generator_input,
-                           load_train_config, sample_batch, score_fills, train, train_step,
-                           validation_set)
+from restore.train import (TrainConfig, _LoaderBatches, _new_state, checkpoint_path, export_generator,
+                           generator_input, load_train_config, prepare_batch, sample_batch, score_fills, train,
+                           train_step, validation_set)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "restore" / "configs"
 
@@ -48,10 +48,13 @@ def tiny_config(data: str, out_dir, **changes) -> TrainConfig:
 
 
 def test_shipped_configs_load():
-    for name in ("gan-cpu.yaml", "gan-gpu.yaml", "l1-cpu.yaml", "refine-cpu.yaml", "refine-l1-cpu.yaml"):
+    for name in ("gan-cpu.yaml", "gan-gpu.yaml", "l1-cpu.yaml", "refine-cpu.yaml", "refine-l1-cpu.yaml",
+                 "refine-gpu.yaml", "refine-l1-gpu.yaml"):
         config = load_train_config(CONFIGS / name, data="somewhere", out_dir="elsewhere")
         assert config.data == "somewhere" and isinstance(config.generator, GeneratorConfig)
-    for gan, ablation in (("gan-cpu.yaml", "l1-cpu.yaml"), ("refine-cpu.yaml", "refine-l1-cpu.yaml")):
+    pairs = (("gan-cpu.yaml", "l1-cpu.yaml"), ("refine-cpu.yaml", "refine-l1-cpu.yaml"),
+             ("refine-gpu.yaml", "refine-l1-gpu.yaml"))
+    for gan, ablation in pairs:
         gan, ablation = (load_train_config(CONFIGS / name, out_dir="same") for name in (gan, ablation))
         assert ablation.loss.adversarial == "none" and gan.loss.adversarial != "none"
         # an ablation differs from its GAN in the adversarial loss alone
@@ -93,8 +96,47 @@ def test_a_few_steps_lower_the_reconstruction_loss(tiny_data, tmp_path):
 
     before = loss()
     for _ in range(40):
-        train_step(state, config, images, torch.device("cpu"))
+        train_step(state, config, prepare_batch(state.rng, images, config), torch.device("cpu"))
     assert loss() < 0.6 * before
+
+
+def test_loader_workers_each_draw_their_own_batches(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path, generator=GeneratorConfig(width=8, n_down=2, n_blocks=1, prefill="telea"))
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
+    loader = torch.utils.data.DataLoader(_LoaderBatches(images, config, [0, 0, 0]), batch_size=None, num_workers=2)
+    batches = iter(loader)
+    (real_a, mask_a, seen_a), (real_b, mask_b, _) = next(batches), next(batches)  # one from each worker
+    assert real_a.shape == (4, 3, 32, 32) and seen_a.shape == real_a.shape
+    assert not torch.equal(real_a, real_b) and not torch.equal(mask_a, mask_b)
+    holes = mask_a.expand_as(real_a)
+    assert torch.equal(seen_a[~holes], real_a[~holes]) and not torch.equal(seen_a[holes], real_a[holes] * 0)
+
+
+def test_training_with_loader_workers_resumes_to_its_last_step(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path, max_steps=3, loader_workers=2), resume=False)
+    resumed = train(tiny_config(tiny_data, tmp_path, max_steps=5, loader_workers=2), resume=True)
+    assert torch.load(checkpoint_path(resumed), weights_only=True)["step"] == 5
+
+
+def test_a_time_limit_stops_with_a_checkpoint_and_a_validation(tiny_data, tmp_path):
+    out = train(tiny_config(tiny_data, tmp_path, max_steps=10_000, max_minutes=1e-9), resume=False)
+    step = torch.load(checkpoint_path(out), weights_only=True)["step"]
+    assert step == 1
+    log = [json.loads(line) for line in open(Path(out) / "log.jsonl")]
+    assert [r["step"] for r in log if "val" in r] == [1]
+    with pytest.raises(ValueError, match="max_steps"):
+        train(tiny_config(tiny_data, tmp_path, max_minutes=5), resume=True, ray_workers=2)
+
+
+def test_snapshots_export_the_ema_generator_at_fixed_steps(tiny_data, tmp_path):
+    out = train(tiny_config(tiny_data, tmp_path, max_steps=4, snapshot_every=2), resume=False)
+    assert sorted(p.name for p in Path(out).glob("generator-*.pt")) == ["generator-0000002.pt", "generator-0000004.pt"]
+    early, info = load_generator(Path(out) / "generator-0000002.pt")
+    last, _ = load_generator(Path(out) / "generator-0000004.pt")
+    assert info["step"] == 2
+    ema = torch.load(checkpoint_path(out), weights_only=True)["ema"]
+    assert all(torch.equal(last.state_dict()[k], v) for k, v in ema.items())
+    assert not all(torch.equal(early.state_dict()[k], v) for k, v in ema.items())
 
 
 def test_resume_continues_the_same_run(tiny_data, tmp_path):
