@@ -25,7 +25,7 @@ import numpy as np
 from .damage import ARCHIVE_KINDS, MASK_CLASSES, archive_damage, hole_mask
 from .demo import clean_scene
 from .frames import Frame, decode_frame, decode_mask, encode_frame, encode_mask
-from .restorers import build_restorer
+from .restorers import build_restorer, classical_fill
 from .spec import RestorerSettings, parse_spec
 
 DAMAGE_KINDS = ("archive",) + MASK_CLASSES + ("none",)
@@ -139,14 +139,18 @@ def measure_pipeline(config: BenchConfig, input_uri: str, output_uri: str, resto
 
 
 def whole_frame(generator, pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The generator over a whole 8-bit RGB frame at once, composited: what a user's own loop would do."""
+    """The generator over a whole 8-bit RGB frame at once, after the classical prefill it refines (as the restorer
+    gives it), composited: what a user's own loop would do."""
     import torch
 
-    image = torch.tensor(pixels).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
-    hole = torch.from_numpy(mask)[None, None]
+    if generator.config.prefill != "none":
+        pixels = classical_fill(pixels, mask, generator.config.prefill)
+    device = next(generator.parameters()).device
+    image = (torch.tensor(pixels).permute(2, 0, 1)[None].float() / 255).to(device)  # (1, 3, H, W)
+    hole = torch.from_numpy(mask)[None, None].to(device)
     with torch.inference_mode():
         pred = generator(image, hole)
-    out = torch.where(hole, pred, image)[0].permute(1, 2, 0).numpy()
+    out = torch.where(hole, pred, image)[0].permute(1, 2, 0).cpu().numpy()
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
@@ -336,25 +340,32 @@ def model_floor(config: BenchConfig, tile: int = 512) -> dict:
 
     restorer = build_restorer(restorer_settings(config, "gan"), threads=max(1, int(config.cpus)))
     generator = restorer.generator
-    image, hole = torch.rand(1, 3, tile, tile), torch.zeros(1, 1, tile, tile, dtype=torch.bool)
+    device = next(generator.parameters()).device
+    finish = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # kernels run asynchronously
+    image = torch.rand(1, 3, tile, tile, device=device)
+    hole = torch.zeros(1, 1, tile, tile, dtype=torch.bool, device=device)
     hole[..., tile // 4: tile // 2, tile // 4: tile // 2] = True
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         generator(image, hole)
     flops_per_mp = counter.get_total_flops() / (tile * tile / 1e6)
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1)
-    x = torch.rand(1, 128, 128, 128)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(device)
+    x = torch.rand(1, 128, 128, 128, device=device)
     with torch.inference_mode():
         conv(x)
+        finish()
         started = time.perf_counter()
         for _ in range(5):
             conv(x)
+        finish()
         seconds = (time.perf_counter() - started) / 5
     conv_flops = 2 * 128 * 128 * 9 * 128 * 128  # multiply-adds of one 3x3 conv pass, counted as 2 FLOPs
     throughput = conv_flops / seconds
     with torch.inference_mode():
         generator(image, hole)
+        finish()
         started = time.perf_counter()
         generator(image, hole)
+        finish()
         measured = (time.perf_counter() - started) / (tile * tile / 1e6)
     return {"gflops_per_mp": flops_per_mp / 1e9, "conv_gflops_per_s": throughput / 1e9,
             "floor_seconds_per_mp": flops_per_mp / throughput, "generator_seconds_per_mp": measured,

@@ -39,3 +39,20 @@ def test_scaling_and_floor_report_time_per_frame_and_arithmetic(tmp_path):
     assert fidelity["frame"] == "128x96" and fidelity["seconds_per_frame_tiled"] > 0
     assert fidelity["tiled_minus_whole_db"] == fidelity["psnr_hole_tiled"] - fidelity["psnr_hole_whole"]
     assert 0 < fidelity["psnr_hole_whole"] < 100
+
+
+def test_whole_frame_gives_a_refiner_its_classical_prefill_as_the_restorer_does():
+    import numpy as np
+
+    from restore.bench import whole_frame
+    from restore.models.generator import Generator, GeneratorConfig
+
+    generator = Generator(GeneratorConfig(width=8, n_down=2, n_blocks=1, prefill="telea")).eval()
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    mask = np.zeros((64, 80), dtype=bool)
+    mask[20:30, 10:40] = True
+    other = pixels.copy()
+    other[mask] = 255 - other[mask]  # other damage, the same holes
+    restored = whole_frame(generator, pixels, mask)
+    assert np.array_equal(restored, whole_frame(generator, other, mask))
+    assert np.array_equal(restored[~mask], pixels[~mask])
