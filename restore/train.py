@@ -249,10 +249,11 @@ def training_batches(state: State, config: TrainConfig, images: list[np.ndarray]
     if config.loader_workers <= 0:
         while True:
             yield prepare_batch(state.rng, images, config)
+    # Spawned, not forked: a fork of this process (OpenMP and OpenCV thread pools, Ray's threads) can deadlock.
     loader = torch.utils.data.DataLoader(
         _LoaderBatches(images, config, [config.seed, rank, state.step]), batch_size=None,
         num_workers=config.loader_workers, worker_init_fn=_single_threaded_worker, prefetch_factor=2,
-        pin_memory=device.type == "cuda")
+        pin_memory=device.type == "cuda", multiprocessing_context="spawn")
     yield from loader
 
 

@@ -12,7 +12,7 @@ def test_minimal_spec_gets_defaults_and_resolves_paths_against_the_spec_file(tmp
     spec = load_spec(spec_file)
     assert spec.input == str(tmp_path / "frames")
     assert spec.output == str(tmp_path / "restored")
-    assert spec.restorer.name == "telea"  # until the shipped GAN beats it
+    assert spec.restorer.name == "gan"  # the shipped generator
     assert spec.masks.pattern == "{dir}/masks/{stem}.png"
     assert spec.workers.count == 1
 

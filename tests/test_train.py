@@ -14,9 +14,9 @@ from restore.models.generator import GeneratorConfig
 from restore.models.losses import LossConfig, hole_l1
 from restore.models.weights import load_generator
 from restore.evaluate import PSNR_CAP
-from restore.train import (TrainConfig, _LoaderBatches, _new_state, checkpoint_path, export_generator,
+from restore.train import (TrainConfig, _new_state, checkpoint_path, export_generator,
                            generator_input, load_train_config, prepare_batch, sample_batch, score_fills, train,
-                           train_step, validation_set)
+                           train_step, training_batches, validation_set)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "restore" / "configs"
 
@@ -103,8 +103,8 @@ def test_a_few_steps_lower_the_reconstruction_loss(tiny_data, tmp_path):
 def test_loader_workers_each_draw_their_own_batches(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path, generator=GeneratorConfig(width=8, n_down=2, n_blocks=1, prefill="telea"))
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
-    loader = torch.utils.data.DataLoader(_LoaderBatches(images, config, [0, 0, 0]), batch_size=None, num_workers=2)
-    batches = iter(loader)
+    batches = training_batches(_new_state(config, 0, torch.device("cpu")), dataclasses.replace(config, loader_workers=2),
+                               images, 0, torch.device("cpu"))
     (real_a, mask_a, seen_a), (real_b, mask_b, _) = next(batches), next(batches)  # one from each worker
     assert real_a.shape == (4, 3, 32, 32) and seen_a.shape == real_a.shape
     assert not torch.equal(real_a, real_b) and not torch.equal(mask_a, mask_b)
