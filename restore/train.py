@@ -203,7 +203,7 @@ def generator_input(image: torch.Tensor, mask: torch.Tensor, prefill: str) -> to
     classically from the 8-bit image, as the restorer does at inference."""
     if prefill == "none":
         return image
-    pixels = (image.permute(0, 2, 3, 1).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)  # (B, H, W, C)
+    pixels = _to_bytes(image).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, C)
     holes = mask[:, 0].cpu().numpy()
     filled = np.stack([classical_fill(p, m, prefill) for p, m in zip(pixels, holes)]).astype(np.float32) / 255
     filled = torch.from_numpy(filled).permute(0, 3, 1, 2).to(image.device)
@@ -226,14 +226,13 @@ def _to_bytes(image: torch.Tensor) -> torch.Tensor:
 
 
 class _LoaderBatches(torch.utils.data.IterableDataset):
-    """Endless batches for a DataLoader worker, each worker drawing from its own seed."""
+    """Endless batches for DataLoader workers, each worker drawing from (seed, its id)."""
 
-    def __init__(self, images: list[np.ndarray], config: TrainConfig, seed: list[int]):
+    def __init__(self, images: list[np.ndarray], config: TrainConfig, seed: int):
         self.images, self.config, self.seed = images, config, seed
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([*self.seed, info.id if info else 0])
+        rng = np.random.default_rng([self.seed, torch.utils.data.get_worker_info().id])
         while True:
             yield prepare_batch(rng, self.images, self.config)
 
@@ -243,15 +242,16 @@ def _single_threaded_worker(_: int) -> None:
     cv2.setNumThreads(1)
 
 
-def training_batches(state: State, config: TrainConfig, images: list[np.ndarray], rank: int, device: torch.device):
-    """Endless batches: drawn in the loop from the checkpointed RNG, or by `loader_workers` processes seeded by
-    (seed, rank, step at start), so that a GPU is not left waiting on the classical prefill."""
+def training_batches(state: State, config: TrainConfig, images: list[np.ndarray], device: torch.device):
+    """Endless batches: drawn in the loop from the checkpointed RNG, or by `loader_workers` processes (so that a GPU
+    is not left waiting on the classical prefill) seeded from that RNG once per session, which also moves it on: a
+    resumed run never replays a session's batches. Each loader process holds its own copy of the images."""
     if config.loader_workers <= 0:
         while True:
             yield prepare_batch(state.rng, images, config)
     # Spawned, not forked: a fork of this process (OpenMP and OpenCV thread pools, Ray's threads) can deadlock.
     loader = torch.utils.data.DataLoader(
-        _LoaderBatches(images, config, [config.seed, rank, state.step]), batch_size=None,
+        _LoaderBatches(images, config, int(state.rng.integers(2 ** 63))), batch_size=None,
         num_workers=config.loader_workers, worker_init_fn=_single_threaded_worker, prefetch_factor=2,
         pin_memory=device.type == "cuda", multiprocessing_context="spawn")
     yield from loader
@@ -310,7 +310,8 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(state: State, config: TrainConfig) -> Path:
-    """Everything needed to continue the run exactly, written atomically (a crash never leaves half a file)."""
+    """Everything needed to continue the run (exactly, when batches are drawn in the loop), written atomically (a
+    crash never leaves half a file)."""
     path = checkpoint_path(config.out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -351,7 +352,7 @@ def _load_checkpoint(state: State, config: TrainConfig, path: Path, device: torc
         for group in optimizer.param_groups:
             group["lr"] = lr  # the config's rate, not the one saved: a resumed run may be given a new one
     state.rng.bit_generator.state = json.loads(payload["numpy_rng"])
-    torch.set_rng_state(payload["torch_rng"])
+    torch.set_rng_state(payload["torch_rng"].cpu())  # map_location moved it to the training device
     state.step, state.wall_seconds = payload["step"], payload["wall_seconds"]
 
 
@@ -473,28 +474,31 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
     last_checkpoint = started = time.monotonic()
     deadline = started + 60 * config.max_minutes if config.max_minutes else float("inf")
     session_start_wall = state.wall_seconds
-    batches = training_batches(state, config, images, rank, device)
-    while state.step < config.max_steps:
-        metrics = train_step(state, config, next(batches), device, world_size)
-        state.wall_seconds = session_start_wall + time.monotonic() - started
-        final = state.step == config.max_steps or time.monotonic() > deadline
-        if not lead:
-            continue
-        if state.step % config.log_every == 0 or final:
-            _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1), **metrics})
-        if state.step % config.val_every == 0 or final:
-            scores = evaluate(state.ema, val, device)
-            _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1),
-                            "val": scores["psnr_hole"], "val_texture": scores["texture"],
-                            "telea": telea["psnr_hole"], "telea_texture": telea["texture"]})
-            plot_log(log_path, out_dir / "curves.png")
-        if config.snapshot_every and state.step % config.snapshot_every == 0:
-            _save_ema(state.ema, config, state.step, state.wall_seconds, out_dir / f"generator-{state.step:07d}.pt")
-        if final:
-            break
-        if time.monotonic() - last_checkpoint > 60 * config.checkpoint_minutes:
-            save_checkpoint(state, config)
-            last_checkpoint = time.monotonic()
+    batches = training_batches(state, config, images, device)
+    try:
+        while state.step < config.max_steps:
+            metrics = train_step(state, config, next(batches), device, world_size)
+            state.wall_seconds = session_start_wall + time.monotonic() - started
+            final = state.step == config.max_steps or time.monotonic() > deadline
+            if lead:
+                if state.step % config.log_every == 0 or final:
+                    _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1), **metrics})
+                if state.step % config.val_every == 0 or final:
+                    scores = evaluate(state.ema, val, device)
+                    _log(log_path, {"step": state.step, "wall": round(state.wall_seconds, 1),
+                                    "val": scores["psnr_hole"], "val_texture": scores["texture"],
+                                    "telea": telea["psnr_hole"], "telea_texture": telea["texture"]})
+                    plot_log(log_path, out_dir / "curves.png")
+                if config.snapshot_every and state.step % config.snapshot_every == 0:
+                    _save_ema(state.ema, config, state.step, state.wall_seconds,
+                              out_dir / f"generator-{state.step:07d}.pt")
+                if not final and time.monotonic() - last_checkpoint > 60 * config.checkpoint_minutes:
+                    save_checkpoint(state, config)
+                    last_checkpoint = time.monotonic()
+            if final:
+                break
+    finally:
+        batches.close()  # ends the loader processes now, not when the generator is collected
     if lead:
         save_checkpoint(state, config)
     if world_size > 1:
@@ -540,7 +544,8 @@ def _config_from_dict(raw: dict) -> TrainConfig:
 
 
 def train(config: TrainConfig, resume: bool = True, ray_workers: int = 0) -> Path:
-    """Train until `config.max_steps`, resuming from `out_dir` unless `resume` is False; returns the checkpoint dir.
+    """Train until `config.max_steps` (or `max_minutes`), resuming from `out_dir` unless `resume` is False; returns the
+    checkpoint dir.
 
     With `ray_workers` > 0 the same loop runs on that many Ray Train workers (TorchTrainer, gloo on CPU), each
     drawing its own batches; gradients are averaged every step, so the effective batch is workers x batch_size.
@@ -557,7 +562,7 @@ def train(config: TrainConfig, resume: bool = True, ray_workers: int = 0) -> Pat
         _ray_worker_loop,
         train_loop_config={"config": dataclasses.asdict(config), "resume": resume},
         scaling_config=ScalingConfig(num_workers=ray_workers, use_gpu=config.device.startswith("cuda"),
-                                     resources_per_worker={"CPU": config.threads}),
+                                     resources_per_worker={"CPU": config.threads + config.loader_workers}),
         run_config=RunConfig(name="restore-train", storage_path=str(Path(config.out_dir).resolve() / "ray")),
     )
     trainer.fit()

@@ -100,22 +100,45 @@ def test_a_few_steps_lower_the_reconstruction_loss(tiny_data, tmp_path):
     assert loss() < 0.6 * before
 
 
+def test_batches_travel_in_8_bits_without_loss(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path, desaturate_p=1.0)  # grey crops: channel means rounded to 8-bit levels
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
+    image, mask, _ = prepare_batch(np.random.default_rng(5), images, config)
+    rng = np.random.default_rng(5)
+    rng.integers(len(config.crop_sizes))  # the crop size prepare_batch draws first
+    expected_image, expected_mask = sample_batch(rng, images, config, 32)
+    assert image.dtype == torch.uint8 and torch.equal(image.float() / 255, expected_image)
+    assert torch.equal(mask, expected_mask)
+
+
 def test_loader_workers_each_draw_their_own_batches(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path, generator=GeneratorConfig(width=8, n_down=2, n_blocks=1, prefill="telea"))
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
-    batches = training_batches(_new_state(config, 0, torch.device("cpu")), dataclasses.replace(config, loader_workers=2),
-                               images, 0, torch.device("cpu"))
+    in_loop, _, _ = prepare_batch(_new_state(config, 0, torch.device("cpu")).rng, images, config)
+    state = _new_state(config, 0, torch.device("cpu"))
+    batches = training_batches(state, dataclasses.replace(config, loader_workers=2), images, torch.device("cpu"))
     (real_a, mask_a, seen_a), (real_b, mask_b, _) = next(batches), next(batches)  # one from each worker
-    assert real_a.shape == (4, 3, 32, 32) and seen_a.shape == real_a.shape
+    batches.close()
     assert not torch.equal(real_a, real_b) and not torch.equal(mask_a, mask_b)
-    holes = mask_a.expand_as(real_a)
-    assert torch.equal(seen_a[~holes], real_a[~holes]) and not torch.equal(seen_a[holes], real_a[holes] * 0)
+    assert not torch.equal(real_a, in_loop)  # nor the batches a run without loaders draws
+    assert not torch.equal(prepare_batch(state.rng, images, config)[0], in_loop)  # the session's seed moved the RNG on
+    expected = generator_input(real_a.float() / 255, mask_a, "telea")  # the Telea prefill, exactly
+    assert torch.equal(seen_a.float() / 255, expected) and not torch.equal(seen_a, real_a)
 
 
 def test_training_with_loader_workers_resumes_to_its_last_step(tiny_data, tmp_path):
     train(tiny_config(tiny_data, tmp_path, max_steps=3, loader_workers=2), resume=False)
     resumed = train(tiny_config(tiny_data, tmp_path, max_steps=5, loader_workers=2), resume=True)
     assert torch.load(checkpoint_path(resumed), weights_only=True)["step"] == 5
+    log = [json.loads(line) for line in open(Path(resumed) / "log.jsonl")]
+    assert [r["step"] for r in log if r.get("event") == "start"] == [0, 3]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cuda_run_resumes(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path, max_steps=2, device="cuda"), resume=False)
+    resumed = train(tiny_config(tiny_data, tmp_path, max_steps=3, device="cuda"), resume=True)
+    assert torch.load(checkpoint_path(resumed), weights_only=True, map_location="cpu")["step"] == 3
 
 
 def test_a_time_limit_stops_with_a_checkpoint_and_a_validation(tiny_data, tmp_path):
