@@ -283,17 +283,22 @@ class State:
     rng: np.random.Generator
     step: int = 0
     wall_seconds: float = 0.0  # training time summed over all sessions
+    started_from: dict | None = None  # the info of the init_weights file this run began from (its lineage)
 
 
-def _new_state(config: TrainConfig, rank: int, device: torch.device) -> State:
+def _new_state(config: TrainConfig, rank: int, device: torch.device, fresh: bool = True) -> State:
+    """A run's state; `fresh` starts the generator from `init_weights`, which a resumed run (`fresh=False`, its
+    weights and lineage coming from the checkpoint) no longer needs."""
     torch.manual_seed(config.seed)  # same initial weights on every worker
     generator = Generator(config.generator)
-    if config.init_weights:
-        shipped, _ = load_generator(config.init_weights)
+    started_from = None
+    if config.init_weights and fresh:
+        shipped, info = load_generator(config.init_weights)
         try:
             generator.start_from(shipped)
         except ValueError:
             raise ValueError(f"init_weights were built with {shipped.config}, config asks for {config.generator}") from None
+        started_from = {k: v for k, v in info.items() if k != "path"}  # where it lies here says nothing elsewhere
     discriminator = PatchDiscriminator(config.discriminator)
     ema = Generator(config.generator)
     ema.load_state_dict(generator.state_dict())
@@ -302,7 +307,8 @@ def _new_state(config: TrainConfig, rank: int, device: torch.device) -> State:
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=(0.9, 0.99))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(0.5, 0.99))
     torch.manual_seed(config.seed + 1 + rank)  # different stochastic choices per worker from here on
-    return State(generator, ema, discriminator, opt_g, opt_d, np.random.default_rng([config.seed, rank]))
+    return State(generator, ema, discriminator, opt_g, opt_d, np.random.default_rng([config.seed, rank]),
+                 started_from=started_from)
 
 
 def checkpoint_path(out_dir: str | os.PathLike) -> Path:
@@ -325,6 +331,7 @@ def save_checkpoint(state: State, config: TrainConfig) -> Path:
         "opt_d": state.opt_d.state_dict(),
         "numpy_rng": json.dumps(state.rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(),
+        "started_from": json.dumps(state.started_from),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -354,6 +361,7 @@ def _load_checkpoint(state: State, config: TrainConfig, path: Path, device: torc
     state.rng.bit_generator.state = json.loads(payload["numpy_rng"])
     torch.set_rng_state(payload["torch_rng"].cpu())  # map_location moved it to the training device
     state.step, state.wall_seconds = payload["step"], payload["wall_seconds"]
+    state.started_from = json.loads(payload.get("started_from", "null"))  # absent from checkpoints of older runs
 
 
 @torch.no_grad()
@@ -463,8 +471,9 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log.jsonl"
     images, val_images = split_images(config.data, config.val_images)
-    state = _new_state(config, rank, device)
-    if resume and checkpoint_path(out_dir).exists():
+    resuming = resume and checkpoint_path(out_dir).exists()
+    state = _new_state(config, rank, device, fresh=not resuming)
+    if resuming:
         _load_checkpoint(state, config, checkpoint_path(out_dir), device)
     lead = rank == 0
     val = validation_set(val_images, config.overlays) if lead else {}
@@ -490,7 +499,7 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
                                     "telea": telea["psnr_hole"], "telea_texture": telea["texture"]})
                     plot_log(log_path, out_dir / "curves.png")
                 if config.snapshot_every and state.step % config.snapshot_every == 0:
-                    _save_ema(state.ema, config, state.step, state.wall_seconds,
+                    _save_ema(state.ema, config, state.step, state.wall_seconds, state.started_from,
                               out_dir / f"generator-{state.step:07d}.pt")
                 if not final and time.monotonic() - last_checkpoint > 60 * config.checkpoint_minutes:
                     save_checkpoint(state, config)
@@ -575,11 +584,16 @@ def export_generator(checkpoint_dir: str | os.PathLike, out_path: str | os.PathL
     config = _config_from_dict(payload["config"])
     generator = Generator(config.generator)
     generator.load_state_dict(payload["ema"])
-    return _save_ema(generator, config, payload["step"], payload["wall_seconds"], out_path)
+    started_from = json.loads(payload.get("started_from", "null"))
+    return _save_ema(generator, config, payload["step"], payload["wall_seconds"], started_from, out_path)
 
 
-def _save_ema(ema: Generator, config: TrainConfig, step: int, wall_seconds: float, out_path: str | os.PathLike) -> str:
-    """The EMA generator as a weights file whose info says how it was trained; returns its sha256."""
+def _save_ema(ema: Generator, config: TrainConfig, step: int, wall_seconds: float, started_from: dict | None,
+              out_path: str | os.PathLike) -> str:
+    """The EMA generator as a weights file whose info says how it was trained, and from which file (whose info
+    says the same in turn), with totals over that whole lineage; returns its sha256."""
+    adversarial_steps = 0 if config.loss.adversarial == "none" else max(0, step - config.adv_start_step)
+    parent = started_from or {}
     info = {
         "step": step,
         "wall_hours": round(wall_seconds / 3600, 2),
@@ -588,7 +602,12 @@ def _save_ema(ema: Generator, config: TrainConfig, step: int, wall_seconds: floa
         "batch_size": config.batch_size,
         "device": config.device,
         "adversarial": config.loss.adversarial,
-        "adversarial_steps": 0 if config.loss.adversarial == "none" else max(0, step - config.adv_start_step),
+        "adversarial_steps": adversarial_steps,
         "exported": time.strftime("%Y-%m-%d"),
+        "started_from": started_from,
+        "total_steps": step + parent.get("total_steps", parent.get("step", 0)),
+        "total_adversarial_steps": adversarial_steps + parent.get("total_adversarial_steps",
+                                                                  parent.get("adversarial_steps", 0)),
+        "total_wall_hours": round(wall_seconds / 3600 + parent.get("total_wall_hours", parent.get("wall_hours", 0.0)), 2),
     }
     return save_generator(ema, out_path, info)

@@ -196,6 +196,20 @@ def test_export_and_restart_from_shipped_weights(tiny_data, tmp_path):
         _new_state(dataclasses.replace(config, generator=GeneratorConfig(width=4, n_down=2, n_blocks=1)), 0, "cpu")
 
 
+def test_weights_say_which_weights_they_were_trained_from_and_a_resume_no_longer_needs_those(tiny_data, tmp_path):
+    parent_sha = export_generator(train(tiny_config(tiny_data, tmp_path / "parent", max_steps=3), resume=False),
+                                  tmp_path / "parent.pt")
+    child = tiny_config(tiny_data, tmp_path / "child", init_weights=str(tmp_path / "parent.pt"), max_steps=2)
+    train(child, resume=False)
+    (tmp_path / "parent.pt").unlink()  # replaced or deleted since: the checkpoint holds the weights and the lineage
+    export_generator(train(dataclasses.replace(child, max_steps=4), resume=True), tmp_path / "child.pt")
+    _, info = load_generator(tmp_path / "child.pt")
+    assert info["step"] == 4 and info["started_from"]["sha256"] == parent_sha and info["started_from"]["step"] == 3
+    assert "path" not in info["started_from"] and info["started_from"]["started_from"] is None
+    assert info["total_steps"] == 7
+    assert info["total_adversarial_steps"] == (4 - 2) + (3 - 2)  # each run's discriminator joins at step 2
+
+
 def test_a_blank_hole_generator_is_fine_tuned_into_a_telea_refiner(tiny_data, tmp_path):
     out = train(tiny_config(tiny_data, tmp_path / "run", max_steps=2), resume=False)
     export_generator(out, tmp_path / "generator.pt")
