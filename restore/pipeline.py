@@ -34,7 +34,7 @@ from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, new_ru
                        provenance_id, read_manifests, run_prefix)
 from .restorers import build_restorer, check_weights
 from .spec import JobSpec
-from .storage import ObjectInfo, Storage, StorageError, check_no_overlap, open_storage
+from .storage import LocalStorage, ObjectInfo, Storage, StorageError, check_no_overlap, open_storage
 
 
 class JobError(RuntimeError):
@@ -242,7 +242,10 @@ def _refuse_shared_outputs(tasks: list[dict], output_format: str) -> None:
 def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, config_hash: str) -> Plan:
     listed: list[ObjectInfo] = list(input_storage.list(spec.include))
     if not listed:
-        raise JobError(f"input: no frames matching {', '.join(spec.include)} under {spec.input}")
+        missing = isinstance(input_storage, LocalStorage) and not input_storage.root.exists()
+        raise JobError(f"input: no frames matching {', '.join(spec.include)} under {spec.input}"
+                       + (" (the folder does not exist; `restore demo SPEC` fills it with damaged sample frames)"
+                          if missing else ""))
     if (spec.masks.uri or spec.input) == spec.input:
         patterns = [spec.masks.pattern] + ([spec.masks.protect] if spec.masks.protect else [])
         mask_files = {mask_key_for(pattern, info.key) for info in listed for pattern in patterns}

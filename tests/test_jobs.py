@@ -180,6 +180,17 @@ def test_dry_run_lists_without_processing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_input_folder_is_named_with_how_to_fill_it(tmp_path, capsys):
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+    assert restore_main(["run", str(spec_file), "--dry-run"]) == 2
+    assert "the folder does not exist; `restore demo SPEC`" in capsys.readouterr().err
+    (tmp_path / "in").mkdir()  # there but empty: no hint, the include patterns are what to check
+    assert restore_main(["run", str(spec_file), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "no frames matching *" in err and "does not exist" not in err
+
+
 def test_killed_run_resumes_with_only_the_remainder_and_no_duplicates(tmp_path, ray_session):
     count = 12
     write_collection(tmp_path / "in", count)
