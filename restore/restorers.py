@@ -92,8 +92,13 @@ class GanRestorer(Restorer):
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.generator, _ = load_generator(path)
-        self.generator.to(self.device).eval()
+        # channels_last: 1.2-1.5x faster convolutions on CPU as on GPU
+        self.generator.to(self.device, memory_format=torch.channels_last).eval()
         self.tile, self.overlap, self.context = settings.tile, settings.overlap, settings.context
+        # A GPU needs batches to be busy. On a CPU one box at a time costs little, and keeps a frame's fill a
+        # function of that frame alone: a convolution's rounding depends on its batch, so a frame's pixels would
+        # otherwise depend on whichever frames shared its block, and reruns would not be byte-identical.
+        self.boxes_per_batch = 8 if self.device.type == "cuda" else 1
 
     def fill(self, frames, masks):
         import torch
@@ -111,7 +116,7 @@ class GanRestorer(Restorer):
         holes = [torch.from_numpy(mask) for mask in masks]
         with torch.inference_mode():
             restored = inpaint_tiled_batch(self.generator, images, holes, tile=self.tile, overlap=self.overlap,
-                                           context=self.context)
+                                           context=self.context, batch_size=self.boxes_per_batch)
         filled = []
         for pixels, scale, out in zip(frames, scales, restored):
             out = out.float().cpu()
