@@ -92,7 +92,7 @@ class GanRestorer(Restorer):
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.generator, _ = load_generator(path)
-        # channels_last: 1.2-1.5x faster convolutions on CPU as on GPU
+        # channels_last: 1.2-1.5x faster convolutions on a CPU (BENCHMARKS.md), the layout GPU tensor cores want
         self.generator.to(self.device, memory_format=torch.channels_last).eval()
         self.tile, self.overlap, self.context = settings.tile, settings.overlap, settings.context
         # A GPU needs batches to be busy. On a CPU one box at a time costs little, and keeps a frame's fill a

@@ -143,7 +143,7 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
 
     images: float (3, H, W) in [0, 1], sizes may differ; masks: bool (H, W), True = hole. Returns composited
     (3, H, W) tensors on the images' devices. Frames with an empty mask are returned unchanged without touching
-    the generator. Crops go in channels_last (fastest with a generator in that format, on CPU and GPU). On CUDA
+    the generator. Crops go in channels_last, the layout of the restorer's generator. On CUDA
     the generator runs under bf16 autocast, fed from pinned memory; on CPU in fp32, deterministically.
     """
     if not 0 <= overlap < tile:
