@@ -95,10 +95,6 @@ class GanRestorer(Restorer):
         # channels_last: 1.2-1.5x faster convolutions on a CPU (BENCHMARKS.md), the layout GPU tensor cores want
         self.generator.to(self.device, memory_format=torch.channels_last).eval()
         self.tile, self.overlap, self.context = settings.tile, settings.overlap, settings.context
-        # A GPU needs batches to be busy. On a CPU one box at a time costs little, and keeps a frame's fill a
-        # function of that frame alone: a convolution's rounding depends on its batch, so a frame's pixels would
-        # otherwise depend on whichever frames shared its block, and reruns would not be byte-identical.
-        self.boxes_per_batch = 8 if self.device.type == "cuda" else 1
 
     def fill(self, frames, masks):
         import torch
@@ -114,9 +110,14 @@ class GanRestorer(Restorer):
             image = torch.from_numpy(pixels.astype(np.float32) / scale).permute(2, 0, 1)  # (C, H, W) in [0, 1]
             images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)  # grey is seen as colour
         holes = [torch.from_numpy(mask) for mask in masks]
+        settings = dict(tile=self.tile, overlap=self.overlap, context=self.context)
         with torch.inference_mode():
-            restored = inpaint_tiled_batch(self.generator, images, holes, tile=self.tile, overlap=self.overlap,
-                                           context=self.context, batch_size=self.boxes_per_batch)
+            if self.device.type == "cuda":  # a GPU needs full batches: pool the boxes of every frame
+                restored = inpaint_tiled_batch(self.generator, images, holes, **settings)
+            else:  # Batches from one frame only. A convolution's rounding depends on its batch, so pooling would
+                # make a frame's pixels depend on the frames beside it in the block: reruns would not be identical.
+                restored = [inpaint_tiled_batch(self.generator, [image], [hole], **settings)[0]
+                            for image, hole in zip(images, holes)]
         filled = []
         for pixels, scale, out in zip(frames, scales, restored):
             out = out.float().cpu()
