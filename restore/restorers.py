@@ -92,7 +92,7 @@ class GanRestorer(Restorer):
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.generator, _ = load_generator(path)
-        # channels_last: 1.2-1.5x faster convolutions on a CPU (BENCHMARKS.md), the layout GPU tensor cores want
+        # channels_last: faster convolutions on a CPU (BENCHMARKS.md), and the layout GPU tensor cores want
         self.generator.to(self.device, memory_format=torch.channels_last).eval()
         self.tile, self.overlap, self.context = settings.tile, settings.overlap, settings.context
 
