@@ -423,7 +423,8 @@ def _log(path: Path, record: dict) -> None:
 
 
 def plot_log(log_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
-    """Learning curves: smoothed hole L1 and adversarial terms, and validation hole PSNR and texture against Telea's."""
+    """Learning curves: smoothed hole L1 (and squared error) and adversarial terms, and validation hole PSNR and
+    texture against Telea's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -433,7 +434,7 @@ def plot_log(log_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
     steps = [r for r in records if "g_l1" in r]
     vals = [r for r in records if "val" in r]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 4.5))
-    for key in ("g_l1", "g_adv", "g_fm"):
+    for key in ("g_l1", "g_mse", "g_adv", "g_fm"):
         xs = [r["step"] for r in steps if key in r]
         if xs:
             ys = np.array([r[key] for r in steps if key in r])

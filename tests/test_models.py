@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
-from restore.models.losses import ADVERSARIAL_KINDS, LossConfig, discriminator_loss, generator_loss, hole_l1
+from restore.models.losses import (ADVERSARIAL_KINDS, LossConfig, discriminator_loss, generator_loss, hole_l1,
+                                   hole_mse)
 from restore.models.tiling import damage_boxes, inpaint_tiled, inpaint_tiled_batch
 from restore.models.weights import WeightsError, load_generator, save_generator
 from restore.damage import archive_damage
@@ -85,14 +86,27 @@ def test_discriminator_logits_and_features():
     assert [f.shape[1] for f in features] == [8, 16, 32, 32]
 
 
-def test_hole_l1_counts_only_the_hole():
+@pytest.mark.parametrize("hole_loss", [hole_l1, hole_mse])
+def test_hole_losses_count_only_the_hole(hole_loss):
     target = torch.zeros(1, 3, 4, 4)
-    pred = torch.ones(1, 3, 4, 4)
+    pred = torch.full((1, 3, 4, 4), 2.0)
     mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
     mask[..., 0, 0] = True
-    assert hole_l1(pred, target, mask).item() == pytest.approx(1.0)
+    expected = 2.0 if hole_loss is hole_l1 else 4.0
+    assert hole_loss(pred, target, mask).item() == pytest.approx(expected)
     pred[..., 1:, :] = 5.0  # errors outside the hole do not count
-    assert hole_l1(pred, target, mask).item() == pytest.approx(1.0)
+    assert hole_loss(pred, target, mask).item() == pytest.approx(expected)
+
+
+def test_squared_error_term_joins_the_generator_loss_only_when_weighted():
+    real = torch.zeros(1, 3, 8, 8)
+    pred = torch.full_like(real, 0.5)
+    mask = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    plain, metrics = generator_loss(LossConfig(adversarial="none"), None, pred, pred, real, mask)
+    assert "g_mse" not in metrics
+    weighted, metrics = generator_loss(LossConfig(adversarial="none", l2_weight=4.0), None, pred, pred, real, mask)
+    assert metrics["g_mse"] == pytest.approx(0.25)
+    assert weighted.item() == pytest.approx(plain.item() + 4.0 * 0.25)
 
 
 @pytest.mark.parametrize("kind", [k for k in ADVERSARIAL_KINDS if k != "none"])
