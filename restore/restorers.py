@@ -53,8 +53,53 @@ class PassThrough(Restorer):
         return frames
 
 
+def harmonic_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The smoothest fill that meets the hole's border: Laplace's equation solved exactly over the hole pixels.
+
+    It draws no streaks, so across a wide hole it lands closer to the truth than Telea's fast marching does,
+    which makes it the better start for a generator to refine. Integer (H, W, C) frame in, same dtype and shape.
+    """
+    import scipy.sparse
+    import scipy.sparse.linalg
+
+    height, width = mask.shape
+    ys, xs = np.nonzero(mask)
+    n = len(ys)
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[ys, xs] = np.arange(n)
+    known = pixels.astype(np.float64)
+    # A hole with no known pixel around it (a full mask) has no border to meet: a faint pull towards the mean of
+    # the known pixels (mid-grey if there are none) makes its system solvable without moving any other fill.
+    outside = ~mask
+    prior = known[outside].mean(axis=0) if outside.any() else np.full(pixels.shape[2], np.iinfo(pixels.dtype).max / 2)
+    diagonal = np.full(n, 1e-9)
+    rhs = np.tile(1e-9 * prior, (n, 1))
+    rows, cols = [], []
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+        diagonal += inside
+        ny, nx, at = ny[inside], nx[inside], np.nonzero(inside)[0]
+        neighbour = index[ny, nx]
+        hole = neighbour >= 0
+        rows.append(at[hole])
+        cols.append(neighbour[hole])
+        np.add.at(rhs, at[~hole], known[ny[~hole], nx[~hole]])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    system = scipy.sparse.csc_matrix(
+        (np.concatenate([diagonal, -np.ones(len(rows))]), (np.concatenate([np.arange(n), rows]),
+                                                           np.concatenate([np.arange(n), cols]))), shape=(n, n))
+    solution = scipy.sparse.linalg.splu(system).solve(rhs)  # (n, C)
+    filled = pixels.copy()
+    filled[ys, xs] = np.clip(np.rint(solution), 0, np.iinfo(pixels.dtype).max).astype(pixels.dtype)
+    return filled
+
+
 def classical_fill(pixels: np.ndarray, mask: np.ndarray, method: str, radius: int = 3) -> np.ndarray:
-    """OpenCV's inpainting (`telea` or `navier-stokes`) of an integer (H, W, C) frame; same dtype and shape."""
+    """A classical fill of an integer (H, W, C) frame: OpenCV's inpainting (`telea` or `navier-stokes`, within
+    `radius`) or `harmonic_fill`; same dtype and shape."""
+    if method == "harmonic":
+        return harmonic_fill(pixels, mask)
     import cv2
 
     flag = {"telea": cv2.INPAINT_TELEA, "navier-stokes": cv2.INPAINT_NS}[method]
@@ -66,9 +111,9 @@ def classical_fill(pixels: np.ndarray, mask: np.ndarray, method: str, radius: in
     return np.stack(channels, axis=2)
 
 
-class OpenCVRestorer(Restorer):
-    """OpenCV's classical inpainting (Telea's fast marching or Navier–Stokes): the GAN's baseline, and the faster
-    choice on a CPU."""
+class ClassicalRestorer(Restorer):
+    """A classical fill (OpenCV's Telea or Navier–Stokes, or the harmonic fill): the GAN's baselines, and the
+    faster choice on a CPU."""
 
     def __init__(self, method: str, radius: int = 3):
         self.name = method
@@ -161,8 +206,8 @@ def check_weights(settings: RestorerSettings) -> tuple[Path | None, str | None]:
 def build_restorer(settings: RestorerSettings, threads: int = 1) -> Restorer:
     if settings.name == "none":
         return PassThrough()
-    if settings.name in ("telea", "navier-stokes"):
-        return OpenCVRestorer(settings.name, settings.radius)
+    if settings.name in ("telea", "navier-stokes", "harmonic"):
+        return ClassicalRestorer(settings.name, settings.radius)
     if settings.name == "gan":
         return GanRestorer(settings, threads)
-    raise RestorerError(f"unknown restorer {settings.name!r} (expected gan, telea or navier-stokes)")
+    raise RestorerError(f"unknown restorer {settings.name!r} (expected gan, telea, navier-stokes or harmonic)")

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-RESTORERS = ("gan", "telea", "navier-stokes")  # the inpainting methods
+RESTORERS = ("gan", "telea", "navier-stokes", "harmonic")  # the inpainting methods
 RESTORER_NAMES = RESTORERS + ("none",)  # "none" copies frames through unchanged: the pipeline's I/O-bound ceiling
 MASK_SOURCES = ("given", "detect", "both")  # both = the union of the given mask and the detected one
 DETECTOR_NAMES = ("classical", "temporal", "learned")  # learned: the U-Net shipped in restore/weights
@@ -53,7 +53,7 @@ class RestorerSettings:
     name: str = "gan"
     weights: str | None = None  # a generator file; None = the weights shipped in the package
     weights_sha256: str | None = None  # pin: refuse any other weights
-    radius: int = 3  # classical restorers' neighbourhood
+    radius: int = 3  # telea and navier-stokes: their neighbourhood
     tile: int = 512  # GAN tile size
     overlap: int = 64  # GAN tile overlap
     context: int = 32  # GAN: pixels of surroundings every hole gets at least (thick holes get more)

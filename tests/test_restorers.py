@@ -8,20 +8,26 @@ from restore.restorers import RestorerError, build_restorer, resolve_weights
 from restore.spec import RestorerSettings
 
 
+def _tiny_generator_file(tmp_path_factory, prefill: str) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / f"tiny-{prefill}.pt"
+    save_generator(Generator(GeneratorConfig(width=8, n_down=2, n_blocks=1, prefill=prefill)), path)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    save_generator(Generator(GeneratorConfig(width=8, n_down=2, n_blocks=1)), path)
-    return str(path)
+    return _tiny_generator_file(tmp_path_factory, "none")
 
 
 @pytest.fixture(scope="module")
 def refiner_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "refiner.pt"
-    save_generator(Generator(GeneratorConfig(width=8, n_down=2, n_blocks=1, prefill="telea")), path)
-    return str(path)
+    return _tiny_generator_file(tmp_path_factory, "telea")
+
+
+@pytest.fixture(scope="module")
+def harmonic_refiner_weights(tmp_path_factory):
+    return _tiny_generator_file(tmp_path_factory, "harmonic")
 
 
 def frames():
@@ -41,12 +47,12 @@ def hole():
     return mask
 
 
-@pytest.mark.parametrize("settings", [RestorerSettings(name="telea"), RestorerSettings(name="navier-stokes"), "gan",
-                                      "gan refining telea"])
-def test_only_masked_pixels_change_for_every_depth_and_channel_count(settings, tiny_weights, refiner_weights):
-    if settings in ("gan", "gan refining telea"):
-        weights = tiny_weights if settings == "gan" else refiner_weights
-        settings = RestorerSettings(name="gan", weights=weights, tile=64, overlap=16)
+@pytest.mark.parametrize("settings", [RestorerSettings(name="telea"), RestorerSettings(name="navier-stokes"),
+                                      RestorerSettings(name="harmonic"), "tiny_weights", "refiner_weights",
+                                      "harmonic_refiner_weights"])
+def test_only_masked_pixels_change_for_every_depth_and_channel_count(settings, request):
+    if isinstance(settings, str):  # a GAN: blank holes, or refining a Telea or a harmonic fill
+        settings = RestorerSettings(name="gan", weights=request.getfixturevalue(settings), tile=64, overlap=16)
     restorer = build_restorer(settings)
     mask = hole()
     names, inputs = zip(*frames().items())
@@ -59,7 +65,7 @@ def test_only_masked_pixels_change_for_every_depth_and_channel_count(settings, t
     assert len(np.unique(gray16)) > 256  # 16-bit stays 16-bit
 
 
-@pytest.mark.parametrize("weights", ["tiny_weights", "refiner_weights"])
+@pytest.mark.parametrize("weights", ["tiny_weights", "refiner_weights", "harmonic_refiner_weights"])
 def test_what_the_damage_left_inside_the_hole_never_reaches_the_output(weights, request):
     """Blank-hole or refiner, the fill depends only on the surroundings: a refiner sees the classical fill, never
     the damaged pixels it replaces."""
@@ -69,6 +75,18 @@ def test_what_the_damage_left_inside_the_hole_never_reaches_the_output(weights, 
     other = pixels.copy()
     other[mask] = 255 - other[mask]  # other damage, the same surroundings
     assert np.array_equal(restorer(pixels, mask), restorer(other, mask))
+
+
+def test_harmonic_fill_restores_a_smooth_gradient_and_survives_a_full_mask():
+    ramp = frames()["gray16"]  # linear across rows and columns: the harmonic fill's own kind of surface
+    mask = hole()
+    restored = build_restorer(RestorerSettings(name="harmonic"))(ramp, mask)
+    assert np.abs(restored.astype(np.int64) - ramp).max() <= 1
+    telea = build_restorer(RestorerSettings(name="telea"))(ramp, mask)
+    assert np.abs(telea.astype(np.int64) - ramp).max() > 1  # which Telea's fast marching does not
+    pixels = frames()["rgb8"]
+    full = build_restorer(RestorerSettings(name="harmonic"))(pixels, np.ones(pixels.shape[:2], dtype=bool))
+    assert full.dtype == np.uint8 and len(np.unique(full)) == 1  # nothing to meet: one flat grey
 
 
 def test_empty_mask_returns_an_identical_copy_without_running_the_model(tiny_weights):

@@ -83,7 +83,7 @@ class FFCResBlock(nn.Module):
         return xl + yl, xg + yg
 
 
-PREFILLS = ("none", "telea")  # what the holes hold when the network sees them
+PREFILLS = ("none", "telea", "harmonic")  # what the holes hold when the network sees them
 
 
 @dataclass
@@ -93,7 +93,8 @@ class GeneratorConfig:
     n_down: int = 2  # the FFC blocks run at 1 / 2**n_down of the input resolution
     n_blocks: int = 6  # FFC residual blocks in the bottleneck
     global_ratio: float = 0.75  # share of bottleneck channels in the spectral (global) branch
-    prefill: str = "none"  # "none": holes are blanked; "telea": the caller filled them classically, an extra input
+    prefill: str = "none"  # "none": holes are blanked; "telea" or "harmonic": the caller filled them with that
+    # `classical_fill`, an extra input
 
     def __post_init__(self):
         if self.prefill not in PREFILLS:
