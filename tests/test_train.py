@@ -50,12 +50,14 @@ def tiny_config(data: str, out_dir, **changes) -> TrainConfig:
 def test_shipped_configs_load():
     for name in ("gan-cpu.yaml", "gan-gpu.yaml", "l1-cpu.yaml", "refine-cpu.yaml", "refine-l1-cpu.yaml",
                  "refine-gpu.yaml", "refine-l1-gpu.yaml", "refine-more-cpu.yaml", "refine-l1-more-cpu.yaml",
-                 "refine-mse-cpu.yaml", "refine-mse-ablation-cpu.yaml"):
+                 "refine-mse-cpu.yaml", "refine-mse-ablation-cpu.yaml", "refine-harmonic-cpu.yaml",
+                 "refine-harmonic-l1-cpu.yaml"):
         config = load_train_config(CONFIGS / name, data="somewhere", out_dir="elsewhere")
         assert config.data == "somewhere" and isinstance(config.generator, GeneratorConfig)
     pairs = (("gan-cpu.yaml", "l1-cpu.yaml"), ("refine-cpu.yaml", "refine-l1-cpu.yaml"),
              ("refine-gpu.yaml", "refine-l1-gpu.yaml"), ("refine-more-cpu.yaml", "refine-l1-more-cpu.yaml"),
-             ("refine-mse-cpu.yaml", "refine-mse-ablation-cpu.yaml"))
+             ("refine-mse-cpu.yaml", "refine-mse-ablation-cpu.yaml"),
+             ("refine-harmonic-cpu.yaml", "refine-harmonic-l1-cpu.yaml"))
     for gan, ablation in pairs:
         gan, ablation = (load_train_config(CONFIGS / name, out_dir="same") for name in (gan, ablation))
         assert ablation.loss.adversarial == "none" and gan.loss.adversarial != "none"
