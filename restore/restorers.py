@@ -53,11 +53,36 @@ class PassThrough(Restorer):
         return frames
 
 
+EXACT_HARMONIC_PIXELS = 40_000  # holes up to this many pixels are solved directly; larger ones level by level
+
+
 def harmonic_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The smoothest fill that meets the hole's border: Laplace's equation solved exactly over the hole pixels.
+    """The smoothest fill that meets the hole's border: Laplace's equation over the hole pixels.
 
     It draws no streaks, so across a wide hole it lands closer to the truth than Telea's fast marching does,
     which makes it the better start for a generator to refine. Integer (H, W, C) frame in, same dtype and shape.
+    """
+    # A hole with no known pixel around it (a full mask) has no border to meet: a faint pull towards the mean of
+    # the known pixels (mid-grey if there are none) makes its system solvable without moving any other fill.
+    outside = ~mask
+    prior = pixels[outside].mean(axis=0) if outside.any() else np.full(pixels.shape[2], np.iinfo(pixels.dtype).max / 2)
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if not len(rows):
+        return pixels.copy()
+    # only the holes' bounding box and the ring of pixels around it take part
+    box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+    solved = _solve_laplace(pixels[box].astype(np.float64), mask[box], prior.astype(np.float64))
+    filled = pixels.copy()
+    filled[box][mask[box]] = np.clip(np.rint(solved[mask[box]]), 0, np.iinfo(pixels.dtype).max).astype(pixels.dtype)
+    return filled
+
+
+def _solve_laplace(values: np.ndarray, mask: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """`values` (H, W, C) with its hole pixels replaced by the harmonic fill.
+
+    Small holes get a sparse direct solve. A large one would cost time and memory that grow faster than its
+    area, so it is first solved at half the resolution (recursively) and the upsampled answer starts conjugate
+    gradients at full resolution, whose memory stays linear in the hole's area.
     """
     import scipy.sparse
     import scipy.sparse.linalg
@@ -67,32 +92,55 @@ def harmonic_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     n = len(ys)
     index = np.full(mask.shape, -1, dtype=np.int64)
     index[ys, xs] = np.arange(n)
-    known = pixels.astype(np.float64)
-    # A hole with no known pixel around it (a full mask) has no border to meet: a faint pull towards the mean of
-    # the known pixels (mid-grey if there are none) makes its system solvable without moving any other fill.
-    outside = ~mask
-    prior = known[outside].mean(axis=0) if outside.any() else np.full(pixels.shape[2], np.iinfo(pixels.dtype).max / 2)
     diagonal = np.full(n, 1e-9)
-    rhs = np.tile(1e-9 * prior, (n, 1))
+    rhs = np.tile(1e-9 * prior, (n, 1))  # (n, C)
     rows, cols = [], []
     for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
         ny, nx = ys + dy, xs + dx
-        inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+        inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)  # the frame's edge is a free border
         diagonal += inside
         ny, nx, at = ny[inside], nx[inside], np.nonzero(inside)[0]
         neighbour = index[ny, nx]
         hole = neighbour >= 0
         rows.append(at[hole])
         cols.append(neighbour[hole])
-        np.add.at(rhs, at[~hole], known[ny[~hole], nx[~hole]])
+        np.add.at(rhs, at[~hole], values[ny[~hole], nx[~hole]])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
     system = scipy.sparse.csc_matrix(
         (np.concatenate([diagonal, -np.ones(len(rows))]), (np.concatenate([np.arange(n), rows]),
                                                            np.concatenate([np.arange(n), cols]))), shape=(n, n))
-    solution = scipy.sparse.linalg.splu(system).solve(rhs)  # (n, C)
-    filled = pixels.copy()
-    filled[ys, xs] = np.clip(np.rint(solution), 0, np.iinfo(pixels.dtype).max).astype(pixels.dtype)
-    return filled
+    solved = values.copy()
+    if n <= EXACT_HARMONIC_PIXELS:
+        solved[ys, xs] = scipy.sparse.linalg.splu(system).solve(rhs)
+        return solved
+    coarse_values, coarse_mask = _halve(values, mask)
+    coarse = _solve_laplace(coarse_values, coarse_mask, prior)
+    guess = _upsample(coarse, height, width)[ys, xs]  # (n, C)
+    for c in range(values.shape[2]):
+        solved[ys, xs, c] = scipy.sparse.linalg.cg(system, rhs[:, c], x0=guess[:, c], rtol=1e-5, maxiter=100)[0]
+    return solved
+
+
+def _halve(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half-resolution values and hole: a 2x2 block with any known pixel is known, as the mean of those pixels."""
+    height, width = mask.shape
+    pad = ((0, height % 2), (0, width % 2))
+    known = np.pad(~mask, pad).astype(np.float64)
+    weighted = np.pad(values, pad + ((0, 0),)) * known[..., None]
+    count = _block_sums(known)
+    return _block_sums(weighted) / np.maximum(count, 1)[..., None], count == 0
+
+
+def _block_sums(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, *a.shape[2:]).sum(axis=(1, 3))
+
+
+def _upsample(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an (h, w, C) float array to (height, width, C)."""
+    import cv2
+
+    resized = cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
+    return resized.reshape(height, width, values.shape[2])
 
 
 def classical_fill(pixels: np.ndarray, mask: np.ndarray, method: str, radius: int = 3) -> np.ndarray:
