@@ -62,10 +62,12 @@ def harmonic_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     It draws no streaks, so across a wide hole it lands closer to the truth than Telea's fast marching does,
     which makes it the better start for a generator to refine. Integer (H, W, C) frame in, same dtype and shape.
     """
-    # A hole with no known pixel around it (a full mask) has no border to meet: a faint pull towards the mean of
-    # the known pixels (mid-grey if there are none) makes its system solvable without moving any other fill.
     outside = ~mask
-    prior = pixels[outside].mean(axis=0) if outside.any() else np.full(pixels.shape[2], np.iinfo(pixels.dtype).max / 2)
+    if not outside.any():  # a full mask: nothing to meet, so one flat mid-grey
+        return np.full_like(pixels, np.iinfo(pixels.dtype).max // 2 + 1)
+    # A hole with no known pixel around it has no border to meet: a faint pull towards the mean of the known
+    # pixels makes its system solvable without moving any other fill.
+    prior = pixels[outside].mean(axis=0)
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     if not len(rows):
         return pixels.copy()

@@ -1,4 +1,5 @@
-"""Losses: hole-normalised L1 (and optionally squared error), discriminator feature matching, and four adversarial variants chosen by name.
+"""Losses: hole-normalised L1 (and optionally squared error), discriminator feature matching, and four adversarial
+variants chosen by name.
 
 The adversarial terms are hole-aware: a composite is real outside its holes, so only its discriminator patches
 that hold a hole count as fake, and the generator's term is averaged over those patches.
