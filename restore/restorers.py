@@ -61,29 +61,40 @@ def harmonic_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     It draws no streaks, so across a wide hole it lands closer to the truth than Telea's fast marching does,
     which makes it the better start for a generator to refine. Integer (H, W, C) frame in, same dtype and shape.
+    Memory follows the holes, not the frame: all small holes are solved at once from their own pixels and
+    neighbours, each large one within its own bounding box.
     """
+    import cv2
+
     outside = ~mask
     if not outside.any():  # a full mask: nothing to meet, so one flat mid-grey
         return np.full_like(pixels, np.iinfo(pixels.dtype).max // 2 + 1)
     # A hole with no known pixel around it has no border to meet: a faint pull towards the mean of the known
     # pixels makes its system solvable without moving any other fill.
     prior = pixels[outside].mean(axis=0)
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if not len(rows):
-        return pixels.copy()
-    # only the holes' bounding box and the ring of pixels around it take part
-    box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
-    solved = _solve_laplace(pixels[box].astype(np.float64), mask[box], prior.astype(np.float64))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    large = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] > EXACT_HARMONIC_PIXELS]
     filled = pixels.copy()
-    filled[box][mask[box]] = np.clip(np.rint(solved[mask[box]]), 0, np.iinfo(pixels.dtype).max).astype(pixels.dtype)
+    top = np.iinfo(pixels.dtype).max
+    small = mask & ~np.isin(labels, large) if large else mask
+    if small.any():
+        solved = _harmonic_values(pixels, small, prior, direct=True)  # each one small: a direct solve is cheap
+        filled[small] = np.clip(np.rint(solved), 0, top).astype(pixels.dtype)
+    for k in large:
+        x, y, w, h = stats[k, :4]
+        box = (slice(max(y - 1, 0), y + h + 1), slice(max(x - 1, 0), x + w + 1))  # with the ring around the hole
+        values = pixels[box].astype(np.float64)
+        values[mask[box]] = _harmonic_values(values, mask[box], prior)  # every hole in the box, solved together
+        component = labels[box] == k
+        filled[box][component] = np.clip(np.rint(values[component]), 0, top).astype(pixels.dtype)
     return filled
 
 
-def _solve_laplace(values: np.ndarray, mask: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """`values` (H, W, C) with its hole pixels replaced by the harmonic fill.
+def _harmonic_values(values: np.ndarray, mask: np.ndarray, prior: np.ndarray, direct: bool = False) -> np.ndarray:
+    """The harmonic fill of `values`' (H, W, C) hole pixels, as an (n, C) array in `np.nonzero(mask)` order.
 
-    Small holes get a sparse direct solve. A large one would cost time and memory that grow faster than its
-    area, so it is first solved at half the resolution (recursively) and the upsampled answer starts conjugate
+    Small holes (or `direct`: many holes, each small) get a sparse direct solve. A large one would cost time and
+    memory that grow faster than its area, so it is first solved at half the resolution (recursively) and the upsampled answer starts conjugate
     gradients at full resolution, whose memory stays linear in the hole's area.
     """
     import scipy.sparse
@@ -92,35 +103,31 @@ def _solve_laplace(values: np.ndarray, mask: np.ndarray, prior: np.ndarray) -> n
     height, width = mask.shape
     ys, xs = np.nonzero(mask)
     n = len(ys)
-    index = np.full(mask.shape, -1, dtype=np.int64)
-    index[ys, xs] = np.arange(n)
+    holes = ys * width + xs  # sorted: np.nonzero walks the frame row by row
     diagonal = np.full(n, 1e-9)
-    rhs = np.tile(1e-9 * prior, (n, 1))  # (n, C)
+    rhs = np.tile(1e-9 * prior.astype(np.float64), (n, 1))  # (n, C)
     rows, cols = [], []
     for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
         ny, nx = ys + dy, xs + dx
         inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)  # the frame's edge is a free border
         diagonal += inside
         ny, nx, at = ny[inside], nx[inside], np.nonzero(inside)[0]
-        neighbour = index[ny, nx]
-        hole = neighbour >= 0
+        neighbour = np.searchsorted(holes, ny * width + nx).clip(max=n - 1)
+        hole = holes[neighbour] == ny * width + nx
         rows.append(at[hole])
         cols.append(neighbour[hole])
-        np.add.at(rhs, at[~hole], values[ny[~hole], nx[~hole]])
+        np.add.at(rhs, at[~hole], values[ny[~hole], nx[~hole]].astype(np.float64))
     rows, cols = np.concatenate(rows), np.concatenate(cols)
     system = scipy.sparse.csc_matrix(
         (np.concatenate([diagonal, -np.ones(len(rows))]), (np.concatenate([np.arange(n), rows]),
                                                            np.concatenate([np.arange(n), cols]))), shape=(n, n))
-    solved = values.copy()
-    if n <= EXACT_HARMONIC_PIXELS:
-        solved[ys, xs] = scipy.sparse.linalg.splu(system).solve(rhs)
-        return solved
+    if direct or n <= EXACT_HARMONIC_PIXELS:
+        return scipy.sparse.linalg.splu(system).solve(rhs)
     coarse_values, coarse_mask = _halve(values, mask)
-    coarse = _solve_laplace(coarse_values, coarse_mask, prior)
-    guess = _upsample(coarse, height, width)[ys, xs]  # (n, C)
-    for c in range(values.shape[2]):
-        solved[ys, xs, c] = scipy.sparse.linalg.cg(system, rhs[:, c], x0=guess[:, c], rtol=1e-5, maxiter=100)[0]
-    return solved
+    coarse_values[coarse_mask] = _harmonic_values(coarse_values, coarse_mask, prior)
+    guess = _upsample(coarse_values, height, width)[ys, xs]  # (n, C)
+    return np.stack([scipy.sparse.linalg.cg(system, rhs[:, c], x0=guess[:, c], rtol=1e-5, maxiter=100)[0]
+                     for c in range(rhs.shape[1])], axis=1)
 
 
 def _halve(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
