@@ -94,8 +94,8 @@ def _harmonic_values(values: np.ndarray, mask: np.ndarray, prior: np.ndarray, di
     """The harmonic fill of `values`' (H, W, C) hole pixels, as an (n, C) array in `np.nonzero(mask)` order.
 
     Small holes (or `direct`: many holes, each small) get a sparse direct solve. A large one would cost time and
-    memory that grow faster than its area, so it is first solved at half the resolution (recursively) and the upsampled answer starts conjugate
-    gradients at full resolution, whose memory stays linear in the hole's area.
+    memory that grow faster than its area, so it is first solved at half the resolution (recursively) and the
+    upsampled answer starts conjugate gradients at full resolution, whose memory stays linear in the hole's area.
     """
     import scipy.sparse
     import scipy.sparse.linalg
