@@ -54,6 +54,7 @@ class PassThrough(Restorer):
 
 
 EXACT_HARMONIC_PIXELS = 40_000  # holes up to this many pixels are solved directly; larger ones level by level
+DIRECT_BATCH_PIXELS = 200_000  # small holes are solved together in batches of about this many pixels
 
 
 def harmonic_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -61,8 +62,8 @@ def harmonic_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     It draws no streaks, so across a wide hole it lands closer to the truth than Telea's fast marching does,
     which makes it the better start for a generator to refine. Integer (H, W, C) frame in, same dtype and shape.
-    Memory follows the holes, not the frame: all small holes are solved at once from their own pixels and
-    neighbours, each large one within its own bounding box.
+    Memory follows the holes, not the frame: small holes are solved together in batches, from their own pixels
+    and neighbours, and each large one alone within its bounding box.
     """
     import cv2
 
@@ -73,29 +74,38 @@ def harmonic_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     # pixels makes its system solvable without moving any other fill.
     prior = pixels[outside].mean(axis=0)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
-    large = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] > EXACT_HARMONIC_PIXELS]
+    areas = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
+    areas[0] = 0  # label 0 is the undamaged rest of the frame
+    small = (areas > 0) & (areas <= EXACT_HARMONIC_PIXELS)
+    # each small hole joins the batch in which its first pixel falls, so a batch never splits a hole
+    batch_of = np.full(count, -1, dtype=np.int32)
+    batch_of[small] = (np.cumsum(areas * small) - areas)[small] // DIRECT_BATCH_PIXELS
+    batches = batch_of[labels]  # (H, W)
     filled = pixels.copy()
     top = np.iinfo(pixels.dtype).max
-    small = mask & ~np.isin(labels, large) if large else mask
-    if small.any():
-        solved = _harmonic_values(pixels, small, prior, direct=True)  # each one small: a direct solve is cheap
-        filled[small] = np.clip(np.rint(solved), 0, top).astype(pixels.dtype)
-    for k in large:
+    for batch in np.unique(batch_of[small]):
+        holes = batches == batch
+        solved = _harmonic_values(pixels, holes, prior, direct=True)  # each one small: a direct solve is cheap
+        filled[holes] = np.clip(np.rint(solved), 0, top).astype(pixels.dtype)
+    for k in np.nonzero(areas > EXACT_HARMONIC_PIXELS)[0]:
         x, y, w, h = stats[k, :4]
         box = (slice(max(y - 1, 0), y + h + 1), slice(max(x - 1, 0), x + w + 1))  # with the ring around the hole
-        values = pixels[box].astype(np.float64)
-        values[mask[box]] = _harmonic_values(values, mask[box], prior)  # every hole in the box, solved together
-        component = labels[box] == k
-        filled[box][component] = np.clip(np.rint(values[component]), 0, top).astype(pixels.dtype)
+        hole = labels[box] == k
+        solved = _harmonic_values(pixels[box].astype(np.float64), hole, prior, damaged=mask[box])
+        filled[box][hole] = np.clip(np.rint(solved), 0, top).astype(pixels.dtype)
     return filled
 
 
-def _harmonic_values(values: np.ndarray, mask: np.ndarray, prior: np.ndarray, direct: bool = False) -> np.ndarray:
+def _harmonic_values(values: np.ndarray, mask: np.ndarray, prior: np.ndarray, direct: bool = False,
+                     damaged: np.ndarray | None = None) -> np.ndarray:
     """The harmonic fill of `values`' (H, W, C) hole pixels, as an (n, C) array in `np.nonzero(mask)` order.
 
     Small holes (or `direct`: many holes, each small) get a sparse direct solve. A large one would cost time and
-    memory that grow faster than its area, so it is first solved at half the resolution (recursively) and the
-    upsampled answer starts conjugate gradients at full resolution, whose memory stays linear in the hole's area.
+    memory that grow faster than its area, so it is first solved at half the resolution (recursively), and the
+    upsampled answer starts at most 200 steps of conjugate gradients at full resolution, whose memory stays
+    linear in the hole's area: a close approximation, as a prefill needs, not an exact solve. `damaged` (by
+    default `mask`) marks every pixel whose value is not to be trusted, such as other holes in a large hole's box:
+    the coarse levels average none of them in.
     """
     import scipy.sparse
     import scipy.sparse.linalg
@@ -123,18 +133,19 @@ def _harmonic_values(values: np.ndarray, mask: np.ndarray, prior: np.ndarray, di
                                                            np.concatenate([np.arange(n), cols]))), shape=(n, n))
     if direct or n <= EXACT_HARMONIC_PIXELS:
         return scipy.sparse.linalg.splu(system).solve(rhs)
-    coarse_values, coarse_mask = _halve(values, mask)
+    coarse_values, coarse_mask = _halve(values, mask if damaged is None else damaged)
     coarse_values[coarse_mask] = _harmonic_values(coarse_values, coarse_mask, prior)
-    guess = _upsample(coarse_values, height, width)[ys, xs]  # (n, C)
-    return np.stack([scipy.sparse.linalg.cg(system, rhs[:, c], x0=guess[:, c], rtol=1e-5, maxiter=100)[0]
+    guess = _upsample(coarse_values)[ys, xs]  # (n, C)
+    return np.stack([scipy.sparse.linalg.cg(system, rhs[:, c], x0=guess[:, c], rtol=1e-5, maxiter=200)[0]
                      for c in range(rhs.shape[1])], axis=1)
 
 
-def _halve(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Half-resolution values and hole: a 2x2 block with any known pixel is known, as the mean of those pixels."""
-    height, width = mask.shape
+def _halve(values: np.ndarray, damaged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half-resolution values and holes: a 2x2 block with any trusted pixel is known, as the mean of those
+    pixels (an odd edge is padded with untrusted ones)."""
+    height, width = damaged.shape
     pad = ((0, height % 2), (0, width % 2))
-    known = np.pad(~mask, pad).astype(np.float64)
+    known = np.pad(~damaged, pad).astype(np.float64)
     weighted = np.pad(values, pad + ((0, 0),)) * known[..., None]
     count = _block_sums(known)
     return _block_sums(weighted) / np.maximum(count, 1)[..., None], count == 0
@@ -144,12 +155,12 @@ def _block_sums(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, *a.shape[2:]).sum(axis=(1, 3))
 
 
-def _upsample(values: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an (h, w, C) float array to (height, width, C)."""
+def _upsample(values: np.ndarray) -> np.ndarray:
+    """Bilinear doubling of an (h, w, C) float array to (2h, 2w, C), the inverse of `_halve` (with its padding)."""
     import cv2
 
-    resized = cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
-    return resized.reshape(height, width, values.shape[2])
+    height, width = 2 * values.shape[0], 2 * values.shape[1]
+    return cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
 
 
 def classical_fill(pixels: np.ndarray, mask: np.ndarray, method: str, radius: int = 3) -> np.ndarray:
