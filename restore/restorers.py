@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .spec import RestorerSettings
+from .spec import CLASSICAL_RESTORERS, RESTORER_NAMES, RestorerSettings
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "generator.pt"
 
@@ -67,12 +67,9 @@ def harmonic_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """
     import cv2
 
-    outside = ~mask
-    if not outside.any():  # a full mask: nothing to meet, so one flat mid-grey
+    if mask.all():  # a full mask: no border to meet, so one flat mid-grey
         return np.full_like(pixels, np.iinfo(pixels.dtype).max // 2 + 1)
-    # A hole with no known pixel around it has no border to meet: a faint pull towards the mean of the known
-    # pixels makes its system solvable without moving any other fill.
-    prior = pixels[outside].mean(axis=0)
+    # Otherwise every hole (a maximal 4-connected set) borders a known pixel, so each system has one solution.
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
     areas = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
     areas[0] = 0  # label 0 is the undamaged rest of the frame
@@ -85,18 +82,18 @@ def harmonic_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     top = np.iinfo(pixels.dtype).max
     for batch in np.unique(batch_of[small]):
         holes = batches == batch
-        solved = _harmonic_values(pixels, holes, prior, direct=True)  # each one small: a direct solve is cheap
+        solved = _harmonic_values(pixels, holes, direct=True)  # each one small: a direct solve is cheap
         filled[holes] = np.clip(np.rint(solved), 0, top).astype(pixels.dtype)
     for k in np.nonzero(areas > EXACT_HARMONIC_PIXELS)[0]:
         x, y, w, h = stats[k, :4]
         box = (slice(max(y - 1, 0), y + h + 1), slice(max(x - 1, 0), x + w + 1))  # with the ring around the hole
         hole = labels[box] == k
-        solved = _harmonic_values(pixels[box].astype(np.float64), hole, prior, damaged=mask[box])
+        solved = _harmonic_values(pixels[box].astype(np.float64), hole, damaged=mask[box])
         filled[box][hole] = np.clip(np.rint(solved), 0, top).astype(pixels.dtype)
     return filled
 
 
-def _harmonic_values(values: np.ndarray, mask: np.ndarray, prior: np.ndarray, direct: bool = False,
+def _harmonic_values(values: np.ndarray, mask: np.ndarray, direct: bool = False,
                      damaged: np.ndarray | None = None) -> np.ndarray:
     """The harmonic fill of `values`' (H, W, C) hole pixels, as an (n, C) array in `np.nonzero(mask)` order.
 
@@ -114,8 +111,8 @@ def _harmonic_values(values: np.ndarray, mask: np.ndarray, prior: np.ndarray, di
     ys, xs = np.nonzero(mask)
     n = len(ys)
     holes = ys * width + xs  # sorted: np.nonzero walks the frame row by row
-    diagonal = np.full(n, 1e-9)
-    rhs = np.tile(1e-9 * prior.astype(np.float64), (n, 1))  # (n, C)
+    diagonal = np.zeros(n)
+    rhs = np.zeros((n, values.shape[2]))
     rows, cols = [], []
     for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
         ny, nx = ys + dy, xs + dx
@@ -134,7 +131,7 @@ def _harmonic_values(values: np.ndarray, mask: np.ndarray, prior: np.ndarray, di
     if direct or n <= EXACT_HARMONIC_PIXELS:
         return scipy.sparse.linalg.splu(system).solve(rhs)
     coarse_values, coarse_mask = _halve(values, mask if damaged is None else damaged)
-    coarse_values[coarse_mask] = _harmonic_values(coarse_values, coarse_mask, prior)
+    coarse_values[coarse_mask] = _harmonic_values(coarse_values, coarse_mask)
     guess = _upsample(coarse_values)[ys, xs]  # (n, C)
     return np.stack([scipy.sparse.linalg.cg(system, rhs[:, c], x0=guess[:, c], rtol=1e-5, maxiter=200)[0]
                      for c in range(rhs.shape[1])], axis=1)
@@ -274,8 +271,8 @@ def check_weights(settings: RestorerSettings) -> tuple[Path | None, str | None]:
 def build_restorer(settings: RestorerSettings, threads: int = 1) -> Restorer:
     if settings.name == "none":
         return PassThrough()
-    if settings.name in ("telea", "navier-stokes", "harmonic"):
+    if settings.name in CLASSICAL_RESTORERS:
         return ClassicalRestorer(settings.name, settings.radius)
     if settings.name == "gan":
         return GanRestorer(settings, threads)
-    raise RestorerError(f"unknown restorer {settings.name!r} (expected gan, telea, navier-stokes or harmonic)")
+    raise RestorerError(f"unknown restorer {settings.name!r} (expected one of {', '.join(RESTORER_NAMES)})")

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-RESTORERS = ("gan", "telea", "navier-stokes", "harmonic")  # the inpainting methods
+CLASSICAL_RESTORERS = ("telea", "navier-stokes", "harmonic")  # fills without a model
+RESTORERS = ("gan",) + CLASSICAL_RESTORERS  # the inpainting methods
 RESTORER_NAMES = RESTORERS + ("none",)  # "none" copies frames through unchanged: the pipeline's I/O-bound ceiling
 MASK_SOURCES = ("given", "detect", "both")  # both = the union of the given mask and the detected one
 DETECTOR_NAMES = ("classical", "temporal", "learned")  # learned: the U-Net shipped in restore/weights
