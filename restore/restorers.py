@@ -189,7 +189,8 @@ class ClassicalRestorer(Restorer):
 
 
 class GanRestorer(Restorer):
-    """Our GAN generator, run only on boxes fitted around a frame's holes (see `restore.models.tiling`)."""
+    """Our GAN generator, run only where a frame has holes: on boxes fitted around them on a CPU, on the grid tiles
+    that hold them on a GPU (see `restore.models.tiling`)."""
 
     name = "gan"
 
@@ -205,6 +206,7 @@ class GanRestorer(Restorer):
         # channels_last: faster convolutions on a CPU (BENCHMARKS.md), and the layout GPU tensor cores want
         self.generator.to(self.device, memory_format=torch.channels_last).eval()
         self.tile, self.overlap, self.context = settings.tile, settings.overlap, settings.context
+        self.grid = self.device.type == "cuda"  # whole grid tiles in few calls on a GPU, fitted boxes on a CPU
 
     def fill(self, frames, masks):
         import torch
@@ -220,7 +222,7 @@ class GanRestorer(Restorer):
             image = torch.from_numpy(pixels.astype(np.float32) / scale).permute(2, 0, 1)  # (C, H, W) in [0, 1]
             images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)  # grey is seen as colour
         holes = [torch.from_numpy(mask) for mask in masks]
-        settings = dict(tile=self.tile, overlap=self.overlap, context=self.context)
+        settings = dict(tile=self.tile, overlap=self.overlap, context=self.context, grid=self.grid)
         with torch.inference_mode():
             if self.device.type == "cuda":  # a GPU needs full batches: pool the boxes of every frame
                 restored = inpaint_tiled_batch(self.generator, images, holes, **settings)

@@ -21,6 +21,8 @@ def test_bench_reports_every_measurement_with_sane_values(tmp_path, ray_session)
 
 
 def test_scaling_and_floor_report_time_per_frame_and_arithmetic(tmp_path):
+    import torch
+
     from restore.bench import BenchConfig, model_floor, scaling, tiling_fidelity
     from restore.models.generator import Generator, GeneratorConfig
     from restore.models.weights import save_generator
@@ -36,8 +38,10 @@ def test_scaling_and_floor_report_time_per_frame_and_arithmetic(tmp_path):
     floor = model_floor(config, tile=64)
     assert floor["gflops_per_mp"] > 0 and floor["conv_gflops_per_s"] > 0 and floor["generator_over_floor"] > 0
     fidelity = tiling_fidelity(config, frames=1, frame=(96, 128))
-    assert fidelity["frame"] == "128x96" and fidelity["seconds_per_frame_tiled"] > 0
-    assert fidelity["tiled_minus_whole_db"] == fidelity["psnr_hole_tiled"] - fidelity["psnr_hole_whole"]
+    assert fidelity["frame"] == "128x96" and fidelity["jobs_use"] == ("grid" if torch.cuda.is_available() else "boxes")
+    assert all(fidelity[f"seconds_per_frame_{way}"] > 0 for way in ("boxes", "grid", "whole"))
+    assert fidelity["boxes_minus_whole_db"] == fidelity["psnr_hole_boxes"] - fidelity["psnr_hole_whole"]
+    assert fidelity["grid_minus_whole_db"] == fidelity["psnr_hole_grid"] - fidelity["psnr_hole_whole"]
     assert 0 < fidelity["psnr_hole_whole"] < 100
 
 

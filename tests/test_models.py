@@ -10,7 +10,7 @@ from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
 from restore.models.losses import (ADVERSARIAL_KINDS, LossConfig, discriminator_loss, generator_loss, hole_l1,
                                    hole_mse)
-from restore.models.tiling import damage_boxes, inpaint_tiled, inpaint_tiled_batch
+from restore.models.tiling import _feather, _starts, damage_boxes, grid_tiles, inpaint_tiled, inpaint_tiled_batch
 from restore.models.weights import WeightsError, load_generator, save_generator
 from restore.damage import archive_damage
 from restore.demo import clean_scene
@@ -344,6 +344,72 @@ def test_small_frame_mostly_damaged_runs_whole():
     mask = torch.zeros(100, 120, dtype=torch.bool)
     mask[::10, :] = True
     assert damage_boxes(mask, tile=128, overlap=16, context=16) == [(0, 0, 100, 120)]
+
+
+def test_grid_tiles_are_one_size_and_only_where_the_holes_are():
+    mask = torch.zeros(600, 800, dtype=torch.bool)
+    mask[300:303, 400:403] = True  # a dust speck
+    mask[20:580, 700:702] = True  # a scratch
+    tiles = grid_tiles(mask, tile=256, overlap=32)  # origins 0, 224, 344 down; 0, 224, 448, 544 across
+    assert tiles == [(y, x, 256, 256) for y, x in
+                     [(0, 448), (0, 544), (224, 224), (224, 448), (224, 544), (344, 448), (344, 544)]]
+    assert grid_tiles(torch.zeros(600, 800, dtype=torch.bool), tile=256, overlap=32) == []
+    strip = torch.zeros(100, 800, dtype=torch.bool)
+    strip[50, 700] = True
+    assert grid_tiles(strip, tile=256, overlap=32) == [(0, 448, 100, 256), (0, 544, 100, 256)]  # thinner than a tile
+    with pytest.raises(ValueError, match="overlap"):
+        grid_tiles(mask, tile=256, overlap=256)
+
+
+def _tile_whole_frame(g, image, mask, tile, overlap):
+    """Reference: the generator on every tile of the grid, feathered together, composited."""
+    H, W = mask.shape
+    th, tw = min(tile, H), min(tile, W)
+    feather = _feather(th, tw, overlap, image.device)
+    total, weight = torch.zeros_like(image), torch.zeros(H, W)
+    with torch.no_grad():
+        for y in _starts(H, th, tile - overlap):
+            for x in _starts(W, tw, tile - overlap):
+                pred = g(image[None, :, y:y + th, x:x + tw], mask[None, None, y:y + th, x:x + tw])[0]
+                total[:, y:y + th, x:x + tw] += pred * feather
+                weight[y:y + th, x:x + tw] += feather
+    return composite(total / weight, image, mask[None])
+
+
+def test_grid_runs_scattered_damage_in_fewer_calls_and_fills_as_if_the_whole_frame_were_tiled():
+    """What a GPU needs: every call a full batch of one tile size, and fewer calls than fitted boxes take; each
+    hole pixel blended from every grid tile that holds it."""
+    g = tiny_generator()
+    shapes = []
+    g.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape)))
+    image = torch.rand(3, 300, 400)
+    mask = torch.zeros(300, 400, dtype=torch.bool)
+    for k, (y, x) in enumerate(torch.randint(0, 290, (40, 2), generator=torch.Generator().manual_seed(0)).tolist()):
+        mask[y:y + 2 + k % 7, x:x + 3 + k % 5] = True  # dust of many sizes
+    gridded = inpaint_tiled(g, image, mask, tile=96, overlap=32, batch_size=4, grid=True)
+    grid_calls, shapes[:] = list(shapes), []
+    inpaint_tiled(g, image, mask, tile=96, overlap=32, batch_size=4)
+    assert {s[2:] for s in grid_calls} == {(96, 96)} and all(s[0] == 4 for s in grid_calls[:-1])
+    assert len(grid_calls) < len(shapes)
+    assert torch.equal(gridded[:, ~mask], image[:, ~mask])
+    assert torch.allclose(gridded, _tile_whole_frame(g, image, mask, tile=96, overlap=32), atol=1e-5)
+
+
+def test_the_restorer_on_a_grid_fills_as_well_as_on_fitted_boxes():
+    """The shipped generator as a GPU runs it (grid tiles) against the CPU's way (fitted boxes), on a CPU."""
+    rng = np.random.default_rng(0)
+    clean = clean_scene(rng, 192, 256)
+    damaged, mask = archive_damage(rng, clean)
+    restorer = GanRestorer(RestorerSettings(name="gan", tile=64, overlap=16, context=8))
+    assert not restorer.grid  # no GPU here: fitted boxes
+    boxes = restorer.fill([damaged], [mask])[0]
+    shapes = []
+    restorer.generator.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape)))
+    restorer.grid = True
+    gridded = restorer.fill([damaged], [mask])[0]
+    assert {s[2:] for s in shapes} == {(64, 64)}
+    assert np.array_equal(gridded[~mask], damaged[~mask])
+    assert abs(psnr(gridded, clean, mask) - psnr(boxes, clean, mask)) < 0.5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -7,6 +7,10 @@ hole pixels, grown by the context, split into connected regions; a region larger
 overlapping tiles, each shrunk to the region's cells inside it. Boxes of equal size share batches, across frames.
 Each box's prediction is weighted by a feather that falls off towards its edges, so overlapping predictions blend
 without seams; finally the result is composited, so pixels outside the mask are exactly the input.
+
+On a GPU the arithmetic is cheap and each generator call costs its kernel launches whatever its size, so fitted
+boxes of many sizes (many small batches) are slower there than a regular grid of whole tiles: `grid=True` runs
+only the grid's tiles that hold holes, all of one size, in few full batches.
 """
 from __future__ import annotations
 
@@ -135,11 +139,24 @@ def damage_boxes(mask: torch.Tensor, tile: int, overlap: int, context: int) -> l
     return [(y0, x0, y1 - y0, x1 - x0) for y0, x0, y1, x1 in boxes]
 
 
+def grid_tiles(mask: torch.Tensor, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """(y, x, h, w) tiles of a regular grid over `mask` (bool (H, W)), `tile` - `overlap` apart and the last flush
+    with the far edge, that hold hole pixels. All are one size; each hole pixel is blended from every grid tile
+    that holds it, exactly as if the whole frame were tiled."""
+    if not 0 <= overlap < tile:
+        raise ValueError(f"need 0 <= overlap < tile; got overlap={overlap}, tile={tile}")
+    H, W = mask.shape
+    th, tw = min(tile, H), min(tile, W)
+    return [(y, x, th, tw) for y in _starts(H, th, tile - overlap) for x in _starts(W, tw, tile - overlap)
+            if mask[y:y + th, x:x + tw].any()]
+
+
 @torch.no_grad()
 def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks: list[torch.Tensor],
-                        tile: int = 512, overlap: int = 64, context: int = 32, batch_size: int = 8
-                        ) -> list[torch.Tensor]:
-    """Inpaint several frames, pooling the boxes around their holes into batches of `batch_size`.
+                        tile: int = 512, overlap: int = 64, context: int = 32, batch_size: int = 8,
+                        grid: bool = False) -> list[torch.Tensor]:
+    """Inpaint several frames, pooling the boxes around their holes (or with `grid`, the grid tiles that hold
+    them, which need no `context`: a tile's overlap with its neighbours is its context) into batches of `batch_size`.
 
     images: float (3, H, W) in [0, 1], sizes may differ; masks: bool (H, W), True = hole. Returns composited
     (3, H, W) tensors on the images' devices. Frames with an empty mask are returned unchanged without touching
@@ -154,7 +171,8 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
     by_size: dict[tuple[int, int], list] = {}  # only boxes of equal size can share a batch
     for i, (image, mask) in enumerate(zip(images, masks)):
         _check(image, mask)
-        for y, x, h, w in damage_boxes(mask, tile, overlap, context):
+        boxes = grid_tiles(mask, tile, overlap) if grid else damage_boxes(mask, tile, overlap, context)
+        for y, x, h, w in boxes:
             by_size.setdefault((h, w), []).append((i, y, x))
     sums = [torch.zeros_like(im, dtype=torch.float32, device=device) for im in images]  # (3, H, W) weighted sums
     weights = [torch.zeros(im.shape[1:], device=device) for im in images]  # (H, W)
@@ -185,6 +203,6 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
 
 
 def inpaint_tiled(generator: Generator, image: torch.Tensor, mask: torch.Tensor, tile: int = 512,
-                  overlap: int = 64, context: int = 32, batch_size: int = 8) -> torch.Tensor:
+                  overlap: int = 64, context: int = 32, batch_size: int = 8, grid: bool = False) -> torch.Tensor:
     """Inpaint one frame: image float (3, H, W) in [0, 1], mask bool (H, W) -> composited (3, H, W)."""
-    return inpaint_tiled_batch(generator, [image], [mask], tile, overlap, context, batch_size)[0]
+    return inpaint_tiled_batch(generator, [image], [mask], tile, overlap, context, batch_size, grid)[0]
