@@ -40,6 +40,7 @@ def test_scaling_and_floor_report_time_per_frame_and_arithmetic(tmp_path):
     fidelity = tiling_fidelity(config, frames=1, frame=(96, 128))
     assert fidelity["frame"] == "128x96" and fidelity["jobs_use"] == ("grid" if torch.cuda.is_available() else "boxes")
     assert all(fidelity[f"seconds_per_frame_{way}"] > 0 for way in ("boxes", "grid", "whole"))
+    assert fidelity["generator_calls_per_frame_whole"] == 1 and fidelity["generator_calls_per_frame_grid"] >= 1
     assert fidelity["boxes_minus_whole_db"] == fidelity["psnr_hole_boxes"] - fidelity["psnr_hole_whole"]
     assert fidelity["grid_minus_whole_db"] == fidelity["psnr_hole_grid"] - fidelity["psnr_hole_whole"]
     assert 0 < fidelity["psnr_hole_whole"] < 100
