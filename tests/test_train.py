@@ -48,21 +48,27 @@ def tiny_config(data: str, out_dir, **changes) -> TrainConfig:
 
 
 def test_shipped_configs_load():
-    for name in ("gan-cpu.yaml", "gan-gpu.yaml", "l1-cpu.yaml", "refine-cpu.yaml", "refine-l1-cpu.yaml",
-                 "refine-gpu.yaml", "refine-l1-gpu.yaml", "refine-more-cpu.yaml", "refine-l1-more-cpu.yaml",
-                 "refine-mse-cpu.yaml", "refine-mse-ablation-cpu.yaml", "refine-harmonic-cpu.yaml",
-                 "refine-harmonic-l1-cpu.yaml"):
+    names = sorted(path.name for path in CONFIGS.glob("*.yaml"))
+    assert len(names) >= 16
+    for name in names:
         config = load_train_config(CONFIGS / name, data="somewhere", out_dir="elsewhere")
         assert config.data == "somewhere" and isinstance(config.generator, GeneratorConfig)
     pairs = (("gan-cpu.yaml", "l1-cpu.yaml"), ("refine-cpu.yaml", "refine-l1-cpu.yaml"),
              ("refine-gpu.yaml", "refine-l1-gpu.yaml"), ("refine-more-cpu.yaml", "refine-l1-more-cpu.yaml"),
              ("refine-mse-cpu.yaml", "refine-mse-ablation-cpu.yaml"),
-             ("refine-harmonic-cpu.yaml", "refine-harmonic-l1-cpu.yaml"))
+             ("refine-harmonic-cpu.yaml", "refine-harmonic-l1-cpu.yaml"),
+             ("refine-wide-gpu.yaml", "refine-wide-l1-gpu.yaml"))
     for gan, ablation in pairs:
         gan, ablation = (load_train_config(CONFIGS / name, out_dir="same") for name in (gan, ablation))
         assert ablation.loss.adversarial == "none" and gan.loss.adversarial != "none"
         # an ablation differs from its GAN in the adversarial loss alone
         assert dataclasses.replace(ablation, loss=gan.loss) == gan
+    # the width experiment's two arms differ in the generator's width alone
+    wide, narrow = (load_train_config(CONFIGS / f"refine-{arm}-l1-gpu.yaml", out_dir="same")
+                    for arm in ("wide", "narrow"))
+    assert wide.generator.width > narrow.generator.width
+    widened = dataclasses.replace(narrow.generator, width=wide.generator.width)
+    assert dataclasses.replace(narrow, generator=widened) == wide
 
 
 def test_config_errors_name_the_key(tmp_path):

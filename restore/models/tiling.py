@@ -49,6 +49,11 @@ def _check(image: torch.Tensor, mask: torch.Tensor) -> None:
         raise ValueError(f"mask must be bool (H, W) = {tuple(image.shape[1:])}; got {mask.dtype} {tuple(mask.shape)}")
 
 
+def _check_overlap(tile: int, overlap: int) -> None:
+    if not 0 <= overlap < tile:
+        raise ValueError(f"need 0 <= overlap < tile; got overlap={overlap}, tile={tile}")
+
+
 def _regions(cells: torch.Tensor) -> list[list[tuple[int, int]]]:
     """8-connected regions of the True cells of a (rows, cols) grid, as lists of (row, col)."""
     todo = {(int(r), int(c)) for r, c in cells.nonzero().tolist()}
@@ -143,8 +148,7 @@ def grid_tiles(mask: torch.Tensor, tile: int, overlap: int) -> list[tuple[int, i
     """(y, x, h, w) tiles of a regular grid over `mask` (bool (H, W)), `tile` - `overlap` apart and the last flush
     with the far edge, that hold hole pixels. All are one size; each hole pixel is blended from every grid tile
     that holds it, exactly as if the whole frame were tiled."""
-    if not 0 <= overlap < tile:
-        raise ValueError(f"need 0 <= overlap < tile; got overlap={overlap}, tile={tile}")
+    _check_overlap(tile, overlap)
     H, W = mask.shape
     th, tw = min(tile, H), min(tile, W)
     return [(y, x, th, tw) for y in _starts(H, th, tile - overlap) for x in _starts(W, tw, tile - overlap)
@@ -163,8 +167,7 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
     the generator. Crops go in channels_last, the layout of the restorer's generator. On CUDA
     the generator runs under bf16 autocast, fed from pinned memory; on CPU in fp32, deterministically.
     """
-    if not 0 <= overlap < tile:
-        raise ValueError(f"need 0 <= overlap < tile; got overlap={overlap}, tile={tile}")
+    _check_overlap(tile, overlap)
     if context < 0:
         raise ValueError(f"need context >= 0; got {context}")
     device = next(generator.parameters()).device
