@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -390,3 +390,36 @@ def model_floor(config: BenchConfig, tile: int = 512) -> dict:
     return {"gflops_per_mp": flops_per_mp / 1e9, "conv_gflops_per_s": throughput / 1e9,
             "floor_seconds_per_mp": flops_per_mp / throughput, "generator_seconds_per_mp": measured,
             "generator_over_floor": measured / (flops_per_mp / throughput), "threads": torch.get_num_threads()}
+
+
+def train_speed(config_path: str, steps: int = 8) -> dict:
+    """Seconds per `restore train` step of a training config in each precision, on the config's device, batch, crop
+    sizes and threads: whether bf16 pays on this machine. Crops come from synthetic scenes (no data needed) and are
+    prepared before timing, so the numbers are the networks' alone; the first step of each precision is untimed."""
+    import torch
+
+    from .train import PRECISIONS, _new_state, load_train_config, prepare_batch, train_step
+
+    base = load_train_config(config_path, data="", out_dir="", init_weights=None)
+    torch.set_num_threads(base.threads)
+    device = torch.device(base.device)
+    finish = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rng = np.random.default_rng(0)
+    scenes = [clean_scene(rng, 384, 384) for _ in range(4)]
+    batches = [prepare_batch(rng, scenes, base) for _ in range(steps + 1)]
+    result = {"config": str(config_path), "device": _gpu_name() or f"cpu, {base.threads} threads",
+              "batch_size": base.batch_size, "crop_sizes": base.crop_sizes,
+              "adversarial": base.loss.adversarial, "seconds_per_step": {}}
+    for precision in PRECISIONS:
+        config = replace(base, precision=precision, adv_start_step=0)
+        state = _new_state(config, rank=0, device=device)
+        train_step(state, config, batches[0], device)  # untimed: one-off set-up (kernels, thread pools)
+        finish()
+        started = time.perf_counter()
+        for batch in batches[1:]:
+            train_step(state, config, batch, device)
+        finish()
+        result["seconds_per_step"][precision] = (time.perf_counter() - started) / steps
+    seconds = result["seconds_per_step"]
+    result["bf16_speed_up"] = seconds["fp32"] / seconds["bf16"]
+    return result

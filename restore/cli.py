@@ -247,6 +247,13 @@ def cmd_bench(args) -> int:
     config = BenchConfig(frames=args.frames, damage=args.damage, restorer=args.restorer, weights=args.weights,
                          workers=args.workers, cpus=args.cpus, batch_size=args.batch_size, s3=not args.no_s3,
                          naive=not args.no_naive, seed=args.seed, **({"sizes": args.size} if args.size else {}))
+    if args.train:
+        from .bench import train_speed
+
+        result = train_speed(args.train, steps=args.steps)
+        _write_json(args.json, result)
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
     if args.scaling:
         from .bench import model_floor, scaling, tiling_fidelity
 
@@ -385,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--scaling", action="store_true",
                        help="instead: restorer time per frame against frame size and damaged fraction, and the FLOPs floor")
+    bench.add_argument("--train", metavar="CONFIG",
+                       help="instead: seconds per training step of a `restore train` config, in fp32 and in bf16")
+    bench.add_argument("--steps", type=int, default=8, help="timed training steps per precision (with --train)")
     bench.set_defaults(func=cmd_bench)
 
     training = verbs.add_parser("train", help="train the GAN inpainting generator (resumes from the last checkpoint)")

@@ -32,6 +32,7 @@ from restore.restorers import classical_fill
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MASK_SOURCES = MASK_CLASSES + ("archive",)  # what a training mask can be drawn from
 VAL_CROP = 256
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -65,6 +66,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2  # torch CPU threads per process
     device: str = "cpu"
+    precision: str = "fp32"  # "bf16": the networks' forward passes in bfloat16 (autocast; weights, optimiser state,
+    # losses and R1 stay fp32). Faster where the hardware has bf16 units (a GPU's tensor cores, a CPU with AMX);
+    # slower on a CPU without them (`restore bench --train` measures both)
 
     def __post_init__(self):
         unknown = set(self.mask_weights) - set(MASK_SOURCES)
@@ -72,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"mask_weights: keys must be among {', '.join(MASK_SOURCES)} with one weight > 0")
         if not self.crop_sizes or min(self.crop_sizes) < 32:
             raise ValueError("crop_sizes: give at least one crop size of 32 or more")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 
 
 def _build(cls, values: dict, where: str):
@@ -381,6 +387,10 @@ def _average_gradients(module: torch.nn.Module, world_size: int) -> None:
             p.grad /= world_size
 
 
+def _mixed_precision(config: TrainConfig, device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
 def train_step(state: State, config: TrainConfig, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                device: torch.device, world_size: int = 1) -> dict:
     """One generator step and (after the warm-up) one discriminator step on a `prepare_batch` batch; returns the
@@ -390,11 +400,12 @@ def train_step(state: State, config: TrainConfig, batch: tuple[torch.Tensor, tor
     adversarial = config.loss.adversarial != "none" and state.step >= config.adv_start_step
     loss_config = config.loss if adversarial else dataclasses.replace(config.loss, adversarial="none")
 
-    pred = state.generator(seen, mask)  # (B, 3, S, S)
-    fake = composite(pred, real, mask)
-    state.discriminator.requires_grad_(False)
-    g_loss, metrics = generator_loss(loss_config, state.discriminator, pred, fake, real, mask)
-    state.discriminator.requires_grad_(True)
+    with _mixed_precision(config, device):
+        pred = state.generator(seen, mask).float()  # (B, 3, S, S); losses are taken in fp32
+        fake = composite(pred, real, mask)
+        state.discriminator.requires_grad_(False)
+        g_loss, metrics = generator_loss(loss_config, state.discriminator, pred, fake, real, mask)
+        state.discriminator.requires_grad_(True)
     state.opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     if world_size > 1:
@@ -403,7 +414,8 @@ def train_step(state: State, config: TrainConfig, batch: tuple[torch.Tensor, tor
     state.opt_g.step()
 
     if adversarial:
-        d_loss, d_metrics = discriminator_loss(config.loss, state.discriminator, fake, real, mask, state.step)
+        with _mixed_precision(config, device):
+            d_loss, d_metrics = discriminator_loss(config.loss, state.discriminator, fake, real, mask, state.step)
         state.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         if world_size > 1:

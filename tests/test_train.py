@@ -11,7 +11,7 @@ from PIL import Image
 
 from restore.models.discriminator import DiscriminatorConfig
 from restore.models.generator import GeneratorConfig
-from restore.models.losses import LossConfig, hole_l1
+from restore.models.losses import LossConfig, _r1_penalty, hole_l1
 from restore.models.weights import load_generator
 from restore.evaluate import PSNR_CAP
 from restore.train import (TrainConfig, _new_state, checkpoint_path, export_generator,
@@ -94,8 +94,9 @@ def test_batches_are_crops_with_masks(tiny_data, tmp_path):
     assert mask.any() and torch.allclose(image, torch.full_like(image, 9 / 255))
 
 
-def test_a_few_steps_lower_the_reconstruction_loss(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, tmp_path, loss=LossConfig(adversarial="none"))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_few_steps_lower_the_reconstruction_loss(tiny_data, tmp_path, precision):
+    config = tiny_config(tiny_data, tmp_path, loss=LossConfig(adversarial="none"), precision=precision)
     state = _new_state(config, 0, torch.device("cpu"))
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
     real, mask = sample_batch(np.random.default_rng(123), images, dataclasses.replace(config, batch_size=16), 32)
@@ -108,6 +109,28 @@ def test_a_few_steps_lower_the_reconstruction_loss(tiny_data, tmp_path):
     for _ in range(40):
         train_step(state, config, prepare_batch(state.rng, images, config), torch.device("cpu"))
     assert loss() < 0.6 * before
+
+
+def test_bf16_training_keeps_weights_and_r1_in_fp32(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path, precision="bf16", adv_start_step=0, loss=LossConfig(r1_every=1))
+    state = _new_state(config, 0, torch.device("cpu"))
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
+    metrics = [train_step(state, config, prepare_batch(state.rng, images, config), torch.device("cpu"))
+               for _ in range(3)]
+    assert all(np.isfinite(m["d_r1"]) and m["d_r1"] > 0 and np.isfinite(m["g_adv"]) for m in metrics)
+    for module in (state.generator, state.ema, state.discriminator):
+        assert {p.dtype for p in module.parameters()} == {torch.float32}
+    state.discriminator.eval()  # spectral norm's power iteration would otherwise move on at each call
+    real = torch.rand(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as train_step runs it: R1 must not drop to bf16
+        in_autocast = _r1_penalty(state.discriminator, real)
+    assert in_autocast.dtype == torch.float32
+    assert torch.equal(in_autocast, _r1_penalty(state.discriminator, real))
+
+
+def test_an_unknown_precision_is_refused(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="bf16"):
+        tiny_config(tiny_data, tmp_path, precision="fp16")
 
 
 def test_batches_travel_in_8_bits_without_loss(tiny_data, tmp_path):

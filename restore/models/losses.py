@@ -58,6 +58,12 @@ def feature_matching(fake_features: list[torch.Tensor], real_features: list[torc
     return sum(F.l1_loss(f, r.detach()) for f, r in zip(fake_features, real_features)) / len(fake_features)
 
 
+def _judge(discriminator: PatchDiscriminator, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The discriminator's logits and features in fp32, whatever precision it ran in, so losses are taken in fp32."""
+    logits, features = discriminator(image)
+    return logits.float(), [f.float() for f in features]
+
+
 def hole_patches(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """1.0 for every discriminator patch that holds a hole pixel, else 0.0, at the logits' resolution.
 
@@ -117,9 +123,9 @@ def generator_loss(config: LossConfig, discriminator: PatchDiscriminator | None,
         loss = loss + config.l2_weight * mse
         metrics["g_mse"] = mse.item()
     if config.adversarial != "none":
-        fake_logits, fake_features = discriminator(fake)
+        fake_logits, fake_features = _judge(discriminator, fake)
         with torch.no_grad():
-            _, real_features = discriminator(real)
+            _, real_features = _judge(discriminator, real)
         adv = _generator_adversarial(config.adversarial, fake_logits, mask)
         fm = feature_matching(fake_features, real_features)
         loss = loss + config.adv_weight * adv + config.fm_weight * fm
@@ -130,17 +136,21 @@ def generator_loss(config: LossConfig, discriminator: PatchDiscriminator | None,
 
 def _r1_penalty(discriminator: PatchDiscriminator, real: torch.Tensor) -> torch.Tensor:
     """Squared input gradient of the real logits, per patch: the gradient of their sum over an image adds up
-    every patch's, so it is divided by the patch count to keep gamma's meaning at any crop size."""
-    real = real.detach().requires_grad_(True)
-    logits, _ = discriminator(real)
+    every patch's, so it is divided by the patch count to keep gamma's meaning at any crop size. Always in fp32:
+    a squared gradient is too small a number for bfloat16's 8 bits of mantissa."""
+    real = real.detach().float().requires_grad_(True)
+    with torch.autocast(real.device.type, enabled=False):
+        logits, _ = discriminator(real)
     (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
     return grad.pow(2).flatten(1).sum(1).mean() / logits[0].numel()
 
 
 def _gradient_penalty(discriminator: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP's penalty, in fp32 like R1's."""
     t = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
-    mixed = (t * real + (1 - t) * fake).detach().requires_grad_(True)
-    logits, _ = discriminator(mixed)
+    mixed = (t * real + (1 - t) * fake).detach().float().requires_grad_(True)
+    with torch.autocast(real.device.type, enabled=False):
+        logits, _ = discriminator(mixed)
     (grad,) = torch.autograd.grad(logits.sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
@@ -153,8 +163,8 @@ def discriminator_loss(config: LossConfig, discriminator: PatchDiscriminator, fa
     if kind == "none":
         raise ValueError("adversarial loss 'none' trains no discriminator")
     fake = fake.detach()
-    real_logits, _ = discriminator(real)
-    fake_logits, _ = discriminator(fake)
+    real_logits, _ = _judge(discriminator, real)
+    fake_logits, _ = _judge(discriminator, fake)
     holes = hole_patches(mask, fake_logits)
     fake_loss = holes * _fake_term(kind, fake_logits) + (1 - holes) * _real_term(kind, fake_logits)
     loss = _real_term(kind, real_logits).mean() + fake_loss.mean()
