@@ -199,7 +199,7 @@ def cmd_train(args) -> int:
 
     config = load_train_config(args.config, data=args.data, out_dir=args.out, init_weights=args.init_weights,
                                max_steps=args.max_steps, max_minutes=args.max_minutes, threads=args.threads,
-                               device=args.device)
+                               device=args.device, precision=args.precision)
     out_dir = train(config, resume=not args.fresh, ray_workers=args.workers)
     print(f"restore train: checkpoints, log.jsonl and curves.png in {out_dir}")
     return EXIT_OK
@@ -408,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stop after this many minutes (checkpointed; resume later), e.g. a nightly window")
     training.add_argument("--threads", type=int, help="torch CPU threads per worker")
     training.add_argument("--device", help="cpu or cuda")
+    training.add_argument("--precision",
+                          help="fp32 or bf16 (overrides the config); bf16: faster steps where the hardware has bf16 units (`restore bench --train` tells)")
     training.add_argument("--workers", type=int, default=0, help="train on N Ray Train workers (DDP); 0 = this process")
     training.set_defaults(func=cmd_train)
 

@@ -128,9 +128,19 @@ def test_bf16_training_keeps_weights_and_r1_in_fp32(tiny_data, tmp_path):
     assert torch.equal(in_autocast, _r1_penalty(state.discriminator, real))
 
 
-def test_an_unknown_precision_is_refused(tiny_data, tmp_path):
-    with pytest.raises(ValueError, match="bf16"):
-        tiny_config(tiny_data, tmp_path, precision="fp16")
+def test_the_command_line_chooses_the_precision(tiny_data, tmp_path, capsys):
+    from restore.cli import main as restore_main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data: nowhere\nout_dir: nowhere\ngenerator: {width: 8, n_down: 2, n_blocks: 1}\n"
+                      "crop_sizes: [32]\nbatch_size: 2\nval_images: 1\nthreads: 1\n")
+    common = ["train", str(config), "--data", tiny_data, "--max-steps", "2"]
+    assert restore_main([*common, "--out", str(tmp_path / "run"), "--precision", "bf16"]) == 0
+    saved = torch.load(checkpoint_path(tmp_path / "run"), weights_only=True)
+    assert saved["step"] == 2 and saved["config"]["precision"] == "bf16"
+    assert restore_main([*common, "--out", str(tmp_path / "bad"), "--precision", "fp16"]) == 2
+    assert "precision must be one of fp32, bf16; got 'fp16'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_batches_travel_in_8_bits_without_loss(tiny_data, tmp_path):
