@@ -400,7 +400,7 @@ def train_speed(config_path: str, steps: int = 8) -> dict:
 
     from .train import PRECISIONS, _new_state, load_train_config, prepare_batch, train_step
 
-    base = load_train_config(config_path, data="", out_dir="", init_weights=None)
+    base = load_train_config(config_path, data="", out_dir="")
     torch.set_num_threads(base.threads)
     device = torch.device(base.device)
     finish = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -412,7 +412,7 @@ def train_speed(config_path: str, steps: int = 8) -> dict:
               "adversarial": base.loss.adversarial, "seconds_per_step": {}}
     for precision in PRECISIONS:
         config = replace(base, precision=precision, adv_start_step=0)
-        state = _new_state(config, rank=0, device=device)
+        state = _new_state(config, rank=0, device=device, fresh=False)  # fresh weights: speed is all we need
         train_step(state, config, batches[0], device)  # untimed: one-off set-up (kernels, thread pools)
         finish()
         started = time.perf_counter()

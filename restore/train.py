@@ -67,8 +67,8 @@ class TrainConfig:
     threads: int = 2  # torch CPU threads per process
     device: str = "cpu"
     precision: str = "fp32"  # "bf16": the networks' forward passes in bfloat16 (autocast; weights, optimiser state,
-    # losses and R1 stay fp32). Faster where the hardware has bf16 units (a GPU's tensor cores, a CPU with AMX);
-    # slower on a CPU without them (`restore bench --train` measures both)
+    # losses and R1 stay fp32). It pays where the hardware has bf16 units (a GPU's tensor cores, a CPU's AMX):
+    # `restore bench --train CONFIG` times both
 
     def __post_init__(self):
         unknown = set(self.mask_weights) - set(MASK_SOURCES)

@@ -137,7 +137,7 @@ def generator_loss(config: LossConfig, discriminator: PatchDiscriminator | None,
 def _r1_penalty(discriminator: PatchDiscriminator, real: torch.Tensor) -> torch.Tensor:
     """Squared input gradient of the real logits, per patch: the gradient of their sum over an image adds up
     every patch's, so it is divided by the patch count to keep gamma's meaning at any crop size. Always in fp32:
-    a squared gradient is too small a number for bfloat16's 8 bits of mantissa."""
+    bfloat16's 8-bit mantissa is too coarse for a penalty built from second derivatives."""
     real = real.detach().float().requires_grad_(True)
     with torch.autocast(real.device.type, enabled=False):
         logits, _ = discriminator(real)
