@@ -69,6 +69,10 @@ def test_shipped_configs_load():
     assert wide.generator.width > narrow.generator.width
     widened = dataclasses.replace(narrow.generator, width=wide.generator.width)
     assert dataclasses.replace(narrow, generator=widened) == wide
+    # the precision experiment's two arms differ in precision alone
+    fp32, bf16 = (load_train_config(CONFIGS / f"refine-l1-{arm}-cpu.yaml", out_dir="same") for arm in ("fp32", "bf16"))
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert dataclasses.replace(fp32, precision="bf16") == bf16
 
 
 def test_config_errors_name_the_key(tmp_path):
