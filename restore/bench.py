@@ -392,31 +392,40 @@ def model_floor(config: BenchConfig, tile: int = 512) -> dict:
             "generator_over_floor": measured / (flops_per_mp / throughput), "threads": torch.get_num_threads()}
 
 
-def train_speed(config_path: str, steps: int = 8) -> dict:
+def train_speed(config_path: str, steps: int = 16) -> dict:
     """Seconds per `restore train` step of a training config in each precision, on the config's device, batch, crop
     sizes and threads: whether bf16 pays on this machine. Crops come from synthetic scenes (no data needed) and are
-    prepared before timing, so the numbers are the networks' alone; the first step of each precision is untimed."""
+    prepared before timing, so the numbers are the networks' alone. Each precision first runs one untimed step per
+    crop size (one-off set-up: kernels, thread pools); 16 timed steps hold one lazy R1 step at the usual
+    `r1_every` of 16, as training does."""
     import torch
 
     from .train import PRECISIONS, _new_state, load_train_config, prepare_batch, train_step
 
+    if steps < 1:
+        raise ValueError(f"--steps: time at least one step, got {steps}")
     base = load_train_config(config_path, data="", out_dir="")
     torch.set_num_threads(base.threads)
     device = torch.device(base.device)
-    finish = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda  # as `restore train` sets it
+    finish = torch.cuda.synchronize if cuda else (lambda: None)
     rng = np.random.default_rng(0)
     scenes = [clean_scene(rng, 384, 384) for _ in range(4)]
-    batches = [prepare_batch(rng, scenes, base) for _ in range(steps + 1)]
-    result = {"config": str(config_path), "device": _gpu_name() or f"cpu, {base.threads} threads",
-              "batch_size": base.batch_size, "crop_sizes": base.crop_sizes,
+    warm_ups = [prepare_batch(rng, scenes, replace(base, crop_sizes=[size])) for size in sorted(set(base.crop_sizes))]
+    batches = [prepare_batch(rng, scenes, base) for _ in range(steps)]
+    result = {"config": str(config_path), "device": _gpu_name() if cuda else f"cpu, {base.threads} threads",
+              "batch_size": base.batch_size, "crop_sizes": base.crop_sizes, "steps": steps,
               "adversarial": base.loss.adversarial, "seconds_per_step": {}}
     for precision in PRECISIONS:
         config = replace(base, precision=precision, adv_start_step=0)
         state = _new_state(config, rank=0, device=device, fresh=False)  # fresh weights: speed is all we need
-        train_step(state, config, batches[0], device)  # untimed: one-off set-up (kernels, thread pools)
+        for batch in warm_ups:
+            train_step(state, config, batch, device)
+        state.step = 0  # the timed steps count from 0, so both precisions run R1 on the same ones
         finish()
         started = time.perf_counter()
-        for batch in batches[1:]:
+        for batch in batches:
             train_step(state, config, batch, device)
         finish()
         result["seconds_per_step"][precision] = (time.perf_counter() - started) / steps

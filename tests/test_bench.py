@@ -65,7 +65,8 @@ def test_whole_frame_gives_a_refiner_its_classical_prefill_as_the_restorer_does(
 
 def test_bench_train_times_a_config_in_both_precisions(tmp_path):
     config = tmp_path / "tiny.yaml"
-    config.write_text("data: nowhere\nout_dir: nowhere\ngenerator: {width: 8, n_down: 2, n_blocks: 1, prefill: telea}\n"
+    config.write_text(f"data: {tmp_path / 'nowhere'}\nout_dir: {tmp_path / 'nowhere'}\n"
+                      "generator: {width: 8, n_down: 2, n_blocks: 1, prefill: telea}\n"
                       "discriminator: {width: 8, n_layers: 2}\ncrop_sizes: [32, 48]\nbatch_size: 2\nthreads: 1\n"
                       "adv_start_step: 100\n")
     out = tmp_path / "train.json"
@@ -73,6 +74,8 @@ def test_bench_train_times_a_config_in_both_precisions(tmp_path):
     result = json.loads(out.read_text())
     seconds = result["seconds_per_step"]
     assert set(seconds) == {"fp32", "bf16"} and all(value > 0 for value in seconds.values())
-    assert result["bf16_speed_up"] == seconds["fp32"] / seconds["bf16"]
+    assert result["bf16_speed_up"] == seconds["fp32"] / seconds["bf16"] and result["steps"] == 2
     assert result["batch_size"] == 2 and result["crop_sizes"] == [32, 48] and result["adversarial"] == "non_saturating"
-    assert not (tmp_path / "nowhere").exists()  # a measurement writes no checkpoint
+    assert result["device"] == "cpu, 1 threads"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny.yaml", "train.json"]  # no checkpoint written
+    assert restore_main(["bench", "--train", str(config), "--steps", "0"]) == 2

@@ -413,6 +413,16 @@ def test_the_restorer_on_a_grid_fills_as_well_as_on_fitted_boxes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_autocast_leaves_the_spectral_norm_in_fp32():
+    """On a GPU autocast would run spectral norm's matrix-vector products in bf16 (on a CPU it does not)."""
+    discriminator = PatchDiscriminator(DiscriminatorConfig(width=8, n_layers=2)).cuda().eval()
+    plain = discriminator.normalised_weights()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        mixed = discriminator.normalised_weights()
+    assert all(m.dtype == torch.float32 and torch.equal(m, p) for m, p in zip(mixed, plain))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_inference_matches_cpu_fp32_on_a_film_frame():
     rng = np.random.default_rng(0)
     clean = clean_scene(rng, 1556, 2048)

@@ -115,20 +115,23 @@ def test_a_few_steps_lower_the_reconstruction_loss(tiny_data, tmp_path, precisio
     assert loss() < 0.6 * before
 
 
-def test_bf16_training_keeps_weights_and_r1_in_fp32(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, tmp_path, precision="bf16", adv_start_step=0, loss=LossConfig(r1_every=1))
-    state = _new_state(config, 0, torch.device("cpu"))
+def test_bf16_runs_the_forward_passes_in_bf16_and_r1_in_fp32(tiny_data, tmp_path):
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
-    metrics = [train_step(state, config, prepare_batch(state.rng, images, config), torch.device("cpu"))
-               for _ in range(3)]
-    assert all(np.isfinite(m["d_r1"]) and m["d_r1"] > 0 and np.isfinite(m["g_adv"]) for m in metrics)
-    for module in (state.generator, state.ema, state.discriminator):
-        assert {p.dtype for p in module.parameters()} == {torch.float32}
+    for precision, forward in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        config = tiny_config(tiny_data, tmp_path, precision=precision, adv_start_step=0, loss=LossConfig(r1_every=1))
+        state = _new_state(config, 0, torch.device("cpu"))
+        seen = set()
+        state.generator.stem.register_forward_hook(lambda module, inputs, out: seen.add(("generator", out.dtype)))
+        state.discriminator.register_forward_hook(lambda module, inputs, out: seen.add(("discriminator", out[0].dtype)))
+        metrics = [train_step(state, config, prepare_batch(state.rng, images, config), torch.device("cpu"))
+                   for _ in range(3)]
+        assert all(np.isfinite(m["d_r1"]) and m["d_r1"] > 0 and np.isfinite(m["g_adv"]) for m in metrics)
+        # the generator and discriminator steps in the chosen precision, R1's pass of the discriminator in fp32
+        assert seen == {("generator", forward), ("discriminator", forward), ("discriminator", torch.float32)}
     state.discriminator.eval()  # spectral norm's power iteration would otherwise move on at each call
     real = torch.rand(2, 3, 32, 32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # as train_step runs it: R1 must not drop to bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as train_step runs it
         in_autocast = _r1_penalty(state.discriminator, real)
-    assert in_autocast.dtype == torch.float32
     assert torch.equal(in_autocast, _r1_penalty(state.discriminator, real))
 
 
@@ -182,9 +185,10 @@ def test_training_with_loader_workers_resumes_to_its_last_step(tiny_data, tmp_pa
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_cuda_run_resumes(tiny_data, tmp_path):
-    train(tiny_config(tiny_data, tmp_path, max_steps=2, device="cuda"), resume=False)
-    resumed = train(tiny_config(tiny_data, tmp_path, max_steps=3, device="cuda"), resume=True)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_cuda_run_resumes(tiny_data, tmp_path, precision):
+    train(tiny_config(tiny_data, tmp_path, max_steps=2, device="cuda", precision=precision), resume=False)
+    resumed = train(tiny_config(tiny_data, tmp_path, max_steps=3, device="cuda", precision=precision), resume=True)
     assert torch.load(checkpoint_path(resumed), weights_only=True, map_location="cpu")["step"] == 3
 
 

@@ -38,10 +38,18 @@ class PatchDiscriminator(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.head = spectral_norm(nn.Conv2d(channels, 1, 3, padding=1))
 
+    def normalised_weights(self) -> list[torch.Tensor]:
+        """Every layer's spectrally normalised weight, in fp32 even under autocast: on a GPU, autocast would run
+        the power iteration's matrix-vector products in bf16, too coarse for a weight's scale."""
+        with torch.autocast(self.head.bias.device.type, enabled=False):
+            return [layer.weight for layer in (*self.layers, self.head)]
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        *weights, head_weight = self.normalised_weights()
         x = image * 2 - 1  # (B, C, H, W)
         features = []
-        for layer in self.layers:
-            x = F.leaky_relu(layer(x), 0.2)  # (B, width * 2**i, H / 2**(i+1), W / 2**(i+1))
-            features.append(x)
-        return self.head(x), features  # logits (B, 1, H / 2**n_layers, W / 2**n_layers)
+        for layer, weight in zip(self.layers, weights):
+            x = F.leaky_relu(F.conv2d(x, weight, layer.bias, layer.stride, layer.padding), 0.2)
+            features.append(x)  # (B, width * 2**i, H / 2**(i+1), W / 2**(i+1))
+        logits = F.conv2d(x, head_weight, self.head.bias, self.head.stride, self.head.padding)
+        return logits, features  # logits (B, 1, H / 2**n_layers, W / 2**n_layers)

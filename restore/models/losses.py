@@ -138,7 +138,7 @@ def _r1_penalty(discriminator: PatchDiscriminator, real: torch.Tensor) -> torch.
     """Squared input gradient of the real logits, per patch: the gradient of their sum over an image adds up
     every patch's, so it is divided by the patch count to keep gamma's meaning at any crop size. Always in fp32:
     bfloat16's 8-bit mantissa is too coarse for a penalty built from second derivatives."""
-    real = real.detach().float().requires_grad_(True)
+    real = real.detach().requires_grad_(True)
     with torch.autocast(real.device.type, enabled=False):
         logits, _ = discriminator(real)
     (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
@@ -148,7 +148,7 @@ def _r1_penalty(discriminator: PatchDiscriminator, real: torch.Tensor) -> torch.
 def _gradient_penalty(discriminator: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """WGAN-GP's penalty, in fp32 like R1's."""
     t = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
-    mixed = (t * real + (1 - t) * fake).detach().float().requires_grad_(True)
+    mixed = (t * real + (1 - t) * fake).detach().requires_grad_(True)
     with torch.autocast(real.device.type, enabled=False):
         logits, _ = discriminator(mixed)
     (grad,) = torch.autograd.grad(logits.sum(), mixed, create_graph=True)
