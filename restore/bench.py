@@ -408,7 +408,8 @@ def train_speed(config_path: str, steps: int = 16) -> dict:
     torch.set_num_threads(base.threads)
     device = torch.device(base.device)
     cuda = device.type == "cuda"
-    torch.backends.cudnn.benchmark = cuda  # as `restore train` sets it
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # as `restore train` sets it
     finish = torch.cuda.synchronize if cuda else (lambda: None)
     rng = np.random.default_rng(0)
     scenes = [clean_scene(rng, 384, 384) for _ in range(4)]

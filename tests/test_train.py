@@ -11,7 +11,7 @@ from PIL import Image
 
 from restore.models.discriminator import DiscriminatorConfig
 from restore.models.generator import GeneratorConfig
-from restore.models.losses import LossConfig, _r1_penalty, hole_l1
+from restore.models.losses import LossConfig, hole_l1
 from restore.models.weights import load_generator
 from restore.evaluate import PSNR_CAP
 from restore.train import (TrainConfig, _new_state, checkpoint_path, export_generator,
@@ -128,11 +128,6 @@ def test_bf16_runs_the_forward_passes_in_bf16_and_r1_in_fp32(tiny_data, tmp_path
         assert all(np.isfinite(m["d_r1"]) and m["d_r1"] > 0 and np.isfinite(m["g_adv"]) for m in metrics)
         # the generator and discriminator steps in the chosen precision, R1's pass of the discriminator in fp32
         assert seen == {("generator", forward), ("discriminator", forward), ("discriminator", torch.float32)}
-    state.discriminator.eval()  # spectral norm's power iteration would otherwise move on at each call
-    real = torch.rand(2, 3, 32, 32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # as train_step runs it
-        in_autocast = _r1_penalty(state.discriminator, real)
-    assert torch.equal(in_autocast, _r1_penalty(state.discriminator, real))
 
 
 def test_the_command_line_chooses_the_precision(tiny_data, tmp_path, capsys):
