@@ -308,7 +308,11 @@ def _new_state(config: TrainConfig, rank: int, device: torch.device, fresh: bool
     discriminator = PatchDiscriminator(config.discriminator)
     ema = Generator(config.generator)
     ema.load_state_dict(generator.state_dict())
-    generator, ema, discriminator = generator.to(device), ema.to(device).eval(), discriminator.to(device)
+    # channels_last, as at inference: 1.2-1.3x faster steps on a CPU (`restore bench --train`), and the layout GPU
+    # tensor cores want
+    generator, ema, discriminator = (net.to(device, memory_format=torch.channels_last)
+                                     for net in (generator, ema, discriminator))
+    ema.eval()
     ema.requires_grad_(False)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=(0.9, 0.99))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(0.5, 0.99))
@@ -395,7 +399,8 @@ def train_step(state: State, config: TrainConfig, batch: tuple[torch.Tensor, tor
                device: torch.device, world_size: int = 1) -> dict:
     """One generator step and (after the warm-up) one discriminator step on a `prepare_batch` batch; returns the
     metrics."""
-    real, mask, seen = (t.to(device, non_blocking=True) for t in batch)  # (B, 3, S, S), (B, 1, S, S), (B, 3, S, S)
+    real, mask, seen = (t.to(device, non_blocking=True, memory_format=torch.channels_last)
+                        for t in batch)  # (B, 3, S, S), (B, 1, S, S), (B, 3, S, S)
     real, seen = real.float() / 255, seen.float() / 255
     adversarial = config.loss.adversarial != "none" and state.step >= config.adv_start_step
     loss_config = config.loss if adversarial else dataclasses.replace(config.loss, adversarial="none")
