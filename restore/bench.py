@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import platform
 import resource
@@ -394,10 +395,14 @@ def model_floor(config: BenchConfig, tile: int = 512) -> dict:
 
 def train_speed(config_path: str, steps: int = 16) -> dict:
     """Seconds per `restore train` step of a training config in each precision, on the config's device, batch, crop
-    sizes and threads: whether bf16 pays on this machine. Crops come from synthetic scenes (no data needed) and are
-    prepared before timing, so the numbers are the networks' alone. Each precision first runs one untimed step per
-    crop size (one-off set-up: kernels, thread pools); 16 timed steps hold one lazy R1 step at the usual
-    `r1_every` of 16, as training does."""
+    sizes and threads: whether bf16 pays on this machine. Also the seconds one single-threaded process takes to
+    prepare a batch (crops, masks, classical prefill), as a loader process does: how many `loader_workers` keep the
+    device fed. Crops come from synthetic scenes (no data needed). A step's time does not depend on the pixels, so
+    the timed steps cycle through one prepared batch per entry of `crop_sizes`, the config's own mix of sizes:
+    preparing a batch per step would take a GPU bench minutes. Each precision first runs one untimed step per
+    crop size (one-off set-up: kernels, thread pools); 16 timed steps hold one lazy R1 step at the usual `r1_every`
+    of 16, as training does."""
+    import cv2
     import torch
 
     from .train import PRECISIONS, _new_state, load_train_config, prepare_batch, train_step
@@ -405,7 +410,6 @@ def train_speed(config_path: str, steps: int = 16) -> dict:
     if steps < 1:
         raise ValueError(f"--steps: time at least one step, got {steps}")
     base = load_train_config(config_path, data="", out_dir="")
-    torch.set_num_threads(base.threads)
     device = torch.device(base.device)
     cuda = device.type == "cuda"
     if cuda:
@@ -413,11 +417,19 @@ def train_speed(config_path: str, steps: int = 16) -> dict:
     finish = torch.cuda.synchronize if cuda else (lambda: None)
     rng = np.random.default_rng(0)
     scenes = [clean_scene(rng, 384, 384) for _ in range(4)]
-    warm_ups = [prepare_batch(rng, scenes, replace(base, crop_sizes=[size])) for size in sorted(set(base.crop_sizes))]
-    batches = [prepare_batch(rng, scenes, base) for _ in range(steps)]
+    cv2_threads = cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # as in a loader process
+    started = time.perf_counter()
+    pool = [prepare_batch(rng, scenes, replace(base, crop_sizes=[size])) for size in base.crop_sizes]
+    prepare_seconds = (time.perf_counter() - started) / len(pool)
+    cv2.setNumThreads(cv2_threads)
+    torch.set_num_threads(base.threads)
+    warm_ups = list({batch[0].shape[-1]: batch for batch in pool}.values())  # one per distinct size
     result = {"config": str(config_path), "device": _gpu_name() if cuda else f"cpu, {base.threads} threads",
               "batch_size": base.batch_size, "crop_sizes": base.crop_sizes, "steps": steps,
-              "adversarial": base.loss.adversarial, "seconds_per_step": {}}
+              "adversarial": base.loss.adversarial, "seconds_per_step": {},
+              "prepare_seconds_per_batch": prepare_seconds}
     for precision in PRECISIONS:
         config = replace(base, precision=precision, adv_start_step=0)
         state = _new_state(config, rank=0, device=device, fresh=False)  # fresh weights: speed is all we need
@@ -426,10 +438,11 @@ def train_speed(config_path: str, steps: int = 16) -> dict:
         state.step = 0  # the timed steps count from 0, so both precisions run R1 on the same ones
         finish()
         started = time.perf_counter()
-        for batch in batches:
-            train_step(state, config, batch, device)
+        for step in range(steps):
+            train_step(state, config, pool[step % len(pool)], device)
         finish()
         result["seconds_per_step"][precision] = (time.perf_counter() - started) / steps
     seconds = result["seconds_per_step"]
     result["bf16_speed_up"] = seconds["fp32"] / seconds["bf16"]
+    result["loader_workers_to_keep_up"] = math.ceil(prepare_seconds / min(seconds.values()))
     return result

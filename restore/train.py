@@ -143,7 +143,9 @@ def draw_mask(rng: np.random.Generator, height: int, width: int, source: str, ov
 
 def sample_batch(rng: np.random.Generator, images: list[np.ndarray], config: TrainConfig,
                  size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crops with flips, desaturation, rescaling and masks: (image (B, 3, S, S) in [0, 1], mask (B, 1, S, S))."""
+    """Random crops with flips, desaturation, rescaling and masks: (image (B, 3, S, S) uint8, channels-last in
+    memory, mask (B, 1, S, S) bool). 8 bits from start to end: exact, and a quarter of the bytes to pass between
+    processes and to the GPU."""
     sources = list(config.mask_weights)
     weights = np.array([config.mask_weights[s] for s in sources], float)
     crops, masks = [], []
@@ -152,19 +154,19 @@ def sample_batch(rng: np.random.Generator, images: list[np.ndarray], config: Tra
         h, w = im.shape[:2]
         factor = rng.uniform(0.6, 1.0) if rng.random() < config.rescale_p else 1.0
         factor = max(factor, size / min(h, w))  # never smaller than the crop
-        if factor != 1.0:
-            im = cv2.resize(im, (max(size, round(w * factor)), max(size, round(h * factor))), interpolation=cv2.INTER_AREA)
-            h, w = im.shape[:2]
-        y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
-        crop = im[y:y + size, x:x + size]
+        span = min(round(size / factor), h, w)  # the crop's side before rescaling
+        y, x = int(rng.integers(h - span + 1)), int(rng.integers(w - span + 1))
+        crop = im[y:y + span, x:x + span]
+        if span != size:  # rescale the crop alone, not the whole image
+            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         if rng.random() < config.desaturate_p:
-            crop = np.repeat(crop.mean(2, keepdims=True).round(), 3, 2)  # grey stays on the 8-bit levels
-        crops.append(np.ascontiguousarray(crop, np.float32) / 255.0)
+            crop = np.repeat(crop.mean(2, keepdims=True).round().astype(np.uint8), 3, 2)
+        crops.append(crop)
         source = sources[int(rng.choice(len(sources), p=weights / weights.sum()))]
         masks.append(draw_mask(rng, size, size, source, config.overlays))
-    image = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S)
+    image = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)  # (B, 3, S, S)
     mask = torch.from_numpy(np.stack(masks))[:, None]  # (B, 1, S, S)
     return image, mask
 
@@ -209,22 +211,26 @@ def generator_input(image: torch.Tensor, mask: torch.Tensor, prefill: str) -> to
     classically from the 8-bit image, as the restorer does at inference."""
     if prefill == "none":
         return image
-    pixels = _to_bytes(image).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, C)
-    holes = mask[:, 0].cpu().numpy()
-    filled = np.stack([classical_fill(p, m, prefill) for p, m in zip(pixels, holes)]).astype(np.float32) / 255
-    filled = torch.from_numpy(filled).permute(0, 3, 1, 2).to(image.device)
+    filled = classical_fills(_to_bytes(image), mask, prefill).to(image.device).float() / 255
     return torch.where(mask.bool(), filled, image)
+
+
+def classical_fills(pixels: torch.Tensor, mask: torch.Tensor, prefill: str) -> torch.Tensor:
+    """(B, 3, H, W) uint8: each image with its holes filled by the classical method `prefill`, on the CPU."""
+    arrays = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, C)
+    holes = mask[:, 0].cpu().numpy()
+    return torch.from_numpy(np.stack([classical_fill(a, m, prefill) for a, m in zip(arrays, holes)])).permute(0, 3, 1, 2)
 
 
 def prepare_batch(rng: np.random.Generator, images: list[np.ndarray],
                   config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One training batch on the CPU at a crop size drawn from the config: (image, mask, what the generator sees),
-    the images as uint8 (exact: every value is on the 8-bit levels), a quarter of the bytes to pass between
-    processes and to the GPU."""
+    the images as uint8."""
     size = config.crop_sizes[int(rng.integers(len(config.crop_sizes)))]
     image, mask = sample_batch(rng, images, config, size)
-    seen = generator_input(image, mask, config.generator.prefill)
-    return _to_bytes(image), mask, _to_bytes(seen)
+    if config.generator.prefill == "none":
+        return image, mask, image
+    return image, mask, torch.where(mask, classical_fills(image, mask, config.generator.prefill), image)
 
 
 def _to_bytes(image: torch.Tensor) -> torch.Tensor:
@@ -232,15 +238,24 @@ def _to_bytes(image: torch.Tensor) -> torch.Tensor:
 
 
 class _LoaderBatches(torch.utils.data.IterableDataset):
-    """Endless batches for DataLoader workers, each worker drawing from (seed, its id)."""
+    """Endless batches for DataLoader workers, each worker drawing from (seed, its id). The images travel as one
+    flat tensor, which a spawned worker receives as shared memory: no copy per worker, nor the seconds per worker
+    that pickling them took."""
 
     def __init__(self, images: list[np.ndarray], config: TrainConfig, seed: int):
-        self.images, self.config, self.seed = images, config, seed
+        self.pixels = torch.from_numpy(np.concatenate([im.reshape(-1) for im in images]))
+        self.shapes = [im.shape for im in images]
+        self.config, self.seed = config, seed
 
     def __iter__(self):
+        flat, images, start = self.pixels.numpy(), [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape))
+            images.append(flat[start:start + size].reshape(shape))
+            start += size
         rng = np.random.default_rng([self.seed, torch.utils.data.get_worker_info().id])
         while True:
-            yield prepare_batch(rng, self.images, self.config)
+            yield prepare_batch(rng, images, self.config)
 
 
 def _single_threaded_worker(_: int) -> None:
@@ -251,7 +266,7 @@ def _single_threaded_worker(_: int) -> None:
 def training_batches(state: State, config: TrainConfig, images: list[np.ndarray], device: torch.device):
     """Endless batches: drawn in the loop from the checkpointed RNG, or by `loader_workers` processes (so that a GPU
     is not left waiting on the classical prefill) seeded from that RNG once per session, which also moves it on: a
-    resumed run never replays a session's batches. Each loader process holds its own copy of the images."""
+    resumed run never replays a session's batches."""
     if config.loader_workers <= 0:
         while True:
             yield prepare_batch(state.rng, images, config)

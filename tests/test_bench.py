@@ -1,4 +1,5 @@
 import json
+import math
 
 from restore.cli import main as restore_main
 
@@ -75,6 +76,8 @@ def test_bench_train_times_a_config_in_both_precisions(tmp_path):
     seconds = result["seconds_per_step"]
     assert set(seconds) == {"fp32", "bf16"} and all(value > 0 for value in seconds.values())
     assert result["bf16_speed_up"] == seconds["fp32"] / seconds["bf16"] and result["steps"] == 2
+    assert result["prepare_seconds_per_batch"] > 0  # one loader process's time for a batch, prefill included
+    assert result["loader_workers_to_keep_up"] == math.ceil(result["prepare_seconds_per_batch"] / min(seconds.values()))
     assert result["batch_size"] == 2 and result["crop_sizes"] == [32, 48] and result["adversarial"] == "non_saturating"
     assert result["device"] == "cpu, 1 threads"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny.yaml", "train.json"]  # no checkpoint written

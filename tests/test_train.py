@@ -95,7 +95,7 @@ def test_batches_are_crops_with_masks(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path, desaturate_p=1.0)
     image, mask = sample_batch(np.random.default_rng(0), [np.zeros((40, 50, 3), np.uint8) + 9], config, 32)
     assert image.shape == (4, 3, 32, 32) and mask.shape == (4, 1, 32, 32) and mask.dtype == torch.bool
-    assert mask.any() and torch.allclose(image, torch.full_like(image, 9 / 255))
+    assert mask.any() and image.dtype == torch.uint8 and bool((image == 9).all())
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -104,6 +104,7 @@ def test_a_few_steps_lower_the_reconstruction_loss(tiny_data, tmp_path, precisio
     state = _new_state(config, 0, torch.device("cpu"))
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
     real, mask = sample_batch(np.random.default_rng(123), images, dataclasses.replace(config, batch_size=16), 32)
+    real = real.float() / 255
 
     def loss():
         with torch.no_grad():
@@ -145,15 +146,21 @@ def test_the_command_line_chooses_the_precision(tiny_data, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_batches_travel_in_8_bits_without_loss(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, tmp_path, desaturate_p=1.0)  # grey crops: channel means rounded to 8-bit levels
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
-    image, mask, _ = prepare_batch(np.random.default_rng(5), images, config)
-    rng = np.random.default_rng(5)
-    rng.integers(len(config.crop_sizes))  # the crop size prepare_batch draws first
-    expected_image, expected_mask = sample_batch(rng, images, config, 32)
-    assert image.dtype == torch.uint8 and torch.equal(image.float() / 255, expected_image)
-    assert torch.equal(mask, expected_mask)
+def test_grey_crops_are_the_channel_means_on_8_bit_levels(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path, desaturate_p=1.0, rescale_p=0.0)
+    colour = np.zeros((40, 50, 3), np.uint8) + np.array([200, 101, 0], np.uint8)
+    image, mask, seen = prepare_batch(np.random.default_rng(5), [colour], config)
+    assert image.dtype == torch.uint8 and bool((image == 100).all())  # round(301 / 3)
+    assert torch.equal(seen[~mask.expand_as(seen)], image[~mask.expand_as(image)])
+
+
+def test_rescaled_crops_cover_more_of_the_image(tiny_data, tmp_path):
+    ramp = np.repeat(np.repeat(np.arange(200, dtype=np.uint8)[None, :, None], 200, 0), 3, 2)  # column x holds x
+    for rescale_p, widths in ((0.0, {31}), (1.0, set(range(31, 54)))):  # a 32-px crop of a scale from 0.6 to 1
+        config = tiny_config(tiny_data, tmp_path, rescale_p=rescale_p, desaturate_p=0.0, batch_size=16)
+        image, _ = sample_batch(np.random.default_rng(7), [ramp], config, 32)
+        spans = {int(crop.max()) - int(crop.min()) for crop in image[:, 0]}  # columns each crop spans
+        assert spans <= widths and (rescale_p == 0 or max(spans) > 40)
 
 
 def test_loader_workers_each_draw_their_own_batches(tiny_data, tmp_path):
