@@ -54,7 +54,9 @@ class TrainConfig:
     mask_weights: dict[str, float] = field(default_factory=lambda: {k: 1.0 for k in MASK_SOURCES})
     overlays: str | None = None  # optional folder of RGBA damage overlays for archive masks
     desaturate_p: float = 0.15  # share of crops turned grey (archives are often monochrome)
-    rescale_p: float = 0.3  # share of images shrunk by up to 40% before cropping (scale variety)
+    rescale_p: float = 0.3  # share of crops rescaled by a factor drawn from rescale_range (scale variety)
+    rescale_range: list[float] = field(default_factory=lambda: [0.6, 1.0])  # below 1: more of the scene in a
+    # crop; above 1: less, magnified, as in a high-resolution scan
     val_images: int = 16  # images held out of training for validation
     val_every: int = 1000
     log_every: int = 50
@@ -76,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"mask_weights: keys must be among {', '.join(MASK_SOURCES)} with one weight > 0")
         if not self.crop_sizes or min(self.crop_sizes) < 32:
             raise ValueError("crop_sizes: give at least one crop size of 32 or more")
+        if len(self.rescale_range) != 2 or not 0 < self.rescale_range[0] <= self.rescale_range[1]:
+            raise ValueError(f"rescale_range: give [low, high] with 0 < low <= high; got {self.rescale_range}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 
@@ -152,13 +156,13 @@ def sample_batch(rng: np.random.Generator, images: list[np.ndarray], config: Tra
     for _ in range(config.batch_size):
         im = images[int(rng.integers(len(images)))]
         h, w = im.shape[:2]
-        factor = rng.uniform(0.6, 1.0) if rng.random() < config.rescale_p else 1.0
+        factor = rng.uniform(*config.rescale_range) if rng.random() < config.rescale_p else 1.0
         factor = max(factor, size / min(h, w))  # never smaller than the crop
         span = min(round(size / factor), h, w)  # the crop's side before rescaling
         y, x = int(rng.integers(h - span + 1)), int(rng.integers(w - span + 1))
         crop = im[y:y + span, x:x + span]
         if span != size:  # rescale the crop alone, not the whole image
-            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if span > size else cv2.INTER_LINEAR)
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         if rng.random() < config.desaturate_p:

@@ -73,6 +73,11 @@ def test_shipped_configs_load():
     fp32, bf16 = (load_train_config(CONFIGS / f"refine-l1-{arm}-cpu.yaml", out_dir="same") for arm in ("fp32", "bf16"))
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
     assert dataclasses.replace(fp32, precision="bf16") == bf16
+    # the magnification experiment differs from its other arm in rescaling alone (and validates more often)
+    zoom, more = (load_train_config(CONFIGS / name, out_dir="same") for name in ("refine-zoom-l1-cpu.yaml",
+                                                                                 "refine-l1-more-cpu.yaml"))
+    assert zoom.rescale_range[1] > 1 and zoom.rescale_p > more.rescale_p
+    assert dataclasses.replace(more, rescale_p=zoom.rescale_p, rescale_range=zoom.rescale_range, val_every=250) == zoom
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -88,6 +93,9 @@ def test_config_errors_name_the_key(tmp_path):
         load_train_config(path)
     path.write_text("data: d\nout_dir: o\nmask_weights: {thin: 1, holes: 2}\n")
     with pytest.raises(ValueError, match="mask_weights"):
+        load_train_config(path)
+    path.write_text("data: d\nout_dir: o\nrescale_range: [1.5, 0.6]\n")
+    with pytest.raises(ValueError, match="rescale_range"):
         load_train_config(path)
 
 
@@ -156,11 +164,14 @@ def test_grey_crops_are_the_channel_means_on_8_bit_levels(tiny_data, tmp_path):
 
 def test_rescaled_crops_cover_more_of_the_image(tiny_data, tmp_path):
     ramp = np.repeat(np.repeat(np.arange(200, dtype=np.uint8)[None, :, None], 200, 0), 3, 2)  # column x holds x
-    for rescale_p, widths in ((0.0, {31}), (1.0, set(range(31, 54)))):  # a 32-px crop of a scale from 0.6 to 1
-        config = tiny_config(tiny_data, tmp_path, rescale_p=rescale_p, desaturate_p=0.0, batch_size=16)
+    # a 32-px crop spans 31 columns; shrunk by 0.6 to 1, up to 53; magnified by 1.5 to 2, from 16 to 21
+    for rescale_p, scales, widths in ((0.0, [0.6, 1.0], {31}), (1.0, [0.6, 1.0], set(range(31, 54))),
+                                      (1.0, [1.5, 2.0], set(range(14, 22)))):
+        config = tiny_config(tiny_data, tmp_path, rescale_p=rescale_p, rescale_range=scales, desaturate_p=0.0,
+                             batch_size=16)
         image, _ = sample_batch(np.random.default_rng(7), [ramp], config, 32)
         spans = {int(crop.max()) - int(crop.min()) for crop in image[:, 0]}  # columns each crop spans
-        assert spans <= widths and (rescale_p == 0 or max(spans) > 40)
+        assert spans <= widths and (rescale_p == 0 or max(spans) - min(spans) > 3)
 
 
 def test_loader_workers_each_draw_their_own_batches(tiny_data, tmp_path):
