@@ -63,7 +63,8 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     snapshot_every: int = 0  # also export the EMA generator every this many steps, to compare runs at equal steps
     loader_workers: int = 0  # processes preparing batches (crops, masks, prefill) ahead of the loop; 0: in the
-    # loop, and then a resumed run draws exactly the batches an unbroken one would have drawn
+    # loop, and then a resumed run draws exactly the batches an unbroken one would have drawn. They share the
+    # decoded images and pass batches through shared memory: a container needs a /dev/shm larger than both
     init_weights: str | None = None  # start from shipped generator weights with a fresh discriminator
     seed: int = 0
     threads: int = 2  # torch CPU threads per process
@@ -78,8 +79,8 @@ class TrainConfig:
             raise ValueError(f"mask_weights: keys must be among {', '.join(MASK_SOURCES)} with one weight > 0")
         if not self.crop_sizes or min(self.crop_sizes) < 32:
             raise ValueError("crop_sizes: give at least one crop size of 32 or more")
-        if len(self.rescale_range) != 2 or not 0 < self.rescale_range[0] <= self.rescale_range[1]:
-            raise ValueError(f"rescale_range: give [low, high] with 0 < low <= high; got {self.rescale_range}")
+        if len(self.rescale_range) != 2 or not 0 < self.rescale_range[0] <= self.rescale_range[1] <= 4:
+            raise ValueError(f"rescale_range: give [low, high] with 0 < low <= high <= 4; got {self.rescale_range}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 

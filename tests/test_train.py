@@ -1,4 +1,5 @@
 """Training: config parsing, a few steps that learn, exact resume, export, and the 2-worker Ray Train path."""
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -94,9 +95,10 @@ def test_config_errors_name_the_key(tmp_path):
     path.write_text("data: d\nout_dir: o\nmask_weights: {thin: 1, holes: 2}\n")
     with pytest.raises(ValueError, match="mask_weights"):
         load_train_config(path)
-    path.write_text("data: d\nout_dir: o\nrescale_range: [1.5, 0.6]\n")
-    with pytest.raises(ValueError, match="rescale_range"):
-        load_train_config(path)
+    for scales in ("[1.5, 0.6]", "[1, 8]"):
+        path.write_text(f"data: d\nout_dir: o\nrescale_range: {scales}\n")
+        with pytest.raises(ValueError, match="rescale_range"):
+            load_train_config(path)
 
 
 def test_batches_are_crops_with_masks(tiny_data, tmp_path):
@@ -155,11 +157,14 @@ def test_the_command_line_chooses_the_precision(tiny_data, tmp_path, capsys):
 
 
 def test_grey_crops_are_the_channel_means_on_8_bit_levels(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, tmp_path, desaturate_p=1.0, rescale_p=0.0)
-    colour = np.zeros((40, 50, 3), np.uint8) + np.array([200, 101, 0], np.uint8)
+    config = tiny_config(tiny_data, tmp_path, desaturate_p=1.0, rescale_p=0.0,
+                         generator=GeneratorConfig(width=8, n_down=2, n_blocks=1, prefill="telea"))
+    colour = np.zeros((40, 50, 3), np.uint8) + np.array([200, 101, 1], np.uint8)
     image, mask, seen = prepare_batch(np.random.default_rng(5), [colour], config)
-    assert image.dtype == torch.uint8 and bool((image == 100).all())  # round(301 / 3)
-    assert torch.equal(seen[~mask.expand_as(seen)], image[~mask.expand_as(image)])
+    assert image.dtype == torch.uint8 and bool((image == 101).all())  # rounded, not truncated: 302 / 3 = 100.67
+    holes = mask.expand_as(seen)
+    assert seen.dtype == torch.uint8 and holes.any() and torch.equal(seen[~holes], image[~holes])
+    assert (seen[holes].int() - 101).abs().max() <= 3  # Telea's fill of flat grey, within its rounding
 
 
 def test_rescaled_crops_cover_more_of_the_image(tiny_data, tmp_path):
@@ -179,9 +184,12 @@ def test_loader_workers_each_draw_their_own_batches(tiny_data, tmp_path):
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
     in_loop, _, _ = prepare_batch(_new_state(config, 0, torch.device("cpu")).rng, images, config)
     state = _new_state(config, 0, torch.device("cpu"))
+    seed = int(copy.deepcopy(state.rng).integers(2 ** 63))  # what training_batches draws for its loaders
     batches = training_batches(state, dataclasses.replace(config, loader_workers=2), images, torch.device("cpu"))
     (real_a, mask_a, seen_a), (real_b, mask_b, _) = next(batches), next(batches)  # one from each worker
     batches.close()
+    first, first_mask, _ = prepare_batch(np.random.default_rng([seed, 0]), images, config)
+    assert torch.equal(real_a, first) and torch.equal(mask_a, first_mask)  # worker 0 crops the images it was sent
     assert not torch.equal(real_a, real_b) and not torch.equal(mask_a, mask_b)
     assert not torch.equal(real_a, in_loop)  # nor the batches a run without loaders draws
     assert not torch.equal(prepare_batch(state.rng, images, config)[0], in_loop)  # the session's seed moved the RNG on
