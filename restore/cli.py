@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scaling", action="store_true",
                        help="instead: restorer time per frame against frame size and damaged fraction, and the FLOPs floor")
     bench.add_argument("--train", metavar="CONFIG",
-                       help="instead: seconds per training step of a `restore train` config, in fp32 and in bf16")
+                       help="instead: seconds per training step of a `restore train` config, in fp32 and in bf16, "
+                            "and the loader processes (`loader_workers`) that keep the device fed")
     bench.add_argument("--steps", type=int, default=16,
                        help="timed training steps per precision (with --train; 16 hold one lazy R1 step)")
     bench.set_defaults(func=cmd_bench)
