@@ -216,15 +216,19 @@ def generator_input(image: torch.Tensor, mask: torch.Tensor, prefill: str) -> to
     classically from the 8-bit image, as the restorer does at inference."""
     if prefill == "none":
         return image
-    filled = classical_fills(_to_bytes(image), mask, prefill).to(image.device).float() / 255
+    filled = prefilled(_to_bytes(image), mask, prefill).to(image.device).float() / 255
     return torch.where(mask.bool(), filled, image)
 
 
-def classical_fills(pixels: torch.Tensor, mask: torch.Tensor, prefill: str) -> torch.Tensor:
-    """(B, 3, H, W) uint8: each image with its holes filled by the classical method `prefill`, on the CPU."""
-    arrays = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, C)
-    holes = mask[:, 0].cpu().numpy()
-    return torch.from_numpy(np.stack([classical_fill(a, m, prefill) for a, m in zip(arrays, holes)])).permute(0, 3, 1, 2)
+def prefilled(pixels: torch.Tensor, mask: torch.Tensor, prefill: str) -> torch.Tensor:
+    """(B, 3, H, W) uint8 images with their holes filled by the classical method `prefill`, on the CPU; with no
+    prefill, the images themselves."""
+    if prefill == "none":
+        return pixels
+    pixels, holes = pixels.cpu(), mask.cpu().bool()
+    arrays = pixels.permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
+    fills = np.stack([classical_fill(a, m, prefill) for a, m in zip(arrays, holes[:, 0].numpy())])
+    return torch.where(holes, torch.from_numpy(fills).permute(0, 3, 1, 2), pixels)
 
 
 def prepare_batch(rng: np.random.Generator, images: list[np.ndarray],
@@ -233,9 +237,7 @@ def prepare_batch(rng: np.random.Generator, images: list[np.ndarray],
     the images as uint8."""
     size = config.crop_sizes[int(rng.integers(len(config.crop_sizes)))]
     image, mask = sample_batch(rng, images, config, size)
-    if config.generator.prefill == "none":
-        return image, mask, image
-    return image, mask, torch.where(mask, classical_fills(image, mask, config.generator.prefill), image)
+    return image, mask, prefilled(image, mask, config.generator.prefill)
 
 
 def _to_bytes(image: torch.Tensor) -> torch.Tensor:
@@ -253,11 +255,8 @@ class _LoaderBatches(torch.utils.data.IterableDataset):
         self.config, self.seed = config, seed
 
     def __iter__(self):
-        flat, images, start = self.pixels.numpy(), [], 0
-        for shape in self.shapes:
-            size = int(np.prod(shape))
-            images.append(flat[start:start + size].reshape(shape))
-            start += size
+        ends = np.cumsum([np.prod(shape) for shape in self.shapes])[:-1]
+        images = [part.reshape(shape) for part, shape in zip(np.split(self.pixels.numpy(), ends), self.shapes)]
         rng = np.random.default_rng([self.seed, torch.utils.data.get_worker_info().id])
         while True:
             yield prepare_batch(rng, images, self.config)
