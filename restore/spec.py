@@ -50,7 +50,7 @@ class MaskSettings:
 @dataclass(frozen=True)
 class RestorerSettings:
     # The shipped GAN leads Telea and Navier–Stokes on every mask class in `restore eval` (see
-    # restore/weights/MODEL_CARD.md); Telea is 8-24x faster on a CPU, for a collection where speed comes first.
+    # restore/weights/MODEL_CARD.md); Telea is 6-24x faster on a CPU, for a collection where speed comes first.
     name: str = "gan"
     weights: str | None = None  # a generator file; None = the weights shipped in the package
     weights_sha256: str | None = None  # pin: refuse any other weights
