@@ -67,7 +67,25 @@ def test_a_refiner_started_from_a_blank_hole_generator_begins_where_it_stands():
     with torch.no_grad():
         assert torch.allclose(refiner(filled, mask), blank(image, mask), atol=1e-6)
     with pytest.raises(ValueError, match="cannot start"):
-        refiner.start_from(tiny_generator(GeneratorConfig(width=4, n_down=2, n_blocks=2)))
+        refiner.start_from(tiny_generator(GeneratorConfig(width=16, n_down=2, n_blocks=2)))  # wider
+    with pytest.raises(ValueError, match="cannot start"):
+        refiner.start_from(tiny_generator(GeneratorConfig(width=8, n_down=2, n_blocks=3)))  # deeper
+
+
+def test_a_wider_generator_started_from_a_narrower_one_begins_where_it_stands_and_uses_its_new_channels():
+    narrow = tiny_generator(dataclasses.replace(TINY, prefill="telea"))
+    torch.manual_seed(1)
+    wide = Generator(dataclasses.replace(narrow.config, width=12))
+    wide.start_from(narrow)
+    image = torch.rand(2, 3, 40, 24)
+    mask = random_mask((2, 1, 40, 24), 0.3)
+    with torch.no_grad():
+        assert torch.allclose(wide(image, mask), narrow(image, mask), atol=1e-6)
+    hole_l1(wide(image, mask), torch.rand_like(image), mask).backward()
+    # the Fourier unit's real parts: 12 of them in the narrow net, 18 in the wide one (then the imaginary parts)
+    weight = wide.blocks[0].ffc1.g2g.fourier.conv.weight
+    assert torch.equal(weight[:12, 12:18], torch.zeros_like(weight[:12, 12:18]))  # old parts read no new ones yet
+    assert weight.grad[:12, 12:18].abs().sum() > 0  # but a step of training will make them
 
 
 def test_composite_changes_only_masked_pixels():

@@ -132,16 +132,30 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def start_from(self, other: Generator) -> None:
-        """Take the weights of a generator of the same shape. From a blank-hole one, this refiner's inputs for the
-        classical fill start at zero: it begins exactly where that generator stands and learns to use the fill."""
-        if dataclasses.replace(other.config, prefill=self.config.prefill) != self.config:
+        """Take the weights of a generator of the same depth, as narrow or narrower, and begin exactly where it
+        stands: what this one has beyond it (inputs for a classical fill that one lacked, the extra channels of a
+        wider net) is read by none of its channels until training makes use of it. So a refiner can start from a
+        blank-hole generator, and a wider net from a trained narrower one instead of from scratch."""
+        same_depth = dataclasses.replace(other.config, prefill=self.config.prefill, width=self.config.width)
+        if same_depth != self.config or other.config.width > self.config.width:
             raise ValueError(f"cannot start a generator with {self.config} from one with {other.config}")
-        state = other.state_dict()
-        if other.config.prefill != self.config.prefill:
-            stem = self.stem.weight.new_zeros(self.stem.weight.shape)
-            shared = min(stem.shape[1], state["stem.weight"].shape[1])
-            stem[:, :shared] = state["stem.weight"][:, :shared]
-            state["stem.weight"] = stem
+        mine, theirs = _channel_labels(self.config), _channel_labels(other.config)
+        state = self.state_dict()
+        for name, module in other.named_modules():
+            if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                continue
+            (new_in, new_out), (old_in, old_out) = mine[name], theirs[name]
+            new_slot = {label: k for k, label in enumerate(new_in)}
+            kept = [k for k, label in enumerate(old_in) if label in new_slot]  # a dropped prefill input goes
+            inputs = [new_slot[old_in[k]] for k in kept]
+            outputs = [new_out.index(label) for label in old_out]
+            weight, old_weight = state[f"{name}.weight"], module.weight
+            if isinstance(module, nn.ConvTranspose2d):  # laid out (in, out, kh, kw)
+                weight, old_weight = weight.transpose(0, 1), old_weight.transpose(0, 1)
+            weight[outputs] = 0  # the old channels read nothing new ...
+            weight[torch.tensor(outputs)[:, None], torch.tensor(inputs)[None, :]] = old_weight[:, kept]  # ... but
+            # all they read before; the new channels keep their fresh initialisation
+            state[f"{name}.bias"][outputs] = module.bias
         self.load_state_dict(state)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -170,6 +184,36 @@ class Generator(nn.Module):
             x = F.relu(fuse(torch.cat([x, skip], dim=1)))
         x = self.head(x)[:, :, :H, :W]  # (B, C, H, W)
         return (torch.tanh(x) + 1) / 2
+
+
+def _channel_labels(config: GeneratorConfig) -> dict[str, tuple[list, list]]:
+    """Per convolution of a Generator built from `config`: a label for each of its input and output channels, the
+    same label for the channel that plays the same part in a wider net (the split into local and global channels,
+    and the real and imaginary halves of a Fourier unit, move with the width)."""
+    C = config.channels
+    widths = [config.width * 2 ** i for i in range(config.n_down + 1)]
+    level = [[("level", i, j) for j in range(w)] for i, w in enumerate(widths)]
+    cg = int(widths[-1] * config.global_ratio)
+    loc, glo = [("local", j) for j in range(widths[-1] - cg)], [("global", j) for j in range(cg)]
+    level[-1] = loc + glo  # the bottleneck, as the FFC blocks split it
+    hidden = [("hidden", j) for j in range(cg // 2)]
+    spectral = [("real", j) for j in range(cg // 2)] + [("imaginary", j) for j in range(cg // 2)]
+    inputs = [("image", c) for c in range(C)] + [("hole",)]
+    if config.prefill != "none":
+        inputs += [("fill", c) for c in range(C)]
+    labels = {"stem": (inputs, level[0]), "head": (level[0], [("image", c) for c in range(C)])}
+    for i in range(config.n_down):
+        labels[f"down.{i}"] = (level[i], level[i + 1])
+    for j, i in enumerate(reversed(range(config.n_down))):
+        labels[f"up.{j}"] = (level[i + 1], level[i])
+        labels[f"fuse.{j}"] = ([("up", *label) for label in level[i]] + [("skip", *label) for label in level[i]],
+                               level[i])
+    for b in range(config.n_blocks):
+        for ffc in (f"blocks.{b}.ffc1", f"blocks.{b}.ffc2"):
+            labels.update({f"{ffc}.l2l": (loc, loc), f"{ffc}.l2g": (loc, glo), f"{ffc}.g2l": (glo, loc),
+                           f"{ffc}.g2g.reduce": (glo, hidden), f"{ffc}.g2g.fourier.conv": (spectral, spectral),
+                           f"{ffc}.g2g.expand": (hidden, glo)})
+    return labels
 
 
 def composite(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
