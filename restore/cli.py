@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--out", help="checkpoint folder, outside the repository (overrides the config)")
     training.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     training.add_argument("--init-weights", help="start the generator from these weights, with a fresh discriminator; "
-                          "a wider generator of the same depth grows from them without changing its output")
+                          "a wider generator of the same depth grows from them, starting with their output")
     training.add_argument("--max-steps", type=int, help="stop at this step")
     training.add_argument("--max-minutes", type=float,
                           help="stop after this many minutes (checkpointed; resume later), e.g. a nightly window")

@@ -132,31 +132,33 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def start_from(self, other: Generator) -> None:
-        """Take the weights of a generator of the same depth, as narrow or narrower, and begin exactly where it
-        stands: what this one has beyond it (inputs for a classical fill that one lacked, the extra channels of a
-        wider net) is read by none of its channels until training makes use of it. So a refiner can start from a
-        blank-hole generator, and a wider net from a trained narrower one instead of from scratch."""
+        """Take the weights of a generator of the same depth, as wide or narrower. Unless the classical fill changes,
+        this one begins exactly where that one stands: the channels it shares with that one read nothing else (not
+        the inputs for a fill that one lacked, nor the extra channels of a wider net) until training makes them.
+        So a refiner can start from a blank-hole generator, and a wider net from a trained narrower one instead of
+        from scratch."""
         same_depth = dataclasses.replace(other.config, prefill=self.config.prefill, width=self.config.width)
         if same_depth != self.config or other.config.width > self.config.width:
             raise ValueError(f"cannot start a generator with {self.config} from one with {other.config}")
         mine, theirs = _channel_labels(self.config), _channel_labels(other.config)
-        state = self.state_dict()
         for name, module in other.named_modules():
             if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 continue
             (new_in, new_out), (old_in, old_out) = mine[name], theirs[name]
-            new_slot = {label: k for k, label in enumerate(new_in)}
-            kept = [k for k, label in enumerate(old_in) if label in new_slot]  # a dropped prefill input goes
-            inputs = [new_slot[old_in[k]] for k in kept]
-            outputs = [new_out.index(label) for label in old_out]
-            weight, old_weight = state[f"{name}.weight"], module.weight
+            in_slot = {label: k for k, label in enumerate(new_in)}
+            out_slot = {label: k for k, label in enumerate(new_out)}
+            kept = [k for k, label in enumerate(old_in) if label in in_slot]  # not the inputs of a fill this one lacks
+            inputs = torch.tensor([in_slot[old_in[k]] for k in kept], dtype=torch.long)
+            outputs = torch.tensor([out_slot[label] for label in old_out], dtype=torch.long)
+            target = self.get_submodule(name)
+            weight, old_weight = target.weight, module.weight
             if isinstance(module, nn.ConvTranspose2d):  # laid out (in, out, kh, kw)
                 weight, old_weight = weight.transpose(0, 1), old_weight.transpose(0, 1)
-            weight[outputs] = 0  # the old channels read nothing new ...
-            weight[torch.tensor(outputs)[:, None], torch.tensor(inputs)[None, :]] = old_weight[:, kept]  # ... but
-            # all they read before; the new channels keep their fresh initialisation
-            state[f"{name}.bias"][outputs] = module.bias
-        self.load_state_dict(state)
+            # the shared output channels read what they read before and nothing new; the others keep their fresh
+            # initialisation
+            weight[outputs] = 0
+            weight[outputs[:, None], inputs[None, :]] = old_weight[:, kept]
+            target.bias[outputs] = module.bias
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, C, H, W = image.shape
