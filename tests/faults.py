@@ -526,6 +526,7 @@ class JobCheck:
     orphaned_temp_files: list[str]
     differing_outputs: list[str]  # outputs that differ from the uninterrupted run's (or from their manifest sha256)
     runs: int
+    errors: dict[str, str] = field(default_factory=dict)  # why each lost input's newest row failed: a red run says why
 
     @property
     def clean(self) -> bool:
@@ -565,6 +566,7 @@ def check_job(storage, job: str, expected: set[str], reference: dict[str, str] |
     runs_per_version = Counter((row["input_key"], row["input_etag"], row["config_hash"]) for row in ok)
     duplicated = sorted({key for (key, _, _), n in runs_per_version.items() if n > 1})
     lost = sorted(key for key in expected if latest.get(key, {}).get("status") != "ok")
+    errors = {key: latest[key]["error"] for key in lost if key in latest}
     differing = []
     for key, row in latest.items():
         if row["status"] != "ok":
@@ -581,7 +583,8 @@ def check_job(storage, job: str, expected: set[str], reference: dict[str, str] |
         orphans = sorted(str(p.relative_to(root)) for p in root.rglob(f"{TEMP_PREFIX}*"))
     return JobCheck(frames=len(expected), lost=lost, duplicated=duplicated, ok_rows=len(ok),
                     failed_rows=len(rows) - len(ok), unreadable_parts=unreadable, orphaned_temp_files=orphans,
-                    differing_outputs=sorted(set(differing)), runs=len({row["run_id"] for row in rows}))
+                    differing_outputs=sorted(set(differing)), runs=len({row["run_id"] for row in rows}),
+                    errors=errors)
 
 
 def run_in_process(raw: dict, progress=None):
