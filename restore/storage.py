@@ -20,7 +20,8 @@ TEMP_PREFIX = ".restore-tmp-"  # local atomic writes stage their bytes under thi
 # boto3's standard retry mode: exponential backoff with jitter on throttling, 5xx, timeouts and refused connections.
 # Its backoff starts at 50 ms for all but throttling, so 8 attempts gave up within 3.5 s of a dropped endpoint in most
 # draws; 12 ride out about half a minute of outage (at least 3.5 s in all but a few draws per million), and an
-# endpoint that never answers is reported after about as long.
+# endpoint that never answers is reported after about as long. Per request: boto3's retry quota still cuts retries
+# short when many requests of one client fail at once.
 S3_MAX_ATTEMPTS = 12
 
 
