@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, IncompleteReadError,
+                                 NoCredentialsError, ResponseStreamingError)
 
 TEMP_PREFIX = ".restore-tmp-"  # local atomic writes stage their bytes under this name, beside the target
 # boto3's standard retry mode: exponential backoff with jitter on throttling, 5xx, timeouts and refused connections.
@@ -23,6 +24,7 @@ TEMP_PREFIX = ".restore-tmp-"  # local atomic writes stage their bytes under thi
 # endpoint that never answers is reported after about as long. Per request: boto3's retry quota still cuts retries
 # short when many requests of one client fail at once.
 S3_MAX_ATTEMPTS = 12
+S3_BODY_ATTEMPTS = 3  # fetches of an object whose body broke off mid-transfer: boto3 retries requests, not bodies
 
 
 @dataclass(frozen=True)
@@ -365,11 +367,16 @@ class S3Storage(Storage):
             raise self._error("list", None, e) from None
 
     def read(self, key: str) -> tuple[bytes, ObjectInfo]:
-        try:
-            r = self.client.get_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))
-            data = r["Body"].read()
-        except (BotoCoreError, ClientError) as e:
-            raise self._error("read", key, e) from None
+        for attempt in range(1, S3_BODY_ATTEMPTS + 1):
+            try:
+                r = self.client.get_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))
+                data = r["Body"].read()
+                break
+            except (ResponseStreamingError, IncompleteReadError) as e:  # the connection dropped inside the body
+                if attempt == S3_BODY_ATTEMPTS:
+                    raise self._error("read", key, e) from None
+            except (BotoCoreError, ClientError) as e:
+                raise self._error("read", key, e) from None
         return data, ObjectInfo(key, len(data), r["ETag"].strip('"'), r.get("VersionId"), r.get("StorageClass"))
 
     def head(self, key: str) -> ObjectInfo | None:

@@ -180,7 +180,8 @@ class FaultProxy:
       response: the client must retry something that already happened)
     - `deny`: an S3 error code ("AccessDenied", "SignatureDoesNotMatch", ...) answered with 403 to everything,
       echoing the access key id in the XML body as AWS does
-    - `hook(request) -> None | "drop"`: sees every request first; "drop" closes the connection unanswered
+    - `hook(request) -> None | "drop" | "truncate"`: sees every request first; "drop" closes the connection
+      unanswered, "truncate" sends the server's answer with only half its body, then closes the connection
     `requests` logs (method, bucket, key) of every request; `injected` counts faults answered.
     """
 
@@ -247,7 +248,8 @@ class FaultProxy:
             fault = self._rng.random() < self.fault_rate and (self.max_faults is None or self.injected < self.max_faults)
             after_apply = fault and self._rng.random() < self.fault_after_apply
             kind = TRANSIENT_FAULTS[self._rng.randrange(len(TRANSIENT_FAULTS))]
-        if self.hook is not None and self.hook(request) == "drop":
+        action = self.hook(request) if self.hook is not None else None
+        if action == "drop":
             handler.close_connection = True
             return
         if deny:
@@ -271,7 +273,9 @@ class FaultProxy:
             handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         if handler.command != "HEAD":
-            handler.wfile.write(body)
+            handler.wfile.write(body[:len(body) // 2] if action == "truncate" else body)
+        if action == "truncate":
+            handler.close_connection = True
 
     def _forward(self, request: ProxyRequest, handler) -> tuple[int, list, bytes]:
         connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)

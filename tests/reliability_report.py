@@ -63,7 +63,7 @@ every manifest part is read back with pyarrow, and the output is searched for st
   subprocess; the node running the restorer actor is removed (`allow_graceful=False`) after two frames.
 - **S3 transient faults**: a threaded HTTP proxy on loopback answers a seeded 15% of requests with 500
   InternalError, 503 ServiceUnavailable or 503 SlowDown, 30% of them *after* forwarding (the answer is lost, the
-  write happened). boto3's standard retry mode (8 attempts) is what must absorb them.
+  write happened). boto3's standard retry mode (12 attempts) is what must absorb them.
 - **S3 outage**: moto's server stopped for 3 s once three frames are done, then started again on the same port.
 - **S3 permanent fault**: the proxy answers 403 AccessDenied to everything once three outputs are stored; the run
   must stop with a clear error and a resume (fault gone) must finish the rest.
@@ -76,12 +76,13 @@ every manifest part is read back with pyarrow, and the output is searched for st
 ## Where it is tested
 
 `tests/test_reliability.py` (driver SIGKILL at each phase on local storage, 5 cycles, and on S3, 3 cycles; actor
-and node loss; S3 5xx, outage, AccessDenied; the lost answer of a conditional create; the load soak, opt-in with
-`RESTORE_SOAK=1`), `tests/test_hostile_inputs.py` (the corpus on S3 and in a read-only local folder with a symlink
-trap in the output; unsafe keys refused by every storage operation; credentials grepped for in CLI output, run and
-status JSON, manifests, the HTML report and previews, and Ray's session logs, including under S3 errors whose
-bodies echo the access key id). Weights are loaded with `torch.load(weights_only=True)` and checked against their
-tensor checksum: tampered, garbage, foreign-config and pickled-code files are refused in `tests/test_models.py`
+and node loss; S3 5xx, outage, AccessDenied; the lost answer of a conditional create; an object body cut off
+mid-transfer (fetched again, up to 3 times); the load soak, opt-in with `RESTORE_SOAK=1`),
+`tests/test_hostile_inputs.py` (the corpus on S3 and in a read-only local folder with a symlink trap in the output;
+unsafe keys refused by every storage operation; credentials grepped for in CLI output, run and status JSON,
+manifests, the HTML report and previews, and Ray's session logs, including under S3 errors whose bodies echo the
+access key id). Weights are loaded with `torch.load(weights_only=True)` and checked against their tensor checksum:
+tampered, garbage, foreign-config and pickled-code files are refused in `tests/test_models.py`
 (`test_tampered_or_garbage_weights_are_refused`, `test_weights_with_a_foreign_config_are_refused`,
 `test_pickled_code_is_refused`).
 
@@ -95,6 +96,10 @@ tensor checksum: tampered, garbage, foreign-config and pickled-code files are re
 - `test_a_job_name_that_is_a_path_component_is_refused`: `name: ".."` is refused when the spec is validated.
 - `test_conditional_create_whose_answer_was_lost_still_counts_as_created`: an S3 conditional create whose answer
   was lost is now recognised as ours on retry.
+- `test_s3_server_stopped_and_restarted_mid_run`: boto3's standard retry mode backs off from 50 ms, so 8 attempts
+  gave up within 3.5 s of an outage in most draws and a frame read then failed; 12 attempts span about half a minute.
+- `test_an_object_whose_body_breaks_off_mid_transfer_is_fetched_again`: a read whose connection dropped inside the
+  object's body failed the frame (boto3 retries requests, not bodies); the object is now fetched again.
 """
 
 

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 import faults
-from restore.storage import open_storage
+from restore.storage import StorageError, open_storage
 
 with warnings.catch_warnings():  # a marker for `-m soak`, registered without a conftest
     warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
@@ -99,6 +99,28 @@ def test_conditional_create_whose_answer_was_lost_still_counts_as_created(s3_end
     assert storage.put_if_absent("_manifests/j/_lease/000000000001.json", b'{"holder": "me"}') is True
     assert proxy.injected == 1
     assert storage.put_if_absent("_manifests/j/_lease/000000000001.json", b'{"holder": "other"}') is False
+
+
+def test_an_object_whose_body_breaks_off_mid_transfer_is_fetched_again(s3_endpoint, s3_bucket, proxy):
+    """boto3 retries a request that fails, not the reading of an answer's body (storage fix)."""
+    storage = open_storage(f"s3://{s3_bucket}/in", proxy.url)
+    data = bytes(range(256)) * 64
+    storage.put("frame.png", data)
+    cut = []
+
+    def truncate_first_two_gets(request):
+        if request.method == "GET" and request.key.endswith("frame.png") and len(cut) < 2:
+            cut.append(request.key)
+            return "truncate"
+        return None
+
+    proxy.hook = truncate_first_two_gets
+    assert storage.read("frame.png")[0] == data  # the third fetch is whole
+    assert len(cut) == 2
+    cut.clear()
+    proxy.hook = lambda request: "truncate" if request.method == "GET" else None
+    with pytest.raises(StorageError, match=f"cannot read s3://{s3_bucket}/in/frame.png"):
+        storage.read("frame.png")  # a body that never arrives whole is an error, after a few fetches
 
 
 # ---------------------------------------------------------------------------------------------- load (opt-in)
