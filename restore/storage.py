@@ -19,10 +19,10 @@ from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionE
 
 TEMP_PREFIX = ".restore-tmp-"  # local atomic writes stage their bytes under this name, beside the target
 # boto3's standard retry mode: exponential backoff with jitter on throttling, 5xx, timeouts and refused connections.
-# Its backoff starts at 50 ms for all but throttling, so 8 attempts gave up within 3.5 s of a dropped endpoint in most
-# draws; 12 ride out about half a minute of outage (at least 3.5 s in all but a few draws per million), and an
-# endpoint that never answers is reported after about as long. Per request: boto3's retry quota still cuts retries
-# short when many requests of one client fail at once.
+# Its waits are rand(0, 1) x 50 ms x 2^i (capped at 20 s) for all but throttling, so the 7 waits of 8 attempts sum
+# to 3.2 s on average (6.35 s at most): a short outage could fail a request. The 11 waits of 12 attempts sum to 33 s
+# on average (66 s at most), and an endpoint that never answers is reported after about as long. Per request:
+# boto3's retry quota still cuts retries short when many requests of one client fail at once.
 S3_MAX_ATTEMPTS = 12
 S3_BODY_ATTEMPTS = 3  # fetches of an object whose body broke off mid-transfer: boto3 retries requests, not bodies
 
