@@ -2,7 +2,7 @@
 
 Layout under the output: `_manifests/<job>/<run_id>/part-00000.parquet`. The manifests are the source of truth
 for what was done: resume keeps the newest row per frame and skips frames whose newest row is `ok` for the same
-input ETag and config hash.
+input ETag and config hash (the newest of all configs: going back to an earlier one restores the frame again).
 """
 from __future__ import annotations
 
@@ -163,31 +163,33 @@ def latest_rows(table: pa.Table) -> list[dict]:
 class History:
     """What resume needs to know of one config's past, computed column-wise so a million rows plan in seconds."""
 
-    done: set[tuple[str, str]]  # (input key, ETag) whose newest row is ok
+    done: set[tuple[str, str]]  # (input key, ETag) whose newest row is ok, under this config
     failures: dict[tuple[str, str], int]  # (input key, ETag) whose newest row failed → failed attempts so far
 
 
 def history(table: pa.Table, config_hash: str) -> History:
-    rows = table.filter(pc.equal(table["config_hash"], config_hash))
-    rows = rows.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
-    newest = rows.group_by(["input_key", "input_etag"], use_threads=False).aggregate([("status", "last")])
-    failed = rows.filter(pc.equal(rows["status"], "failed"))
+    """A frame counts as done only when its newest row of all, whatever the config, is `ok` under this config.
+
+    The output holds whatever the newest run wrote: after a run with another restorer, going back to the first
+    config must restore the frame again, although an older `ok` row under that config exists.
+    """
+    rows = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
+    newest = rows.group_by("input_key", use_threads=False).aggregate(
+        [("status", "last"), ("input_etag", "last"), ("config_hash", "last")])
+    failed = rows.filter(pc.and_(pc.equal(rows["status"], "failed"), pc.equal(rows["config_hash"], config_hash)))
     attempts = failed.group_by(["input_key", "input_etag"]).aggregate([("status", "count")])
     counts = dict(zip(zip(attempts["input_key"].to_pylist(), attempts["input_etag"].to_pylist()),
                       attempts["status_count"].to_pylist()))
     done, failures = set(), {}
-    for key, etag, status in zip(newest["input_key"].to_pylist(), newest["input_etag"].to_pylist(),
-                                 newest["status_last"].to_pylist()):
+    for key, status, etag, config in zip(newest["input_key"].to_pylist(), newest["status_last"].to_pylist(),
+                                         newest["input_etag_last"].to_pylist(), newest["config_hash_last"].to_pylist()):
+        if config != config_hash:
+            continue
         if status == "ok":
             done.add((key, etag))
         elif status == "failed":
             failures[(key, etag)] = counts.get((key, etag), 0)
     return History(done=done, failures=failures)
-
-
-def done_keys(table: pa.Table, config_hash: str) -> set[tuple[str, str]]:
-    """(input key, ETag) pairs whose newest row under this config is `ok`: resume skips exactly these."""
-    return history(table, config_hash).done
 
 
 @dataclass

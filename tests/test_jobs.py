@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from restore.cli import main as restore_main
-from restore.manifest import MANIFEST_SCHEMA, read_manifests
+from restore.manifest import MANIFEST_SCHEMA, latest_rows, read_manifests
 from restore.pipeline import neighbour_keys, prepare, run_job
 from restore.spec import parse_spec
 from restore.storage import open_storage
@@ -132,6 +132,11 @@ def test_rerun_processes_only_new_changed_and_failed_frames(tmp_path, ray_sessio
 
     other_config = run(job(tmp_path, restorer={"name": "navier-stokes"}))
     assert other_config.planned == 5
+    # Back to the first config: the outputs now hold Navier–Stokes fills, so every frame is restored again.
+    back = run(job(tmp_path))
+    assert back.planned == 5 and back.counts == {"ok": 5}
+    rows = latest_rows(read_manifests(open_storage(str(tmp_path / "out")), "t"))
+    assert {row["restorer"] for row in rows} == {"telea"}
 
 
 def test_s3_job_reads_and_writes_buckets_with_manifests_on_s3(s3_endpoint, ray_session, tmp_path):
