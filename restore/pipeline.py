@@ -225,18 +225,20 @@ def _video_tasks(info: ObjectInfo, input_storage: Storage, done: set[tuple[str, 
 _FORMAT_BY_EXTENSION = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".dpx": "DPX", ".exr": "EXR"}
 
 
-def _refuse_shared_outputs(tasks: list[dict], output_format: str) -> None:
+def planned_output_key(input_key: str, output_format: str) -> str:
+    """The output key planning expects, from the input's name (its content is only known once decoded)."""
+    source = _FORMAT_BY_EXTENSION.get(posixpath.splitext(input_key)[1].lower(), "")
+    return output_key_for(input_key, lossless_format(source, output_format))
+
+
+def _refuse_shared_outputs(tasks: list[dict], listed_keys: set[str], output_format: str) -> None:
     """Two inputs must never write one output (`scan.jpg` → `scan.jpg.png` beside a real `scan.jpg.png`): the
-    input whose own key is the output keeps it; the other fails with the reason instead of overwriting it."""
-    by_output: dict[str, list[dict]] = {}
+    input listed under the output's own key keeps it, whether it is restored in this run or was in an earlier one;
+    the other fails with the reason instead of overwriting it."""
     for task in tasks:
-        source = _FORMAT_BY_EXTENSION.get(posixpath.splitext(task["input_key"])[1].lower(), "")
-        by_output.setdefault(output_key_for(task["input_key"], lossless_format(source, output_format)), []).append(task)
-    for output_key, sharing in by_output.items():
-        owner = next((t for t in sharing if t["input_key"] == output_key), sharing[0])
-        for task in sharing:
-            if task is not owner:
-                task["plan_error"] = f"its output {output_key!r} would overwrite the output of {owner['input_key']!r}"
+        output_key = planned_output_key(task["input_key"], output_format)
+        if output_key != task["input_key"] and output_key in listed_keys:
+            task["plan_error"] = f"its output {output_key!r} would overwrite the output of {output_key!r}"
 
 
 def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, config_hash: str) -> Plan:
@@ -265,7 +267,7 @@ def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, con
         "frame_indices": None,
         "neighbour_keys": neighbours[info.key],
     } for info in todo]
-    _refuse_shared_outputs(tasks, spec.output_format)
+    _refuse_shared_outputs(tasks, {info.key for info in stills}, spec.output_format)
     frames, frames_done = len(stills), len(stills) - len(todo)
     for info in listed:
         if is_video(info.key):
@@ -596,6 +598,10 @@ def _write_one(context: JobContext, row: dict) -> dict:
     fmt = lossless_format(row["source_format"], context.spec.output_format)
     data = encode_frame(frame, pixels, fmt, text=provenance(context, row))
     output_key = output_key_for(row["input_key"], fmt)
+    if output_key != planned_output_key(row["input_key"], context.spec.output_format) \
+            and context.input_storage.head(output_key) is not None:
+        raise FrameError(f"it holds {row['source_format']} data, which its name does not say, so its output "
+                         f"{output_key!r} would overwrite the output of {output_key!r}; rename it or set output_format")
     stored = put_or_adopt(context.output_storage, output_key, data)
     result = {
         "output_key": output_key, "output_sha256": hashlib.sha256(data).hexdigest(),

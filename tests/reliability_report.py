@@ -89,7 +89,9 @@ tampered, garbage, foreign-config and pickled-code files are refused in `tests/t
 ## Found by this suite and fixed
 
 - `test_two_inputs_never_share_an_output`: `scan.jpg` (JPEG, written as PNG) and `scan.jpg.png` both mapped to the
-  output `scan.jpg.png`. Planning now fails the renamed one with the reason instead of letting it overwrite.
+  output `scan.jpg.png`. Planning now fails the renamed one with the reason instead of letting it overwrite,
+  also when `scan.jpg.png` was restored in an earlier run; a file whose content its name does not say (a PNG named
+  `scan.tif`, written as `scan.tif.png`) is refused when it is written.
 - `test_tampered_weights_are_refused_before_any_work`: an unpinned, tampered weights file used to fail only inside
   the restorer actor; the driver now loads the weights once before any work and refuses them with a message.
 - `test_an_undecodable_mask_is_named_in_the_failure_reason`: a garbage mask's failure now names the mask.

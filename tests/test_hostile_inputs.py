@@ -314,11 +314,30 @@ def _run_stages_inline(raw: dict) -> list[dict]:
     return write_outputs(RestoreFrames(context)(batch), context).to_pylist()
 
 
-def test_two_inputs_never_share_an_output(tmp_path):
+def test_two_inputs_never_share_an_output(tmp_path, ray_session):
+    from restore.pipeline import prepare, run_job
+    from restore.spec import parse_spec
+
     write_local(tmp_path / "in", {"scan.jpg": _encode(scene(1), "JPEG"), "scan.jpg.png": png_bytes(scene(2))})
     rows = _run_stages_inline(base_job(str(tmp_path / "in"), str(tmp_path / "out")))
     written = [row["output_key"] for row in rows if row["status"] == "ok"]
     assert len(written) == len(set(written))
+
+    # Across runs: the frame named like the output was restored first, the other arrives later.
+    raw = base_job(str(tmp_path / "later"), str(tmp_path / "later-out"))
+    write_local(tmp_path / "later", {"scan.jpg.png": png_bytes(scene(2))})
+    run_job(*prepare(parse_spec(raw)))
+    restored = (tmp_path / "later-out" / "scan.jpg.png").read_bytes()
+    write_local(tmp_path / "later", {"scan.jpg": _encode(scene(1), "JPEG")})
+    assert run_job(*prepare(parse_spec(raw))).counts == {"failed": 1}
+    assert (tmp_path / "later-out" / "scan.jpg.png").read_bytes() == restored
+
+    # A PNG named .tif comes out as `scan.tif.png`, the output of the real `scan.tif.png`.
+    write_local(tmp_path / "misnamed", {"scan.tif": png_bytes(scene(1)), "scan.tif.png": png_bytes(scene(2))})
+    rows = _run_stages_inline(base_job(str(tmp_path / "misnamed"), str(tmp_path / "misnamed-out")))
+    status = {row["input_key"]: (row["status"], row["error"] or "") for row in rows}
+    assert status["scan.tif.png"][0] == "ok"
+    assert status["scan.tif"][0] == "failed" and "rename it" in status["scan.tif"][1]
 
 
 def test_an_undecodable_mask_is_named_in_the_failure_reason(tmp_path):
