@@ -19,7 +19,7 @@ import os
 import posixpath
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -362,6 +362,9 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
             mask |= given
     if settings.source in ("detect", "both"):
         detector = _detector(settings.detector, settings.detector_weights)
+        if context.detector_sha256 and detector.info["sha256"] != context.detector_sha256:
+            raise FrameError(f"masks.detector_weights: this worker's file has sha256 {detector.info['sha256']}, not "
+                             f"the {context.detector_sha256} the job checked: install the same weights on every node")
         if detector.infrared and frame.infrared is None:
             raise FrameError(f"masks.detector infrared: this {frame.format} frame has no infrared channel"
                              " (expected an RGBI TIFF: RGB plus an unspecified extra sample, as film scanners write)")
@@ -414,11 +417,6 @@ def _fill_from_neighbours(pixels: np.ndarray, mask: np.ndarray, frames: tuple | 
             "temporal_fill_fraction": float((mask & ~rest).mean())}
 
 
-def _uses_neighbours(context: JobContext) -> bool:
-    masks = context.spec.masks
-    return masks.temporal_fill or (masks.source != "given" and masks.detector == "temporal")
-
-
 def _still_neighbours(context: JobContext, row: dict, decoded: dict[str, np.ndarray | None]
                       ) -> tuple[list[np.ndarray], int]:
     """Decoded neighbour frames for a temporal detector or temporal fill (previous first), and how many come
@@ -428,7 +426,7 @@ def _still_neighbours(context: JobContext, row: dict, decoded: dict[str, np.ndar
     be read is left out (it is reported as its own frame's failure, not this one's), and so is one of another size
     or layout (another shot, not this frame's picture).
     """
-    if not _uses_neighbours(context):
+    if not context.spec.uses_neighbours:
         return [], 0
     for key in row["neighbour_keys"]:
         if key not in decoded:
@@ -449,7 +447,7 @@ def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:
     wanted = row["frame_indices"]
     if not wanted:
         raise FrameError(f"video {row['input_key']!r}: no frames could be planned")
-    window = context.spec.sequence.window if _uses_neighbours(context) else 0
+    window = context.spec.sequence.window if context.spec.uses_neighbours else 0
     first, last = max(0, wanted[0] - window), min(info.frames - 1, wanted[-1] + window)
     decoded = {frame.index: frame.pixels for frame in iter_video_frames(data, first, last + 1, info=info)}
     base = {**row, "input_frames": info.frames}
@@ -498,7 +496,10 @@ class RestoreFrames:
     """One per actor: the restorer (and its weights) is loaded once and serves every batch."""
 
     def __init__(self, context: JobContext):
-        self.restorer = build_restorer(context.spec.restorer, threads=max(1, int(context.spec.workers.cpus)))
+        # Pinned to the weights the driver checked and the manifest records: a node whose install holds other
+        # weights refuses to start instead of restoring with them.
+        settings = replace(context.spec.restorer, weights_sha256=context.weights_sha256)
+        self.restorer = build_restorer(settings, threads=max(1, int(context.spec.workers.cpus)))
         self.worker = _worker_name()
 
     def __call__(self, batch: pa.Table) -> pa.Table:

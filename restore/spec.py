@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -91,6 +92,11 @@ class JobSpec:
     commit_every: int = 64  # manifest rows per committed part (a crash loses at most the frames in flight)
     max_attempts: int = 3  # a frame that failed this many times is left alone until it changes (0 = retry forever)
 
+    @property
+    def uses_neighbours(self) -> bool:
+        """A temporal detector or temporal fill: what a frame becomes depends on `sequence.window` frames each side."""
+        return self.masks.temporal_fill or (self.masks.source != "given" and self.masks.detector == "temporal")
+
     def output_settings(self, weights_sha256: str | None, detector_sha256: str | None = None) -> dict[str, Any]:
         """What changes the output bytes, and nothing else: worker counts must never reprocess an archive.
 
@@ -114,12 +120,15 @@ class JobSpec:
             masks.pop("min_area")
         if not self.masks.temporal_fill:
             masks.pop("temporal_fill")  # so jobs that never used it keep the hash they had before it existed
-        return {
+        settings = {
             "restorer": restorer,
             "weights_sha256": weights_sha256,
             "masks": masks,
             "output_format": self.output_format,
         }
+        if self.uses_neighbours:
+            settings["sequence"] = asdict(self.sequence)
+        return settings
 
     def config_hash(self, weights_sha256: str | None, detector_sha256: str | None = None) -> str:
         canonical = json.dumps(self.output_settings(weights_sha256, detector_sha256), sort_keys=True)
@@ -186,8 +195,24 @@ def _resolve_uri(uri: str | None, base: Path) -> str | None:
     """Local paths in a spec are relative to the spec file, so a job means the same from any directory."""
     if uri is None or uri.startswith("s3://"):
         return uri
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = unquote(urlsplit(uri).path) if uri.startswith("file://") else uri  # file:///my%20scans → /my scans
     return str((base / path).resolve())
+
+
+def _check_file_uri(problems: list[str], label: str, uri: str | None) -> None:
+    if uri and uri.startswith("file://") and urlsplit(uri).netloc not in ("", "localhost"):
+        problems.append(f"{label}: a file URI names no host: expected file:///path or a plain path, got {uri!r}")
+
+
+def _check_key_pattern(problems: list[str], label: str, pattern: str | None) -> None:
+    """A mask or protect pattern is filled in for every frame: a mistake in it is a spec error, not a traceback.
+    (A protect pattern may name one file for every frame: a stamp in the same place on each.)"""
+    try:
+        if pattern:
+            pattern.format(stem="frame", name="frame.png", dir="reel")
+    except (KeyError, IndexError, ValueError, AttributeError) as error:
+        problems.append(f"{label}: expected only {{dir}}, {{stem}} and {{name}} (e.g. '{{dir}}/masks/{{stem}}.png'), "
+                        f"got {pattern!r} ({type(error).__name__}: {error})")
 
 
 def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -> JobSpec:
@@ -210,6 +235,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
             problems.append(f"{label}: expected a local path, file://… or s3://bucket/prefix, got {uri!r}")
         if uri and uri.startswith("s3://") and not uri[len("s3://"):].split("/")[0]:
             problems.append(f"{label}: expected s3://bucket/prefix with a bucket name, got {uri!r}")
+        _check_file_uri(problems, label, uri)
     endpoint_url = check.string(raw, "endpoint_url", "endpoint_url")
     if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
         problems.append(f"endpoint_url: expected an http:// or https:// URL, got {endpoint_url!r}")
@@ -236,8 +262,11 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     )
     if masks.detector_weights and (masks.detector != "learned" or masks.source == "given"):
         problems.append("masks.detector_weights: only used with masks.detector learned (and source detect or both)")
+    _check_file_uri(problems, "masks.uri", masks.uri)
     if masks.pattern and "{" not in masks.pattern:
         problems.append(f"masks.pattern: expected a pattern naming the frame, e.g. '{{dir}}/masks/{{stem}}.png', got {masks.pattern!r}")
+    for label, pattern in (("masks.pattern", masks.pattern), ("masks.protect", masks.protect)):
+        _check_key_pattern(problems, label, pattern)
 
     restorer_raw = check.section(raw, "restorer", set(RestorerSettings.__dataclass_fields__))
     restorer = RestorerSettings(

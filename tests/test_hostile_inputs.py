@@ -366,3 +366,38 @@ def test_tampered_weights_are_refused_before_any_work(tmp_path):
     raw = base_job(str(tmp_path / "in"), str(tmp_path / "out"), restorer={"name": "gan", "weights": str(tmp_path / "tampered.pt")})
     with pytest.raises(Exception, match="checksum"):
         prepare(parse_spec(raw))
+
+
+def test_a_worker_whose_weights_differ_from_the_checked_ones_refuses_to_restore(tmp_path):
+    """On a cluster every node loads the weights from its own install; the manifest records the driver's file."""
+    from restore.models.generator import Generator, GeneratorConfig
+    from restore.models.weights import save_generator
+    from restore.pipeline import RestoreFrames, prepare
+    from restore.restorers import RestorerError
+    from restore.spec import parse_spec
+
+    weights = tmp_path / "generator.pt"
+    save_generator(Generator(GeneratorConfig(width=8, n_down=2, n_blocks=1)), weights)
+    write_local(tmp_path / "in", {"f.png": png_bytes(scene(1))})
+    context, _ = prepare(parse_spec(base_job(str(tmp_path / "in"), str(tmp_path / "out"),
+                                             restorer={"name": "gan", "weights": str(weights)})))
+    save_generator(Generator(GeneratorConfig(width=12, n_down=2, n_blocks=1)), weights)  # another node's file
+    with pytest.raises(RestorerError, match=context.weights_sha256):
+        RestoreFrames(context)
+
+
+def test_a_worker_whose_detector_differs_from_the_checked_one_fails_its_frames_with_the_reason(tmp_path):
+    from restore.detect.learned import save_detector_net
+    from restore.models.detector import DetectorConfig, DetectorNet
+    from restore.pipeline import TASK_SCHEMA, load_frames, prepare
+    from restore.spec import parse_spec
+
+    weights = tmp_path / "detector.pt"
+    save_detector_net(DetectorNet(DetectorConfig(widths=(4, 6))), weights, {"threshold": 0.5})
+    write_local(tmp_path / "in", {"f.png": png_bytes(scene(1))})
+    context, plan = prepare(parse_spec(base_job(
+        str(tmp_path / "in"), str(tmp_path / "out"),
+        masks={"source": "detect", "detector": "learned", "detector_weights": str(weights)})))
+    save_detector_net(DetectorNet(DetectorConfig(widths=(4, 8))), weights, {"threshold": 0.5})  # another node's file
+    [row] = load_frames(pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA), context).to_pylist()
+    assert row["status"] == "failed" and "install the same weights on every node" in row["error"]

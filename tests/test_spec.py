@@ -65,6 +65,28 @@ def test_temporal_fill_needs_neighbours_and_changes_the_config_hash():
     on = parse_spec({**base, "masks": {"temporal_fill": True}, "sequence": {"window": 1}})
     assert on.masks.temporal_fill and not off.masks.temporal_fill
     assert plain.config_hash(None) == off.config_hash(None) != on.config_hash(None)  # off: hashes as before it existed
+    wider = parse_spec({**base, "masks": {"temporal_fill": True}, "sequence": {"window": 3}})
+    assert wider.config_hash(None) != on.config_hash(None)  # more neighbours, other fills: the frames are redone
+    assert parse_spec({**base, "sequence": {"window": 3}}).config_hash(None) == plain.config_hash(None)  # unused
+
+
+def test_a_mistaken_mask_pattern_is_a_spec_error_not_a_traceback():
+    base = {"name": "j", "input": "s3://in/a", "output": "s3://out/b"}
+    for field, pattern in (("pattern", "{dir}/masks/{filename}.png"), ("pattern", "masks/{0}.png"),
+                           ("pattern", "masks/{stem!x}.png"), ("pattern", "masks.png"),
+                           ("protect", "{dir}/protect/{base}.png")):
+        with pytest.raises(SpecError, match=f"masks.{field}: expected"):
+            parse_spec({**base, "masks": {field: pattern}})
+    spec = parse_spec({**base, "masks": {"pattern": "{dir}/m/{name}", "protect": "stamp.png"}})
+    assert spec.masks.protect == "stamp.png"  # one region for every frame
+
+
+def test_file_uris_are_read_as_urls(tmp_path):
+    spaced = tmp_path / "my scans"
+    spec = parse_spec({"name": "j", "input": f"file://localhost{tmp_path}/in", "output": spaced.as_uri()})
+    assert spec.input == str(tmp_path / "in") and spec.output == str(spaced)
+    with pytest.raises(SpecError, match="output: a file URI names no host"):
+        parse_spec({"name": "j", "input": "s3://in/a", "output": "file://scanner/archive"})
 
 
 def test_infrared_is_a_mask_detector_by_name():
