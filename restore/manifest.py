@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import posixpath
 import secrets
 import time
 from collections import Counter
@@ -55,6 +56,28 @@ MANIFEST_SCHEMA = pa.schema([
     ("worker", pa.string()),
     ("finished_at", pa.timestamp("ms", tz="UTC")),
 ])
+
+
+# A video's frames are rows of their own, keyed `reel.mkv#000123`; a row keyed `reel.mkv` is the whole video's
+# failure (it could not be read or probed).
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mxf")
+
+
+def is_video(key: str) -> bool:
+    return posixpath.splitext(key)[1].lower() in VIDEO_EXTENSIONS
+
+
+def video_frame_key(video_key: str, index: int) -> str:
+    """A video's frames are addressed as `reel.mkv#000123`: one manifest row, output and mask each."""
+    return f"{video_key}#{index:06d}"
+
+
+def split_frame_key(key: str) -> tuple[str, int | None]:
+    """(object key, frame index) of a video frame key; (key, None) for a still image."""
+    base, sep, index = key.rpartition("#")
+    if sep and index.isdigit() and is_video(base):
+        return base, int(index)
+    return key, None
 
 
 def new_run_id() -> str:
@@ -152,10 +175,14 @@ def compact(storage: Storage, job: str, run_id: str, lease=None) -> str:
 
 
 def latest_rows(table: pa.Table) -> list[dict]:
-    """The newest row per input key: what the archive looks like now."""
+    """The newest row per input key: what the archive looks like now. A whole video's failure is gone once a
+    later run restores its frames."""
     newest: dict[str, dict] = {}
     for row in table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")]).to_pylist():
         newest[row["input_key"]] = row
+        video, index = split_frame_key(row["input_key"])
+        if index is not None:
+            newest.pop(video, None)
     return [newest[key] for key in sorted(newest)]
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -30,8 +31,9 @@ import pyarrow.compute as pc
 from . import __version__
 from .film import FilmFrame
 from .frames import Frame, FrameError, decode_frame, decode_mask, encode_frame, encode_mask, extension_for
-from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, new_run_id, parts_since_snapshot,
-                       provenance_id, read_manifests, run_prefix)
+from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, is_video, new_run_id,
+                       parts_since_snapshot, provenance_id, read_manifests, run_prefix, split_frame_key,
+                       video_frame_key)
 from .restorers import build_restorer, check_weights
 from .spec import JobSpec
 from .storage import LocalStorage, ObjectInfo, Storage, StorageError, check_no_overlap, open_storage
@@ -122,25 +124,7 @@ class RunResult:
 
 # ---------------------------------------------------------------------------------------------- planning
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mxf")
 VIDEO_CHUNK = 32  # frames of one video decoded by one load task
-
-
-def is_video(key: str) -> bool:
-    return posixpath.splitext(key)[1].lower() in VIDEO_EXTENSIONS
-
-
-def video_frame_key(video_key: str, index: int) -> str:
-    """A video's frames are addressed as `reel.mkv#000123`: one manifest row, output and mask each."""
-    return f"{video_key}#{index:06d}"
-
-
-def split_frame_key(key: str) -> tuple[str, int | None]:
-    """(object key, frame index) of a video frame key; (key, None) for a still image."""
-    base, sep, index = key.rpartition("#")
-    if sep and index.isdigit() and is_video(base):
-        return base, int(index)
-    return key, None
 
 
 def mask_key_for(pattern: str, input_key: str) -> str:
@@ -149,6 +133,13 @@ def mask_key_for(pattern: str, input_key: str) -> str:
     directory, name = posixpath.split(object_key)
     stem = posixpath.splitext(name)[0] + ("" if index is None else f"/{index:06d}")
     return posixpath.normpath(pattern.format(stem=stem, name=name, dir=directory or "."))
+
+
+def _video_mask_keys(pattern: str, video_key: str) -> re.Pattern:
+    """The keys of a video's frame masks (`{dir}/masks/{stem}.png` → `masks/reel/000123.png`), any frame index."""
+    first = mask_key_for(pattern, video_frame_key(video_key, 0))
+    head, index, tail = first.rpartition(f"{0:06d}")
+    return re.compile(re.escape(head) + r"\d{6}" + re.escape(tail) if index else re.escape(first))
 
 
 def output_key_for(input_key: str, fmt: str) -> str:
@@ -201,6 +192,8 @@ def _video_tasks(info: ObjectInfo, input_storage: Storage, done: set[tuple[str, 
     """Chunk tasks for the frames of a video not yet done; returns (tasks, frames in the video, frames done)."""
     from .video import probe_video
 
+    if (info.key, info.etag) in done:  # only a whole video's failure is keyed so: one given up after max_attempts
+        return [], 1, 1
     recorded = table.filter(pc.starts_with(table["input_key"], info.key + "#"))
     counts = [n for n in recorded["input_frames"].to_pylist() if n is not None]
     frames_done = sum(1 for key, etag in done if etag == info.etag and split_frame_key(key)[0] == info.key)
@@ -251,7 +244,10 @@ def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, con
     if (spec.masks.uri or spec.input) == spec.input:
         patterns = [spec.masks.pattern] + ([spec.masks.protect] if spec.masks.protect else [])
         mask_files = {mask_key_for(pattern, info.key) for info in listed for pattern in patterns}
-        listed = [info for info in listed if info.key not in mask_files]  # a mask is not a frame
+        video_masks = [_video_mask_keys(pattern, info.key) for info in listed if is_video(info.key)
+                       for pattern in patterns]
+        listed = [info for info in listed  # a mask is not a frame
+                  if info.key not in mask_files and not any(keys.fullmatch(info.key) for keys in video_masks)]
     table = read_manifests(output_storage, spec.name)
     past = history(table, config_hash)
     exhausted = {frame for frame, attempts in past.failures.items() if 0 < spec.max_attempts <= attempts}

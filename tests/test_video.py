@@ -137,8 +137,8 @@ def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_
     hole = np.zeros((HEIGHT, WIDTH), bool)
     hole[30:40, 20:40] = True
     (tmp_path / "in" / "masks" / "clip" / "000005.png").write_bytes(encode_mask(hole))
-    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "include": ["*.mkv"],
-           "restorer": {"name": "telea"}, "batch_size": 4}
+    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+           "include": ["*.mkv", "*.png"], "restorer": {"name": "telea"}, "batch_size": 4}  # the masks are listed too
 
     result = run_job(*prepare(parse_spec(raw)))
 
@@ -157,16 +157,25 @@ def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_
     assert plan.tasks == [] and plan.already_done == COUNT
 
 
-def test_a_broken_video_becomes_one_failed_row_with_the_reason(tmp_path, ray_session):
-    from restore.manifest import read_manifests
+def test_a_broken_video_becomes_one_failed_row_with_the_reason_until_a_good_copy_replaces_it(tmp_path, ray_session):
+    from restore.manifest import read_manifests, summarize
     from restore.pipeline import prepare, run_job
     from restore.spec import parse_spec
     from restore.storage import open_storage
 
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing else")
-    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "include": ["*.mp4"],
-           "restorer": {"name": "telea"}}
+    (tmp_path / "in" / "broken.mkv").write_bytes(b"\x1aE\xdf\xa3 a matroska header and nothing else")
+    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "include": ["*.mkv"],
+           "restorer": {"name": "telea"}, "max_attempts": 2}
     assert run_job(*prepare(parse_spec(raw))).counts == {"failed": 1}
     row, = read_manifests(open_storage(str(tmp_path / "out")), "video").to_pylist()
-    assert row["input_key"] == "broken.mp4" and "video" in row["error"].lower()
+    assert row["input_key"] == "broken.mkv" and "video" in row["error"].lower()
+
+    assert run_job(*prepare(parse_spec(raw))).counts == {"failed": 1}
+    _, plan = prepare(parse_spec(raw))  # given up after max_attempts, until the file changes
+    assert plan.tasks == [] and plan.given_up == ["broken.mkv"] and plan.already_done == 0
+
+    (tmp_path / "in" / "broken.mkv").write_bytes(clip("ffv1", "matroska", "bgr0"))  # a good copy replaces it
+    assert run_job(*prepare(parse_spec(raw))).counts == {"ok": COUNT}
+    summary = summarize(read_manifests(open_storage(str(tmp_path / "out")), "video"))
+    assert summary.by_status == {"ok": COUNT} and summary.failures == []  # the old failure is gone from status
