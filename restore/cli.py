@@ -79,7 +79,7 @@ def cmd_run(args) -> int:
         if not args.quiet:
             print(f"report: {summary['report']}")
     _write_json(args.json, summary)
-    return EXIT_FRAMES_FAILED if counts.get("failed") else EXIT_OK
+    return EXIT_FRAMES_FAILED if counts.get("failed") or plan.given_up else EXIT_OK  # given up is still failed
 
 
 def cmd_submit(args) -> int:

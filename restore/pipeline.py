@@ -727,7 +727,7 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None) -> tuple[JobCon
     with acquire(context.output_storage, spec.name, run_id=context.run_id) as lease:
         plan = plan_job(spec, context.input_storage, context.output_storage, context.config_hash)
         result = run_job(context, plan, progress, lease)
-        if result.planned:
+        if result.planned or plan.given_up:  # frames left failed keep a scheduler's alert on, with the reason
             write_run_summary(context, plan, result)
         if parts_since_snapshot(context.output_storage, spec.name) >= COMPACT_AFTER_PARTS:
             compact(context.output_storage, spec.name, context.run_id, lease)
@@ -736,7 +736,8 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None) -> tuple[JobCon
 
 def run_summary(context: JobContext, plan: Plan, result: RunResult) -> dict:
     return {
-        "job": context.spec.name, "run_id": result.run_id, "status": "failed" if result.counts.get("failed") else "ok",
+        "job": context.spec.name, "run_id": result.run_id,
+        "status": "failed" if result.counts.get("failed") or plan.given_up else "ok",
         "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
         "counts": result.counts, "seconds": round(result.seconds, 3),
         "frames_per_second": round(result.frames_per_second, 3), "input": context.spec.input,

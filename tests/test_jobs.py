@@ -265,6 +265,8 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
 
 
 def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_changes(tmp_path, ray_session):
+    import json
+
     from restore.pipeline import run as run_with_lease
 
     write_collection(tmp_path / "in", 1)
@@ -272,10 +274,17 @@ def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_chan
     spec = parse_spec(job(tmp_path, max_attempts=2))
     assert run_with_lease(spec)[2].counts == {"ok": 1, "failed": 1}
     assert run_with_lease(spec)[2].counts == {"failed": 1}
-    _, plan, result = run_with_lease(spec)
-    assert result.planned == 0 and plan.given_up == ["broken.png"]
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path, max_attempts=2)))
+    # Nothing is retried, but the frame is still failed: the nightly run keeps alerting and says why.
+    assert restore_main(["run", str(spec_file), "--quiet", "--json", str(tmp_path / "run.json")]) == 1
+    assert json.loads((tmp_path / "run.json").read_text())["given_up"] == ["broken.png"]
+    [summary] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_manifests" / "t").glob("*/summary.json")
+                 if json.loads(p.read_text())["planned"] == 0]
+    assert summary["status"] == "failed" and summary["given_up"] == ["broken.png"]
     (tmp_path / "in" / "broken.png").write_bytes(png_bytes(scene(3)))  # fixed upstream: a new ETag
     assert run_with_lease(spec)[2].counts == {"ok": 1}
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 0
 
 
 def test_runs_write_a_summary_and_a_second_concurrent_run_is_refused(tmp_path, ray_session):
