@@ -31,7 +31,8 @@ S3_BODY_ATTEMPTS = 3  # fetches of an object whose body broke off mid-transfer: 
 class ObjectInfo:
     key: str  # relative to the storage root, posix
     size: int
-    etag: str  # S3 ETag without quotes; local: f"{mtime_ns:x}-{size:x}", which changes whenever the file does
+    etag: str  # S3 ETag without quotes; local: f"{mtime_ns:x}-{size:x}": an edit changes it, unless the new bytes
+    #            have the same size and the copy that wrote them kept the old modification time (cp -p, rsync -t)
     version_id: str | None = None  # S3 VersionId on versioned buckets (put and head; listing does not report it)
     storage_class: str | None = None  # S3 StorageClass as reported ("STANDARD", "GLACIER", ...); None locally
 
