@@ -66,6 +66,11 @@ class Frame:
     infrared: np.ndarray | None = None  # (H, W), same dtype as pixels: an RGBI scan's infrared plane
 
     @property
+    def premultiplied(self) -> bool:
+        """Colour stored multiplied by alpha (a TIFF's associated alpha), written back marked as such."""
+        return self.mode.startswith(("RGBa", "La"))
+
+    @property
     def bit_depth(self) -> int:
         return 16 if self.pixels.dtype == np.uint16 else 8
 
@@ -174,6 +179,8 @@ def _decode_pillow(image: Image.Image) -> tuple[str, np.ndarray, np.ndarray | No
         image = image.convert("L")
     elif mode in ("P", "PA"):
         image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+    elif mode in ("L", "RGB") and "transparency" in image.info:  # a PNG tRNS colour key becomes real alpha,
+        image = image.convert("LA" if mode == "L" else "RGBA")  # which the output keeps: clear stays clear
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         raise FrameError(f"unsupported image mode {mode} (8/16-bit grayscale or RGB, with or without alpha)")
     array = np.asarray(image)
@@ -214,14 +221,15 @@ def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.nd
         return ("I;16" if sixteen else "L"), (np.iinfo(array.dtype).max - array)[..., None], None, None
     if photometric == P.MINISBLACK and samples == 1:
         return ("I;16" if sixteen else "L"), array[..., None], None, None
+    associated = extrasamples[:1] == (tifffile.EXTRASAMPLE.ASSOCALPHA,)  # premultiplied: Pillow's "La", "RGBa"
     if photometric == P.MINISBLACK and samples == 2 and not sixteen:
-        return ("LA", *_split_alpha(array, 1), None)
+        return ("La" if associated else "LA", *_split_alpha(array, 1), None)
     if photometric == P.RGB or (photometric == P.YCBCR and jpeg):  # JPEG-in-TIFF decodes to RGB
         depth = ";16" if sixteen else ""
         if samples == 4 and extrasamples[:1] == (tifffile.EXTRASAMPLE.UNSPECIFIED,):  # RGBI: not alpha
             return "RGBI" + depth, np.ascontiguousarray(array[..., :3]), None, np.ascontiguousarray(array[..., 3])
         if samples in (3, 4):
-            return ("RGB" if samples == 3 else "RGBA") + depth, *_split_alpha(array, 3), None
+            return ("RGB" if samples == 3 else "RGBa" if associated else "RGBA") + depth, *_split_alpha(array, 3), None
     if photometric == P.PALETTE and colormap is not None:
         rgb = colormap[:, array].transpose(1, 2, 0)  # colormap is (3, 2**bits) of 16-bit values
         return "P", np.ascontiguousarray(rgb if sixteen else (rgb >> 8).astype(np.uint8)), None, None
@@ -254,6 +262,9 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
     object in the TIFF ImageDescription / JPEG comment.
     """
     name = _format_name(fmt)
+    if frame.alpha is not None and frame.premultiplied and name != "tiff":
+        raise FrameError("this TIFF's alpha is premultiplied (associated), which only TIFF holds: write it as tiff "
+                         "(output_format same or tiff)")
     if pixels.shape != frame.pixels.shape or pixels.dtype != frame.pixels.dtype:
         raise FrameError(
             f"pixels are {pixels.shape} {pixels.dtype} but the frame is {frame.pixels.shape} {frame.pixels.dtype}"
@@ -343,7 +354,8 @@ def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
     Alpha and an RGBI scan's infrared plane follow the colour samples, marked as alpha and "unspecified".
     """
     colour = pixels.shape[2] == 3
-    extras = [(plane, kind) for plane, kind in ((frame.alpha, "unassalpha"), (frame.infrared, "unspecified"))
+    alpha_kind = "assocalpha" if frame.premultiplied else "unassalpha"
+    extras = [(plane, kind) for plane, kind in ((frame.alpha, alpha_kind), (frame.infrared, "unspecified"))
               if plane is not None]
     array = np.dstack([pixels] + [plane for plane, _ in extras]) if extras else pixels
     array = array if array.shape[2] > 1 else array[..., 0]

@@ -2,7 +2,8 @@
 
 Layout under the output: `_manifests/<job>/<run_id>/part-00000.parquet`. The manifests are the source of truth
 for what was done: resume keeps the newest row per frame and skips frames whose newest row is `ok` for the same
-input ETag and config hash (the newest of all configs: going back to an earlier one restores the frame again).
+input ETag, mask files and config hash (the newest of all configs: going back to an earlier one restores the frame
+again).
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ MANIFEST_SCHEMA = pa.schema([
     ("output_format", pa.string()),
     ("mask_key", pa.string()),
     ("mask_source", pa.string()),  # given | detect | both
+    # ETags of the mask files read for the frame ("" = none there), so a mask added or edited later is applied;
+    # null where the job reads no such file, and in rows from before these columns existed
+    ("mask_etag", pa.string()),  # the given mask (masks.pattern)
+    ("protect_etag", pa.string()),  # the protected region (masks.protect)
     ("detector", pa.string()),  # the detector's name when masks were detected
     ("masked_fraction", pa.float64()),
     ("temporal_fill_fraction", pa.float64()),  # of the frame, copied from neighbours (masks.temporal_fill); else null
@@ -192,6 +197,7 @@ class History:
 
     done: set[tuple[str, str]]  # (input key, ETag) whose newest row is ok, under this config
     failures: dict[tuple[str, str], int]  # (input key, ETag) whose newest row failed → failed attempts so far
+    mask_etags: dict[str, tuple[str | None, str | None]]  # input key → (mask_etag, protect_etag) of its newest row
 
 
 def history(table: pa.Table, config_hash: str) -> History:
@@ -202,21 +208,24 @@ def history(table: pa.Table, config_hash: str) -> History:
     """
     rows = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
     newest = rows.group_by("input_key", use_threads=False).aggregate(
-        [("status", "last"), ("input_etag", "last"), ("config_hash", "last")])
+        [("status", "last"), ("input_etag", "last"), ("config_hash", "last"), ("mask_etag", "last"),
+         ("protect_etag", "last")])
     failed = rows.filter(pc.and_(pc.equal(rows["status"], "failed"), pc.equal(rows["config_hash"], config_hash)))
     attempts = failed.group_by(["input_key", "input_etag"]).aggregate([("status", "count")])
     counts = dict(zip(zip(attempts["input_key"].to_pylist(), attempts["input_etag"].to_pylist()),
                       attempts["status_count"].to_pylist()))
-    done, failures = set(), {}
-    for key, status, etag, config in zip(newest["input_key"].to_pylist(), newest["status_last"].to_pylist(),
-                                         newest["input_etag_last"].to_pylist(), newest["config_hash_last"].to_pylist()):
+    done, failures, mask_etags = set(), {}, {}
+    for key, status, etag, config, mask_etag, protect_etag in zip(
+            *(newest[column].to_pylist() for column in ("input_key", "status_last", "input_etag_last",
+                                                        "config_hash_last", "mask_etag_last", "protect_etag_last"))):
         if config != config_hash:
             continue
+        mask_etags[key] = (mask_etag, protect_etag)
         if status == "ok":
             done.add((key, etag))
         elif status == "failed":
             failures[(key, etag)] = counts.get((key, etag), 0)
-    return History(done=done, failures=failures)
+    return History(done=done, failures=failures, mask_etags=mask_etags)
 
 
 @dataclass

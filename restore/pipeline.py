@@ -36,7 +36,7 @@ from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, is_vid
                        video_frame_key)
 from .restorers import build_restorer, check_weights
 from .spec import JobSpec
-from .storage import LocalStorage, ObjectInfo, Storage, StorageError, check_no_overlap, open_storage
+from .storage import LocalStorage, ObjectInfo, Storage, StorageError, check_no_overlap, key_matches, open_storage
 
 
 class JobError(RuntimeError):
@@ -75,6 +75,8 @@ FRAME_FIELDS = [
     ("film_header", pa.string()),  # DPX/EXR: how to write the samples back exactly (see film.py)
     ("film_source", pa.large_binary()),  # DPX/EXR: the samples as stored; `pixels` is their display view
     ("mask", pa.large_binary()),  # one byte per pixel, 1 = hole
+    ("mask_etag", pa.string()),  # the mask files read: see MANIFEST_SCHEMA
+    ("protect_etag", pa.string()),
     ("masked_fraction", pa.float64()),
     ("restore_mask", pa.large_binary()),  # the part of `mask` temporal fill left to the restorer; null = all of it
     ("temporal_fill_fraction", pa.float64()),
@@ -187,25 +189,24 @@ def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
     return input_storage, output_storage, mask_storage
 
 
-def _video_tasks(info: ObjectInfo, input_storage: Storage, done: set[tuple[str, str]], table: pa.Table,
+def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, str], bool], table: pa.Table,
                  window: int) -> tuple[list[dict], int, int]:
     """Chunk tasks for the frames of a video not yet done; returns (tasks, frames in the video, frames done)."""
     from .video import probe_video
 
-    if (info.key, info.etag) in done:  # only a whole video's failure is keyed so: one given up after max_attempts
+    if skip(info.key, info.etag):  # only a whole video's failure is keyed so: one given up after max_attempts
         return [], 1, 1
     recorded = table.filter(pc.starts_with(table["input_key"], info.key + "#"))
     counts = [n for n in recorded["input_frames"].to_pylist() if n is not None]
-    frames_done = sum(1 for key, etag in done if etag == info.etag and split_frame_key(key)[0] == info.key)
-    if counts and frames_done == counts[-1]:
-        return [], counts[-1], frames_done  # known complete: no need to read the video again
+    if counts and all(skip(video_frame_key(info.key, i), info.etag) for i in range(counts[-1])):
+        return [], counts[-1], counts[-1]  # known complete: no need to read the video again
     base = {"input_key": info.key, "input_size": info.size, "input_etag": info.etag,
             "input_version_id": info.version_id, "neighbour_keys": []}
     try:
         count = probe_video(input_storage.get(info.key)).frames
     except (StorageError, FrameError):
         return [{**base, "frame_indices": []}], 1, 0  # the load stage reads it again and records why it fails
-    wanted = [i for i in range(count) if (video_frame_key(info.key, i), info.etag) not in done]
+    wanted = [i for i in range(count) if not skip(video_frame_key(info.key, i), info.etag)]
     tasks = []
     for start in range(0, len(wanted), VIDEO_CHUNK):
         chunk = wanted[start:start + VIDEO_CHUNK]
@@ -234,26 +235,53 @@ def _refuse_shared_outputs(tasks: list[dict], listed_keys: set[str], output_form
             task["plan_error"] = f"its output {output_key!r} would overwrite the output of {output_key!r}"
 
 
-def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, config_hash: str) -> Plan:
-    listed: list[ObjectInfo] = list(input_storage.list(spec.include))
+def _mask_globs(patterns: list[str]) -> tuple[str, ...]:
+    """What to list to find the mask files: their extension, or everything when the pattern ends in a field."""
+    extensions = [posixpath.splitext(pattern)[1] for pattern in patterns]
+    return tuple("*" if not ext or "}" in ext else f"*{ext}" for ext in extensions)
+
+
+def plan_job(context: JobContext) -> Plan:
+    spec, input_storage = context.spec, context.input_storage
+    # the mask files whose ETags a frame's rows record: given masks, and the protected regions
+    read_patterns = (spec.masks.pattern if spec.masks.source in ("given", "both") else None, spec.masks.protect)
+    mask_globs = _mask_globs([pattern for pattern in read_patterns if pattern])
+    masks_with_input = (spec.masks.uri or spec.input) == spec.input
+    found = list(input_storage.list(spec.include + (mask_globs if masks_with_input else ())))  # one listing
+    listed: list[ObjectInfo] = [info for info in found if key_matches(info.key, spec.include)]
     if not listed:
         missing = isinstance(input_storage, LocalStorage) and not input_storage.root.exists()
         raise JobError(f"input: no frames matching {', '.join(spec.include)} under {spec.input}"
                        + (" (the folder does not exist; `restore demo SPEC` fills it with damaged sample frames)"
                           if missing else ""))
-    if (spec.masks.uri or spec.input) == spec.input:
+    if masks_with_input:
         patterns = [spec.masks.pattern] + ([spec.masks.protect] if spec.masks.protect else [])
         mask_files = {mask_key_for(pattern, info.key) for info in listed for pattern in patterns}
         video_masks = [_video_mask_keys(pattern, info.key) for info in listed if is_video(info.key)
                        for pattern in patterns]
         listed = [info for info in listed  # a mask is not a frame
                   if info.key not in mask_files and not any(keys.fullmatch(info.key) for keys in video_masks)]
-    table = read_manifests(output_storage, spec.name)
-    past = history(table, config_hash)
+        mask_listing = found
+    else:
+        mask_listing = list(context.mask_storage.list(mask_globs)) if mask_globs else []
+    mask_etags = {info.key: info.etag for info in mask_listing}
+    table = read_manifests(context.output_storage, spec.name)
+    past = history(table, context.config_hash)
     exhausted = {frame for frame, attempts in past.failures.items() if 0 < spec.max_attempts <= attempts}
     done = past.done | exhausted  # a frame that failed too often is left alone until it changes (a new ETag)
+
+    def masks_unchanged(key: str) -> bool:
+        """A mask added, edited or removed since the frame's newest row is a change (rows that predate the
+        ETag columns record none: they count as unchanged)."""
+        current = tuple(None if pattern is None else mask_etags.get(mask_key_for(pattern, key), "")
+                        for pattern in read_patterns)
+        return all(was is None or was == now for was, now in zip(past.mask_etags.get(key, (None, None)), current))
+
+    def skip(key: str, etag: str) -> bool:
+        return (key, etag) in done and masks_unchanged(key)
+
     stills = [info for info in listed if not is_video(info.key)]
-    todo = [info for info in stills if (info.key, info.etag) not in done]
+    todo = [info for info in stills if not skip(info.key, info.etag)]
     neighbours = neighbour_keys([info.key for info in stills], spec.sequence.window)
     tasks = [{
         "input_key": info.key,
@@ -267,11 +295,12 @@ def plan_job(spec: JobSpec, input_storage: Storage, output_storage: Storage, con
     frames, frames_done = len(stills), len(stills) - len(todo)
     for info in listed:
         if is_video(info.key):
-            video_tasks, count, count_done = _video_tasks(info, input_storage, done, table, spec.sequence.window)
+            video_tasks, count, count_done = _video_tasks(info, input_storage, skip, table, spec.sequence.window)
             tasks += video_tasks
             frames, frames_done = frames + count, frames_done + count_done
     listed_etags = {info.key: info.etag for info in listed}
-    given_up = sorted(key for key, etag in exhausted if listed_etags.get(split_frame_key(key)[0]) == etag)
+    given_up = sorted(key for key, etag in exhausted
+                      if listed_etags.get(split_frame_key(key)[0]) == etag and masks_unchanged(key))
     return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up),
                 bytes_to_read=sum(task["input_size"] for task in tasks), given_up=given_up)
 
@@ -316,16 +345,21 @@ def _restore_mask(row: dict) -> np.ndarray:
     return _mask(row, "mask" if row["restore_mask"] is None else "restore_mask")
 
 
-def _read_mask(context: JobContext, pattern: str, input_key: str, shape: tuple[int, int],
-               required: bool) -> np.ndarray | None:
-    """The mask file the pattern names for this frame, or None when there is none (and none is required)."""
+def _read_mask(context: JobContext, pattern: str, input_key: str, shape: tuple[int, int], required: bool,
+               etags: dict[str, str | None], field: str) -> np.ndarray | None:
+    """The mask file the pattern names for this frame, or None when there is none (and none is required). The
+    ETag of what was read goes into `etags[field]` ("" for no file) before the mask is checked, so a frame that
+    fails on a bad mask is tried again once the mask is fixed."""
     mask_key = mask_key_for(pattern, input_key)
     if context.mask_storage.head(mask_key) is None:
+        etags[field] = ""
         if required:
             raise FrameError(f"no mask at {mask_key!r} (masks.required is true)")
         return None
+    data, info = context.mask_storage.read(mask_key)
+    etags[field] = info.etag
     try:
-        mask = decode_mask(context.mask_storage.get(mask_key), context.spec.max_pixels)
+        mask = decode_mask(data, context.spec.max_pixels)
     except FrameError as error:
         raise FrameError(f"mask {mask_key!r}: {error}") from None
     if mask.shape != shape:
@@ -341,10 +375,13 @@ def _detector(name: str, weights: str | None = None):
     return build_detector(name, **({"weights": weights} if weights else {}))
 
 
-def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callable[[], tuple | None]) -> np.ndarray:
+def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callable[[], tuple | None],
+               etags: dict[str, str | None]) -> np.ndarray:
     """Given ∪ detected, grown by `dilate`, minus what the user protects: the exact set of pixels that may change.
 
     `motion` gives the frame's neighbours motion-compensated onto it (see `_motion`), for a temporal detector.
+    The ETags of the mask files read go into `etags` as they are read, so a frame that fails on its mask records
+    which version failed.
     """
     from .detect import refine_mask
 
@@ -353,7 +390,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     shape = pixels.shape[:2]
     mask = np.zeros(shape, dtype=bool)
     if settings.source in ("given", "both"):
-        given = _read_mask(context, settings.pattern, input_key, shape, settings.required)
+        given = _read_mask(context, settings.pattern, input_key, shape, settings.required, etags, "mask_etag")
         if given is not None:
             mask |= given
     if settings.source in ("detect", "both"):
@@ -372,7 +409,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     if settings.dilate:
         mask = refine_mask(mask, dilate=settings.dilate)
     if settings.protect:
-        protected = _read_mask(context, settings.protect, input_key, shape, required=False)
+        protected = _read_mask(context, settings.protect, input_key, shape, False, etags, "protect_etag")
         if protected is not None:
             mask &= ~protected
     return mask
@@ -382,14 +419,15 @@ def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np
                n_previous: int = 0) -> dict:
     """The row of one decoded frame with its mask; a frame-level problem (its mask) fails only this frame."""
     motion = _motion(frame.pixels, list(neighbours), n_previous)
+    etags = {"mask_etag": None, "protect_etag": None}
     try:
-        mask = frame_mask(context, row["input_key"], frame, motion)
+        mask = frame_mask(context, row["input_key"], frame, motion, etags)
     except (StorageError, FrameError) as error:
-        return {**row, "status": "failed", "error": str(error)}
+        return {**row, **etags, "status": "failed", "error": str(error)}
     columns = _frame_columns(frame, mask)
     if context.spec.masks.temporal_fill:
         columns.update(_fill_from_neighbours(frame.pixels, mask, motion() if mask.any() else None))
-    return {**row, **columns}
+    return {**row, **columns, **etags}
 
 
 def _motion(pixels: np.ndarray, neighbours: list[np.ndarray], n_previous: int) -> Callable[[], tuple | None]:
@@ -560,6 +598,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "input_version_id": row["input_version_id"], "input_sha256": row["input_sha256"],
             "input_frames": row["input_frames"],
             "mask_source": spec.masks.source, "masked_fraction": row["masked_fraction"],
+            "mask_etag": row["mask_etag"], "protect_etag": row["protect_etag"],
             "temporal_fill_fraction": row["temporal_fill_fraction"],
             "detector": spec.masks.detector if spec.masks.source != "given" else None,
             "restorer": spec.restorer.name, "weights_sha256": context.weights_sha256,
@@ -661,7 +700,7 @@ def _check_detector_weights(spec: JobSpec) -> str | None:
 def prepare(spec: JobSpec) -> tuple[JobContext, Plan]:
     """A run's context and what is left to do, without taking the job's lease (dry runs, tests)."""
     context = open_job(spec)
-    return context, plan_job(spec, context.input_storage, context.output_storage, context.config_hash)
+    return context, plan_job(context)
 
 
 ProgressCallback = Callable[[int, int, int], None]  # (frames done, frames planned, failures so far)
@@ -725,7 +764,7 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None) -> tuple[JobCon
 
     context = open_job(spec)
     with acquire(context.output_storage, spec.name, run_id=context.run_id) as lease:
-        plan = plan_job(spec, context.input_storage, context.output_storage, context.config_hash)
+        plan = plan_job(context)
         result = run_job(context, plan, progress, lease)
         if result.planned or plan.given_up:  # frames left failed keep a scheduler's alert on, with the reason
             write_run_summary(context, plan, result)

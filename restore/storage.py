@@ -98,6 +98,12 @@ def check_no_overlap(input_uri: str, output_uri: str) -> None:
         raise StorageError(f"output {output_uri!r} overlaps input {input_uri!r}: use a location outside the input")
 
 
+def key_matches(key: str, patterns: Sequence[str]) -> bool:
+    """Whether an fnmatch pattern matches the key or its basename, case-insensitively, as `Storage.list` keeps keys."""
+    key, base = key.lower(), key.rsplit("/", 1)[-1].lower()
+    return any(fnmatch.fnmatchcase(key, p.lower()) or fnmatch.fnmatchcase(base, p.lower()) for p in patterns)
+
+
 class Storage(ABC):
     """A root (folder or bucket prefix) holding objects addressed by relative keys."""
 
@@ -115,12 +121,8 @@ class Storage(ABC):
         so callers decide whether that is an error. Keys are returned as stored, even unsafe ones, so a caller
         can report them instead of losing them.
         """
-        lowered = [p.lower() for p in patterns]
         for info in self._iter_objects(prefix):
-            if info.key.startswith(tuple(exclude_prefixes)):
-                continue
-            key, base = info.key.lower(), info.key.rsplit("/", 1)[-1].lower()
-            if any(fnmatch.fnmatchcase(key, p) or fnmatch.fnmatchcase(base, p) for p in lowered):
+            if not info.key.startswith(tuple(exclude_prefixes)) and key_matches(info.key, patterns):
                 yield info
 
     def join(self, *parts: str) -> str:

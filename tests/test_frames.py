@@ -201,6 +201,27 @@ def test_rgbi_scan_keeps_its_infrared_plane_apart_from_colour_and_alpha(dtype, m
     np.testing.assert_array_equal(as_png.pixels, array[..., :3])
 
 
+def test_a_png_colour_key_becomes_alpha_so_clear_pixels_stay_clear():
+    for mode, key, shape in (("L", 0, (4, 5)), ("RGB", (0, 0, 0), (4, 5, 3))):
+        array = np.full(shape, 90, np.uint8)
+        array[0, 0] = 0  # the tRNS colour: fully transparent
+        decoded = decode_frame(save(Image.fromarray(array, mode), "PNG", transparency=key))
+        assert decoded.alpha is not None and decoded.alpha[0, 0] == 0 and (decoded.alpha > 0).sum() == 19
+        again = decode_frame(encode_frame(decoded, decoded.pixels, "png"))
+        np.testing.assert_array_equal(again.alpha, decoded.alpha)
+
+
+def test_premultiplied_tiff_alpha_is_written_back_premultiplied():
+    array = np.random.default_rng(4).integers(0, 255, (6, 9, 4), dtype=np.uint8, endpoint=True)
+    frame = decode_frame(four_sample_tiff(array, "assocalpha"))
+    assert frame.mode == "RGBa" and frame.premultiplied
+    with tifffile.TiffFile(io.BytesIO(encode_frame(frame, frame.pixels, "tiff"))) as tif:
+        assert tif.pages.first.extrasamples == (tifffile.EXTRASAMPLE.ASSOCALPHA,)
+        np.testing.assert_array_equal(tif.pages.first.asarray(), array)
+    with pytest.raises(FrameError, match="premultiplied"):  # PNG alpha is always straight: refused, not changed
+        encode_frame(frame, frame.pixels, "png")
+
+
 # --- bad input ----------------------------------------------------------------------------------------------------
 
 

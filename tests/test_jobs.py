@@ -139,6 +139,38 @@ def test_rerun_processes_only_new_changed_and_failed_frames(tmp_path, ray_sessio
     assert {row["restorer"] for row in rows} == {"telea"}
 
 
+def test_a_mask_added_edited_or_removed_later_restores_the_frame_again(tmp_path, ray_session):
+    write_collection(tmp_path / "in", 2)
+    masks = tmp_path / "in" / "reel" / "masks"
+    (tmp_path / "in" / "reel" / "late.png").write_bytes(png_bytes(scene(5)))  # no mask yet: copied unchanged
+    assert run(job(tmp_path)).counts == {"ok": 3}
+    assert run(job(tmp_path)).planned == 0
+
+    (masks / "late.png").write_bytes(png_bytes(box_mask()))  # a retoucher marks its damage
+    wider = box_mask()
+    wider[5:30, 5:40] = 255
+    (masks / "f000.png").write_bytes(png_bytes(wider))  # and corrects another frame's mask
+    (masks / "f001.png").unlink()  # and finds a third frame needs nothing
+    again = run(job(tmp_path))
+    assert again.planned == 3 and again.counts == {"ok": 3}
+    out = tmp_path / "out" / "reel"
+    late = np.asarray(Image.open(out / "late.png"))
+    assert np.array_equal(late[box_mask() == 0], scene(5)[box_mask() == 0]) and not np.array_equal(late, scene(5))
+    grown = (wider > 0) & (box_mask() == 0)  # only the corrected mask covers these pixels
+    assert not np.array_equal(np.asarray(Image.open(out / "f000.png"))[grown], scene(0)[grown])
+    assert np.array_equal(np.asarray(Image.open(out / "f001.png")), scene(1))
+    rows = {row["input_key"]: row for row in latest_rows(read_manifests(open_storage(str(tmp_path / "out")), "t"))}
+    assert rows["reel/late.png"]["mask_etag"] == open_storage(str(tmp_path / "in")).head("reel/masks/late.png").etag
+    assert rows["reel/f001.png"]["mask_etag"] == "" and rows["reel/f001.png"]["protect_etag"] is None
+    assert run(job(tmp_path)).planned == 0
+
+    (masks / "f001.png").write_bytes(png_bytes(np.zeros((10, 10), np.uint8)))  # a mask of the wrong size fails
+    assert run(job(tmp_path, max_attempts=1)).counts == {"failed": 1}
+    assert run(job(tmp_path, max_attempts=1)).planned == 0  # given up...
+    (masks / "f001.png").write_bytes(png_bytes(box_mask()))
+    assert run(job(tmp_path, max_attempts=1)).counts == {"ok": 1}  # ...until the mask is fixed
+
+
 def test_s3_job_reads_and_writes_buckets_with_manifests_on_s3(s3_endpoint, ray_session, tmp_path):
     import boto3
 
