@@ -786,8 +786,9 @@ def run_summary(context: JobContext, plan: Plan, result: RunResult) -> dict:
 
 
 def write_run_summary(context: JobContext, plan: Plan, result: RunResult) -> str:
-    """`summary.json` beside the run's manifest parts, for schedulers and alerting."""
-    key = f"{result.manifest_prefix}/summary.json"
+    """`_summary.json` beside the run's manifest parts, for schedulers and alerting (the underscore keeps it out of
+    a Parquet dataset read over the manifest folder)."""
+    key = f"{result.manifest_prefix}/_summary.json"
     context.output_storage.put(key, json.dumps(run_summary(context, plan, result), indent=2).encode(),
                                content_type="application/json")
     return key

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -311,7 +312,7 @@ def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_chan
     # Nothing is retried, but the frame is still failed: the nightly run keeps alerting and says why.
     assert restore_main(["run", str(spec_file), "--quiet", "--json", str(tmp_path / "run.json")]) == 1
     assert json.loads((tmp_path / "run.json").read_text())["given_up"] == ["broken.png"]
-    [summary] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_manifests" / "t").glob("*/summary.json")
+    [summary] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_manifests" / "t").glob("*/_summary.json")
                  if json.loads(p.read_text())["planned"] == 0]
     assert summary["status"] == "failed" and summary["given_up"] == ["broken.png"]
     (tmp_path / "in" / "broken.png").write_bytes(png_bytes(scene(3)))  # fixed upstream: a new ETag
@@ -328,8 +329,10 @@ def test_runs_write_a_summary_and_a_second_concurrent_run_is_refused(tmp_path, r
     write_collection(tmp_path / "in", 2)
     spec = parse_spec(job(tmp_path))
     _, _, result = run_with_lease(spec)
-    summary = json.loads((tmp_path / "out" / result.manifest_prefix / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / result.manifest_prefix / "_summary.json").read_text())
     assert summary["counts"] == {"ok": 2} and summary["status"] == "ok" and summary["run_id"] == result.run_id
+    manifests = pyarrow.dataset.dataset(tmp_path / "out" / "_manifests" / "t", format="parquet").to_table()
+    assert manifests.num_rows == 2  # the whole folder reads as one dataset: the summary and lease stay out of it
     with acquire(open_storage(str(tmp_path / "out")), "t"):  # another run holds the job
         with pytest.raises(LeaseHeldError):
             run_with_lease(spec)
