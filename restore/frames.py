@@ -40,6 +40,7 @@ Image.MAX_IMAGE_PIXELS = None
 OUTPUT_FORMATS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "dpx": ".dpx", "exr": ".exr"}  # dpx/exr: film.py
 _FORMAT_ALIASES = {"tif": "tiff", "jpg": "jpeg"}
 _INPUT_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")  # no plugin that runs external programs (EPS)
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, either byte order
 _MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "TIFF",
           b"MM\x00+": "TIFF", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WEBP"}
 ZLIB_LEVEL = 1  # PNG and TIFF deflate level: encoding is often the pipeline's bottleneck; 1 is ~3x faster than 6, ~5% bigger
@@ -96,7 +97,12 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
 
     if is_film(data):
         return decode_film(data, max_pixels)
-    image = _open(data)
+    try:
+        image = _open(data)
+    except FrameError:
+        if data.startswith(_TIFF_MAGICS):  # layouts Pillow cannot open (uncompressed planar, float): tifffile alone
+            return _decode_tiff_alone(data, max_pixels)
+        raise
     width, height = image.size
     if width * height > max_pixels:
         raise FrameError(
@@ -198,10 +204,39 @@ def _decode_png16(data: bytes, colour_type: int, shape: tuple[int, int]) -> tupl
     return "RGB;16", np.ascontiguousarray(array[..., ::-1]), None  # OpenCV stores BGR
 
 
+def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
+    """A TIFF that Pillow cannot open, read with tifffile only: pixels, ICC profile and resolution (no EXIF)."""
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            if page.imagewidth * page.imagelength > max_pixels:
+                raise FrameError(f"image is {page.imagewidth}x{page.imagelength} = "
+                                 f"{page.imagewidth * page.imagelength / 1e6:.1f} MP, over the limit of "
+                                 f"{max_pixels / 1e6:.1f} MP (raise max_pixels in the spec)")
+            tags = {tag.code: tag.value for tag in page.tags.values()}
+        mode, pixels, alpha, infrared = _decode_tiff(data)
+    except FrameError:
+        raise
+    except Exception as e:  # tifffile raises many types on corrupt input
+        raise FrameError(f"corrupt or truncated TIFF: {e}") from None
+    dpi = None
+    if 282 in tags and 283 in tags and tags.get(296, 2) in (2, 3):  # X/YResolution in inches or centimetres
+        per_inch = 2.54 if tags.get(296, 2) == 3 else 1.0
+        dpi = tuple(float(n) / float(d) * per_inch for n, d in (tags[282], tags[283]))
+    return Frame(pixels=pixels, alpha=alpha, format="TIFF", mode=mode, icc_profile=tags.get(34675) or None,
+                 exif=None, dpi=dpi, infrared=infrared)
+
+
 def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(mode, pixels, alpha, infrared) of the first page, exactly as stored (no orientation applied)."""
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages.first
+        # Further pages smaller than the first (or flagged reduced-resolution) are previews, dropped with the
+        # output; a page as large as the first is more of the picture, which must not be lost without a word.
+        pages = 1 + sum(1 for other in list(tif.pages)[1:] if not other.is_reduced and (
+            other.imagewidth >= page.imagewidth or other.imagelength >= page.imagelength))
+        if pages > 1:
+            raise FrameError(f"multi-page TIFF with {pages} full-size pages: split it into single frames first")
         array = page.asarray()
         if page.axes.startswith("S"):  # planar configuration: samples first
             array = np.moveaxis(array, 0, -1)

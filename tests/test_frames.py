@@ -171,7 +171,7 @@ def test_lzw_compressed_tiff_from_other_software_decodes():
     assert decoded.icc_profile == ICC
 
 
-def test_multipage_tiff_reads_its_first_page():
+def test_a_tiff_with_a_smaller_preview_page_reads_its_first_page():
     pages = [Image.new("L", (8, 6), 10), Image.new("L", (2, 2), 200)]
     decoded = decode_frame(save(pages[0], "TIFF", save_all=True, append_images=pages[1:]))
     assert decoded.pixels.shape == (6, 8, 1) and decoded.pixels.max() == 10
@@ -220,6 +220,37 @@ def test_premultiplied_tiff_alpha_is_written_back_premultiplied():
         np.testing.assert_array_equal(tif.pages.first.asarray(), array)
     with pytest.raises(FrameError, match="premultiplied"):  # PNG alpha is always straight: refused, not changed
         encode_frame(frame, frame.pixels, "png")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_planar_tiff_that_pillow_cannot_open_is_read_with_its_resolution(dtype):
+    planes = np.random.default_rng(5).integers(0, np.iinfo(dtype).max, (3, 5, 7), dtype=dtype, endpoint=True)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, planes, photometric="rgb", planarconfig="separate", resolution=(300, 300),
+                     resolutionunit="INCH")
+    frame = decode_frame(buffer.getvalue())
+    np.testing.assert_array_equal(frame.pixels, np.moveaxis(planes, 0, -1))
+    assert frame.format == "TIFF" and frame.dpi == pytest.approx((300, 300))
+
+
+def test_a_multi_page_tiff_is_refused_but_a_preview_page_is_not_a_page():
+    picture = np.random.default_rng(6).integers(0, 255, (8, 10, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.stack([picture, picture]), photometric="rgb")
+    with pytest.raises(FrameError, match="multi-page TIFF with 2 full-size pages"):
+        decode_frame(buffer.getvalue())
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as tif:
+        tif.write(picture, photometric="rgb")
+        tif.write(picture[::2, ::2], photometric="rgb", subfiletype=1)  # a reduced-resolution preview
+    np.testing.assert_array_equal(decode_frame(buffer.getvalue()).pixels, picture)
+
+
+def test_a_float_tiff_is_refused_with_the_reason():
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((4, 5, 3), np.float32), photometric="rgb")
+    with pytest.raises(FrameError, match="float32 are not supported"):
+        decode_frame(buffer.getvalue())
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------
