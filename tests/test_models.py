@@ -30,7 +30,7 @@ def random_mask(shape, fraction, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).random(shape) < fraction)
 
 
-@pytest.mark.parametrize("size", [(32, 32), (37, 53), (8, 8)])
+@pytest.mark.parametrize("size", [(32, 32), (37, 53), (8, 8), (4, 4), (3, 5), (1, 1)])  # scans of a few pixels too
 def test_generator_any_size_in_range(size):
     image = torch.rand(2, 3, *size)
     mask = random_mask((2, 1, *size), 0.3)

@@ -168,7 +168,9 @@ class Generator(nn.Module):
             inputs.append((image * 2 - 1) * hole)  # the classical fill, inside the holes only
         x = torch.cat(inputs, dim=1)  # (B, C+1 [+C], H, W)
         step = 2 ** self.config.n_down
-        pad_h, pad_w = -H % step, -W % step  # any frame size: pad to a multiple of the downsampling factor
+        # Any frame size: pad to a multiple of the downsampling factor, and to at least two of it, since the
+        # reflect padding of the innermost convolutions needs 2 pixels there (a frame of a few pixels is a scan too).
+        pad_h, pad_w = max(-H % step, 2 * step - H), max(-W % step, 2 * step - W)
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         x = F.relu(self.stem(x))  # (B, w, H, W)
