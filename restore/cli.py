@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
+
 EXIT_OK, EXIT_FRAMES_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -133,9 +136,11 @@ def _output_target(args) -> tuple[str, str | None, str]:
 
     if Path(args.target).is_file():
         spec = load_spec(args.target)
+        if args.job and args.job != spec.name:
+            raise ValueError(f"--job {args.job} differs from the spec's name {spec.name}: give one or the other")
         return spec.output, spec.endpoint_url, spec.name
     if not args.job:
-        raise SystemExit(f"restore {args.verb}: give a job spec, or an output location with --job NAME")
+        raise ValueError("give a job spec, or an output location with --job NAME")
     return args.target, args.endpoint_url, args.job
 
 
@@ -154,17 +159,17 @@ def cmd_verify(args) -> int:
 
 def cmd_status(args) -> int:
     from .manifest import read_manifests, summarize
+    from .pipeline import JobError
     from .storage import open_storage
 
     output, endpoint_url, job = _output_target(args)
     summary = summarize(read_manifests(open_storage(output, endpoint_url), job))
-    if summary.runs == 0:
-        print(f"job {job}: no manifests under {output}")
-    else:
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.by_status.items()))
-        print(f"job {job}: {summary.total} frames: {counts} ({summary.runs} runs, last {summary.last_run})")
-        for key, error in summary.failures[: args.show]:
-            print(f"  failed {key}: {error}")
+    if summary.runs == 0:  # a mistyped job or output: an error, not "all is well"
+        raise JobError(f"job {job}: no manifests under {output} (has it run? is the job name right?)")
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.by_status.items()))
+    print(f"job {job}: {summary.total} frames: {counts} ({summary.runs} runs, last {summary.last_run})")
+    for key, error in summary.failures[: args.show]:
+        print(f"  failed {key}: {error}")
     _write_json(args.json, {"job": job, "output": output, **summary.as_dict()})
     return EXIT_FRAMES_FAILED if summary.failures else EXIT_OK
 
@@ -281,16 +286,17 @@ def _add_output_target(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restore", description="Batch restoration of damaged photo and film archives.")
+    parser.add_argument("--version", action="version", version=f"restore {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    run = verbs.add_parser("run", help="run a job spec: restore every new or failed frame, write outputs and manifests")
+    run = verbs.add_parser("run", help="run a job spec: restore every new, changed or failed frame, write outputs and manifests")
     run.add_argument("spec", help="job spec (YAML)")
     run.add_argument("--dry-run", action="store_true", help="list what would be processed, process nothing")
     run.add_argument("--quiet", action="store_true", help="no progress line, only the final summary")
     run.add_argument("--json", metavar="OUT", help="write the run summary as JSON to OUT")
     run.add_argument("--progress-json", action="store_true",
                      help="progress as one JSON object per line on stderr (every few seconds), for scripts")
-    run.add_argument("--show", type=int, default=20, help="with --dry-run: how many keys to print")
+    run.add_argument("--show", type=int, default=20, help="with --dry-run: how many keys to print (default 20)")
     run.set_defaults(func=cmd_run)
 
     status = verbs.add_parser("status", help="counts by status and failures with reasons, from the manifests")
@@ -327,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="generate a small damaged collection for a job spec, then run it")
     demo.add_argument("spec", nargs="?", default="jobs/demo.yaml", help="job spec (default jobs/demo.yaml)")
     demo.add_argument("--frames", type=int, default=12, help="how many frames to generate")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated frames and their damage")
+    demo.add_argument("--quiet", action="store_true", help="no progress line, only the final summary")
     demo.add_argument("--json", metavar="OUT", help="write the run summary as JSON to OUT")
     demo.set_defaults(func=cmd_demo)
 
@@ -344,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--table", metavar="MD", help="write a Markdown table")
     evaluation.add_argument("--grid", metavar="PNG", help="write a picture grid: input / each method / truth")
     evaluation.add_argument("--limit", type=int, help="use only the first N images")
-    evaluation.add_argument("--seed", type=int, default=0)
-    evaluation.add_argument("--crop", type=int, default=256)
+    evaluation.add_argument("--seed", type=int, default=0, help="seed of the damage drawn on each image")
+    evaluation.add_argument("--crop", type=int, default=256, help="side of the centre crop scored, in pixels")
     evaluation.add_argument("--threads", type=int, default=1, help="torch threads for the GAN")
     evaluation.set_defaults(func=cmd_eval)
 
@@ -359,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="default: all; learned only where its weights are shipped")
     detection.add_argument("--weights", help="detector file for learned (default: the shipped weights)")
     detection.add_argument("--limit", type=int, help="use only the first N images")
-    detection.add_argument("--seed", type=int, default=0)
+    detection.add_argument("--seed", type=int, default=0, help="seed of the synthetic damage")
     detection.set_defaults(func=cmd_eval_detect)
 
     detector_training = verbs.add_parser(
@@ -368,12 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     detector_training.add_argument("--out", required=True, help="weights file to write, e.g. my-detector.pt")
     detector_training.add_argument("--overlays", help="folder of RGBA damage overlays (alpha = damage) to blend in too")
     detector_training.add_argument("--init", help="start from these detector weights (fine-tune), e.g. the shipped ones")
-    detector_training.add_argument("--steps", type=int, default=3000)
+    detector_training.add_argument("--steps", type=int, default=3000, help="training steps")
     detector_training.add_argument("--crop", type=int, default=128, help="training crop size in pixels")
     detector_training.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
     detector_training.add_argument("--val-images", type=int, default=8,
                                    help="images held out to calibrate the threshold (0: keep 0.5)")
-    detector_training.add_argument("--seed", type=int, default=0)
+    detector_training.add_argument("--seed", type=int, default=0, help="seed of the crops, damage and weights")
     detector_training.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     detector_training.set_defaults(func=cmd_train_detector)
 
@@ -382,14 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frames", type=int, default=8, help="frames per size")
     bench.add_argument("--size", type=_size, action="append", help="WIDTHxHEIGHT, repeatable (default 512x512 and 2048x1556)")
     bench.add_argument("--damage", default="archive", help="archive | thin | medium | thick | none")
-    bench.add_argument("--restorer", default="gan", choices=RESTORERS)
+    bench.add_argument("--restorer", default="gan", choices=RESTORERS, help="the restorer timed")
     bench.add_argument("--weights", help="generator file (default: the shipped weights)")
-    bench.add_argument("--workers", type=int, default=1)
+    bench.add_argument("--workers", type=int, default=1, help="restorer workers in the pipeline runs")
     bench.add_argument("--cpus", type=float, default=1.0, help="CPUs per restorer worker (and torch threads)")
-    bench.add_argument("--batch-size", type=int, default=2)
+    bench.add_argument("--batch-size", type=int, default=2, help="frames per batch in the pipeline runs")
     bench.add_argument("--no-s3", action="store_true", help="skip the S3 run (it needs moto, from the test extra)")
     bench.add_argument("--no-naive", action="store_true", help="skip the naive loop")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=int, default=0, help="seed of the generated frames and their damage")
     bench.add_argument("--scaling", action="store_true",
                        help="instead: restorer time per frame against frame size and damaged fraction, and the FLOPs floor")
     bench.add_argument("--train", metavar="CONFIG",
@@ -440,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             ValueError, OSError) as error:
         print(f"restore {args.verb}: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:  # not "frames failed" (1): what was committed stays, and a rerun resumes from it
+        print(f"\nrestore {args.verb}: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"rescale_range: give [low, high] with 0 < low <= high <= 4; got {self.rescale_range}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda (cuda:N); got {self.device!r}")
 
 
 def _build(cls, values: dict, where: str):
@@ -502,6 +504,8 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
     """The training loop shared by the single-process and the Ray Train paths; returns the checkpoint dir."""
     torch.set_num_threads(config.threads)
     device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: this torch sees no CUDA device (a CPU build, or no GPU here); use --device cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # a few crop sizes only: each gets its fastest kernels once
     out_dir = Path(config.out_dir)

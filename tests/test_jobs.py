@@ -289,12 +289,26 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["by_status"] == {"ok": 2, "failed": 1}
     assert status["failures"][0]["input_key"] == "bad.png"
+    assert restore_main(["status", str(tmp_path / "out"), "--job", "tt"]) == 2  # a mistyped job is no "all well"
+    assert restore_main(["status", str(spec_file), "--job", "other"]) == 2
+    assert "no manifests under" in capsys.readouterr().err
 
     assert restore_main(["verify", str(spec_file), "--json", str(tmp_path / "verify.json")]) == 0
     assert json.loads((tmp_path / "verify.json").read_text())["verified"] == 2
     (tmp_path / "out" / "reel" / "f000.png").write_bytes(png_bytes(scene(99)))  # tampered output
     assert restore_main(["verify", str(spec_file)]) == 1
     assert "checksum" in capsys.readouterr().out
+
+
+def test_an_interrupted_command_says_how_to_resume_and_exits_130(monkeypatch, capsys):
+    import restore.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(restore.cli, "cmd_run", interrupted)
+    assert restore_main(["run", "job.yaml"]) == 130  # not 1, which says frames failed
+    assert "interrupted; run the same command again to resume" in capsys.readouterr().err
 
 
 def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_changes(tmp_path, ray_session):

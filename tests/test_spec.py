@@ -89,6 +89,15 @@ def test_file_uris_are_read_as_urls(tmp_path):
         parse_spec({"name": "j", "input": "s3://in/a", "output": "file://scanner/archive"})
 
 
+def test_detector_settings_with_given_masks_are_refused_not_ignored():
+    base = {"name": "j", "input": "s3://in/a", "output": "s3://out/b"}
+    with pytest.raises(SpecError, match="masks.detector: only used with masks.source detect or both"):
+        parse_spec({**base, "masks": {"source": "given", "detector": "learned"}})
+    with pytest.raises(SpecError, match="masks.min_area: only used"):
+        parse_spec({**base, "masks": {"min_area": 4}})  # source defaults to given
+    assert parse_spec({**base, "masks": {"source": "both", "detector": "learned"}}).masks.detector == "learned"
+
+
 def test_infrared_is_a_mask_detector_by_name():
     base = {"name": "j", "input": "s3://in/a", "output": "s3://out/b"}
     spec = parse_spec({**base, "masks": {"source": "detect", "detector": "infrared"}})

@@ -160,6 +160,11 @@ def test_the_command_line_chooses_the_precision(tiny_data, tmp_path, capsys):
     assert restore_main([*common, "--out", str(tmp_path / "bad"), "--precision", "fp16"]) == 2
     assert "precision must be one of fp32, bf16; got 'fp16'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    assert restore_main([*common, "--out", str(tmp_path / "bad"), "--device", "gpu"]) == 2
+    assert "device must be cpu or cuda" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # the CPU build: a clear refusal, not torch's assertion
+        assert restore_main([*common, "--out", str(tmp_path / "bad"), "--device", "cuda"]) == 2
+        assert "sees no CUDA device" in capsys.readouterr().err
 
 
 def test_grey_crops_are_the_channel_means_on_8_bit_levels(tiny_data, tmp_path):
