@@ -52,25 +52,33 @@ def cmd_run(args) -> int:
 
     spec = load_spec(args.spec)
     if args.dry_run:
-        context, plan = prepare(spec)
+        context, plan = prepare(spec, repair=args.repair)
         summary = {"job": spec.name, "listed": plan.listed, "already_done": plan.already_done,
-                   "to_process": len(plan.tasks), "given_up": plan.given_up, "bytes_to_read": plan.bytes_to_read,
+                   "to_process": len(plan.tasks), "given_up": plan.given_up, "repairing": plan.repairing,
+                   "bytes_to_read": plan.bytes_to_read,
                    "keys": [task["input_key"] for task in plan.tasks]}
         print(f"job {spec.name}: {plan.listed} frames listed, {plan.already_done} already done, "
-              f"{len(plan.tasks)} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)")
+              f"{len(plan.tasks)} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)"
+              + (f", {len(plan.repairing)} of them to repair" if args.repair else ""))
         for key in summary["keys"][: args.show]:
             print(f"  {key}")
+        for task in [task for task in plan.tasks if task.get("plan_error")][: args.show]:
+            print(f"  would fail {task['input_key']}: {task['plan_error']}")
         _write_json(args.json, summary)
         return EXIT_OK
     if not args.quiet:
         print(f"job {spec.name}: planning (restorer {spec.restorer.name}, masks {spec.masks.source})", file=sys.stderr)
-    context, plan, result = run(spec, progress=None if args.quiet else Progress(as_json=args.progress_json))
+    context, plan, result = run(spec, progress=None if args.quiet else Progress(as_json=args.progress_json),
+                                repair=args.repair)
     counts = result.counts
     summary = {"job": spec.name, "run_id": result.run_id, "planned": result.planned,
-               "already_done": result.already_done, "given_up": plan.given_up, "counts": counts,
+               "already_done": result.already_done, "given_up": plan.given_up, "repairing": plan.repairing,
+               "counts": counts,
                "seconds": round(result.seconds, 3), "frames_per_second": round(result.frames_per_second, 3),
                "output": spec.output, "manifest": f"{spec.output.rstrip('/')}/{result.manifest_prefix}",
                "config_hash": context.config_hash, "weights_sha256": context.weights_sha256}
+    if args.repair:
+        print(f"job {spec.name}: {len(plan.repairing)} frames whose outputs failed verification restored again")
     if not result.planned:
         print(f"job {spec.name}: nothing to do, all {result.already_done} frames already restored"
               + (f" ({len(plan.given_up)} left failed after {spec.max_attempts} attempts)" if plan.given_up else ""))
@@ -90,7 +98,7 @@ def cmd_submit(args) -> int:
 
     if not args.address:
         return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=False, json=None, show=0,
-                                          progress_json=False))
+                                          progress_json=False, repair=False))
     submission_id = submit(args.spec, args.address)
     print(submission_id)
     if not args.wait:
@@ -182,7 +190,7 @@ def cmd_demo(args) -> int:
     written = make_demo_frames(spec, count=args.frames, seed=args.seed)
     print(f"demo: {written} damaged frames with masks in {spec.input}", file=sys.stderr)
     return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=args.quiet, json=args.json, show=0,
-                                      progress_json=False))
+                                      progress_json=False, repair=False))
 
 
 def cmd_eval(args) -> int:
@@ -297,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress-json", action="store_true",
                      help="progress as one JSON object per line on stderr (every few seconds), for scripts")
     run.add_argument("--show", type=int, default=20, help="with --dry-run: how many keys to print (default 20)")
+    run.add_argument("--repair", action="store_true",
+                     help="first verify every output (reading them all), and restore again the frames whose output "
+                          "or mask is missing or altered")
     run.set_defaults(func=cmd_run)
 
     status = verbs.add_parser("status", help="counts by status and failures with reasons, from the manifests")

@@ -108,6 +108,7 @@ class Plan:
     already_done: int
     bytes_to_read: int
     given_up: list[str] = field(default_factory=list)  # frames that failed max_attempts times: not retried
+    repairing: list[str] = field(default_factory=list)  # frames restored again because their outputs failed verify
 
 
 @dataclass
@@ -241,7 +242,8 @@ def _mask_globs(patterns: list[str]) -> tuple[str, ...]:
     return tuple("*" if not ext or "}" in ext else f"*{ext}" for ext in extensions)
 
 
-def plan_job(context: JobContext) -> Plan:
+def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
+    """What is new, changed or failed, plus the frames in `redo` (input keys: outputs that failed verification)."""
     spec, input_storage = context.spec, context.input_storage
     # the mask files whose ETags a frame's rows record: given masks, and the protected regions
     read_patterns = (spec.masks.pattern if spec.masks.source in ("given", "both") else None, spec.masks.protect)
@@ -278,7 +280,7 @@ def plan_job(context: JobContext) -> Plan:
         return all(was is None or was == now for was, now in zip(past.mask_etags.get(key, (None, None)), current))
 
     def skip(key: str, etag: str) -> bool:
-        return (key, etag) in done and masks_unchanged(key)
+        return (key, etag) in done and masks_unchanged(key) and key not in redo
 
     stills = [info for info in listed if not is_video(info.key)]
     todo = [info for info in stills if not skip(info.key, info.etag)]
@@ -301,8 +303,9 @@ def plan_job(context: JobContext) -> Plan:
     listed_etags = {info.key: info.etag for info in listed}
     given_up = sorted(key for key, etag in exhausted
                       if listed_etags.get(split_frame_key(key)[0]) == etag and masks_unchanged(key))
+    repairing = sorted(redo.intersection(key for task in tasks for key in _frame_keys(task)))
     return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up),
-                bytes_to_read=sum(task["input_size"] for task in tasks), given_up=given_up)
+                bytes_to_read=sum(task["input_size"] for task in tasks), given_up=given_up, repairing=repairing)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -697,10 +700,25 @@ def _check_detector_weights(spec: JobSpec) -> str | None:
         raise JobError(f"masks.detector_weights: {error}") from None
 
 
-def prepare(spec: JobSpec) -> tuple[JobContext, Plan]:
+def _frame_keys(task: dict) -> list[str]:
+    """The frame keys a task restores: a still's own, or those of a video chunk's frames."""
+    if task["frame_indices"] is None:
+        return [task["input_key"]]
+    return [video_frame_key(task["input_key"], index) for index in task["frame_indices"]]
+
+
+def frames_to_repair(spec: JobSpec) -> frozenset[str]:
+    """The frames whose output or mask `restore verify` finds missing or altered (every output is read)."""
+    from .verify import FRAME_PROBLEMS, verify
+
+    report = verify(spec.output, spec.name, spec.endpoint_url)
+    return frozenset(problem.key for problem in report.problems if problem.kind in FRAME_PROBLEMS)
+
+
+def prepare(spec: JobSpec, repair: bool = False) -> tuple[JobContext, Plan]:
     """A run's context and what is left to do, without taking the job's lease (dry runs, tests)."""
     context = open_job(spec)
-    return context, plan_job(context)
+    return context, plan_job(context, frames_to_repair(spec) if repair else frozenset())
 
 
 ProgressCallback = Callable[[int, int, int], None]  # (frames done, frames planned, failures so far)
@@ -757,14 +775,19 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
 COMPACT_AFTER_PARTS = 64  # a snapshot once this many parts have been committed since the last one
 
 
-def run(spec: JobSpec, progress: ProgressCallback | None = None) -> tuple[JobContext, Plan, RunResult]:
+def run(spec: JobSpec, progress: ProgressCallback | None = None,
+        repair: bool = False) -> tuple[JobContext, Plan, RunResult]:
     """One run of a job as users start it: under the job's lease, planned after taking it (so it sees every
-    committed row), a machine-readable summary next to the manifests, and compaction when parts pile up."""
+    committed row), a machine-readable summary next to the manifests, and compaction when parts pile up.
+
+    `repair`: first verify every output against the manifests (reading them all), and restore again the frames
+    whose output or mask is missing or altered, besides what is new, changed or failed.
+    """
     from .lease import acquire
 
     context = open_job(spec)
     with acquire(context.output_storage, spec.name, run_id=context.run_id) as lease:
-        plan = plan_job(context)
+        plan = plan_job(context, frames_to_repair(spec) if repair else frozenset())
         result = run_job(context, plan, progress, lease)
         if result.planned or plan.given_up:  # frames left failed keep a scheduler's alert on, with the reason
             write_run_summary(context, plan, result)

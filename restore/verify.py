@@ -23,6 +23,9 @@ _OWN_PREFIXES = (f"{MANIFEST_ROOT}/", "_report/")
 _OWN_KEYS = ("report.html",)
 
 
+FRAME_PROBLEMS = ("missing_output", "checksum", "provenance", "missing_mask")  # what `restore run --repair` redoes
+
+
 @dataclass
 class Problem:
     key: str  # the input key of the frame, or the object's key for an unknown object

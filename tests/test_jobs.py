@@ -296,8 +296,15 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     assert restore_main(["verify", str(spec_file), "--json", str(tmp_path / "verify.json")]) == 0
     assert json.loads((tmp_path / "verify.json").read_text())["verified"] == 2
     (tmp_path / "out" / "reel" / "f000.png").write_bytes(png_bytes(scene(99)))  # tampered output
+    (tmp_path / "out" / "reel" / "f001.png").unlink()  # lost output
     assert restore_main(["verify", str(spec_file)]) == 1
     assert "checksum" in capsys.readouterr().out
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 1  # a plain rerun trusts the manifests
+    assert restore_main(["run", str(spec_file), "--dry-run", "--repair", "--json", str(tmp_path / "dry.json")]) == 0
+    assert json.loads((tmp_path / "dry.json").read_text())["repairing"] == ["reel/f000.png", "reel/f001.png"]
+    assert restore_main(["run", str(spec_file), "--quiet", "--repair", "--json", str(tmp_path / "fix.json")]) == 1
+    assert json.loads((tmp_path / "fix.json").read_text())["repairing"] == ["reel/f000.png", "reel/f001.png"]
+    assert restore_main(["verify", str(spec_file)]) == 0
 
 
 def test_an_interrupted_command_says_how_to_resume_and_exits_130(monkeypatch, capsys):
