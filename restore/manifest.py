@@ -207,9 +207,10 @@ def history(table: pa.Table, config_hash: str) -> History:
     config must restore the frame again, although an older `ok` row under that config exists.
     """
     rows = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
+    newest_value = pc.ScalarAggregateOptions(skip_nulls=False)  # the newest row's value, null included
     newest = rows.group_by("input_key", use_threads=False).aggregate(
-        [("status", "last"), ("input_etag", "last"), ("config_hash", "last"), ("mask_etag", "last"),
-         ("protect_etag", "last")])
+        [(column, "last", newest_value)
+         for column in ("status", "input_etag", "config_hash", "mask_etag", "protect_etag")])
     failed = rows.filter(pc.and_(pc.equal(rows["status"], "failed"), pc.equal(rows["config_hash"], config_hash)))
     attempts = failed.group_by(["input_key", "input_etag"]).aggregate([("status", "count")])
     counts = dict(zip(zip(attempts["input_key"].to_pylist(), attempts["input_etag"].to_pylist()),

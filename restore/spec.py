@@ -260,9 +260,10 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         temporal_fill=check.boolean(masks_raw, "temporal_fill", "masks.temporal_fill", False),
         detector_weights=check.string(masks_raw, "detector_weights", "masks.detector_weights"),
     )
-    if masks.source == "given":
+    if masks.source == "given":  # a detector asked for but never run: most likely a forgotten `source: detect`
         problems += [f"masks.{name}: only used with masks.source detect or both (source is given)"
-                     for name in ("detector", "min_area") if name in masks_raw]
+                     for name, default in (("detector", "classical"), ("min_area", 0))
+                     if masks_raw.get(name, default) != default]
     if masks.detector_weights and (masks.detector != "learned" or masks.source == "given"):
         problems.append("masks.detector_weights: only used with masks.detector learned (and source detect or both)")
     _check_file_uri(problems, "masks.uri", masks.uri)

@@ -171,6 +171,9 @@ def test_a_mask_added_edited_or_removed_later_restores_the_frame_again(tmp_path,
     (masks / "f001.png").write_bytes(png_bytes(box_mask()))
     assert run(job(tmp_path, max_attempts=1)).counts == {"ok": 1}  # ...until the mask is fixed
 
+    detect = job(tmp_path, masks={"source": "detect"})  # a config that reads no mask file: one rerun, then done
+    assert run(detect).planned == 3 and run(detect).planned == 0
+
 
 def test_s3_job_reads_and_writes_buckets_with_manifests_on_s3(s3_endpoint, ray_session, tmp_path):
     import boto3
