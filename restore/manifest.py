@@ -64,7 +64,7 @@ MANIFEST_SCHEMA = pa.schema([
 
 
 # A video's frames are rows of their own, keyed `reel.mkv#000123`; a row keyed `reel.mkv` is the whole video's
-# failure (it could not be read or probed).
+# failure (it could not be read or probed when planned).
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mxf")
 
 
@@ -186,8 +186,8 @@ def latest_rows(table: pa.Table) -> list[dict]:
     for row in table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")]).to_pylist():
         newest[row["input_key"]] = row
         video, index = split_frame_key(row["input_key"])
-        if index is not None:
-            newest.pop(video, None)
+        if index is not None and video in newest and newest[video]["run_id"] < row["run_id"]:
+            del newest[video]
     return [newest[key] for key in sorted(newest)]
 
 

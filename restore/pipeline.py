@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .film import FilmFrame
-from .frames import Frame, FrameError, decode_frame, decode_mask, encode_frame, encode_mask, extension_for
+from .frames import (OUTPUT_FORMATS, Frame, FrameError, decode_frame, decode_mask, encode_frame, encode_mask,
+                     extension_for)
 from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, is_video, new_run_id,
                        parts_since_snapshot, provenance_id, read_manifests, run_prefix, split_frame_key,
                        video_frame_key)
@@ -138,11 +139,15 @@ def mask_key_for(pattern: str, input_key: str) -> str:
     return posixpath.normpath(pattern.format(stem=stem, name=name, dir=directory or "."))
 
 
-def _video_mask_keys(pattern: str, video_key: str) -> re.Pattern:
-    """The keys of a video's frame masks (`{dir}/masks/{stem}.png` → `masks/reel/000123.png`), any frame index."""
+_FRAME_INDEX = re.compile(r"(.*)\d{6}(.*)", re.DOTALL)  # a key around the last 6-digit run in it
+
+
+def _video_mask_shape(pattern: str, video_key: str) -> tuple[str, str | None]:
+    """The keys of a video's frame masks (`{dir}/masks/{stem}.png` → `masks/reel/000123.png`) as the (head, tail)
+    around their frame index; (key, None) when the pattern names no index (one mask key for every frame)."""
     first = mask_key_for(pattern, video_frame_key(video_key, 0))
     head, index, tail = first.rpartition(f"{0:06d}")
-    return re.compile(re.escape(head) + r"\d{6}" + re.escape(tail) if index else re.escape(first))
+    return (head, tail) if index else (first, None)
 
 
 def output_key_for(input_key: str, fmt: str) -> str:
@@ -195,7 +200,7 @@ def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, 
     """Chunk tasks for the frames of a video not yet done; returns (tasks, frames in the video, frames done)."""
     from .video import probe_video
 
-    if skip(info.key, info.etag):  # only a whole video's failure is keyed so: one given up after max_attempts
+    if skip(info.key, info.etag):  # a video that could not be planned (or probed), given up after max_attempts
         return [], 1, 1
     recorded = table.filter(pc.starts_with(table["input_key"], info.key + "#"))
     counts = [n for n in recorded["input_frames"].to_pylist() if n is not None]
@@ -226,46 +231,71 @@ def planned_output_key(input_key: str, output_format: str) -> str:
     return output_key_for(input_key, lossless_format(source, output_format))
 
 
-def _refuse_shared_outputs(tasks: list[dict], listed_keys: set[str], output_format: str) -> None:
+def _refuse_shared_outputs(tasks: list[dict], stills: list[ObjectInfo], output_format: str) -> list[dict]:
     """Two inputs must never write one output (`scan.jpg` → `scan.jpg.png` beside a real `scan.jpg.png`): the
-    input listed under the output's own key keeps it, whether it is restored in this run or was in an earlier one;
-    the other fails with the reason instead of overwriting it."""
-    for task in tasks:
-        output_key = planned_output_key(task["input_key"], output_format)
-        if output_key != task["input_key"] and output_key in listed_keys:
-            task["plan_error"] = f"its output {output_key!r} would overwrite the output of {output_key!r}"
+    input listed under the output's own key keeps it; the other fails with the reason instead of overwriting it,
+    also when one of them was restored in an earlier run. Returns the tasks that fail a frame otherwise done."""
+    listed = {info.key: info for info in stills}
+    planned = {task["input_key"]: task for task in tasks}
+    extensions = tuple(sorted(set(OUTPUT_FORMATS.values())))
+    refused = []
+    for owner in listed:  # a key that is another input's key plus an output extension
+        if not owner.lower().endswith(extensions):
+            continue
+        other = owner.rsplit(".", 1)[0]
+        if other not in listed or planned_output_key(other, output_format) != owner:
+            continue
+        reason = f"its output {owner!r} would overwrite the output of {owner!r}"
+        if other in planned:
+            planned[other]["plan_error"] = reason
+        elif owner in planned:  # the frame named like the output is new: the other's old output is now its own
+            info = listed[other]
+            refused.append({"input_key": other, "input_size": info.size, "input_etag": info.etag,
+                            "input_version_id": info.version_id, "frame_indices": None, "neighbour_keys": [],
+                            "plan_error": reason})
+    return refused
 
 
-def _mask_globs(patterns: list[str]) -> tuple[str, ...]:
-    """What to list to find the mask files: their extension, or everything when the pattern ends in a field."""
+def _mask_listing(patterns: list[str]) -> tuple[tuple[str, ...], str]:
+    """What to list to find the mask files: (globs of their extensions, or everything when a pattern ends in a
+    field; the folder all of them lie in, from the patterns' fixed start)."""
     extensions = [posixpath.splitext(pattern)[1] for pattern in patterns]
-    return tuple("*" if not ext or "}" in ext else f"*{ext}" for ext in extensions)
+    globs = tuple("*" if not ext or "}" in ext else f"*{ext}" for ext in extensions)
+    fixed = os.path.commonprefix([pattern.split("{", 1)[0] for pattern in patterns])
+    return globs, fixed[:fixed.rfind("/") + 1]
 
 
 def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     """What is new, changed or failed, plus the frames in `redo` (input keys: outputs that failed verification)."""
     spec, input_storage = context.spec, context.input_storage
     # the mask files whose ETags a frame's rows record: given masks, and the protected regions
-    read_patterns = (spec.masks.pattern if spec.masks.source in ("given", "both") else None, spec.masks.protect)
-    mask_globs = _mask_globs([pattern for pattern in read_patterns if pattern])
+    reads_given = spec.masks.source in ("given", "both")
+    patterns = [spec.masks.pattern] + ([spec.masks.protect] if spec.masks.protect else [])
+    mask_globs, mask_folder = _mask_listing(patterns[:1] * reads_given + patterns[1:])
     masks_with_input = (spec.masks.uri or spec.input) == spec.input
-    found = list(input_storage.list(spec.include + (mask_globs if masks_with_input else ())))  # one listing
-    listed: list[ObjectInfo] = [info for info in found if key_matches(info.key, spec.include)]
+    extra = tuple(glob for glob in mask_globs if glob not in spec.include) if masks_with_input else ()
+    found = list(input_storage.list(spec.include + extra))  # frames and masks in one listing
+    listed: list[ObjectInfo] = [info for info in found if key_matches(info.key, spec.include)] if extra else found
     if not listed:
         missing = isinstance(input_storage, LocalStorage) and not input_storage.root.exists()
         raise JobError(f"input: no frames matching {', '.join(spec.include)} under {spec.input}"
                        + (" (the folder does not exist; `restore demo SPEC` fills it with damaged sample frames)"
                           if missing else ""))
+    mask_keys = {info.key: [mask_key_for(pattern, info.key) for pattern in patterns] for info in listed}
     if masks_with_input:
-        patterns = [spec.masks.pattern] + ([spec.masks.protect] if spec.masks.protect else [])
-        mask_files = {mask_key_for(pattern, info.key) for info in listed for pattern in patterns}
-        video_masks = [_video_mask_keys(pattern, info.key) for info in listed if is_video(info.key)
-                       for pattern in patterns]
-        listed = [info for info in listed  # a mask is not a frame
-                  if info.key not in mask_files and not any(keys.fullmatch(info.key) for keys in video_masks)]
+        mask_files = {key for keys in mask_keys.values() for key in keys}
+        shapes = {_video_mask_shape(pattern, info.key) for info in listed if is_video(info.key) for pattern in patterns}
+
+        def is_mask(key: str) -> bool:
+            if key in mask_files or (key, None) in shapes:
+                return True
+            around_index = _FRAME_INDEX.fullmatch(key) if shapes else None
+            return around_index is not None and around_index.groups() in shapes
+
+        listed = [info for info in listed if not is_mask(info.key)]  # a mask is not a frame
         mask_listing = found
-    else:
-        mask_listing = list(context.mask_storage.list(mask_globs)) if mask_globs else []
+    else:  # the mask store is listed under the patterns' fixed folder only
+        mask_listing = list(context.mask_storage.list(mask_globs, prefix=mask_folder)) if mask_globs else []
     mask_etags = {info.key: info.etag for info in mask_listing}
     table = read_manifests(context.output_storage, spec.name)
     past = history(table, context.config_hash)
@@ -273,11 +303,15 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     done = past.done | exhausted  # a frame that failed too often is left alone until it changes (a new ETag)
 
     def masks_unchanged(key: str) -> bool:
-        """A mask added, edited or removed since the frame's newest row is a change (rows that predate the
-        ETag columns record none: they count as unchanged)."""
-        current = tuple(None if pattern is None else mask_etags.get(mask_key_for(pattern, key), "")
-                        for pattern in read_patterns)
-        return all(was is None or was == now for was, now in zip(past.mask_etags.get(key, (None, None)), current))
+        """A mask added, edited or removed since the frame's newest row is a change (a row that read no mask
+        file, or predates the ETag columns, records none: nothing to compare)."""
+        recorded = past.mask_etags.get(key, (None, None))
+        if recorded == (None, None):
+            return True
+        keys = mask_keys.get(key) or [mask_key_for(pattern, key) for pattern in patterns]  # a video frame's
+        current = (mask_etags.get(keys[0], "") if reads_given else None,
+                   mask_etags.get(keys[1], "") if spec.masks.protect else None)
+        return all(was is None or was == now for was, now in zip(recorded, current))
 
     def skip(key: str, etag: str) -> bool:
         return (key, etag) in done and masks_unchanged(key) and key not in redo
@@ -293,8 +327,9 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
         "frame_indices": None,
         "neighbour_keys": neighbours[info.key],
     } for info in todo]
-    _refuse_shared_outputs(tasks, {info.key for info in stills}, spec.output_format)
-    frames, frames_done = len(stills), len(stills) - len(todo)
+    refused = _refuse_shared_outputs(tasks, stills, spec.output_format)
+    tasks += refused
+    frames, frames_done = len(stills), len(stills) - len(todo) - len(refused)
     for info in listed:
         if is_video(info.key):
             video_tasks, count, count_done = _video_tasks(info, input_storage, skip, table, spec.sequence.window)
@@ -523,7 +558,11 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
             else:
                 loaded = _video_rows(context, out, data)
         except (StorageError, FrameError) as error:
-            loaded = [{**out, "status": "failed", "error": str(error)}]
+            # a video chunk that cannot be read fails its own frames; a row keyed by the video itself means that
+            # the whole video could not be planned
+            keys = [video_frame_key(row["input_key"], index) for index in row["frame_indices"] or []]
+            loaded = [{**out, "input_key": key, "status": "failed", "error": str(error)}
+                      for key in keys or [row["input_key"]]]
         seconds = (time.perf_counter() - started) / len(loaded)
         rows += [{**frame_row, "read_seconds": seconds} for frame_row in loaded]
     return pa.Table.from_pylist(rows, schema=FRAME_SCHEMA)
@@ -638,7 +677,7 @@ def _write_one(context: JobContext, row: dict) -> dict:
     data = encode_frame(frame, pixels, fmt, text=provenance(context, row))
     output_key = output_key_for(row["input_key"], fmt)
     if output_key != planned_output_key(row["input_key"], context.spec.output_format) \
-            and context.input_storage.head(output_key) is not None:
+            and key_matches(output_key, context.spec.include) and context.input_storage.head(output_key) is not None:
         raise FrameError(f"it holds {row['source_format']} data, which its name does not say, so its output "
                          f"{output_key!r} would overwrite the output of {output_key!r}; rename it or set output_format")
     stored = put_or_adopt(context.output_storage, output_key, data)

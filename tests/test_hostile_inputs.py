@@ -24,7 +24,7 @@ from PIL import Image
 from conftest import FAKE_CREDENTIALS
 from faults import FaultProxy, base_job, box_mask, png_bytes, run_in_process, scene, write_local, write_spec
 from restore.frames import decode_frame, decode_mask
-from restore.manifest import read_manifests
+from restore.manifest import latest_rows, read_manifests
 from restore.storage import TEMP_PREFIX, UnsafeKeyError, open_storage, safe_key
 
 MAX_PIXELS = 400_000
@@ -331,6 +331,15 @@ def test_two_inputs_never_share_an_output(tmp_path, ray_session):
     write_local(tmp_path / "later", {"scan.jpg": _encode(scene(1), "JPEG")})
     assert run_job(*prepare(parse_spec(raw))).counts == {"failed": 1}
     assert (tmp_path / "later-out" / "scan.jpg.png").read_bytes() == restored
+    # The other way round: `scan.jpg` was restored first; `scan.jpg.png` arrives and takes its output key.
+    raw = base_job(str(tmp_path / "first"), str(tmp_path / "first-out"))
+    write_local(tmp_path / "first", {"scan.jpg": _encode(scene(1), "JPEG")})
+    run_job(*prepare(parse_spec(raw)))
+    write_local(tmp_path / "first", {"scan.jpg.png": png_bytes(scene(2))})
+    assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 1, "failed": 1}
+    rows = {row["input_key"]: row for row in latest_rows(read_manifests(open_storage(str(tmp_path / "first-out")), "rel"))}
+    assert rows["scan.jpg"]["status"] == "failed" and "would overwrite" in rows["scan.jpg"]["error"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "first-out" / "scan.jpg.png")), scene(2))
 
     # A PNG named .tif comes out as `scan.tif.png`, the output of the real `scan.tif.png`.
     write_local(tmp_path / "misnamed", {"scan.tif": png_bytes(scene(1)), "scan.tif.png": png_bytes(scene(2))})

@@ -175,6 +175,20 @@ def test_a_mask_added_edited_or_removed_later_restores_the_frame_again(tmp_path,
     assert run(detect).planned == 3 and run(detect).planned == 0
 
 
+def test_masks_in_a_store_of_their_own_are_noticed_when_added_later(tmp_path, ray_session):
+    (tmp_path / "in" / "reel").mkdir(parents=True)
+    (tmp_path / "in" / "reel" / "f000.png").write_bytes(png_bytes(scene(0)))
+    (tmp_path / "store" / "other").mkdir(parents=True)
+    (tmp_path / "store" / "other" / "f000.png").write_bytes(png_bytes(box_mask()))  # outside the pattern's folder
+    spec = job(tmp_path, masks={"uri": str(tmp_path / "store"), "pattern": "masks/{stem}.png"})
+    assert run(spec).counts == {"ok": 1} and run(spec).planned == 0
+    (tmp_path / "store" / "masks").mkdir()
+    (tmp_path / "store" / "masks" / "f000.png").write_bytes(png_bytes(box_mask()))
+    assert run(spec).counts == {"ok": 1}
+    restored = np.asarray(Image.open(tmp_path / "out" / "reel" / "f000.png"))
+    assert not np.array_equal(restored, scene(0)) and run(spec).planned == 0
+
+
 def test_s3_job_reads_and_writes_buckets_with_manifests_on_s3(s3_endpoint, ray_session, tmp_path):
     import boto3
 

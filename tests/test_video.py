@@ -179,3 +179,30 @@ def test_a_broken_video_becomes_one_failed_row_with_the_reason_until_a_good_copy
     assert run_job(*prepare(parse_spec(raw))).counts == {"ok": COUNT}
     summary = summarize(read_manifests(open_storage(str(tmp_path / "out")), "video"))
     assert summary.by_status == {"ok": COUNT} and summary.failures == []  # the old failure is gone from status
+
+
+def test_a_video_chunk_that_cannot_be_read_fails_its_own_frames_not_the_whole_video(tmp_path):
+    import pyarrow as pa
+
+    from restore.manifest import MANIFEST_SCHEMA, latest_rows
+    from restore.pipeline import TASK_SCHEMA, load_frames, prepare
+    from restore.spec import parse_spec
+
+    (tmp_path / "in").mkdir()
+    good = clip("ffv1", "matroska", "bgr0")
+    (tmp_path / "in" / "clip.mkv").write_bytes(good)
+    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "include": ["*.mkv"],
+           "restorer": {"name": "telea"}}
+    context, plan = prepare(parse_spec(raw))
+    (tmp_path / "in" / "clip.mkv").write_bytes(b"\x1aE\xdf\xa3 cut short")  # replaced between planning and reading
+    rows = load_frames(pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA), context).to_pylist()
+    assert [row["input_key"] for row in rows] == [f"clip.mkv#{i:06d}" for i in range(COUNT)]
+    assert {row["status"] for row in rows} == {"failed"}
+
+    # Status: a whole video's failure goes once a later run restores its frames, not for a frame of the same run.
+    failed = {"input_key": "clip.mkv", "status": "failed", "run_id": "r1"}
+    frame = {"input_key": "clip.mkv#000000", "status": "ok"}
+    same_run = pa.Table.from_pylist([failed, {**frame, "run_id": "r1"}], schema=MANIFEST_SCHEMA)
+    later_run = pa.Table.from_pylist([failed, {**frame, "run_id": "r2"}], schema=MANIFEST_SCHEMA)
+    assert [row["input_key"] for row in latest_rows(same_run)] == ["clip.mkv", "clip.mkv#000000"]
+    assert [row["input_key"] for row in latest_rows(later_run)] == ["clip.mkv#000000"]
