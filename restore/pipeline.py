@@ -139,7 +139,14 @@ def mask_key_for(pattern: str, input_key: str) -> str:
     return posixpath.normpath(pattern.format(stem=stem, name=name, dir=directory or "."))
 
 
-_FRAME_INDEX = re.compile(r"(.*)\d{6}(.*)", re.DOTALL)  # a key around the last 6-digit run in it
+_FRAME_INDEX = re.compile(r"(?<=/)\d{6,}")  # in a video frame's mask key the index follows its video's folder
+
+
+def _index_splits(key: str):
+    """Each (head, tail) of `key` around a frame index it may hold: 6 or more digits just after a '/'."""
+    for run in _FRAME_INDEX.finditer(key):
+        for end in range(run.start() + 6, run.end() + 1):
+            yield key[:run.start()], key[end:]
 
 
 def _video_mask_shape(pattern: str, video_key: str) -> tuple[str, str | None]:
@@ -236,16 +243,17 @@ def _refuse_shared_outputs(tasks: list[dict], stills: list[ObjectInfo], output_f
     input listed under the output's own key keeps it; the other fails with the reason instead of overwriting it,
     also when one of them was restored in an earlier run. Returns the tasks that fail a frame otherwise done."""
     listed = {info.key: info for info in stills}
+    by_lower = {key.lower(): key for key in listed}  # outputs may land on a case-insensitive file system
     planned = {task["input_key"]: task for task in tasks}
     extensions = tuple(sorted(set(OUTPUT_FORMATS.values())))
     refused = []
     for owner in listed:  # a key that is another input's key plus an output extension
         if not owner.lower().endswith(extensions):
             continue
-        other = owner.rsplit(".", 1)[0]
-        if other not in listed or planned_output_key(other, output_format) != owner:
+        other = by_lower.get(owner.rsplit(".", 1)[0].lower())
+        if other is None or planned_output_key(other, output_format).lower() != owner.lower():
             continue
-        reason = f"its output {owner!r} would overwrite the output of {owner!r}"
+        reason = f"its output {planned_output_key(other, output_format)!r} would overwrite the output of the input {owner!r}"
         if other in planned:
             planned[other]["plan_error"] = reason
         elif owner in planned:  # the frame named like the output is new: the other's old output is now its own
@@ -262,7 +270,9 @@ def _mask_listing(patterns: list[str]) -> tuple[tuple[str, ...], str]:
     extensions = [posixpath.splitext(pattern)[1] for pattern in patterns]
     globs = tuple("*" if not ext or "}" in ext else f"*{ext}" for ext in extensions)
     fixed = os.path.commonprefix([pattern.split("{", 1)[0] for pattern in patterns])
-    return globs, fixed[:fixed.rfind("/") + 1]
+    folder = posixpath.normpath(fixed[:fixed.rfind("/") + 1] or ".")  # as mask keys are: `./masks/` is `masks`
+    climbs = any(".." in pattern for pattern in patterns)  # `masks/{dir}/../x.png` can lead out of the folder
+    return globs, "" if folder == "." or climbs else folder + "/"
 
 
 def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
@@ -287,10 +297,7 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
         shapes = {_video_mask_shape(pattern, info.key) for info in listed if is_video(info.key) for pattern in patterns}
 
         def is_mask(key: str) -> bool:
-            if key in mask_files or (key, None) in shapes:
-                return True
-            around_index = _FRAME_INDEX.fullmatch(key) if shapes else None
-            return around_index is not None and around_index.groups() in shapes
+            return key in mask_files or (key, None) in shapes or any(split in shapes for split in _index_splits(key))
 
         listed = [info for info in listed if not is_mask(info.key)]  # a mask is not a frame
         mask_listing = found
@@ -327,7 +334,8 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
         "frame_indices": None,
         "neighbour_keys": neighbours[info.key],
     } for info in todo]
-    refused = _refuse_shared_outputs(tasks, stills, spec.output_format)
+    refused = [task for task in _refuse_shared_outputs(tasks, stills, spec.output_format)
+               if (task["input_key"], task["input_etag"]) not in exhausted]  # given up: already failed on record
     tasks += refused
     frames, frames_done = len(stills), len(stills) - len(todo) - len(refused)
     for info in listed:

@@ -262,8 +262,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     )
     if masks.source == "given":  # a detector asked for but never run: most likely a forgotten `source: detect`
         problems += [f"masks.{name}: only used with masks.source detect or both (source is given)"
-                     for name, default in (("detector", "classical"), ("min_area", 0))
-                     if masks_raw.get(name, default) != default]
+                     for name, value, default in (("detector", masks.detector, "classical"),
+                                                  ("min_area", masks.min_area, 0)) if value != default]
     if masks.detector_weights and (masks.detector != "learned" or masks.source == "given"):
         problems.append("masks.detector_weights: only used with masks.detector learned (and source detect or both)")
     _check_file_uri(problems, "masks.uri", masks.uri)

@@ -332,7 +332,7 @@ def test_two_inputs_never_share_an_output(tmp_path, ray_session):
     assert run_job(*prepare(parse_spec(raw))).counts == {"failed": 1}
     assert (tmp_path / "later-out" / "scan.jpg.png").read_bytes() == restored
     # The other way round: `scan.jpg` was restored first; `scan.jpg.png` arrives and takes its output key.
-    raw = base_job(str(tmp_path / "first"), str(tmp_path / "first-out"))
+    raw = base_job(str(tmp_path / "first"), str(tmp_path / "first-out"), max_attempts=1)
     write_local(tmp_path / "first", {"scan.jpg": _encode(scene(1), "JPEG")})
     run_job(*prepare(parse_spec(raw)))
     write_local(tmp_path / "first", {"scan.jpg.png": png_bytes(scene(2))})
@@ -340,6 +340,15 @@ def test_two_inputs_never_share_an_output(tmp_path, ray_session):
     rows = {row["input_key"]: row for row in latest_rows(read_manifests(open_storage(str(tmp_path / "first-out")), "rel"))}
     assert rows["scan.jpg"]["status"] == "failed" and "would overwrite" in rows["scan.jpg"]["error"]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "first-out" / "scan.jpg.png")), scene(2))
+    write_local(tmp_path / "first", {"scan.jpg.png": png_bytes(scene(3))})  # the owner changes again
+    _, plan = prepare(parse_spec(raw))
+    assert [task["input_key"] for task in plan.tasks] == ["scan.jpg.png"]  # the other stays given up, once
+    assert plan.given_up == ["scan.jpg"] and plan.already_done == 0
+
+    # Outputs may land on a case-insensitive file system: `SCAN.JPG.png` would be `SCAN.JPG.PNG` there.
+    write_local(tmp_path / "case", {"SCAN.JPG": _encode(scene(1), "JPEG"), "SCAN.JPG.PNG": png_bytes(scene(2))})
+    rows = _run_stages_inline(base_job(str(tmp_path / "case"), str(tmp_path / "case-out")))
+    assert {row["input_key"]: row["status"] for row in rows} == {"SCAN.JPG": "failed", "SCAN.JPG.PNG": "ok"}
 
     # A PNG named .tif comes out as `scan.tif.png`, the output of the real `scan.tif.png`.
     write_local(tmp_path / "misnamed", {"scan.tif": png_bytes(scene(1)), "scan.tif.png": png_bytes(scene(2))})

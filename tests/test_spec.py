@@ -96,6 +96,7 @@ def test_detector_settings_with_given_masks_are_refused_not_ignored():
     with pytest.raises(SpecError, match="masks.min_area: only used"):
         parse_spec({**base, "masks": {"min_area": 4}})  # source defaults to given
     assert parse_spec({**base, "masks": {"source": "both", "detector": "learned"}}).masks.detector == "learned"
+    assert parse_spec({**base, "masks": {"detector": None, "min_area": 0}}).masks.source == "given"  # defaults
 
 
 def test_infrared_is_a_mask_detector_by_name():

@@ -206,3 +206,17 @@ def test_a_video_chunk_that_cannot_be_read_fails_its_own_frames_not_the_whole_vi
     later_run = pa.Table.from_pylist([failed, {**frame, "run_id": "r2"}], schema=MANIFEST_SCHEMA)
     assert [row["input_key"] for row in latest_rows(same_run)] == ["clip.mkv", "clip.mkv#000000"]
     assert [row["input_key"] for row in latest_rows(later_run)] == ["clip.mkv#000000"]
+
+
+def test_frame_masks_named_with_digits_after_the_index_are_not_planned_as_frames(tmp_path):
+    from restore.pipeline import prepare
+    from restore.spec import parse_spec
+
+    (tmp_path / "in" / "masks" / "clip").mkdir(parents=True)
+    (tmp_path / "in" / "clip.mkv").write_bytes(clip("ffv1", "matroska", "bgr0"))
+    (tmp_path / "in" / "masks" / "clip" / "000005.20240101.png").write_bytes(b"a mask")
+    (tmp_path / "in" / "still.png").write_bytes(b"a frame")
+    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+           "include": ["*.mkv", "*.png"], "masks": {"pattern": "masks/{stem}.20240101.png"}}
+    _, plan = prepare(parse_spec(raw))
+    assert sorted({task["input_key"] for task in plan.tasks}) == ["clip.mkv", "still.png"]
