@@ -253,7 +253,7 @@ def _refuse_shared_outputs(tasks: list[dict], stills: list[ObjectInfo], output_f
         other = by_lower.get(owner.rsplit(".", 1)[0].lower())
         if other is None or planned_output_key(other, output_format).lower() != owner.lower():
             continue
-        reason = f"its output {planned_output_key(other, output_format)!r} would overwrite the output of the input {owner!r}"
+        reason = f"its output {owner!r} would overwrite the output of the input {owner!r}"
         if other in planned:
             planned[other]["plan_error"] = reason
         elif owner in planned:  # the frame named like the output is new: the other's old output is now its own
@@ -687,7 +687,8 @@ def _write_one(context: JobContext, row: dict) -> dict:
     if output_key != planned_output_key(row["input_key"], context.spec.output_format) \
             and key_matches(output_key, context.spec.include) and context.input_storage.head(output_key) is not None:
         raise FrameError(f"it holds {row['source_format']} data, which its name does not say, so its output "
-                         f"{output_key!r} would overwrite the output of {output_key!r}; rename it or set output_format")
+                         f"{output_key!r} would overwrite the output of the input {output_key!r}; rename it or set "
+                         "output_format")
     stored = put_or_adopt(context.output_storage, output_key, data)
     result = {
         "output_key": output_key, "output_sha256": hashlib.sha256(data).hexdigest(),
