@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -451,15 +453,33 @@ def main(argv: list[str] | None = None) -> int:
     from .submit import SubmitError
 
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # a scheduler's stop (SIGTERM) ends a run as Ctrl-C does
+        signal.signal(signal.SIGTERM, _stop)
     try:
         return args.func(args)
     except (SpecError, StorageError, RestorerError, JobError, FrameError, ReportError, LeaseError, SubmitError,
             ValueError, OSError) as error:
         print(f"restore {args.verb}: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:  # not "frames failed" (1): what was committed stays, and a rerun resumes from it
+        return _ended(args, EXIT_ERROR, str(error))
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Once Ray has started, its own SIGTERM handler exits with the signal's number instead.
+        if isinstance(stop, SystemExit) and stop.code != signal.SIGTERM:
+            raise
+        # not "frames failed" (1): what was committed stays, the lease is given back, and a rerun resumes
         print(f"\nrestore {args.verb}: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _ended(args, EXIT_INTERRUPTED, "interrupted")
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _ended(args, code: int, reason: str) -> int:
+    """A run that ends without its summary still writes its --json, so a scheduler never reads last night's."""
+    if args.verb in ("run", "demo") and getattr(args, "json", None):
+        _write_json(args.json, {"spec": getattr(args, "spec", None), "status": "error", "exit_code": code,
+                                "error": reason})
+    return code
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from .frames import (OUTPUT_FORMATS, Frame, FrameError, decode_frame, decode_mas
 from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, is_video, new_run_id,
                        parts_since_snapshot, provenance_id, read_manifests, run_prefix, split_frame_key,
                        video_frame_key)
-from .restorers import build_restorer, check_weights
+from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
 from .storage import LocalStorage, ObjectInfo, Storage, StorageError, check_no_overlap, key_matches, open_storage
 
@@ -584,6 +584,10 @@ class RestoreFrames:
         # weights refuses to start instead of restoring with them.
         settings = replace(context.spec.restorer, weights_sha256=context.weights_sha256)
         self.restorer = build_restorer(settings, threads=max(1, int(context.spec.workers.cpus)))
+        if context.spec.workers.gpus and getattr(self.restorer, "device", None) is not None \
+                and self.restorer.device.type != "cuda":  # a torch build or driver that sees no GPU: say so
+            raise RestorerError(f"workers.gpus is {context.spec.workers.gpus}, but this worker's torch sees no CUDA "
+                                "device (a CPU build of torch, or a GPU driver older than its CUDA)")
         self.worker = _worker_name()
 
     def __call__(self, batch: pa.Table) -> pa.Table:

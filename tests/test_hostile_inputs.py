@@ -419,3 +419,16 @@ def test_a_worker_whose_detector_differs_from_the_checked_one_fails_its_frames_w
     save_detector_net(DetectorNet(DetectorConfig(widths=(4, 8))), weights, {"threshold": 0.5})  # another node's file
     [row] = load_frames(pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA), context).to_pylist()
     assert row["status"] == "failed" and "install the same weights on every node" in row["error"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a worker whose torch sees no GPU")
+def test_a_gpu_worker_whose_torch_sees_no_gpu_refuses_instead_of_running_on_its_cpu(tmp_path):
+    from restore.pipeline import RestoreFrames, prepare
+    from restore.restorers import RestorerError
+    from restore.spec import parse_spec
+
+    write_local(tmp_path / "in", {"f.png": png_bytes(scene(1))})
+    context, _ = prepare(parse_spec(base_job(str(tmp_path / "in"), str(tmp_path / "out"), restorer={"name": "gan"},
+                                             workers={"count": 1, "cpus": 1, "gpus": 1})))
+    with pytest.raises(RestorerError, match="sees no CUDA device"):
+        RestoreFrames(context)

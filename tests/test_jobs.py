@@ -324,15 +324,32 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     assert restore_main(["verify", str(spec_file)]) == 0
 
 
-def test_an_interrupted_command_says_how_to_resume_and_exits_130(monkeypatch, capsys):
+def test_an_interrupted_or_stopped_run_says_how_to_resume_exits_130_and_writes_its_json(monkeypatch, capsys,
+                                                                                        tmp_path):
+    import json
+    import signal
+
     import restore.cli
 
-    def interrupted(args):
-        raise KeyboardInterrupt
+    def stopped(args):  # a scheduler's SIGTERM, before Ray starts
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
 
-    monkeypatch.setattr(restore.cli, "cmd_run", interrupted)
-    assert restore_main(["run", "job.yaml"]) == 130  # not 1, which says frames failed
-    assert "interrupted; run the same command again to resume" in capsys.readouterr().err
+    def stopped_in_ray(args):  # Ray's own SIGTERM handler, once it has started
+        sys.exit(signal.SIGTERM)
+
+    assert restore_main(["run", str(tmp_path / "missing.yaml"), "--json", str(tmp_path / "error.json")]) == 2
+    assert json.loads((tmp_path / "error.json").read_text())["status"] == "error"
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        for command in (stopped, stopped_in_ray):
+            monkeypatch.setattr(restore.cli, "cmd_run", command)
+            out = tmp_path / f"{command.__name__}.json"
+            assert restore_main(["run", "job.yaml", "--json", str(out)]) == 130  # not 1, which says frames failed
+            assert "interrupted; run the same command again to resume" in capsys.readouterr().err
+            assert json.loads(out.read_text())["exit_code"] == 130  # not last night's summary
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_changes(tmp_path, ray_session):
