@@ -81,18 +81,23 @@ def cmd_run(args) -> int:
                "config_hash": context.config_hash, "weights_sha256": context.weights_sha256}
     if args.repair:
         print(f"job {spec.name}: {len(plan.repairing)} frames whose outputs failed verification restored again")
+    given_up = f" ({len(plan.given_up)} left failed after {spec.max_attempts} attempts)" if plan.given_up else ""
     if not result.planned:
-        print(f"job {spec.name}: nothing to do, all {result.already_done} frames already restored"
-              + (f" ({len(plan.given_up)} left failed after {spec.max_attempts} attempts)" if plan.given_up else ""))
+        print(f"job {spec.name}: nothing to do, all {result.already_done} frames already restored{given_up}")
+        if not plan.given_up:
+            summary["manifest"] = None  # no run folder was written
     else:
-        print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed "
-              f"in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "
+        waiting = f", {counts['skipped']} waiting in archival storage (restore them; tried again every run)" \
+            if counts.get("skipped") else ""
+        print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed"
+              f"{waiting}{given_up} in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "
               f"outputs in {spec.output}, manifest {summary['manifest']}")
         summary["report"] = write_report(spec).uri
         if not args.quiet:
             print(f"report: {summary['report']}")
     _write_json(args.json, summary)
-    return EXIT_FRAMES_FAILED if counts.get("failed") or plan.given_up else EXIT_OK  # given up is still failed
+    not_restored = counts.get("failed") or counts.get("skipped") or plan.given_up  # given up is still failed
+    return EXIT_FRAMES_FAILED if not_restored else EXIT_OK
 
 
 def cmd_submit(args) -> int:

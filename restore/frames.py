@@ -39,6 +39,9 @@ Image.MAX_IMAGE_PIXELS = None
 
 OUTPUT_FORMATS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "dpx": ".dpx", "exr": ".exr"}  # dpx/exr: film.py
 _FORMAT_ALIASES = {"tif": "tiff", "jpg": "jpeg"}
+# stored with outputs, so a browser shows them (an S3 static site, the report's links) instead of downloading them
+CONTENT_TYPES = {"png": "image/png", "tiff": "image/tiff", "jpeg": "image/jpeg", "dpx": "image/x-dpx",
+                 "exr": "image/x-exr"}
 _INPUT_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")  # no plugin that runs external programs (EPS)
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, either byte order
 _MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "TIFF",

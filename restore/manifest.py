@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .storage import Storage
+from .storage import Storage, StorageError
 
 MANIFEST_ROOT = "_manifests"
 SNAPSHOTS = "_snapshots"  # compacted snapshots: _manifests/<job>/_snapshots/<run_id>.parquet
@@ -38,6 +38,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("output_version_id", pa.string()),
     ("output_format", pa.string()),
     ("mask_key", pa.string()),
+    ("mask_sha256", pa.string()),  # of the mask written beside the output (every changed pixel, for audit)
     ("mask_source", pa.string()),  # given | detect | both
     # ETags of the mask files read for the frame ("" = none there), so a mask added or edited later is applied;
     # null where the job reads no such file, and in rows from before these columns existed
@@ -50,7 +51,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("restorer", pa.string()),
     ("weights_sha256", pa.string()),
     ("config_hash", pa.string()),
-    ("status", pa.string()),  # ok | failed | skipped
+    ("status", pa.string()),  # ok | failed | skipped (waits in archival storage: tried again every run)
     ("error", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
@@ -125,7 +126,11 @@ class ManifestWriter:
 
 def _read_parquet(storage: Storage, key: str) -> pa.Table:
     """A part or snapshot in today's schema: columns added since it was written read as null, so old ones stay valid."""
-    table = pq.read_table(io.BytesIO(storage.get(key)))
+    try:
+        table = pq.read_table(io.BytesIO(storage.get(key)))
+    except pa.ArrowInvalid as error:  # the manifests are the source of truth: name the part a person must look at
+        raise StorageError(f"manifest part {storage.uri.rstrip('/')}/{key} cannot be read ({error}); move it aside "
+                           "and rerun: its frames are restored again") from None
     for column in MANIFEST_SCHEMA:
         if column.name not in table.column_names:
             table = table.append_column(column.name, pa.nulls(table.num_rows, column.type))
@@ -233,7 +238,7 @@ def history(table: pa.Table, config_hash: str) -> History:
 class JobSummary:
     total: int
     by_status: dict[str, int]
-    failures: list[tuple[str, str]]  # (input key, reason)
+    failures: list[tuple[str, str]]  # (input key, reason) of every frame not restored: failed or skipped
     runs: int
     last_run: str | None
 
@@ -253,7 +258,7 @@ def summarize(table: pa.Table) -> JobSummary:
     return JobSummary(
         total=len(rows),
         by_status=dict(Counter(row["status"] for row in rows)),
-        failures=[(row["input_key"], row["error"]) for row in rows if row["status"] == "failed"],
+        failures=[(row["input_key"], row["error"]) for row in rows if row["status"] in ("failed", "skipped")],
         runs=len(runs),
         last_run=runs[-1] if runs else None,
     )

@@ -30,14 +30,15 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .film import FilmFrame
-from .frames import (OUTPUT_FORMATS, Frame, FrameError, decode_frame, decode_mask, encode_frame, encode_mask,
-                     extension_for)
+from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, decode_frame, decode_mask, encode_frame,
+                     encode_mask, extension_for)
 from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, is_video, new_run_id,
                        parts_since_snapshot, provenance_id, read_manifests, run_prefix, split_frame_key,
                        video_frame_key)
 from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
-from .storage import LocalStorage, ObjectInfo, Storage, StorageError, check_no_overlap, key_matches, open_storage
+from .storage import (ArchivedObjectError, LocalStorage, ObjectInfo, Storage, StorageError, check_no_overlap,
+                      key_matches, open_storage, same_location)
 
 
 class JobError(RuntimeError):
@@ -198,7 +199,7 @@ def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
     input_storage = open_storage(spec.input, spec.endpoint_url)
     output_storage = open_storage(spec.output, spec.endpoint_url)
     mask_uri = spec.masks.uri or spec.input
-    mask_storage = input_storage if mask_uri == spec.input else open_storage(mask_uri, spec.endpoint_url)
+    mask_storage = input_storage if same_location(mask_uri, spec.input) else open_storage(mask_uri, spec.endpoint_url)
     return input_storage, output_storage, mask_storage
 
 
@@ -282,7 +283,7 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     reads_given = spec.masks.source in ("given", "both")
     patterns = [spec.masks.pattern] + ([spec.masks.protect] if spec.masks.protect else [])
     mask_globs, mask_folder = _mask_listing(patterns[:1] * reads_given + patterns[1:])
-    masks_with_input = (spec.masks.uri or spec.input) == spec.input
+    masks_with_input = same_location(spec.masks.uri or spec.input, spec.input)
     extra = tuple(glob for glob in mask_globs if glob not in spec.include) if masks_with_input else ()
     found = list(input_storage.list(spec.include + extra))  # frames and masks in one listing
     listed: list[ObjectInfo] = [info for info in found if key_matches(info.key, spec.include)] if extra else found
@@ -567,9 +568,11 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
                 loaded = _video_rows(context, out, data)
         except (StorageError, FrameError) as error:
             # a video chunk that cannot be read fails its own frames; a row keyed by the video itself means that
-            # the whole video could not be planned
+            # the whole video could not be planned. An object in archival storage is no fault of the frame: it is
+            # skipped, and tried again every run (never given up), since it becomes readable once restored.
+            status = "skipped" if isinstance(error, ArchivedObjectError) else "failed"
             keys = [video_frame_key(row["input_key"], index) for index in row["frame_indices"] or []]
-            loaded = [{**out, "input_key": key, "status": "failed", "error": str(error)}
+            loaded = [{**out, "input_key": key, "status": status, "error": str(error)}
                       for key in keys or [row["input_key"]]]
         seconds = (time.perf_counter() - started) / len(loaded)
         rows += [{**frame_row, "read_seconds": seconds} for frame_row in loaded]
@@ -631,13 +634,13 @@ def provenance(context: JobContext, row: dict) -> dict[str, str]:
     }
 
 
-def put_or_adopt(storage: Storage, key: str, data: bytes) -> ObjectInfo:
+def put_or_adopt(storage: Storage, key: str, data: bytes, content_type: str) -> ObjectInfo:
     """Outputs are deterministic: an identical object left by a crashed run is adopted, not rewritten."""
     existing = storage.head(key)
     if existing is not None and existing.size == len(data):
         if hashlib.sha256(storage.get(key)).digest() == hashlib.sha256(data).digest():
             return existing
-    return storage.put(key, data)
+    return storage.put(key, data, content_type=content_type)
 
 
 def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
@@ -693,18 +696,20 @@ def _write_one(context: JobContext, row: dict) -> dict:
         raise FrameError(f"it holds {row['source_format']} data, which its name does not say, so its output "
                          f"{output_key!r} would overwrite the output of the input {output_key!r}; rename it or set "
                          "output_format")
-    stored = put_or_adopt(context.output_storage, output_key, data)
+    stored = put_or_adopt(context.output_storage, output_key, data, CONTENT_TYPES[fmt])
     result = {
         "output_key": output_key, "output_sha256": hashlib.sha256(data).hexdigest(),
         "output_version_id": stored.version_id, "output_format": fmt, "bit_depth": frame.bit_depth,
-        "mask_key": None,
+        "mask_key": None, "mask_sha256": None,
         # only a TIFF output carries the infrared plane on (unchanged); an archivist must know when it is gone
         "infrared": None if infrared is None else ("kept" if fmt == "tiff" else "dropped"),
     }
     mask = _mask(row)
     if mask.any():
         result["mask_key"] = f"{MASK_PREFIX}/{row['input_key']}.png"
-        put_or_adopt(context.output_storage, result["mask_key"], encode_mask(mask))
+        encoded = encode_mask(mask)
+        result["mask_sha256"] = hashlib.sha256(encoded).hexdigest()
+        put_or_adopt(context.output_storage, result["mask_key"], encoded, CONTENT_TYPES["png"])
     return result
 
 
@@ -851,7 +856,7 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
 def run_summary(context: JobContext, plan: Plan, result: RunResult) -> dict:
     return {
         "job": context.spec.name, "run_id": result.run_id,
-        "status": "failed" if result.counts.get("failed") or plan.given_up else "ok",
+        "status": "failed" if result.counts.get("failed") or result.counts.get("skipped") or plan.given_up else "ok",
         "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
         "counts": result.counts, "seconds": round(result.seconds, 3),
         "frames_per_second": round(result.frames_per_second, 3), "input": context.spec.input,

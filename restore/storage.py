@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -96,6 +97,16 @@ def check_no_overlap(input_uri: str, output_uri: str) -> None:
         nested = False
     if nested:
         raise StorageError(f"output {output_uri!r} overlaps input {input_uri!r}: use a location outside the input")
+
+
+def _without_userinfo(text: str) -> str:
+    """`https://user:password@host/…` → `https://host/…` wherever a URL appears in a message."""
+    return re.sub(r"(?<=//)[^/@\s\"']+@", "", text)
+
+
+def same_location(a: str, b: str) -> bool:
+    """Whether two storage URIs name the same place (`s3://bucket/reel` and `s3://bucket/reel/` do)."""
+    return a.rstrip("/") == b.rstrip("/")
 
 
 def key_matches(key: str, patterns: Sequence[str]) -> bool:
@@ -338,8 +349,8 @@ class S3Storage(Storage):
             # name host and port only: an endpoint URL could embed a user and password
             endpoint = urlsplit(self.endpoint_url or "https://s3.amazonaws.com")
             return StorageError(f"cannot {action} {where}: cannot connect to {endpoint.hostname}:{endpoint.port or 443}")
-        if not isinstance(error, ClientError):
-            return StorageError(f"cannot {action} {where}: {type(error).__name__}: {error}")
+        if not isinstance(error, ClientError):  # botocore quotes the endpoint URL, which may embed a password
+            return StorageError(f"cannot {action} {where}: {type(error).__name__}: {_without_userinfo(str(error))}")
         code = error.response.get("Error", {}).get("Code", "")
         if code == "InvalidObjectState":
             return ArchivedObjectError(
@@ -355,7 +366,7 @@ class S3Storage(Storage):
             "InvalidAccessKeyId": "the access key id is not known to this S3 service",
             "SignatureDoesNotMatch": "the secret key does not match the access key id",
         }.get(code, f"{code}: {error.response.get('Error', {}).get('Message', '')}")
-        return StorageError(f"cannot {action} {where}: {reason}")
+        return StorageError(f"cannot {action} {where}: {_without_userinfo(reason)}")
 
     def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)

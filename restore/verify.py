@@ -23,13 +23,13 @@ _OWN_PREFIXES = (f"{MANIFEST_ROOT}/", "_report/")
 _OWN_KEYS = ("report.html",)
 
 
-FRAME_PROBLEMS = ("missing_output", "checksum", "provenance", "missing_mask")  # what `restore run --repair` redoes
+FRAME_PROBLEMS = ("missing_output", "checksum", "provenance", "missing_mask", "mask_checksum")  # `run --repair` redoes
 
 
 @dataclass
 class Problem:
     key: str  # the input key of the frame, or the object's key for an unknown object
-    kind: str  # missing_output | checksum | provenance | missing_mask | unknown_object | no_manifest
+    kind: str  # missing_output | checksum | provenance | missing_mask | mask_checksum | unknown_object | no_manifest
     detail: str
 
     def as_dict(self) -> dict:
@@ -71,7 +71,7 @@ def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: 
         return report
     rows = latest_rows(table)
     report.frames = len(rows)
-    report.failed = [(row["input_key"], row["error"]) for row in rows if row["status"] == "failed"]
+    report.failed = [(row["input_key"], row["error"]) for row in rows if row["status"] in ("failed", "skipped")]
     ok_rows = [row for row in rows if row["status"] == "ok"]
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for problems in pool.map(lambda row: check_row(storage, row), ok_rows):
@@ -82,12 +82,27 @@ def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: 
     return report
 
 
+def _mask_problems(storage: Storage, row: dict) -> list[Problem]:
+    key, mask_key = row["input_key"], row["mask_key"]
+    if not row["mask_sha256"]:
+        return [] if storage.head(mask_key) is not None else [Problem(key, "missing_mask", f"mask {mask_key!r} is missing")]
+    try:
+        digest = hashlib.sha256(storage.get(mask_key)).hexdigest()
+    except StorageError as error:
+        return [Problem(key, "missing_mask", f"mask {mask_key!r}: {error}")]
+    if digest != row["mask_sha256"]:
+        return [Problem(key, "mask_checksum", f"mask {mask_key!r} has sha256 {digest}, "
+                                              f"the manifest records {row['mask_sha256']}")]
+    return []
+
+
 def check_row(storage: Storage, row: dict) -> list[Problem]:
-    """The problems of one `ok` row: its output's presence, checksum and provenance, and its mask's presence."""
+    """The problems of one `ok` row: its output's presence, checksum and provenance, and its mask's presence and
+    checksum (rows from before the mask's sha256 was recorded: presence only)."""
     key = row["input_key"]
     problems = []
-    if row["mask_key"] and storage.head(row["mask_key"]) is None:
-        problems.append(Problem(key, "missing_mask", f"mask {row['mask_key']!r} is missing"))
+    if row["mask_key"]:
+        problems += _mask_problems(storage, row)
     try:
         data = storage.get(row["output_key"])
     except StorageError as error:

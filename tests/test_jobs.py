@@ -200,21 +200,29 @@ def test_s3_job_reads_and_writes_buckets_with_manifests_on_s3(s3_endpoint, ray_s
         client.put_object(Bucket="archive-in", Key=f"scans/box 1/p{index}.png", Body=png_bytes(scene(index)))
         client.put_object(Bucket="archive-in", Key=f"scans/box 1/masks/p{index}.png", Body=png_bytes(box_mask()))
     client.put_object(Bucket="archive-in", Key="scans/box 1/bad.png", Body=b"\x89PNG broken")
-    raw = job(tmp_path, input="s3://archive-in/scans", output="s3://archive-out/restored", endpoint_url=s3_endpoint)
+    client.put_object(Bucket="archive-in", Key="scans/box 1/cold.png", Body=png_bytes(scene(5)), StorageClass="GLACIER")
+    raw = job(tmp_path, input="s3://archive-in/scans", output="s3://archive-out/restored", endpoint_url=s3_endpoint,
+              max_attempts=1)
 
     result = run(raw)
 
-    assert result.counts == {"ok": 3, "failed": 1}
+    assert result.counts == {"ok": 3, "failed": 1, "skipped": 1}  # the archived frame waits, no fault of its own
+    assert client.head_object(Bucket="archive-out", Key="restored/box 1/p0.png")["ContentType"] == "image/png"
+    [cold] = [row for row in read_manifests(open_storage("s3://archive-out/restored", s3_endpoint), "t").to_pylist()
+              if row["status"] == "skipped"]
+    assert cold["input_key"] == "box 1/cold.png" and "archival storage class" in cold["error"]
+
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="archive-out", Prefix="restored/")["Contents"]}
     assert {f"restored/box 1/p{i}.png" for i in range(3)} <= keys
     assert any(k.startswith("restored/_manifests/t/") and k.endswith(".parquet") for k in keys)
     table = read_manifests(open_storage("s3://archive-out/restored", s3_endpoint), "t")
-    assert sorted(table["status"].to_pylist()) == ["failed", "ok", "ok", "ok"]
+    assert sorted(table["status"].to_pylist()) == ["failed", "ok", "ok", "ok", "skipped"]
     ok_rows = [row for row in table.to_pylist() if row["status"] == "ok"]
     assert all(row["input_etag"] and row["input_version_id"] for row in ok_rows)  # exactly which version was read
     restored = np.asarray(Image.open(io.BytesIO(client.get_object(Bucket="archive-out", Key="restored/box 1/p0.png")["Body"].read())))
     assert np.array_equal(restored[box_mask() == 0], scene(0)[box_mask() == 0])
-    assert run(raw).planned == 1  # only the broken one again
+    again = run(raw)  # max_attempts 1: the broken frame is given up, the archived one is tried again
+    assert again.planned == 1 and again.counts == {"skipped": 1}
 
 
 def test_output_inside_input_is_refused_before_any_work(tmp_path, ray_session):
@@ -293,34 +301,37 @@ def test_worker_pool_larger_than_the_cluster_is_refused_before_any_work(tmp_path
 def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, capsys):
     import json
 
-    write_collection(tmp_path / "in", 2)
+    write_collection(tmp_path / "in", 3)
     (tmp_path / "in" / "bad.png").write_bytes(b"not a png")
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(job(tmp_path)))
     assert restore_main(["run", str(spec_file), "--quiet", "--json", str(tmp_path / "run.json")]) == 1  # a frame failed
     run_summary = json.loads((tmp_path / "run.json").read_text())
-    assert run_summary["counts"] == {"ok": 2, "failed": 1}
+    assert run_summary["counts"] == {"ok": 3, "failed": 1}
     assert (tmp_path / "out" / "report.html").is_file()
 
     assert restore_main(["status", str(tmp_path / "out"), "--job", "t", "--json", str(tmp_path / "status.json")]) == 1
     status = json.loads((tmp_path / "status.json").read_text())
-    assert status["by_status"] == {"ok": 2, "failed": 1}
+    assert status["by_status"] == {"ok": 3, "failed": 1}
     assert status["failures"][0]["input_key"] == "bad.png"
     assert restore_main(["status", str(tmp_path / "out"), "--job", "tt"]) == 2  # a mistyped job is no "all well"
     assert restore_main(["status", str(spec_file), "--job", "other"]) == 2
     assert "no manifests under" in capsys.readouterr().err
 
     assert restore_main(["verify", str(spec_file), "--json", str(tmp_path / "verify.json")]) == 0
-    assert json.loads((tmp_path / "verify.json").read_text())["verified"] == 2
+    assert json.loads((tmp_path / "verify.json").read_text())["verified"] == 3
     (tmp_path / "out" / "reel" / "f000.png").write_bytes(png_bytes(scene(99)))  # tampered output
     (tmp_path / "out" / "reel" / "f001.png").unlink()  # lost output
+    (tmp_path / "out" / "_masks" / "reel" / "f002.png.png").write_bytes(png_bytes(np.zeros((48, 64), np.uint8)))
     assert restore_main(["verify", str(spec_file)]) == 1
-    assert "checksum" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "checksum reel/f000.png" in printed and "mask_checksum reel/f002.png" in printed  # the audit mask too
     assert restore_main(["run", str(spec_file), "--quiet"]) == 1  # a plain rerun trusts the manifests
     assert restore_main(["run", str(spec_file), "--dry-run", "--repair", "--json", str(tmp_path / "dry.json")]) == 0
-    assert json.loads((tmp_path / "dry.json").read_text())["repairing"] == ["reel/f000.png", "reel/f001.png"]
+    repairing = ["reel/f000.png", "reel/f001.png", "reel/f002.png"]
+    assert json.loads((tmp_path / "dry.json").read_text())["repairing"] == repairing
     assert restore_main(["run", str(spec_file), "--quiet", "--repair", "--json", str(tmp_path / "fix.json")]) == 1
-    assert json.loads((tmp_path / "fix.json").read_text())["repairing"] == ["reel/f000.png", "reel/f001.png"]
+    assert json.loads((tmp_path / "fix.json").read_text())["repairing"] == repairing
     assert restore_main(["verify", str(spec_file)]) == 0
 
 
@@ -421,6 +432,27 @@ def test_compaction_keeps_what_resume_needs_without_rewriting_parts(tmp_path, ra
 
 def after_etag(tmp_path) -> str:
     return open_storage(str(tmp_path / "in")).head("broken.png").etag
+
+
+def test_a_manifest_part_that_cannot_be_read_is_named(tmp_path):
+    from restore.storage import StorageError
+
+    (tmp_path / "_manifests" / "j" / "r1").mkdir(parents=True)
+    (tmp_path / "_manifests" / "j" / "r1" / "part-00000.parquet").write_bytes(b"not parquet")
+    with pytest.raises(StorageError, match="manifest part .*_manifests/j/r1/part-00000.parquet cannot be read"):
+        read_manifests(open_storage(str(tmp_path)), "j")
+
+
+def test_masks_uri_written_out_as_the_input_is_the_input(s3_endpoint, tmp_path):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="same-in")
+    for key in ("reel/f0.png", "reel/masks/f0.png"):
+        client.put_object(Bucket="same-in", Key=key, Body=png_bytes(box_mask()))
+    raw = job(tmp_path, input="s3://same-in/reel", endpoint_url=s3_endpoint, masks={"uri": "s3://same-in/reel/"})
+    _, plan = prepare(parse_spec(raw))
+    assert [task["input_key"] for task in plan.tasks] == ["f0.png"]  # its mask is not a frame
 
 
 def test_manifests_from_before_a_column_existed_still_read(tmp_path):

@@ -209,6 +209,16 @@ def test_s3_missing_bucket_is_a_clear_error_without_credentials(s3_endpoint):
         assert os.environ["AWS_ACCESS_KEY_ID"] not in str(error)
 
 
+def test_an_endpoint_password_never_appears_in_an_s3_error():
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+    storage = S3Storage("bucket", "in", endpoint_url="http://labuser:S3cr3tPw@127.0.0.1:9")
+    for error in (ReadTimeoutError(endpoint_url="http://labuser:S3cr3tPw@127.0.0.1:9/bucket/in/a.png"),
+                  ConnectTimeoutError(endpoint_url="http://labuser:S3cr3tPw@127.0.0.1:9/bucket/in/a.png")):
+        message = str(storage._error("read", "a.png", error))
+        assert "S3cr3tPw" not in message and "labuser" not in message and "127.0.0.1:9/bucket/in/a.png" in message
+
+
 def test_s3_versioned_bucket_reports_version_ids(s3_endpoint, s3_bucket):
     boto3.client("s3", endpoint_url=s3_endpoint).put_bucket_versioning(
         Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"}
