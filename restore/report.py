@@ -277,7 +277,8 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
               "failed" if status.get("failed") else ""),
     ]
     if status.get("skipped"):
-        cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped", "waiting in archival storage", "skipped"))
+        cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped", "waiting in archival storage",
+                           "skipped"))
     cards.append(_card("Frames with damage masked", f"{len(masked):,}", "count-masked",
                        f"mean masked area {100 * sum(masked) / len(masked):.2f} %" if masked else "none masked"))
     if runs:
