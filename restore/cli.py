@@ -184,7 +184,7 @@ def cmd_status(args) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.by_status.items()))
     print(f"job {job}: {summary.total} frames: {counts} ({summary.runs} runs, last {summary.last_run})")
     for key, error in summary.failures[: args.show]:
-        print(f"  failed {key}: {error}")
+        print(f"  not restored {key}: {error}")
     _write_json(args.json, {"job": job, "output": output, **summary.as_dict()})
     return EXIT_FRAMES_FAILED if summary.failures else EXIT_OK
 
@@ -471,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(stop, SystemExit) and stop.code != signal.SIGTERM:
             raise
         # not "frames failed" (1): what was committed stays, the lease is given back, and a rerun resumes
-        print(f"\nrestore {args.verb}: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"\nrestore {args.verb}: interrupted; " + ("the submitted run goes on (`restore jobs stop ID` stops it)"
+              if args.verb == "submit" else "run the same command again to resume"), file=sys.stderr)
         return _ended(args, EXIT_INTERRUPTED, "interrupted")
 
 
@@ -482,8 +483,11 @@ def _stop(signum, frame):
 def _ended(args, code: int, reason: str) -> int:
     """A run that ends without its summary still writes its --json, so a scheduler never reads last night's."""
     if args.verb in ("run", "demo") and getattr(args, "json", None):
-        _write_json(args.json, {"spec": getattr(args, "spec", None), "status": "error", "exit_code": code,
-                                "error": reason})
+        try:
+            _write_json(args.json, {"spec": getattr(args, "spec", None), "status": "error", "exit_code": code,
+                                    "error": reason})
+        except OSError as error:  # the --json path itself may be what failed
+            print(f"restore {args.verb}: cannot write {args.json}: {error.strerror or error}", file=sys.stderr)
     return code
 
 

@@ -42,6 +42,7 @@ def make_demo_frames(spec: JobSpec, count: int = 12, seed: int = 0, height: int 
     """Write `count` damaged frames and their masks where the spec reads them; returns how many were written."""
     # Imported here so that clean_scene, which `restore bench --scaling` draws its frames with, needs no storage
     # client: that benchmark then runs on a GPU machine that has torch and OpenCV alone.
+    from .frames import CONTENT_TYPES
     from .pipeline import mask_key_for, put_or_adopt
     from .storage import open_storage
 
@@ -52,6 +53,6 @@ def make_demo_frames(spec: JobSpec, count: int = 12, seed: int = 0, height: int 
         damaged, mask = archive_damage(rng, clean_scene(rng, height, width))
         key = f"reel-01/frame_{index:04d}.png"
         frame = Frame(pixels=damaged, alpha=None, format="PNG", mode="RGB", icc_profile=None, exif=None)
-        put_or_adopt(storage, key, encode_frame(frame, damaged, "png"))
-        put_or_adopt(masks, mask_key_for(spec.masks.pattern, key), encode_mask(mask))
+        put_or_adopt(storage, key, encode_frame(frame, damaged, "png"), CONTENT_TYPES["png"])
+        put_or_adopt(masks, mask_key_for(spec.masks.pattern, key), encode_mask(mask), CONTENT_TYPES["png"])
     return count

@@ -101,7 +101,7 @@ def check_no_overlap(input_uri: str, output_uri: str) -> None:
 
 def _without_userinfo(text: str) -> str:
     """`https://user:password@host/…` → `https://host/…` wherever a URL appears in a message."""
-    return re.sub(r"(?<=//)[^/@\s\"']+@", "", text)
+    return re.sub(r"(?<=//)[^/\s\"']*@", "", text)  # up to the last '@' before the path: a password may hold one
 
 
 def same_location(a: str, b: str) -> bool:

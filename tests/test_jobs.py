@@ -335,6 +335,17 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     assert restore_main(["verify", str(spec_file)]) == 0
 
 
+def test_the_demo_command_makes_its_frames_and_restores_them(tmp_path, ray_session):
+    import json
+
+    spec_file = tmp_path / "demo.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "demo", "input": "frames", "output": "restored",
+                                         "restorer": {"name": "telea"}}))
+    assert restore_main(["demo", str(spec_file), "--frames", "2", "--quiet", "--json", str(tmp_path / "d.json")]) == 0
+    assert json.loads((tmp_path / "d.json").read_text())["counts"] == {"ok": 2}
+    assert len(list((tmp_path / "restored" / "reel-01").glob("frame_*.png"))) == 2
+
+
 def test_an_interrupted_or_stopped_run_says_how_to_resume_exits_130_and_writes_its_json(monkeypatch, capsys,
                                                                                         tmp_path):
     import json
@@ -351,6 +362,8 @@ def test_an_interrupted_or_stopped_run_says_how_to_resume_exits_130_and_writes_i
 
     assert restore_main(["run", str(tmp_path / "missing.yaml"), "--json", str(tmp_path / "error.json")]) == 2
     assert json.loads((tmp_path / "error.json").read_text())["status"] == "error"
+    assert restore_main(["run", str(tmp_path / "missing.yaml"), "--json", str(tmp_path / "no" / "x.json")]) == 2
+    assert "cannot write" in capsys.readouterr().err  # a --json that cannot be written is said, not a traceback
     previous = signal.getsignal(signal.SIGTERM)
     try:
         for command in (stopped, stopped_in_ray):
