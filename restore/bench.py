@@ -446,3 +446,38 @@ def train_speed(config_path: str, steps: int = 16) -> dict:
     result["bf16_speed_up"] = seconds["fp32"] / seconds["bf16"]
     result["loader_workers_to_keep_up"] = math.ceil(prepare_seconds / min(seconds.values()))
     return result
+
+
+def planning(frames: int = 100_000, masked_every: int = 10, part_rows: int = 10_000) -> dict:
+    """A nightly rerun with nothing to do over `frames` restored frames in a local folder, one in `masked_every`
+    with a given mask: seconds to list the input, and to plan (listing, manifests, history, per-frame checks).
+    That is a run's fixed cost before any frame is read. The manifests are parts of `part_rows` rows, as
+    compaction leaves them."""
+    from .manifest import ManifestWriter
+    from .pipeline import mask_key_for, open_job, plan_job
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = parse_spec({"name": "plan", "input": f"{tmp}/in", "output": f"{tmp}/out", "restorer": {"name": "telea"}})
+        keys = [f"reel{index // 1000:04d}/f{index:07d}.png" for index in range(frames)]
+        masked = {key: mask_key_for(spec.masks.pattern, key) for key in keys[::masked_every]}
+        for key in keys + list(masked.values()):
+            path = Path(tmp, "in", key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")  # listing and planning read names, sizes and times only
+        context = open_job(spec)
+        started = time.perf_counter()
+        etags = {info.key: info.etag for info in context.input_storage.list(spec.include)}
+        listing = time.perf_counter() - started
+        rows = [{"job": spec.name, "run_id": context.run_id, "input_key": key, "input_etag": etags[key],
+                 "config_hash": context.config_hash, "status": "ok", "restorer": "telea",
+                 "mask_etag": etags[masked[key]] if key in masked else ""} for key in keys]
+        writer = ManifestWriter(context.output_storage, spec.name, context.run_id)
+        for start in range(0, len(rows), part_rows):
+            writer.commit(rows[start:start + part_rows])
+        started = time.perf_counter()
+        plan = plan_job(context)
+        seconds = time.perf_counter() - started
+    return {"frames": frames, "masked_every": masked_every, "manifest_parts": writer.parts_written,
+            "listing_seconds": round(listing, 3), "plan_seconds": round(seconds, 3),
+            "frames_planned_per_second": round(frames / seconds), "to_process": len(plan.tasks),
+            "already_done": plan.already_done, "machine": platform.machine(), "cpus": os.cpu_count()}

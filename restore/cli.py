@@ -267,6 +267,13 @@ def cmd_bench(args) -> int:
     config = BenchConfig(frames=args.frames, damage=args.damage, restorer=args.restorer, weights=args.weights,
                          workers=args.workers, cpus=args.cpus, batch_size=args.batch_size, s3=not args.no_s3,
                          naive=not args.no_naive, seed=args.seed, **({"sizes": args.size} if args.size else {}))
+    if args.plan:
+        from .bench import planning
+
+        result = planning(frames=args.plan)
+        _write_json(args.json, result)
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
     if args.train:
         from .bench import train_speed
 
@@ -416,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0, help="seed of the generated frames and their damage")
     bench.add_argument("--scaling", action="store_true",
                        help="instead: restorer time per frame against frame size and damaged fraction, and the FLOPs floor")
+    bench.add_argument("--plan", type=int, metavar="FRAMES",
+                       help="instead: seconds to plan a rerun with nothing to do over FRAMES restored frames in a "
+                            "local folder (listing, manifests, per-frame checks), e.g. 100000")
     bench.add_argument("--train", metavar="CONFIG",
                        help="instead: seconds per training step of a `restore train` config, in fp32 and in bf16, "
                             "and the loader processes (`loader_workers`) that keep the device fed")

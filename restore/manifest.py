@@ -198,7 +198,7 @@ def latest_rows(table: pa.Table) -> list[dict]:
 
 @dataclass
 class History:
-    """What resume needs to know of one config's past, computed column-wise so a million rows plan in seconds."""
+    """What resume needs to know of one config's past, computed column-wise (`restore bench --plan` times planning)."""
 
     done: set[tuple[str, str]]  # (input key, ETag) whose newest row is ok, under this config
     failures: dict[tuple[str, str], int]  # (input key, ETag) whose newest row failed → failed attempts so far

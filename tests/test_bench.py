@@ -82,3 +82,11 @@ def test_bench_train_times_a_config_in_both_precisions(tmp_path):
     assert result["device"] == "cpu, 1 threads"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny.yaml", "train.json"]  # no checkpoint written
     assert restore_main(["bench", "--train", str(config), "--steps", "0"]) == 2
+
+
+def test_planning_a_rerun_with_nothing_to_do_finds_nothing_to_do():
+    from restore.bench import planning
+
+    result = planning(frames=300, masked_every=10, part_rows=100)
+    assert (result["to_process"], result["already_done"], result["manifest_parts"]) == (0, 300, 3)
+    assert result["plan_seconds"] > 0 and result["listing_seconds"] > 0
