@@ -451,8 +451,7 @@ def train_speed(config_path: str, steps: int = 16) -> dict:
 def planning(frames: int = 100_000, masked_every: int = 10, part_rows: int = 10_000) -> dict:
     """A nightly rerun with nothing to do over `frames` restored frames in a local folder, one in `masked_every`
     with a given mask: seconds to list the input, and to plan (listing, manifests, history, per-frame checks).
-    That is a run's fixed cost before any frame is read. The manifests are parts of `part_rows` rows, as
-    compaction leaves them."""
+    That is a run's fixed cost before any frame is read. The manifests are parts of `part_rows` rows each."""
     from .manifest import ManifestWriter
     from .pipeline import mask_key_for, open_job, plan_job
 

@@ -48,7 +48,7 @@ class Progress:
 
 
 def cmd_run(args) -> int:
-    from .pipeline import prepare, run
+    from .pipeline import prepare, run, run_summary
     from .report import write_report
     from .spec import load_spec
 
@@ -73,12 +73,8 @@ def cmd_run(args) -> int:
     context, plan, result = run(spec, progress=None if args.quiet else Progress(as_json=args.progress_json),
                                 repair=args.repair)
     counts = result.counts
-    summary = {"job": spec.name, "run_id": result.run_id, "planned": result.planned,
-               "already_done": result.already_done, "given_up": plan.given_up, "repairing": plan.repairing,
-               "counts": counts,
-               "seconds": round(result.seconds, 3), "frames_per_second": round(result.frames_per_second, 3),
-               "output": spec.output, "manifest": f"{spec.output.rstrip('/')}/{result.manifest_prefix}",
-               "config_hash": context.config_hash, "weights_sha256": context.weights_sha256}
+    summary = {**run_summary(context, plan, result),
+               "manifest": f"{spec.output.rstrip('/')}/{result.manifest_prefix}"}
     if args.repair:
         print(f"job {spec.name}: {len(plan.repairing)} frames whose outputs failed verification restored again")
     given_up = f" ({len(plan.given_up)} left failed after {spec.max_attempts} attempts)" if plan.given_up else ""
@@ -96,8 +92,7 @@ def cmd_run(args) -> int:
         if not args.quiet:
             print(f"report: {summary['report']}")
     _write_json(args.json, summary)
-    not_restored = counts.get("failed") or counts.get("skipped") or plan.given_up  # given up is still failed
-    return EXIT_FRAMES_FAILED if not_restored else EXIT_OK
+    return EXIT_FRAMES_FAILED if summary["status"] == "failed" else EXIT_OK
 
 
 def cmd_submit(args) -> int:

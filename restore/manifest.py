@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from .storage import Storage, StorageError
 
 MANIFEST_ROOT = "_manifests"
+NOT_RESTORED = ("failed", "skipped")  # the statuses of a frame whose output is not (or no longer) what it should be
 SNAPSHOTS = "_snapshots"  # compacted snapshots: _manifests/<job>/_snapshots/<run_id>.parquet
 
 MANIFEST_SCHEMA = pa.schema([
@@ -258,7 +259,7 @@ def summarize(table: pa.Table) -> JobSummary:
     return JobSummary(
         total=len(rows),
         by_status=dict(Counter(row["status"] for row in rows)),
-        failures=[(row["input_key"], row["error"]) for row in rows if row["status"] in ("failed", "skipped")],
+        failures=[(row["input_key"], row["error"]) for row in rows if row["status"] in NOT_RESTORED],
         runs=len(runs),
         last_run=runs[-1] if runs else None,
     )

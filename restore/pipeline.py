@@ -32,7 +32,7 @@ from . import __version__
 from .film import FilmFrame
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, decode_frame, decode_mask, encode_frame,
                      encode_mask, extension_for)
-from .manifest import (MANIFEST_SCHEMA, ManifestWriter, compact, history, is_video, new_run_id,
+from .manifest import (MANIFEST_SCHEMA, NOT_RESTORED, ManifestWriter, compact, history, is_video, new_run_id,
                        parts_since_snapshot, provenance_id, read_manifests, run_prefix, split_frame_key,
                        video_frame_key)
 from .restorers import RestorerError, build_restorer, check_weights
@@ -854,11 +854,13 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
 
 
 def run_summary(context: JobContext, plan: Plan, result: RunResult) -> dict:
+    """What a run did, for `_summary.json` and `restore run --json`; `status` is failed while any frame is not
+    restored (failed or skipped in this run, or given up before it)."""
+    not_restored = any(result.counts.get(status) for status in NOT_RESTORED) or plan.given_up
     return {
-        "job": context.spec.name, "run_id": result.run_id,
-        "status": "failed" if result.counts.get("failed") or result.counts.get("skipped") or plan.given_up else "ok",
+        "job": context.spec.name, "run_id": result.run_id, "status": "failed" if not_restored else "ok",
         "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
-        "counts": result.counts, "seconds": round(result.seconds, 3),
+        "repairing": plan.repairing, "counts": result.counts, "seconds": round(result.seconds, 3),
         "frames_per_second": round(result.frames_per_second, 3), "input": context.spec.input,
         "output": context.spec.output, "restorer": context.spec.restorer.name,
         "weights_sha256": context.weights_sha256, "config_hash": context.config_hash,

@@ -13,7 +13,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .manifest import MANIFEST_ROOT, latest_rows, provenance_id, read_manifests
+from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests
 from .storage import Storage, StorageError, open_storage
 
 PROVENANCE_KEY = "restore:provenance"
@@ -71,7 +71,7 @@ def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: 
         return report
     rows = latest_rows(table)
     report.frames = len(rows)
-    report.failed = [(row["input_key"], row["error"]) for row in rows if row["status"] in ("failed", "skipped")]
+    report.failed = [(row["input_key"], row["error"]) for row in rows if row["status"] in NOT_RESTORED]
     ok_rows = [row for row in rows if row["status"] == "ok"]
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for problems in pool.map(lambda row: check_row(storage, row), ok_rows):

@@ -89,4 +89,3 @@ def test_planning_a_rerun_with_nothing_to_do_finds_nothing_to_do():
 
     result = planning(frames=300, masked_every=10, part_rows=100)
     assert (result["to_process"], result["already_done"], result["manifest_parts"]) == (0, 300, 3)
-    assert result["plan_seconds"] > 0 and result["listing_seconds"] > 0
