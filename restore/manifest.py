@@ -142,6 +142,12 @@ def _part_run_id(key: str, job: str) -> str:
     return key[len(f"{MANIFEST_ROOT}/{job}/"):].split("/", 1)[0]
 
 
+def jobs_in(storage: Storage) -> list[str]:
+    """The names of the jobs that keep manifests (or a lease) in this output."""
+    return sorted({info.key.split("/")[1] for info in storage.list(prefix=f"{MANIFEST_ROOT}/")
+                   if info.key.count("/") >= 2})
+
+
 def read_manifests(storage: Storage, job: str) -> pa.Table:
     """What a job's manifests say: the newest snapshot plus every part committed after it (all parts if none).
 

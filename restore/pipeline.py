@@ -32,9 +32,9 @@ from . import __version__
 from .film import FilmFrame
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, decode_frame, decode_mask, encode_frame,
                      encode_mask, extension_for)
-from .manifest import (MANIFEST_SCHEMA, NOT_RESTORED, ManifestWriter, compact, history, is_video, new_run_id,
-                       parts_since_snapshot, provenance_id, read_manifests, run_prefix, split_frame_key,
-                       video_frame_key)
+from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, ManifestWriter, compact, history, is_video,
+                       jobs_in, new_run_id, parts_since_snapshot, provenance_id, read_manifests, run_prefix,
+                       split_frame_key, video_frame_key)
 from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
 from .storage import (ArchivedObjectError, LocalStorage, ObjectInfo, Storage, StorageError, check_no_overlap,
@@ -194,10 +194,22 @@ def neighbour_keys(keys: list[str], window: int) -> dict[str, list[str]]:
     return neighbours
 
 
+def check_output_is_the_jobs(output_storage: Storage, job: str) -> None:
+    """One output, one job: two jobs in one output would overwrite each other's `report.html`, list each other's
+    frames as unknown in `verify`, and could write one output key from two inputs that no plan sees together."""
+    others = [name for name in jobs_in(output_storage) if name != job]
+    if others:
+        raise JobError(
+            f"output: {output_storage.uri} holds the manifests of job(s) {', '.join(map(repr, others))}, and each job "
+            "needs an output of its own, beside the others rather than inside them; if this job was renamed, go "
+            f"back to its old name or move {MANIFEST_ROOT}/{others[0]}/ to {MANIFEST_ROOT}/{job}/")
+
+
 def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
     check_no_overlap(spec.input, spec.output)
     input_storage = open_storage(spec.input, spec.endpoint_url)
     output_storage = open_storage(spec.output, spec.endpoint_url)
+    check_output_is_the_jobs(output_storage, spec.name)
     mask_uri = spec.masks.uri or spec.input
     mask_storage = input_storage if same_location(mask_uri, spec.input) else open_storage(mask_uri, spec.endpoint_url)
     return input_storage, output_storage, mask_storage

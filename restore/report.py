@@ -27,7 +27,7 @@ import yaml
 from PIL import Image
 
 from .frames import FrameError, decode_frame, decode_mask
-from .manifest import MANIFEST_ROOT, latest_rows, read_manifests, summarize
+from .manifest import jobs_in, latest_rows, read_manifests, summarize
 from .spec import JobSpec, parse_spec
 from .storage import Storage, StorageError, open_storage
 
@@ -69,8 +69,7 @@ def rebuild_report(output: str, job: str | None = None, endpoint_url: str | None
     """Rebuild the report in `output` from the spec the last report saved; `job` may be omitted when it is alone."""
     output_storage = open_storage(output, endpoint_url)
     if job is None:
-        parts = output_storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/")
-        jobs = sorted({info.key.split("/")[1] for info in parts})
+        jobs = jobs_in(output_storage)
         if len(jobs) != 1:
             raise ReportError(f"{output} holds manifests of {len(jobs)} jobs ({', '.join(jobs) or 'none'}): name one")
         job = jobs[0]

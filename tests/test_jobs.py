@@ -298,6 +298,20 @@ def test_worker_pool_larger_than_the_cluster_is_refused_before_any_work(tmp_path
     assert not (tmp_path / "out" / "_manifests").exists()
 
 
+def test_a_second_job_is_refused_an_output_that_holds_another_jobs_manifests(tmp_path, ray_session):
+    from restore.pipeline import JobError
+
+    write_collection(tmp_path / "in", 2)
+    write_collection(tmp_path / "in2", 1)
+    assert run(job(tmp_path, name="reel-1")).counts == {"ok": 2}
+    before = tree_digest(tmp_path / "out")
+    with pytest.raises(JobError, match="holds the manifests of job\\(s\\) 'reel-1'.*_manifests/reel-1/ to "
+                                       "_manifests/reel-2/"):
+        run(job(tmp_path, name="reel-2", input=str(tmp_path / "in2")))
+    assert tree_digest(tmp_path / "out") == before  # nothing of the first job's was touched
+    assert run(job(tmp_path, name="reel-1")).counts == {}  # its own job still runs there: nothing left to do
+
+
 def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, capsys):
     import json
 
