@@ -206,13 +206,14 @@ def cmd_eval(args) -> int:
     for name, classes in result["methods"].items():
         holes = ", ".join(f"{cls} {m['psnr_hole']:.2f}" for cls, m in classes.items())
         print(f"{name}: hole PSNR (dB) {holes}")
-    return EXIT_OK
+    return EXIT_FRAMES_FAILED if result["skipped"] else EXIT_OK  # a comparison that lacks a method asked for
 
 
 def cmd_train(args) -> int:
     from .train import load_train_config, train
 
-    config = load_train_config(args.config, data=args.data, out_dir=args.out, init_weights=args.init_weights,
+    config = load_train_config(args.config, data=args.data, out_dir=args.out, endpoint_url=args.endpoint_url,
+                               init_weights=args.init_weights,
                                max_steps=args.max_steps, max_minutes=args.max_minutes, threads=args.threads,
                                device=args.device, precision=args.precision)
     out_dir = train(config, resume=not args.fresh, ray_workers=args.workers)
@@ -362,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .spec import RESTORERS
 
     evaluation = verbs.add_parser("eval", help="inpainting quality on clean images: GAN vs classical, per mask class")
-    evaluation.add_argument("--data", required=True, help="folder of clean PNG/JPEG images (searched recursively)")
+    evaluation.add_argument("--data", required=True, help="clean images, searched recursively: a folder or "
+                            "s3://bucket/prefix")
     evaluation.add_argument("--json", required=True, metavar="OUT", help="write the results as JSON to OUT")
     evaluation.add_argument("--methods", nargs="+", default=list(RESTORERS), choices=RESTORERS)
     evaluation.add_argument("--classes", nargs="+", default=list(CLASSES), choices=CLASSES)
@@ -378,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .spec import DETECTOR_NAMES
 
     detection = verbs.add_parser("eval-detect", help="damage detection quality: precision, recall, F1, IoU per kind")
-    detection.add_argument("--data", required=True, help="folder of clean PNG/JPEG images")
+    detection.add_argument("--data", required=True, help="clean images, searched recursively: a folder or "
+                           "s3://bucket/prefix")
     detection.add_argument("--json", required=True, metavar="OUT", help="write the results as JSON to OUT")
     detection.add_argument("--overlays", help="folder of RGBA damage overlays (alpha = damage) to blend in too")
     detection.add_argument("--detectors", nargs="+", choices=DETECTOR_NAMES,
@@ -390,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     detector_training = verbs.add_parser(
         "train-detector", help="train the learned damage detector on synthetic damage over your own clean images")
-    detector_training.add_argument("--data", required=True, help="local folder of clean images (searched recursively)")
+    detector_training.add_argument("--data", required=True, help="clean images, searched recursively: a folder or "
+                                   "s3://bucket/prefix")
     detector_training.add_argument("--out", required=True, help="weights file to write, e.g. my-detector.pt")
     detector_training.add_argument("--overlays", help="folder of RGBA damage overlays (alpha = damage) to blend in too")
     detector_training.add_argument("--init", help="start from these detector weights (fine-tune), e.g. the shipped ones")
@@ -430,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     training = verbs.add_parser("train", help="train the GAN inpainting generator (resumes from the last checkpoint)")
     training.add_argument("config", help="training config (YAML), e.g. restore/configs/gan-cpu.yaml")
-    training.add_argument("--data", help="folder of clean training images (overrides the config)")
+    training.add_argument("--data", help="clean training images, searched recursively: a local folder or "
+                          "s3://bucket/prefix (overrides the config)")
+    training.add_argument("--endpoint-url", help="S3-compatible endpoint for --data (MinIO, Ceph, ...)")
     training.add_argument("--out", help="checkpoint folder, outside the repository (overrides the config)")
     training.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     training.add_argument("--init-weights", help="start the generator from these weights, with a fresh discriminator; "

@@ -17,7 +17,6 @@ the same damaged inputs and masks. Scores are per image, then averaged over the 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -28,12 +27,12 @@ import numpy as np
 from PIL import Image
 
 from .damage import MASK_CLASSES, archive_damage, hole_mask
+from .images import list_images, read_rgb8, seeded_rng
 from .restorers import build_restorer
 from .spec import RESTORERS, RestorerSettings
 
 CLASSES = MASK_CLASSES + ("archive",)
 METRICS = ("psnr_hole", "ssim", "psnr", "seconds_per_mp", "texture")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PSNR_CAP = 100.0  # dB; a hole filled exactly (a flat white page) would otherwise make a class mean infinite
 HOLE_VALUE = 255  # hole pixels of the restorers' input: none of them may see the ground truth there
 GRID_IMAGES = 2  # sample images per class in the PNG grid
@@ -91,42 +90,23 @@ def texture(result_energy: float, truth_energy: float) -> float:
 
 # ---- inputs ----
 
-def find_images(data_dir: str | Path) -> list[Path]:
-    """PNG and JPEG files under `data_dir`, recursively, in a stable (sorted) order."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise ValueError(f"evaluation data: {root} is not a directory")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"evaluation data: no PNG or JPEG images under {root}")
-    return paths
-
-
-def load_crop(path: Path, crop: int) -> tuple[np.ndarray, bool]:
-    """(centre `crop`×`crop` as RGB uint8, whether it was scaled up): a shorter image is enlarged (bicubic) first."""
-    with Image.open(path) as image:
-        if image.mode.startswith("I"):  # 16-bit greyscale PNG: keep its full range, in 8 bits
-            image = Image.fromarray((np.asarray(image, np.float64) / 257).round().clip(0, 255).astype(np.uint8))
-        image = image.convert("RGB")
-        short = min(image.size)
-        upscaled = short < crop
-        if upscaled:
-            factor = crop / short
-            image = image.resize((max(crop, round(image.width * factor)), max(crop, round(image.height * factor))),
+def centre_crop(image: np.ndarray, crop: int) -> tuple[np.ndarray, bool]:
+    """(centre `crop`×`crop` of an 8-bit RGB image, whether it was scaled up): a shorter image is enlarged
+    (bicubic) first."""
+    picture = Image.fromarray(image)
+    short = min(picture.size)
+    upscaled = short < crop
+    if upscaled:
+        factor = crop / short
+        picture = picture.resize((max(crop, round(picture.width * factor)), max(crop, round(picture.height * factor))),
                                  Image.Resampling.BICUBIC)
-        left, top = (image.width - crop) // 2, (image.height - crop) // 2
-        return np.asarray(image.crop((left, top, left + crop, top + crop)), np.uint8).copy(), upscaled
-
-
-def damage_seed(seed: int, name: str, kind: str) -> int:
-    """A seed for one (image, class): stable across runs, machines and Python versions (no `hash()`)."""
-    digest = hashlib.sha256(f"{seed}\0{name}\0{kind}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+    left, top = (picture.width - crop) // 2, (picture.height - crop) // 2
+    return np.asarray(picture.crop((left, top, left + crop, top + crop)), np.uint8).copy(), upscaled
 
 
 def damage(clean: np.ndarray, name: str, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(damaged input, bool mask) for one crop and class; hole pixels are overwritten so nothing can leak."""
-    rng = np.random.default_rng(damage_seed(seed, name, kind))
+    rng = seeded_rng(seed, name, kind)
     if kind == "archive":
         return archive_damage(rng, clean)
     mask = hole_mask(rng, clean.shape[0], clean.shape[1], kind)
@@ -179,10 +159,12 @@ def evaluate(data_dir: str | Path, methods=RESTORERS, classes=CLASSES, crop: int
     _check_choices(methods, classes)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    paths = find_images(data_dir)[:limit]
-    names = [p.relative_to(data_dir).as_posix() for p in paths]
-    warm_input, warm_mask = damage(load_crop(paths[0], crop)[0], names[0], classes[0], seed)
+    storage, names = list_images(str(data_dir))
+    names = names[:limit]
+    warm_input, warm_mask = damage(centre_crop(read_rgb8(storage, names[0]), crop)[0], names[0], classes[0], seed)
     restorers, skipped = _build(methods, weights, threads, warm_input, warm_mask)
+    if not restorers:
+        raise ValueError("no method could run: " + "; ".join(f"{m}: {reason}" for m, reason in skipped.items()))
 
     scores = {m: {c: {"psnr_hole": [], "ssim": [], "psnr": []} for c in classes} for m in restorers}
     detail = {m: {c: [0.0, 0.0] for c in classes} for m in restorers}  # (result, truth) gradient energy sums
@@ -190,8 +172,8 @@ def evaluate(data_dir: str | Path, methods=RESTORERS, classes=CLASSES, crop: int
     hole_fraction = {c: [] for c in classes}
     upscaled, grid_rows = [], []
 
-    for index, (path, name) in enumerate(zip(paths, names)):
-        clean, was_upscaled = load_crop(path, crop)
+    for index, name in enumerate(names):
+        clean, was_upscaled = centre_crop(read_rgb8(storage, name), crop)
         if was_upscaled:
             upscaled.append(name)
         for kind in classes:
@@ -212,7 +194,7 @@ def evaluate(data_dir: str | Path, methods=RESTORERS, classes=CLASSES, crop: int
             if index < GRID_IMAGES:
                 grid_rows.append((f"{kind}: {name}", damaged, outputs, clean))
 
-    megapixels = len(paths) * crop * crop / 1e6
+    megapixels = len(names) * crop * crop / 1e6
     table = {}
     for method in restorers:
         table[method] = {}
@@ -225,7 +207,7 @@ def evaluate(data_dir: str | Path, methods=RESTORERS, classes=CLASSES, crop: int
     gan = restorers.get("gan")
     result = {
         "data": str(data_dir),
-        "images": len(paths),
+        "images": len(names),
         "crop": crop,
         "seed": seed,
         "classes": list(classes),

@@ -16,65 +16,18 @@ mask borders, on the raw masks (no dilation):
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from .damage import ARCHIVE_KINDS
 from .detect import DETECTORS, Detector, build_detector
-from .detect.synthetic import film_scan
+from .detect.scoring import match_counts, scores
+from .detect.synthetic import OVERLAYS, panning_frames
+from .images import list_images, read_rgb8, seeded_rng
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-OVERLAYS = "overlays"
-PAN = 4  # largest shift in pixels between neighbouring frames
-_TOLERANCE = np.ones((3, 3), np.uint8)  # 1-pixel tolerance, 8-connected
-
-
-def _rng(seed: int, *parts: str) -> np.random.Generator:
-    digest = hashlib.sha256("\0".join([str(seed), *parts]).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-
-def _counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """[flagged, flagged within tolerance, damage, damage within tolerance] for one frame."""
-    near_truth = cv2.dilate(truth.astype(np.uint8), _TOLERANCE).astype(bool)
-    near_pred = cv2.dilate(pred.astype(np.uint8), _TOLERANCE).astype(bool)
-    return np.array([pred.sum(), (pred & near_truth).sum(), truth.sum(), (truth & near_pred).sum()], np.int64)
-
-
-def scores(counts: np.ndarray) -> dict[str, float]:
-    """precision, recall, f1, iou from pooled `_counts`."""
-    flagged, flagged_ok, damage, damage_found = (int(c) for c in counts)
-    precision = flagged_ok / flagged if flagged else 1.0
-    recall = damage_found / damage if damage else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    iou = damage_found / (damage + flagged - flagged_ok) if damage + flagged - flagged_ok else 1.0
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "iou": round(iou, 4)}
-
-
-def _load(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image {path}")
-    return np.ascontiguousarray(bgr[..., ::-1])
-
-
-def _frames(rng: np.random.Generator, image: np.ndarray, crop: int, kinds: tuple[str, ...],
-            overlay_dir: str | None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """(damaged frame, its mask, [previous, next] damaged neighbours) around the centre crop."""
-    height, width = image.shape[:2]
-    h, w = min(crop, height - 2 * PAN), min(crop, width - 2 * PAN)
-    y, x = (height - h) // 2, (width - w) // 2
-    damaged, _, mask = film_scan(rng, image[y:y + h, x:x + w], kinds, overlay_dir)
-    neighbours = []
-    for _ in range(2):
-        dy, dx = (int(v) for v in rng.integers(-PAN, PAN + 1, 2))
-        neighbours.append(film_scan(rng, image[y + dy:y + dy + h, x + dx:x + dx + w], kinds, overlay_dir)[0])
-    return damaged, mask, neighbours
 
 
 def default_detectors() -> tuple[str, ...]:
@@ -93,9 +46,8 @@ def evaluate_detect(data_dir: str | Path, detectors: Sequence[str | Detector] | 
     Returns {"settings": {...}, "detectors": {name: {"overall": scores, kind: scores, ...,
     "clean": {"flagged_fraction": f}, "seconds_per_mp": s}}}.
     """
-    paths = sorted(p for p in Path(data_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {data_dir}")
+    storage, names = list_images(str(data_dir))
+    names = names[:limit]
     built = [build_detector(d, **({"weights": weights} if d == "learned" and weights else {}))
              if isinstance(d, str) else d for d in (default_detectors() if detectors is None else detectors)]
     kinds = ARCHIVE_KINDS + ((OVERLAYS,) if overlay_dir is not None else ())
@@ -104,23 +56,23 @@ def evaluate_detect(data_dir: str | Path, detectors: Sequence[str | Detector] | 
     clean_flagged = {d.name: 0 for d in built}
     seconds = {d.name: 0.0 for d in built}
     clean_pixels = 0
-    for path in paths:
-        image = _load(path)
-        name = str(path.relative_to(data_dir))
+    for name in names:
+        image = read_rgb8(storage, name)
         for kind in kinds:
             damage = ((), overlay_dir) if kind == OVERLAYS else ((kind,), None)
-            damaged, mask, neighbours = _frames(_rng(seed, name, kind), image, crop, *damage)
+            damaged, mask, neighbours = panning_frames(seeded_rng(seed, name, kind), image, crop, *damage)
             for detector in built:
                 start = time.perf_counter()
                 pred = detector(damaged, neighbours, n_previous=1)
                 seconds[detector.name] += time.perf_counter() - start
-                counts[detector.name][kind] += _counts(pred, mask)
-        clean, _, clean_neighbours = _frames(_rng(seed, name, "clean"), image, crop, (), None)  # no damage at all
+                counts[detector.name][kind] += match_counts(pred, mask)
+        clean_rng = seeded_rng(seed, name, "clean")
+        clean, _, clean_neighbours = panning_frames(clean_rng, image, crop, (), None)  # no damage at all
         clean_pixels += clean.shape[0] * clean.shape[1]
         for detector in built:
             clean_flagged[detector.name] += int(detector(clean, clean_neighbours, n_previous=1).sum())
     megapixels = len(kinds) * clean_pixels / 1e6
-    result = {"settings": {"data": Path(data_dir).name, "images": len(paths), "crop": crop, "seed": seed,
+    result = {"settings": {"data": Path(data_dir).name, "images": len(names), "crop": crop, "seed": seed,
                            "kinds": list(kinds),
                            "weights_sha256": {d.name: d.info["sha256"] for d in built if d.name == "learned"}},
               "detectors": {}}

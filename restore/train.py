@@ -19,17 +19,16 @@ import cv2
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 
 from restore.damage import MASK_CLASSES, archive_damage, hole_mask
 from restore.evaluate import gradient_energy, psnr, texture
+from restore.images import split_images
 from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
 from restore.models.losses import LossConfig, discriminator_loss, generator_loss
 from restore.models.weights import load_generator, save_generator
 from restore.restorers import classical_fill
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MASK_SOURCES = MASK_CLASSES + ("archive",)  # what a training mask can be drawn from
 VAL_CROP = 256
 PRECISIONS = ("fp32", "bf16")
@@ -37,8 +36,9 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass
 class TrainConfig:
-    data: str  # folder of clean training images, searched recursively
+    data: str  # clean training images, searched recursively: a local folder or s3://bucket/prefix
     out_dir: str  # checkpoints, logs and plots; keep it outside the repository
+    endpoint_url: str | None = None  # S3-compatible endpoint for `data` (credentials as for jobs)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -103,9 +103,9 @@ def load_train_config(path: str | os.PathLike, **overrides) -> TrainConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("data", "out_dir"):
+    for key, flag in (("data", "--data"), ("out_dir", "--out")):
         if key not in raw:
-            raise ValueError(f"{path}: missing required key {key!r}")
+            raise ValueError(f"{path}: no {key!r}: give `{flag}` (or set {key} in the file)")
     nested = {"generator": GeneratorConfig, "discriminator": DiscriminatorConfig, "loss": LossConfig}
     for key, cls in nested.items():
         raw[key] = _build(cls, raw.get(key) or {}, f"{path}: {key}")
@@ -113,33 +113,6 @@ def load_train_config(path: str | os.PathLike, **overrides) -> TrainConfig:
 
 
 # ---- data ----
-
-def _list_images(folder: str) -> list[Path]:
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"training data folder not found: {folder}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-    return files
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
-
-
-def split_images(folder: str, val_images: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(train, val) decoded images; every k-th file (sorted by path) is held out, so the split is stable."""
-    files = _list_images(folder)
-    if len(files) <= val_images:
-        raise ValueError(f"{folder}: {len(files)} images, need more than val_images={val_images}")
-    stride = len(files) / max(1, val_images)
-    val_idx = {int(i * stride) for i in range(val_images)}
-    train = [_read_rgb(p) for i, p in enumerate(files) if i not in val_idx]
-    val = [_read_rgb(p) for i, p in enumerate(files) if i in val_idx]
-    return train, val
-
 
 def draw_mask(rng: np.random.Generator, height: int, width: int, source: str, overlays: str | None = None) -> np.ndarray:
     """A bool (H, W) mask from one source: a LaMa class or archive damage."""
@@ -370,7 +343,9 @@ def save_checkpoint(state: State, config: TrainConfig) -> Path:
     return path
 
 
-def _load_checkpoint(state: State, config: TrainConfig, path: Path, device: torch.device) -> None:
+def _load_checkpoint(state: State, config: TrainConfig, path: Path, device: torch.device, rank: int = 0) -> None:
+    """Continue the run saved at `path`. The lead worker wrote it, so the others take fresh random streams of their
+    own (from the seed, their rank and the step) instead of the lead's, which would repeat its batches."""
     payload = torch.load(path, map_location=device, weights_only=True)
     for key, cls in (("generator", GeneratorConfig), ("discriminator", DiscriminatorConfig)):
         trained = dataclasses.asdict(cls(**payload["config"][key]))  # fields added since take their defaults
@@ -389,9 +364,13 @@ def _load_checkpoint(state: State, config: TrainConfig, path: Path, device: torc
     for optimizer, lr in ((state.opt_g, config.lr_g), (state.opt_d, config.lr_d)):
         for group in optimizer.param_groups:
             group["lr"] = lr  # the config's rate, not the one saved: a resumed run may be given a new one
-    state.rng.bit_generator.state = json.loads(payload["numpy_rng"])
-    torch.set_rng_state(payload["torch_rng"].cpu())  # map_location moved it to the training device
     state.step, state.wall_seconds = payload["step"], payload["wall_seconds"]
+    if rank == 0:
+        state.rng.bit_generator.state = json.loads(payload["numpy_rng"])
+        torch.set_rng_state(payload["torch_rng"].cpu())  # map_location moved it to the training device
+    else:
+        state.rng = np.random.default_rng([config.seed, rank, state.step])
+        torch.manual_seed(int(state.rng.integers(2 ** 63)))
     state.started_from = json.loads(payload.get("started_from", "null"))  # absent from checkpoints of older runs
 
 
@@ -511,12 +490,14 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log.jsonl"
-    images, val_images = split_images(config.data, config.val_images)
+    images, val_images = split_images(config.data, config.val_images, config.endpoint_url)
     resuming = resume and checkpoint_path(out_dir).exists()
     state = _new_state(config, rank, device, fresh=not resuming)
     if resuming:
-        _load_checkpoint(state, config, checkpoint_path(out_dir), device)
+        _load_checkpoint(state, config, checkpoint_path(out_dir), device, rank)
     lead = rank == 0
+    if lead and not resuming:
+        log_path.unlink(missing_ok=True)  # a run from step 0 starts its own log, or its curves would overlay older ones
     val = validation_set(val_images, config.overlays) if lead else {}
     telea = score_fills(val, lambda crop, mask: classical_fill(crop, mask, "telea")) if lead else {}
     if lead:
@@ -579,9 +560,12 @@ def _check_replicas(state: State, log_path: Path | None) -> None:
 def _ray_worker_loop(loop_config: dict) -> None:
     """Runs on each Ray Train worker; the process group is already set up by TorchTrainer."""
     import ray.train
+    import ray.train.torch
 
     context = ray.train.get_context()
     config = _config_from_dict(loop_config["config"])
+    if config.device.startswith("cuda"):  # each worker sees every GPU of its machine: take the one Ray gave it
+        config = dataclasses.replace(config, device=str(ray.train.torch.get_device()))
     _run(config, loop_config["resume"], context.get_world_rank(), context.get_world_size())
 
 

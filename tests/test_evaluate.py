@@ -7,7 +7,11 @@ import pytest
 from PIL import Image
 
 import restore.evaluate as evaluation
-from restore.evaluate import (CLASSES, METRICS, PSNR_CAP, damage, evaluate, gradient_energy, load_crop, psnr, ssim,
+from restore.images import read_rgb8, split_images
+from restore.models.weights import file_sha256
+from restore.restorers import SHIPPED_WEIGHTS
+from restore.storage import open_storage
+from restore.evaluate import (CLASSES, METRICS, PSNR_CAP, damage, evaluate, gradient_energy, centre_crop, psnr, ssim,
                               texture, write_json)
 
 CROP = 48
@@ -91,7 +95,11 @@ def test_texture_known_values():
 
 # ---- inputs and damage ----
 
-def test_load_crop_greyscale_upscale_and_16_bit(data_dir, tmp_path):
+def load_crop(path, crop):
+    return centre_crop(read_rgb8(open_storage(str(path.parent)), path.name), crop)
+
+
+def test_evaluation_and_training_images_read_greyscale_small_and_16_bit_alike(data_dir, tmp_path):
     grey, upscaled = load_crop(data_dir / "grey.png", CROP)
     assert grey.shape == (CROP, CROP, 3) and grey.dtype == np.uint8 and not upscaled
     assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
@@ -101,7 +109,15 @@ def test_load_crop_greyscale_upscale_and_16_bit(data_dir, tmp_path):
     deep[:, 25:] = 257 * 100
     Image.fromarray(deep).save(tmp_path / "deep.png")
     pixels, _ = load_crop(tmp_path / "deep.png", CROP)
-    assert pixels[0, 0, 0] == 255 and pixels[0, -1, 0] == 100
+    assert pixels[0, 0, 0] == 255 and pixels[0, -1, 0] == 100  # scaled, not clipped to white
+    (tmp_path / "held").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / "held" / name).write_bytes((tmp_path / "deep.png").read_bytes())
+    kept, held = split_images(str(tmp_path / "held"), 1)  # what `restore train` reads
+    assert len(kept) == 2 and len(held) == 1 and kept[0][0, -1, 0] == 100
+    (tmp_path / "held" / "d.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image .*d.png"):
+        split_images(str(tmp_path / "held"), 1)
 
 
 @pytest.mark.parametrize("kind", CLASSES)
@@ -121,13 +137,12 @@ def test_damage_is_seeded_and_hides_the_hole(data_dir, kind):
 
 def test_evaluate_reports_every_method_class_and_metric(data_dir, tmp_path):
     table, grid = tmp_path / "table.md", tmp_path / "grid.png"
-    result = evaluate(data_dir, methods=("gan", *CLASSICAL), crop=CROP, weights=tmp_path / "missing.pt",
-                      table_md=table, grid_png=grid)
+    result = evaluate(data_dir, methods=("gan", *CLASSICAL), crop=CROP, table_md=table, grid_png=grid)
     assert result["images"] == 4 and result["crop"] == CROP and result["seed"] == 0
     assert result["images_upscaled"] == ["small.png"]
-    assert set(result["methods"]) == set(CLASSICAL)
-    assert "missing.pt" in result["skipped"]["gan"] and result["weights_sha256"] is None
-    for method in CLASSICAL:
+    assert list(result["methods"]) == ["gan", *CLASSICAL] and result["skipped"] == {}
+    assert result["weights_sha256"] == file_sha256(SHIPPED_WEIGHTS)
+    for method in ("gan", *CLASSICAL):
         assert set(result["methods"][method]) == set(CLASSES)
         for kind in CLASSES:
             scores = result["methods"][method][kind]
@@ -138,9 +153,25 @@ def test_evaluate_reports_every_method_class_and_metric(data_dir, tmp_path):
     write_json(result, tmp_path / "eval.json")
     assert json.loads((tmp_path / "eval.json").read_text())["methods"] == result["methods"]
     text = table.read_text()
-    assert "| telea | navier-stokes |" in text and "Skipped gan" in text and text.count("| archive |") == len(METRICS)
+    assert "| gan | telea | navier-stokes |" in text and text.count("| archive |") == len(METRICS)
     width, height = Image.open(grid).size
-    assert width == CROP * 4 and height == 24 + CROP * evaluation.GRID_IMAGES * len(CLASSES)
+    assert width == CROP * 5 and height == 24 + CROP * evaluation.GRID_IMAGES * len(CLASSES)
+
+
+def test_a_method_that_cannot_run_is_reported_and_the_command_fails(data_dir, tmp_path, capsys):
+    from restore.cli import main as restore_main
+
+    missing = tmp_path / "missing.pt"
+    result = evaluate(data_dir, methods=("gan", "telea"), classes=("thin",), crop=CROP, weights=missing)
+    assert list(result["methods"]) == ["telea"] and "missing.pt" in result["skipped"]["gan"]
+    assert "Skipped gan" in evaluation.markdown_table(result)
+    out = tmp_path / "eval.json"
+    code = restore_main(["eval", "--data", str(data_dir), "--methods", "gan", "telea", "--classes", "thin",
+                         "--weights", str(missing), "--json", str(out), "--limit", "1"])
+    assert code == 1 and "skipped gan" in capsys.readouterr().err
+    assert json.loads(out.read_text())["methods"]["telea"]  # what did run is still written
+    with pytest.raises(ValueError, match="no method could run: gan: RestorerError"):
+        evaluate(data_dir, methods=("gan",), classes=("thin",), crop=CROP, weights=missing)
 
 
 def test_evaluate_is_reproducible(data_dir):
@@ -185,8 +216,10 @@ def test_unknown_choices_and_empty_folders_are_refused(data_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown method 'lama'"):
         evaluate(data_dir, methods=("lama",), crop=CROP)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no PNG or JPEG"):
+    with pytest.raises(ValueError, match="no images .* under .*empty$"):
         evaluate(tmp_path / "empty", methods=("telea",), crop=CROP)
+    with pytest.raises(ValueError, match="no images .* under .*missing: the folder does not exist"):
+        evaluate(tmp_path / "missing", methods=("telea",), crop=CROP)
 
 
 def test_a_method_failing_on_its_first_frame_is_skipped_with_the_reason(data_dir, monkeypatch):

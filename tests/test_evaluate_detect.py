@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from restore.detect import Detector
-from restore.evaluate_detect import _counts, evaluate_detect, markdown_table, scores
+from restore.detect.scoring import match_counts, scores
+from restore.evaluate_detect import evaluate_detect, markdown_table
 
 
 class Blind(Detector):
@@ -65,6 +66,6 @@ def test_scores_tolerate_one_pixel_at_borders():
     truth = np.zeros((10, 10), bool)
     truth[4:6, 4:6] = True
     shifted = np.roll(truth, 1, axis=1)  # off by one pixel: still a perfect detection
-    assert scores(_counts(shifted, truth)) == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "iou": 1.0}
+    assert scores(match_counts(shifted, truth)) == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "iou": 1.0}
     far = np.roll(truth, 4, axis=0)
-    assert scores(_counts(far, truth))["f1"] == 0.0
+    assert scores(match_counts(far, truth))["f1"] == 0.0

@@ -15,8 +15,9 @@ from restore.models.generator import GeneratorConfig
 from restore.models.losses import LossConfig, hole_l1
 from restore.models.weights import load_generator
 from restore.evaluate import PSNR_CAP
-from restore.train import (TrainConfig, _new_state, checkpoint_path, export_generator,
-                           generator_input, load_train_config, prepare_batch, sample_batch, score_fills, train,
+from restore.train import (TrainConfig, _load_checkpoint, _new_state, checkpoint_path, export_generator,
+                           generator_input, load_train_config, prepare_batch, sample_batch, save_checkpoint,
+                           score_fills, train,
                            train_step, training_batches, validation_set)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "restore" / "configs"
@@ -60,28 +61,29 @@ def test_shipped_configs_load():
              ("refine-harmonic-cpu.yaml", "refine-harmonic-l1-cpu.yaml"),
              ("refine-wide-gpu.yaml", "refine-wide-l1-gpu.yaml"))
     for gan, ablation in pairs:
-        gan, ablation = (load_train_config(CONFIGS / name, out_dir="same") for name in (gan, ablation))
+        gan, ablation = (load_train_config(CONFIGS / name, data="d", out_dir="same") for name in (gan, ablation))
         assert ablation.loss.adversarial == "none" and gan.loss.adversarial != "none"
         # an ablation differs from its GAN in the adversarial loss alone
         assert dataclasses.replace(ablation, loss=gan.loss) == gan
     # the width experiment's two arms differ in the generator's width alone
-    wide, narrow = (load_train_config(CONFIGS / f"refine-{arm}-l1-gpu.yaml", out_dir="same")
+    wide, narrow = (load_train_config(CONFIGS / f"refine-{arm}-l1-gpu.yaml", data="d", out_dir="same")
                     for arm in ("wide", "narrow"))
     assert wide.generator.width > narrow.generator.width
     widened = dataclasses.replace(narrow.generator, width=wide.generator.width)
     assert dataclasses.replace(narrow, generator=widened) == wide
     # and so do the arms of growing the shipped width into a wider net on the CPU
-    grown, narrow = (load_train_config(CONFIGS / name, out_dir="same")
+    grown, narrow = (load_train_config(CONFIGS / name, data="d", out_dir="same")
                      for name in ("refine-grow-l1-cpu.yaml", "refine-l1-more-cpu.yaml"))
     assert grown.generator.width > narrow.generator.width
     widened = dataclasses.replace(narrow.generator, width=grown.generator.width)
     assert dataclasses.replace(narrow, generator=widened) == grown
     # the precision experiment's two arms differ in precision alone
-    fp32, bf16 = (load_train_config(CONFIGS / f"refine-l1-{arm}-cpu.yaml", out_dir="same") for arm in ("fp32", "bf16"))
+    fp32, bf16 = (load_train_config(CONFIGS / f"refine-l1-{arm}-cpu.yaml", data="d", out_dir="same")
+                  for arm in ("fp32", "bf16"))
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
     assert dataclasses.replace(fp32, precision="bf16") == bf16
     # the magnification experiment differs from its other arm in rescaling alone (and validates more often)
-    zoom, more = (load_train_config(CONFIGS / name, out_dir="same") for name in ("refine-zoom-l1-cpu.yaml",
+    zoom, more = (load_train_config(CONFIGS / name, data="d", out_dir="same") for name in ("refine-zoom-l1-cpu.yaml",
                                                                                  "refine-l1-more-cpu.yaml"))
     assert zoom.rescale_range[1] > 1 and zoom.rescale_p > more.rescale_p
     assert dataclasses.replace(more, rescale_p=zoom.rescale_p, rescale_range=zoom.rescale_range, val_every=250) == zoom
@@ -321,6 +323,45 @@ def test_ray_train_two_workers_stay_identical(tiny_data, tmp_path, ray_session):
     fingerprints = replicas[0]["fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
     assert torch.load(checkpoint_path(out), weights_only=True)["step"] == 3
+
+
+def test_after_a_resume_each_worker_draws_its_own_batches_and_the_lead_continues_its_stream(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
+    lead = _new_state(config, 0, torch.device("cpu"))
+    prepare_batch(lead.rng, images, config)
+    lead.step = 1
+    save_checkpoint(lead, config)
+    expected = prepare_batch(copy.deepcopy(lead.rng), images, config)[0]  # what an unbroken lead draws next
+    drawn = []
+    for rank in (0, 1):
+        resumed = _new_state(config, rank, torch.device("cpu"), fresh=False)
+        _load_checkpoint(resumed, config, checkpoint_path(tmp_path), torch.device("cpu"), rank)
+        drawn.append(prepare_batch(resumed.rng, images, config)[0])
+    assert torch.equal(drawn[0], expected)
+    assert not torch.equal(drawn[1], drawn[0])  # the lead's checkpointed stream is the lead's alone
+
+
+def test_a_run_from_step_0_starts_its_own_log(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path, max_steps=2), resume=False)
+    out = train(tiny_config(tiny_data, tmp_path, max_steps=2), resume=False)
+    log = [json.loads(line) for line in open(Path(out) / "log.jsonl")]
+    assert [r["step"] for r in log if r.get("event") == "start"] == [0]
+
+
+def test_training_reads_its_images_from_s3(tiny_data, tmp_path, s3_endpoint, s3_bucket):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    for path in sorted(Path(tiny_data).glob("*.png")):
+        client.put_object(Bucket=s3_bucket, Key=f"clean/{path.name}", Body=path.read_bytes())
+    client.put_object(Bucket=s3_bucket, Key="clean/README.txt", Body=b"not an image")
+    config = dataclasses.replace(tiny_config(f"s3://{s3_bucket}/clean", tmp_path, max_steps=2),
+                                 endpoint_url=s3_endpoint)
+    out = train(config, resume=False)
+    assert torch.load(checkpoint_path(out), weights_only=True)["step"] == 2
+    with pytest.raises(ValueError, match=f"no images .* under s3://{s3_bucket}/nothing"):
+        train(dataclasses.replace(config, data=f"s3://{s3_bucket}/nothing"), resume=False)
 
 
 def test_a_resumed_run_takes_the_learning_rates_of_its_config(tiny_data, tmp_path):

@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from restore.damage import ARCHIVE_KINDS
+from restore.images import seeded_rng, split_images
 from restore.models.detector import DetectorConfig, DetectorNet
 from restore.models.weights import load_net, save_net
 
 from . import Detector, to_float
-from .synthetic import film_scan
+from .scoring import match_counts, scores
+from .synthetic import OVERLAYS, film_scan, panning_frames
 
 FORMAT = "restore-detector/1"
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "detector.pt"
@@ -100,18 +102,16 @@ def _batch(rng: np.random.Generator, images: list[np.ndarray], sources: int, cro
 def calibrate(net: DetectorNet, images: list[np.ndarray], overlay_dir: str | None, seed: int) -> dict:
     """Threshold with the best F1 on synthetic damage over `images` among those that flag at most CLEAN_BUDGET of
     their pixels when undamaged; with its scores. Held-out training images only: never the evaluation set."""
-    from restore.evaluate_detect import OVERLAYS, _counts, _frames, _rng, scores
-
     kinds = ARCHIVE_KINDS + ((OVERLAYS,) if overlay_dir else ())
     counts = np.zeros((len(THRESHOLDS), 4), np.int64)
     flagged, pixels = np.zeros(len(THRESHOLDS), np.int64), 0
     for index, image in enumerate(images):
         for kind in kinds:
             damage = ((), overlay_dir) if kind == OVERLAYS else ((kind,), None)
-            damaged, mask, _ = _frames(_rng(seed, str(index), kind), image, 512, *damage)
+            damaged, mask, _ = panning_frames(seeded_rng(seed, str(index), kind), image, 512, *damage)
             prob = damage_probability(net, damaged)
-            counts += np.stack([_counts(prob > t, mask) for t in THRESHOLDS])
-        clean, _, _ = _frames(_rng(seed, str(index), "clean"), image, 512, (), None)
+            counts += np.stack([match_counts(prob > t, mask) for t in THRESHOLDS])
+        clean, _, _ = panning_frames(seeded_rng(seed, str(index), "clean"), image, 512, (), None)
         prob = damage_probability(net, clean)
         flagged += np.array([(prob > t).sum() for t in THRESHOLDS])
         pixels += prob.size
@@ -132,8 +132,6 @@ def train_detector(data_dir: str | os.PathLike, out_path: str | os.PathLike, ste
     trade-off is set by the calibrated threshold, not by loss weights. The weights are saved every 200 steps (with
     threshold 0.5), so a stopped run still leaves a model, and once more with the calibrated threshold at the end.
     """
-    from restore.train import split_images
-
     if threads:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)

@@ -27,3 +27,23 @@ def film_scan(rng: np.random.Generator, image: np.ndarray, kinds: tuple[str, ...
     scan = film_grain(np.random.default_rng(noise_seed), grainy, 0.0, noise)
     damaged_scan = film_grain(np.random.default_rng(noise_seed), damaged, 0.0, noise)
     return damaged_scan, scan, mask
+
+
+OVERLAYS = "overlays"  # the damage kind of real overlays (ground truth: their alpha), beside the procedural kinds
+PAN = 4  # largest shift in pixels between neighbouring frames of `panning_frames`
+
+
+def panning_frames(rng: np.random.Generator, image: np.ndarray, crop: int, kinds: tuple[str, ...],
+                   overlay_dir: str | None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(damaged scan, its mask, [previous, next] damaged neighbours) around the centre crop (at most `crop` a
+    side) of a panning shot: the neighbours' windows are shifted by a few pixels, with their own grain, noise and
+    damage of the same kinds."""
+    height, width = image.shape[:2]
+    h, w = min(crop, height - 2 * PAN), min(crop, width - 2 * PAN)
+    y, x = (height - h) // 2, (width - w) // 2
+    damaged, _, mask = film_scan(rng, image[y:y + h, x:x + w], kinds, overlay_dir)
+    neighbours = []
+    for _ in range(2):
+        dy, dx = (int(v) for v in rng.integers(-PAN, PAN + 1, 2))
+        neighbours.append(film_scan(rng, image[y + dy:y + dy + h, x + dx:x + dx + w], kinds, overlay_dir)[0])
+    return damaged, mask, neighbours
