@@ -202,7 +202,10 @@ class GanRestorer(Restorer):
         path, self.weights_sha256 = resolve_weights(settings)
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.generator, _ = load_generator(path)
+        self.generator, info = load_generator(path)
+        if info["sha256"] != self.weights_sha256:  # the file changed between hashing and loading: not what was pinned
+            raise RestorerError(f"restorer.weights: {path} changed while it was loaded (sha256 {info['sha256']}, "
+                                f"expected {self.weights_sha256})")
         # channels_last: faster convolutions on a CPU (BENCHMARKS.md), and the layout GPU tensor cores want
         self.generator.to(self.device, memory_format=torch.channels_last).eval()
         self.tile, self.overlap, self.context = settings.tile, settings.overlap, settings.context

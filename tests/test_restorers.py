@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from restore.models.generator import Generator, GeneratorConfig
-from restore.models.weights import file_sha256, save_generator
-from restore.restorers import RestorerError, build_restorer, resolve_weights
+from restore.models.weights import file_sha256, load_generator, save_generator
+from restore.restorers import SHIPPED_WEIGHTS, RestorerError, build_restorer, resolve_weights
 from restore.spec import RestorerSettings
 
 
@@ -122,6 +122,14 @@ def test_mask_of_another_size_is_refused():
     restorer = build_restorer(RestorerSettings(name="telea"))
     with pytest.raises(ValueError, match="does not match"):
         restorer(frames()["rgb8"], np.zeros((10, 10), dtype=bool))
+
+
+def test_the_shipped_generator_fits_the_package_and_is_the_one_its_model_card_describes():
+    assert SHIPPED_WEIGHTS.stat().st_size <= 25 * 1024 ** 2
+    generator, info = load_generator(SHIPPED_WEIGHTS)  # weights_only, checksummed tensors
+    card = (SHIPPED_WEIGHTS.parent / "MODEL_CARD.md").read_text()
+    assert f"`{info['sha256']}`" in card
+    assert f"{sum(p.numel() for p in generator.parameters()) / 1e6:.2f} M parameters" in card
 
 
 def test_pinned_weights_hash_must_match(tiny_weights):

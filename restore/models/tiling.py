@@ -165,7 +165,8 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
     images: float (3, H, W) in [0, 1], sizes may differ; masks: bool (H, W), True = hole. Returns composited
     (3, H, W) tensors on the images' devices. Frames with an empty mask are returned unchanged without touching
     the generator. Crops go in channels_last, the layout of the restorer's generator. On CUDA
-    the generator runs under bf16 autocast, fed from pinned memory; on CPU in fp32, deterministically.
+    the generator runs under bf16 autocast (fp16 on GPUs without bf16), fed from pinned memory; on CPU in fp32,
+    deterministically.
     """
     _check_overlap(tile, overlap)
     if context < 0:
@@ -180,6 +181,7 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
     sums = [torch.zeros_like(im, dtype=torch.float32, device=device) for im in images]  # (3, H, W) weighted sums
     weights = [torch.zeros(im.shape[1:], device=device) for im in images]  # (H, W)
     cuda = device.type == "cuda"
+    half = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16  # fp16 on pre-Ampere GPUs
     for (th, tw), size_jobs in by_size.items():
         feather = _feather(th, tw, overlap, device)  # (th, tw)
         for start in range(0, len(size_jobs), batch_size):
@@ -190,7 +192,7 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
                 crops, holes = crops.pin_memory(), holes.pin_memory()
             crops, holes = crops.to(device, non_blocking=True), holes.to(device, non_blocking=True)
             crops = crops.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
+            with torch.autocast("cuda", dtype=half) if cuda else nullcontext():
                 pred = generator(crops.float(), holes).float()  # (B, 3, th, tw)
             for (i, y, x), p in zip(group, pred):
                 sums[i][:, y:y + th, x:x + tw] += p * feather

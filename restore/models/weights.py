@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -68,8 +69,9 @@ def load_net(path: str | os.PathLike, fmt: str, net_class, config_class,
     kind = fmt.split("/")[0].removeprefix("restore-")  # generator, detector
     if not path.is_file():
         raise WeightsError(f"{kind} weights file not found: {path}")
+    data = path.read_bytes()  # hashed and loaded from the same bytes: the sha256 reported is that of these weights
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # any unpickling failure means the file is not what we wrote
         raise WeightsError(f"cannot read {kind} weights {path}: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != fmt:
@@ -89,7 +91,7 @@ def load_net(path: str | os.PathLike, fmt: str, net_class, config_class,
     if not all(torch.isfinite(p).all() for p in net.parameters()):
         raise WeightsError(f"{path}: weights contain NaN or infinity")
     info = dict(payload.get("info") or {})
-    info.update(sha256=file_sha256(path), path=str(path), config=dataclasses.asdict(net.config))
+    info.update(sha256=hashlib.sha256(data).hexdigest(), path=str(path), config=dataclasses.asdict(net.config))
     return net.eval(), info
 
 
