@@ -61,7 +61,9 @@ def cmd_run(args) -> int:
                    "keys": [task["input_key"] for task in plan.tasks]}
         print(f"job {spec.name}: {plan.listed} frames listed, {plan.already_done} already done, "
               f"{len(plan.tasks)} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)"
-              + (f", {len(plan.repairing)} of them to repair" if args.repair else ""))
+              + (f", {len(plan.repairing)} of them to repair" if args.repair else "")
+              + (f"; {len(plan.given_up)} left failed after max_attempts (a run exits 1 for them)"
+                 if plan.given_up else ""))
         for key in summary["keys"][: args.show]:
             print(f"  {key}")
         for task in [task for task in plan.tasks if task.get("plan_error")][: args.show]:

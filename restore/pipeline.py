@@ -182,10 +182,16 @@ def lossless_format(source_format: str, output_format: str) -> str:
     return {"PNG": "png", "TIFF": "tiff", "DPX": "dpx", "EXR": "exr"}.get(source_format, "png")
 
 
+def frame_order(key: str) -> list:
+    """Sort key of a frame in its sequence: numbers in names count as numbers, so `shot_2` comes before `shot_10`
+    (scanners do not always pad frame numbers)."""
+    return [(0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", key)]
+
+
 def neighbour_keys(keys: list[str], window: int) -> dict[str, list[str]]:
-    """For each key, the up-to-`window` frames before and after it in its folder's sorted sequence."""
+    """For each key, the up-to-`window` frames before and after it in its folder's sequence (`frame_order`)."""
     by_folder: dict[str, list[str]] = {}
-    for key in sorted(keys):
+    for key in sorted(keys, key=frame_order):
         by_folder.setdefault(posixpath.dirname(key), []).append(key)
     neighbours: dict[str, list[str]] = {}
     for sequence in by_folder.values():
@@ -266,7 +272,8 @@ def _refuse_shared_outputs(tasks: list[dict], stills: list[ObjectInfo], output_f
         other = by_lower.get(owner.rsplit(".", 1)[0].lower())
         if other is None or planned_output_key(other, output_format).lower() != owner.lower():
             continue
-        reason = f"its output {owner!r} would overwrite the output of the input {owner!r}"
+        reason = (f"its output would be {owner!r}, which is the name (and the output) of another input; rename "
+                  "one of the two, or set output_format so that neither keeps its format")
         if other in planned:
             planned[other]["plan_error"] = reason
         elif owner in planned:  # the frame named like the output is new: the other's old output is now its own
@@ -302,7 +309,8 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     if not listed:
         missing = isinstance(input_storage, LocalStorage) and not input_storage.root.exists()
         raise JobError(f"input: no frames matching {', '.join(spec.include)} under {spec.input}"
-                       + (" (the folder does not exist; `restore demo SPEC` fills it with damaged sample frames)"
+                       + (" (the folder does not exist: check the path, or that its share is mounted; for the demo "
+                          "job, `restore demo SPEC` makes it)"
                           if missing else ""))
     mask_keys = {info.key: [mask_key_for(pattern, info.key) for pattern in patterns] for info in listed}
     if masks_with_input:
@@ -705,9 +713,9 @@ def _write_one(context: JobContext, row: dict) -> dict:
     output_key = output_key_for(row["input_key"], fmt)
     if output_key != planned_output_key(row["input_key"], context.spec.output_format) \
             and key_matches(output_key, context.spec.include) and context.input_storage.head(output_key) is not None:
-        raise FrameError(f"it holds {row['source_format']} data, which its name does not say, so its output "
-                         f"{output_key!r} would overwrite the output of the input {output_key!r}; rename it or set "
-                         "output_format")
+        raise FrameError(f"it holds {row['source_format']} data, which its name does not say, so its output would "
+                         f"be {output_key!r}, which is the name (and the output) of another input; rename it to say "
+                         "its format, or set output_format")
     stored = put_or_adopt(context.output_storage, output_key, data, CONTENT_TYPES[fmt])
     result = {
         "output_key": output_key, "output_sha256": hashlib.sha256(data).hexdigest(),

@@ -21,7 +21,7 @@ DETECTOR_NAMES = ("classical", "temporal", "learned")  # learned: the U-Net ship
 # A job may also take its mask from the infrared plane of RGBI film scans, which eval-detect's pictures lack.
 MASK_DETECTORS = DETECTOR_NAMES + ("infrared",)
 OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")
-DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff")
+DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dpx", "*.exr")  # videos only when named
 DEFAULT_MAX_PIXELS = 180_000_000
 
 

@@ -140,18 +140,13 @@ def provenance_mismatch(data: bytes, row: dict) -> str | None:
 
 
 def read_provenance(data: bytes) -> dict[str, str] | None:
-    """The provenance text fields an output carries: PNG iTXt, TIFF ImageDescription, JPEG comment, DPX/EXR header,
-    Matroska tags."""
+    """The provenance text fields an output carries: PNG iTXt, TIFF ImageDescription, JPEG comment, DPX/EXR header."""
     from PIL import Image
 
     if data[:4] in (b"SDPX", b"XPDS", b"v/1\x01"):
         from .film import read_film_provenance
 
         return read_film_provenance(data)
-    if data[:4] == b"\x1a\x45\xdf\xa3":  # Matroska: a re-encoded video
-        from .video import read_video_provenance
-
-        return read_video_provenance(data)
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         import tifffile
 

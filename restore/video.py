@@ -1,14 +1,11 @@
-"""Video files as inputs: frames decoded with PyAV (FFmpeg), restored one by one, and re-encoded losslessly.
+"""Video files as inputs: frames decoded with PyAV (FFmpeg) and restored one by one into an image sequence.
 
 A frame's index is its position in presentation order, found from the packets' timestamps without decoding, so a
 worker can decode just a chunk of frames: seek to the keyframe before the chunk, decode forward, keep the chunk.
 Frames decode to RGB: 8-bit (rgb24) for 8-bit sources, 16-bit (rgb48) for deeper ones.
 
-Re-encoding keeps the pixels the restorer did not change exactly as decoded, so it must be lossless in RGB:
-H.264 inputs become lossless H.264 RGB (libx264rgb, qp 0), everything else FFV1, the archival lossless codec.
-A lossy family (MPEG-4, ProRes, MJPEG) is never re-encoded lossily. The container is Matroska, the one that carries
-arbitrary tags, where the provenance goes; it is muxed bit-exact (no random ids, no dates), so reruns are
-byte-identical. An image sequence (one PNG or TIFF per frame, through frames.encode_frame) is the other output.
+Each restored frame is written as one PNG or TIFF (through frames.encode_frame), which keeps the pixels the
+restorer did not change exactly as decoded: no lossy re-encoding of the video can touch them.
 """
 from __future__ import annotations
 
@@ -16,16 +13,11 @@ import io
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from .frames import FrameError
-
-# Lossless encoders by input codec family: (encoder, pixel format for 8-bit, for 16-bit, options).
-_LOSSLESS = {"h264": ("libx264rgb", "rgb24", None, {"qp": "0", "preset": "veryfast"})}
-_FFV1 = ("ffv1", "bgr0", "gbrp16le", {"level": "3"})
-
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -106,41 +98,3 @@ def iter_video_frames(source: bytes | str | Path, start: int = 0, stop: int | No
                 yield VideoFrame(index=index, pts=frame.pts, pixels=frame.to_ndarray(format=rgb))
         except av.FFmpegError as error:
             raise FrameError(f"corrupt or truncated video ({error})") from None
-
-
-def encode_video(frames: Iterable[VideoFrame], info: VideoInfo, text: dict[str, str] | None = None) -> bytes:
-    """Matroska with the frames (in the order given, at their own timestamps) losslessly encoded, and `text` as tags."""
-    import av
-
-    encoder, pix_fmt8, pix_fmt16, options = _LOSSLESS.get(info.codec, _FFV1)
-    if info.bit_depth == 16 and pix_fmt16 is None:
-        encoder, pix_fmt8, pix_fmt16, options = _FFV1
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="matroska", options={"fflags": "+bitexact"}) as container:
-        for key in sorted(text or {}):
-            container.metadata[key] = text[key]
-        stream = container.add_stream(encoder, rate=info.fps)
-        stream.width, stream.height = info.width, info.height
-        stream.pix_fmt = pix_fmt8 if info.bit_depth == 8 else pix_fmt16
-        stream.time_base = info.time_base
-        stream.options = dict(options)
-        count = 0
-        for frame in frames:
-            if frame.pixels.shape != (info.height, info.width, 3):
-                raise FrameError(f"frame {frame.index} is {frame.pixels.shape}, the video is {info.width}x{info.height}")
-            picture = av.VideoFrame.from_ndarray(frame.pixels, format="rgb24" if info.bit_depth == 8 else "rgb48le")
-            picture.pts, picture.time_base = frame.pts, info.time_base
-            container.mux(stream.encode(picture))
-            count += 1
-        container.mux(stream.encode())
-    if not count:
-        raise FrameError("no frames to encode")
-    return buffer.getvalue()
-
-
-def read_video_provenance(source: bytes | str | Path) -> dict[str, str] | None:
-    """The container tags written by encode_video, under their own names (Matroska stores tag names upper-case)."""
-    with _open(source) as container:
-        tags = {key.lower(): value for key, value in container.metadata.items()}
-    text = {name: tags[name.lower()] for name in ("Software", "restore:provenance") if name.lower() in tags}
-    return text or None

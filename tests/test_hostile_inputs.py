@@ -338,7 +338,9 @@ def test_two_inputs_never_share_an_output(tmp_path, ray_session):
     write_local(tmp_path / "first", {"scan.jpg.png": png_bytes(scene(2))})
     assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 1, "failed": 1}
     rows = {row["input_key"]: row for row in latest_rows(read_manifests(open_storage(str(tmp_path / "first-out")), "rel"))}
-    assert rows["scan.jpg"]["status"] == "failed" and "would overwrite" in rows["scan.jpg"]["error"]
+    assert rows["scan.jpg"]["status"] == "failed"
+    assert "its output would be 'scan.jpg.png', which is the name (and the output) of another input; rename" \
+        in rows["scan.jpg"]["error"]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "first-out" / "scan.jpg.png")), scene(2))
     write_local(tmp_path / "first", {"scan.jpg.png": png_bytes(scene(3))})  # the owner changes again
     _, plan = prepare(parse_spec(raw))
@@ -355,7 +357,7 @@ def test_two_inputs_never_share_an_output(tmp_path, ray_session):
     rows = _run_stages_inline(base_job(str(tmp_path / "misnamed"), str(tmp_path / "misnamed-out")))
     status = {row["input_key"]: (row["status"], row["error"] or "") for row in rows}
     assert status["scan.tif.png"][0] == "ok"
-    assert status["scan.tif"][0] == "failed" and "rename it" in status["scan.tif"][1]
+    assert status["scan.tif"][0] == "failed" and "rename it to say its format" in status["scan.tif"][1]
 
 
 def test_an_undecodable_mask_is_named_in_the_failure_reason(tmp_path):

@@ -243,11 +243,11 @@ def test_dry_run_lists_without_processing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_missing_input_folder_is_named_with_how_to_fill_it(tmp_path, capsys):
+def test_a_missing_input_folder_is_named_with_what_to_check(tmp_path, capsys):
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(job(tmp_path)))
     assert restore_main(["run", str(spec_file), "--dry-run"]) == 2
-    assert "the folder does not exist; `restore demo SPEC`" in capsys.readouterr().err
+    assert "the folder does not exist: check the path, or that its share is mounted" in capsys.readouterr().err
     (tmp_path / "in").mkdir()  # there but empty: no hint, the include patterns are what to check
     assert restore_main(["run", str(spec_file), "--dry-run"]) == 2
     err = capsys.readouterr().err
@@ -287,6 +287,9 @@ def test_sequence_windows_hand_each_frame_its_neighbours_within_its_folder():
     assert windows["r1/f2.png"] == ["r1/f1.png", "r1/f3.png"]
     assert windows["r2/a.png"] == ["r2/b.png"]
     assert neighbour_keys(keys, 0)["r1/f2.png"] == []
+    unpadded = neighbour_keys([f"shot_{i}.png" for i in range(1, 12)], 1)  # frame numbers without leading zeros
+    assert unpadded["shot_2.png"] == ["shot_1.png", "shot_3.png"]
+    assert unpadded["shot_9.png"] == ["shot_8.png", "shot_10.png"] and unpadded["shot_11.png"] == ["shot_10.png"]
 
 
 def test_worker_pool_larger_than_the_cluster_is_refused_before_any_work(tmp_path, ray_session):
@@ -390,7 +393,7 @@ def test_an_interrupted_or_stopped_run_says_how_to_resume_exits_130_and_writes_i
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_changes(tmp_path, ray_session):
+def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_changes(tmp_path, ray_session, capsys):
     import json
 
     from restore.pipeline import run as run_with_lease
@@ -408,6 +411,9 @@ def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_chan
     [summary] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_manifests" / "t").glob("*/_summary.json")
                  if json.loads(p.read_text())["planned"] == 0]
     assert summary["status"] == "failed" and summary["given_up"] == ["broken.png"]
+    capsys.readouterr()
+    assert restore_main(["run", str(spec_file), "--dry-run"]) == 0  # a dry run says so too
+    assert "0 would be processed (0.0 MB to read); 1 left failed after max_attempts" in capsys.readouterr().out
     (tmp_path / "in" / "broken.png").write_bytes(png_bytes(scene(3)))  # fixed upstream: a new ETag
     assert run_with_lease(spec)[2].counts == {"ok": 1}
     assert restore_main(["run", str(spec_file), "--quiet"]) == 0

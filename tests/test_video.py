@@ -1,20 +1,15 @@
-"""Video inputs: generated clips decoded in order and in chunks, restored, re-encoded losslessly with provenance."""
+"""Video inputs: generated clips decoded in order and in chunks, and restored by a job as image sequences."""
 import io
-import json
 
 import numpy as np
 import pytest
 
 from restore.frames import FrameError
-from restore.restorers import build_restorer
-from restore.spec import RestorerSettings
-from restore.verify import read_provenance
 
 av = pytest.importorskip("av", reason="video needs PyAV")
-from restore.video import VideoFrame, encode_video, iter_video_frames, probe_video  # noqa: E402
+from restore.video import VideoFrame, iter_video_frames, probe_video  # noqa: E402
 
 COUNT, HEIGHT, WIDTH = 48, 48, 64
-PROVENANCE = {"Software": "restore 0.1.0", "restore:provenance": json.dumps({"id": "cd" * 16})}
 
 
 def picture(index: int) -> np.ndarray:
@@ -69,29 +64,7 @@ def test_frames_come_out_in_order_whole_and_in_chunks(video):
         assert all(np.array_equal(c.pixels, frames[c.index].pixels) for c in chunk)  # seeking decodes the same
 
 
-def test_restored_video_is_re_encoded_losslessly_with_every_frame_in_order(video):
-    info = probe_video(video)
-    mask = np.zeros((HEIGHT, WIDTH), bool)
-    mask[20:30, 24:40] = True
-    restorer = build_restorer(RestorerSettings(name="telea"))
-    decoded = list(iter_video_frames(video, info=info))
-    restored = [VideoFrame(f.index, f.pts, restorer(f.pixels, mask)) for f in decoded]
-
-    output = encode_video(restored, info, text=PROVENANCE)
-
-    assert encode_video(restored, info, text=PROVENANCE) == output  # byte-identical reruns
-    again = probe_video(output)
-    assert again.frames == COUNT and again.fps == 24
-    assert again.codec == ("h264" if info.codec == "h264" else "ffv1")  # lossless H.264 RGB, else FFV1
-    frames = list(iter_video_frames(output, info=again))
-    assert [f.index for f in frames] == list(range(COUNT))
-    for before, after, original in zip(decoded, frames, restored):
-        assert np.array_equal(after.pixels, original.pixels)  # lossless: exactly what the restorer returned
-        assert np.array_equal(after.pixels[~mask], before.pixels[~mask])  # so unmasked pixels are as decoded
-    assert read_provenance(output) == PROVENANCE
-
-
-def test_sixteen_bit_video_stays_sixteen_bit():
+def test_sixteen_bit_video_decodes_to_sixteen_bits():
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="matroska") as out:
         stream = out.add_stream("ffv1", rate=25)
@@ -105,8 +78,7 @@ def test_sixteen_bit_video_stays_sixteen_bit():
     info = probe_video(buffer.getvalue())
     frames = list(iter_video_frames(buffer.getvalue(), info=info))
     assert info.bit_depth == 16 and frames[0].pixels.dtype == np.uint16 and len(np.unique(frames[0].pixels)) > 256
-    again = list(iter_video_frames(encode_video(frames, info)))
-    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(frames, again)) and len(again) == 3
+    assert len(frames) == 3 and np.array_equal(frames[2].pixels, frames[0].pixels ^ 2)  # every bit as encoded
 
 
 def test_a_file_without_video_is_refused_with_the_reason():
