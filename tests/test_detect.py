@@ -52,6 +52,18 @@ def test_classical_finds_dust_and_a_vertical_scratch():
     assert (mask & ~near_truth).sum() <= 0.001 * mask.size
 
 
+@pytest.mark.parametrize("value", [0.95, 0.6, 0.05])
+def test_classical_finds_a_scratch_through_the_whole_frame_and_leaves_its_sides_alone(value):
+    """A film scratch runs the frame's whole height: enough pixels of its own brightness to sway a noise estimate
+    by brightness, which then hid it (and flagged the clean columns beside it instead)."""
+    rng = np.random.default_rng(0)
+    frame = 0.35 + rng.normal(0, 0.012, (778, 1024))
+    frame[:, 640:642] = value
+    mask = build_detector("classical")((np.clip(frame, 0, 1) * 65535).astype(np.uint16))
+    assert mask[:, 640:642].all()
+    assert not mask[:, :637].any() and not mask[:, 645:].any()
+
+
 @pytest.mark.parametrize("name", ["classical", "temporal"])
 def test_clean_grainy_frame_is_left_alone(name):
     frames = [scene(shift=s, seed=s + 3) for s in (0, 2, 4)]

@@ -22,15 +22,18 @@ def _odd(x: float) -> int:
     return max(3, int(round(x)) // 2 * 2 + 1)
 
 
-def noise_by_brightness(image: np.ndarray) -> np.ndarray:
+def noise_by_brightness(image: np.ndarray, window: int) -> np.ndarray:
     """Per-pixel noise sigma (H, W): MAD of a 5x5 median high-pass within each brightness bin.
 
-    Grain is strongest in the midtones; the median is robust to the damage and texture in a bin. Bins with too
-    few pixels take the frame's value. Clumped grain reads small at this scale, so thresholds in these units are
-    high numbers.
+    Grain is strongest in the midtones; the median is robust to the damage and texture in a bin. A pixel is binned
+    by the brightness of its surroundings (a median over `window`, wider than the damage), not its own: a long
+    scratch or a blotch has enough pixels to fill a bin of its own brightness, and would then set the noise it is
+    measured against, and go unseen. Bins with too few pixels take the frame's value. Clumped grain reads small at
+    this scale, so thresholds in these units are high numbers.
     """
     high_pass = image - cv2.medianBlur(image, 5)
-    bins = np.clip((image * _BINS).astype(np.int32), 0, _BINS - 1)
+    surroundings = cv2.medianBlur(np.clip(image * 255, 0, 255).astype(np.uint8), window)  # large medians: uint8
+    bins = np.clip(surroundings.astype(np.int32) * _BINS // 256, 0, _BINS - 1)
     overall = 1.4826 * float(np.median(np.abs(high_pass)))
     sigma = np.full(_BINS, overall, np.float32)
     for b in range(_BINS):
@@ -88,7 +91,7 @@ class ClassicalDetector(Detector):
         length = _odd(self.scratch_length or max(21.0, 0.08 * side))
         # 1. a lightly smoothed view (single grains count less, specks survive), noise per brightness for units
         smooth = cv2.GaussianBlur(image, (0, 0), 0.7)
-        sigma = noise_by_brightness(image)
+        sigma = noise_by_brightness(image, size)
         # 2. specks, hairs and tears: bright and dark top-hats
         disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
         window = _odd(3 * size)
