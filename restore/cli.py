@@ -1,4 +1,5 @@
-"""The `restore` command: parses arguments and calls the package; no logic of its own."""
+"""The `restore` command: parses arguments, calls the package and turns its results into lines, JSON and exit
+codes; the work itself is done in the package."""
 from __future__ import annotations
 
 import argparse

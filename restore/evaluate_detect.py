@@ -23,10 +23,11 @@ from typing import Sequence
 import numpy as np
 
 from .damage import ARCHIVE_KINDS
-from .detect import DETECTORS, Detector, build_detector
+from .detect import Detector, build_detector
 from .detect.scoring import match_counts, scores
 from .detect.synthetic import OVERLAYS, panning_frames
 from .images import list_images, read_rgb8, seeded_rng
+from .spec import DETECTOR_NAMES
 
 
 
@@ -34,7 +35,7 @@ def default_detectors() -> tuple[str, ...]:
     """Every detector that reads the picture; the learned one only where its shipped weights are present."""
     from .detect.learned import SHIPPED_WEIGHTS
 
-    return tuple(d for d in DETECTORS if d != "learned" or SHIPPED_WEIGHTS.is_file())
+    return tuple(d for d in DETECTOR_NAMES if d != "learned" or SHIPPED_WEIGHTS.is_file())
 
 
 def evaluate_detect(data_dir: str | Path, detectors: Sequence[str | Detector] | None = None,

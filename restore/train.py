@@ -8,7 +8,6 @@ writes the EMA generator as the small file that ships with the package.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -26,7 +25,7 @@ from restore.images import split_images
 from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
 from restore.models.losses import LossConfig, discriminator_loss, generator_loss
-from restore.models.weights import load_generator, save_generator
+from restore.models.weights import load_generator, save_generator, tensor_digest
 from restore.restorers import classical_fill
 
 MASK_SOURCES = MASK_CLASSES + ("archive",)  # what a training mask can be drawn from
@@ -537,18 +536,12 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
     return out_dir
 
 
-def _fingerprint(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for p in module.state_dict().values():
-        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _check_replicas(state: State, log_path: Path | None) -> None:
     """Every worker must hold bit-identical parameters after training; the lead logs the fingerprints."""
     import torch.distributed as dist
 
-    mine = {"generator": _fingerprint(state.generator), "discriminator": _fingerprint(state.discriminator)}
+    mine = {"generator": tensor_digest(state.generator.state_dict()),
+            "discriminator": tensor_digest(state.discriminator.state_dict())}
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     if log_path is not None:

@@ -1,7 +1,8 @@
 """The deploy files: KubeRay manifests valid against the CRDs, every command a real `restore` command line.
 
 The CRDs come from ../shared/schemas/kuberay beside the repository when it is there; without it the manifests
-are checked for the fields KubeRay requires. The container image cannot be built here, so its Dockerfile is read.
+are checked for the fields KubeRay requires. The tests build no container image (that needs a container
+runtime): the Dockerfile is read and checked instead.
 """
 import argparse
 import copy
@@ -178,10 +179,10 @@ def test_the_cluster_has_a_cpu_head_and_a_gpu_worker_group():
 
 
 def test_job_specs_in_the_configmap_validate():
-    for cm in by_kind("ConfigMap"):
-        if cm["metadata"]["name"] == "restore-jobs":
-            for key, text in cm["data"].items():
-                parse_spec(yaml.safe_load(text), source=f"restore-jobs/{key}")
+    [jobs] = [cm for cm in by_kind("ConfigMap") if cm["metadata"]["name"] == "restore-jobs"]
+    assert jobs["data"]
+    for key, text in jobs["data"].items():
+        assert parse_spec(yaml.safe_load(text), source=f"restore-jobs/{key}").name
 
 
 def test_cronjob_creates_its_rayjob_with_just_enough_rights():

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from restore.damage import film_grain
-from restore.detect import DETECTORS, build_detector, refine_mask
+from restore.detect import build_detector, refine_mask
 from restore.detect.temporal import compensated, temporal_fill
+from restore.spec import DETECTOR_NAMES
 
 
 def scene(size=192, shift=0, seed=0):
@@ -38,7 +39,7 @@ def test_build_detector_fails_loudly():
         build_detector("nope")
     with pytest.raises(ValueError, match="bad settings"):
         build_detector("classical", colour="red")
-    assert {"classical", "temporal"} <= set(DETECTORS)
+    assert {"classical", "temporal"} <= set(DETECTOR_NAMES)
 
 
 def test_classical_finds_dust_and_a_vertical_scratch():

@@ -6,7 +6,6 @@ The scenarios live in tests/faults.py, shared with tests/reliability_report.py (
 The load soak (2,000 frames, peak memory) is opt-in: RESTORE_SOAK=1.
 """
 import os
-import warnings
 
 import boto3
 import pytest
@@ -14,9 +13,7 @@ import pytest
 import faults
 from restore.storage import StorageError, open_storage
 
-with warnings.catch_warnings():  # a marker for `-m soak`, registered without a conftest
-    warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
-    soak = pytest.mark.soak
+soak = pytest.mark.soak  # `-m soak` selects the load soak (the marker is registered in pyproject.toml)
 needs_soak = pytest.mark.skipif(os.environ.get("RESTORE_SOAK") != "1", reason="soak: set RESTORE_SOAK=1")
 
 
@@ -93,7 +90,7 @@ def test_access_denied_mid_run_stops_with_a_clear_error_and_resume_completes(s3_
 
 
 def test_conditional_create_whose_answer_was_lost_still_counts_as_created(s3_endpoint, s3_bucket, proxy):
-    """A lease taken through S3 whose 200 was lost: the retry meets 412, yet the object is ours (storage fix)."""
+    """A lease taken through S3 whose 200 was lost: the retry meets 412, yet the object is ours."""
     storage = open_storage(f"s3://{s3_bucket}/out", proxy.url)
     proxy.fault_rate, proxy.fault_after_apply, proxy.max_faults = 1.0, 1.0, 1  # the first answer is lost
     assert storage.put_if_absent("_manifests/j/_lease/000000000001.json", b'{"holder": "me"}') is True
@@ -102,7 +99,7 @@ def test_conditional_create_whose_answer_was_lost_still_counts_as_created(s3_end
 
 
 def test_an_object_whose_body_breaks_off_mid_transfer_is_fetched_again(s3_endpoint, s3_bucket, proxy):
-    """boto3 retries a request that fails, not the reading of an answer's body (storage fix)."""
+    """boto3 retries a request that fails, not the reading of an answer's body."""
     storage = open_storage(f"s3://{s3_bucket}/in", proxy.url)
     data = bytes(range(256)) * 64
     storage.put("frame.png", data)

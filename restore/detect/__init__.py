@@ -11,8 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# Detectors that read the picture, the ones `restore eval-detect` scores; "infrared" reads a scan's infrared plane.
-DETECTORS = ("classical", "temporal", "learned")
+from ..spec import MASK_DETECTORS  # the names job specs take: one list for both
 
 
 class Detector:
@@ -43,12 +42,14 @@ def to_float(pixels: np.ndarray) -> np.ndarray:
     return image[..., :colour].astype(np.float32) / scale
 
 
+def luma_of(image: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma (H, W) of a `to_float` image (H, W, 1 or 3)."""
+    return image @ np.array([0.299, 0.587, 0.114], np.float32) if image.shape[2] == 3 else image[..., 0]
+
+
 def luma(pixels: np.ndarray) -> np.ndarray:
-    """Rec. 601 luma (H, W) float32 in [0, 1]."""
-    image = to_float(pixels)
-    if image.shape[2] == 1:
-        return image[..., 0]
-    return image @ np.array([0.299, 0.587, 0.114], np.float32)
+    """Rec. 601 luma (H, W) float32 in [0, 1] of integer pixels."""
+    return luma_of(to_float(pixels))
 
 
 def refine_mask(mask: np.ndarray, dilate: int = 0, min_area: int = 0) -> np.ndarray:
@@ -81,7 +82,7 @@ def build_detector(name: str, **settings) -> Detector:
     elif name == "learned":
         from .learned import LearnedDetector as cls
     else:
-        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS + ('infrared',))}")
+        raise ValueError(f"unknown detector {name!r}; valid: {', '.join(MASK_DETECTORS)}")
     try:
         return cls(**settings)
     except TypeError as e:  # an unknown or missing setting

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from . import Detector, luma, to_float
+from . import Detector, luma, luma_of, to_float
 from .classical import ClassicalDetector
 
 
@@ -29,7 +29,7 @@ def _warp_to(frame_luma: np.ndarray, other: np.ndarray) -> np.ndarray:
     """`other` (H, W, C) float32 moved onto the frame: out(x) = other(x + flow(x)), flow by DIS on luma."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     to8 = lambda y: np.clip(y * 255 + 0.5, 0, 255).astype(np.uint8)  # noqa: E731 - DIS takes 8-bit gray
-    other_luma = other @ np.array([0.299, 0.587, 0.114], np.float32) if other.shape[2] == 3 else other[..., 0]
+    other_luma = luma_of(other)
     flow = dis.calc(to8(frame_luma), to8(other_luma), None)  # (H, W, 2): frame(x) ~ other(x + flow)
     height, width = frame_luma.shape
     grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
@@ -51,10 +51,6 @@ def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previ
         if other.shape != pixels.shape:
             raise ValueError(f"neighbour shape {other.shape} differs from the frame's {pixels.shape}")
     return frame, _warp_to(frame_luma, to_float(previous)), _warp_to(frame_luma, to_float(following))
-
-
-def _to_luma(image: np.ndarray) -> np.ndarray:
-    return image @ np.array([0.299, 0.587, 0.114], np.float32) if image.shape[2] == 3 else image[..., 0]
 
 
 def _robust_sigma(x: np.ndarray) -> float:
@@ -89,7 +85,7 @@ class TemporalDetector(Detector):
         if frames is None:
             return self.single_frame(pixels)
         # 1. differences to each neighbour, lightly smoothed so grain counts less than damage
-        frame, previous, following = (cv2.GaussianBlur(_to_luma(f), (0, 0), 1.0) for f in frames)
+        frame, previous, following = (cv2.GaussianBlur(luma_of(f), (0, 0), 1.0) for f in frames)
         to_previous, to_next = frame - previous, frame - following
         sigma = _robust_sigma(np.concatenate([to_previous.ravel(), to_next.ravel()]))
         # 2. spike: same sign against both, the smaller difference counts; neighbours must agree
@@ -119,7 +115,7 @@ def temporal_fill(pixels: np.ndarray, mask: np.ndarray, frames: tuple[np.ndarray
     if frames is None or not mask.any():
         return pixels.copy(), mask.copy()
     _, previous, following = frames
-    disagreement = _to_luma(previous) - _to_luma(following)
+    disagreement = luma_of(previous) - luma_of(following)
     sigma = _robust_sigma(disagreement[~mask]) if (~mask).any() else 1.0 / 1024
     fill = mask & (np.abs(disagreement) <= agree * sigma)
     scale = 255.0 if pixels.dtype == np.uint8 else 65535.0

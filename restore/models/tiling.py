@@ -4,7 +4,9 @@ Cost follows the damage: the generator sees only boxes fitted around the holes, 
 `context` pixels of its surroundings (archive damage covers a few percent of a frame, and a fixed grid of large
 tiles would still run the model over most of it). Boxes are found on a coarse grid of cells: the cells that hold
 hole pixels, grown by the context, split into connected regions; a region larger than a tile is cut into
-overlapping tiles, each shrunk to the region's cells inside it. Boxes of equal size share batches, across frames.
+overlapping tiles, each shrunk to the region's cells inside it. Boxes of equal size share batches, across the
+frames of a call (the restorer pools frames on a GPU only: on a CPU it calls once per frame, for reruns that are
+identical bit for bit).
 Each box's prediction is weighted by a feather that falls off towards its edges, so overlapping predictions blend
 without seams; finally the result is composited, so pixels outside the mask are exactly the input.
 

@@ -33,7 +33,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _tensor_digest(state_dict: dict) -> str:
+def tensor_digest(state_dict: dict) -> str:
+    """sha256 over every tensor's name, dtype, shape and values: equal digests, equal weights."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name]
@@ -52,7 +53,7 @@ def save_net(net: torch.nn.Module, path: str | os.PathLike, fmt: str, info: dict
         "format": fmt,
         "config": dataclasses.asdict(net.config),
         "state_dict": state_dict,
-        "tensor_sha256": _tensor_digest(state_dict),
+        "tensor_sha256": tensor_digest(state_dict),
         "info": dict(info or {}),
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -81,7 +82,7 @@ def load_net(path: str | os.PathLike, fmt: str, net_class, config_class,
     if not isinstance(config, dict) or not set(config) <= fields:  # fields added since take their defaults
         raise WeightsError(f"{path}: {kind} config must have only the fields {sorted(fields)}")
     state_dict = payload.get("state_dict")
-    if not isinstance(state_dict, dict) or payload.get("tensor_sha256") != _tensor_digest(state_dict):
+    if not isinstance(state_dict, dict) or payload.get("tensor_sha256") != tensor_digest(state_dict):
         raise WeightsError(f"{path}: tensor checksum mismatch: the file is corrupt or was modified")
     try:
         net = net_class(config_class(**config))
