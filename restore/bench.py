@@ -128,7 +128,7 @@ def measure_pipeline(config: BenchConfig, input_uri: str, output_uri: str, resto
     from .manifest import read_manifests
 
     table = read_manifests(context.output_storage, "bench")
-    if result.counts.get("ok", 0) != len(plan.tasks):
+    if result.counts.get("ok", 0) != plan.frames:
         errors = sorted({e for e in table["error"].to_pylist() if e})
         raise RuntimeError(f"bench job did not restore every frame: {result.counts}; {errors[:3]}")
     finished = sorted(table["finished_at"].to_pylist())
@@ -478,5 +478,5 @@ def planning(frames: int = 100_000, masked_every: int = 10, part_rows: int = 10_
         seconds = time.perf_counter() - started
     return {"frames": frames, "masked_every": masked_every, "manifest_parts": writer.parts_written,
             "listing_seconds": round(listing, 3), "plan_seconds": round(seconds, 3),
-            "frames_planned_per_second": round(frames / seconds), "to_process": len(plan.tasks),
+            "frames_planned_per_second": round(frames / seconds), "to_process": plan.frames,
             "already_done": plan.already_done, "machine": platform.machine(), "cpus": os.cpu_count()}

@@ -57,11 +57,11 @@ def cmd_run(args) -> int:
     if args.dry_run:
         context, plan = prepare(spec, repair=args.repair)
         summary = {"job": spec.name, "listed": plan.listed, "already_done": plan.already_done,
-                   "to_process": len(plan.tasks), "given_up": plan.given_up, "repairing": plan.repairing,
+                   "to_process": plan.frames, "given_up": plan.given_up, "repairing": plan.repairing,
                    "bytes_to_read": plan.bytes_to_read,
-                   "keys": [task["input_key"] for task in plan.tasks]}
+                   "keys": list(dict.fromkeys(task["input_key"] for task in plan.tasks))}  # a video's chunks: once
         print(f"job {spec.name}: {plan.listed} frames listed, {plan.already_done} already done, "
-              f"{len(plan.tasks)} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)"
+              f"{plan.frames} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)"
               + (f", {len(plan.repairing)} of them to repair" if args.repair else "")
               + (f"; {len(plan.given_up)} left failed after max_attempts (a run exits 1 for them)"
                  if plan.given_up else ""))

@@ -112,6 +112,11 @@ class Plan:
     given_up: list[str] = field(default_factory=list)  # frames that failed max_attempts times: not retried
     repairing: list[str] = field(default_factory=list)  # frames restored again because their outputs failed verify
 
+    @property
+    def frames(self) -> int:
+        """Frames to process: a video's chunk task holds several (one that could not be probed counts as one)."""
+        return sum(max(1, len(task["frame_indices"] or ())) for task in self.tasks)
+
 
 @dataclass
 class RunResult:
@@ -369,7 +374,8 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
                       if listed_etags.get(split_frame_key(key)[0]) == etag and masks_unchanged(key))
     repairing = sorted(redo.intersection(key for task in tasks for key in _frame_keys(task)))
     return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up),
-                bytes_to_read=sum(task["input_size"] for task in tasks), given_up=given_up, repairing=repairing)
+                bytes_to_read=sum({task["input_key"]: task["input_size"] for task in tasks}.values()),  # a video once
+                given_up=given_up, repairing=repairing)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -807,7 +813,7 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
 
     spec = context.spec
     result = RunResult(run_id=context.run_id, manifest_prefix=run_prefix(spec.name, context.run_id),
-                       planned=len(plan.tasks), already_done=plan.already_done)
+                       planned=plan.frames, already_done=plan.already_done)
     started = time.perf_counter()
     context.output_storage.remove_orphaned_temp_files()
     if not plan.tasks:
@@ -843,7 +849,7 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
             writer.commit(pending)
             pending = []
         if progress:
-            progress(done, len(plan.tasks), failed)
+            progress(done, plan.frames, failed)
     writer.commit(pending)
     result.seconds = time.perf_counter() - started
     return result

@@ -112,9 +112,11 @@ def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_
     raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
            "include": ["*.mkv", "*.png"], "restorer": {"name": "telea"}, "batch_size": 4}  # the masks are listed too
 
-    result = run_job(*prepare(parse_spec(raw)))
+    context, plan = prepare(parse_spec(raw))
+    assert plan.frames == plan.listed == COUNT and plan.bytes_to_read == (tmp_path / "in" / "clip.mkv").stat().st_size
+    result = run_job(context, plan)
 
-    assert result.counts == {"ok": COUNT}
+    assert result.counts == {"ok": COUNT} and result.planned == COUNT  # frames, not chunks of them
     for index in range(COUNT):
         restored = np.asarray(Image.open(tmp_path / "out" / "clip.mkv.frames" / f"{index:06d}.png"))
         if index == 5:
