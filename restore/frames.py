@@ -50,8 +50,11 @@ _MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"II*\x00": "TIFF", b"MM\x00*"
 ZLIB_LEVEL = 1  # PNG and TIFF deflate level: encoding is often the pipeline's bottleneck; 1 is ~3x faster than 6, ~5% bigger
 JPEG_QUALITY = 95
 # Descriptive IFD0 tags a TIFF output carries over from EXIF (Orientation above all, so viewers rotate alike):
-# Orientation, Make, Model, DateTime, Artist, Copyright, with their TIFF types (SHORT or ASCII).
-_TIFF_EXIF_TAGS = {274: "H", 271: "s", 272: "s", 306: "s", 315: "s", 33432: "s"}
+# Orientation, Make, Model, DateTime, Artist, Copyright, DocumentName, PageName, HostComputer, with their TIFF
+# types (SHORT or ASCII). ImageDescription is read too; a TIFF output holds our provenance there, so the
+# original description moves into that JSON object, under its own name.
+_TIFF_EXIF_TAGS = {274: "H", 271: "s", 272: "s", 306: "s", 315: "s", 33432: "s", 269: "s", 285: "s", 316: "s"}
+_IMAGE_DESCRIPTION = 270
 _EXIF_IFDS = (0x8769, 0x8825)  # Exif and GPS sub-IFDs
 
 
@@ -281,7 +284,7 @@ def _tiff_exif(image: Image.Image) -> bytes | None:
     """EXIF bytes from a TIFF: its descriptive IFD0 tags plus the Exif and GPS sub-IFDs (not the image structure)."""
     source = image.getexif()
     exif = Image.Exif()
-    for tag in _TIFF_EXIF_TAGS:
+    for tag in (*_TIFF_EXIF_TAGS, _IMAGE_DESCRIPTION):
         if tag in source:
             exif[tag] = source[tag]
     for ifd in _EXIF_IFDS:
@@ -408,6 +411,8 @@ def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
             value = exif.get(tag)
             if isinstance(value, int) or (isinstance(value, str) and value.isascii()):
                 tags.append((tag, dtype, 0 if dtype == "s" else 1, value, True))
+        if text and isinstance(exif.get(_IMAGE_DESCRIPTION), str) and exif[_IMAGE_DESCRIPTION].strip():
+            text = {**text, "ImageDescription": exif[_IMAGE_DESCRIPTION]}
     buffer = io.BytesIO()
     tifffile.imwrite(
         buffer,

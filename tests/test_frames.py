@@ -86,6 +86,21 @@ def test_encoding_is_deterministic_and_carries_provenance(fmt):
     assert {key: written[key] for key in TEXT} == TEXT
 
 
+def test_a_tiffs_description_and_names_survive_beside_the_provenance():
+    buffer = io.BytesIO()
+    picture = np.random.default_rng(8).integers(0, 255, (6, 9, 3), dtype=np.uint8)
+    tifffile.imwrite(buffer, picture, photometric="rgb", description="Reel 42, Scanity HDR, neg, 2K",
+                     extratags=[(269, "s", 0, "reel-42", True), (285, "s", 0, "frame 1003", True)])
+    frame = decode_frame(buffer.getvalue())
+    out = Image.open(io.BytesIO(encode_frame(frame, frame.pixels, "tiff", text=TEXT)))
+    assert out.tag_v2[269] == "reel-42" and out.tag_v2[285] == "frame 1003"
+    written = json.loads(out.tag_v2[270])
+    assert written["ImageDescription"] == "Reel 42, Scanity HDR, neg, 2K"
+    assert {key: written[key] for key in TEXT} == TEXT
+    png = Image.open(io.BytesIO(encode_frame(frame, frame.pixels, "png", text=TEXT)))
+    assert png.getexif()[270] == "Reel 42, Scanity HDR, neg, 2K" and png.getexif()[269] == "reel-42"
+
+
 def test_16bit_colour_png_carries_provenance_and_stays_deterministic():
     frame = random_frame(np.uint16, 3, True)
     data = encode_frame(frame, frame.pixels, "png", text=TEXT)
