@@ -73,8 +73,8 @@ def cmd_run(args) -> int:
         return EXIT_OK
     if not args.quiet:
         print(f"job {spec.name}: planning (restorer {spec.restorer.name}, masks {spec.masks.source})", file=sys.stderr)
-    context, plan, result = run(spec, progress=None if args.quiet else Progress(as_json=args.progress_json),
-                                repair=args.repair)
+    progress = Progress(as_json=True) if args.progress_json else None if args.quiet else Progress()
+    context, plan, result = run(spec, progress=progress, repair=args.repair)
     counts = result.counts
     summary = {**run_summary(context, plan, result),
                "manifest": f"{spec.output.rstrip('/')}/{result.manifest_prefix}"}
@@ -152,13 +152,20 @@ def _output_target(args) -> tuple[str, str | None, str]:
         if args.job and args.job != spec.name:
             raise ValueError(f"--job {args.job} differs from the spec's name {spec.name}: give one or the other")
         return spec.output, spec.endpoint_url, spec.name
-    if not args.job:
-        raise ValueError("give a job spec, or an output location with --job NAME")
-    return args.target, args.endpoint_url, args.job
+    if args.job:
+        return args.target, args.endpoint_url, args.job
+    from .manifest import jobs_in
+    from .storage import open_storage
+
+    jobs = jobs_in(open_storage(args.target, args.endpoint_url))
+    if len(jobs) != 1:  # an output holds one job's manifests; an older one may hold several
+        raise ValueError(f"{args.target} holds the manifests of {len(jobs)} jobs ({', '.join(jobs) or 'none'}): "
+                         "give a job spec, or the output location with --job NAME")
+    return args.target, args.endpoint_url, jobs[0]
 
 
 def cmd_verify(args) -> int:
-    from .verify import verify
+    from .verify import FRAME_PROBLEMS, verify
 
     output, endpoint_url, job = _output_target(args)
     report = verify(output, job, endpoint_url, unknown=args.unknown)
@@ -166,6 +173,8 @@ def cmd_verify(args) -> int:
           f"{len(report.problems)} problems")
     for problem in report.problems[: args.show]:
         print(f"  {problem.kind} {problem.key}: {problem.detail}")
+    if any(problem.kind in FRAME_PROBLEMS for problem in report.problems):
+        print("  `restore run JOB.yaml --repair` restores those frames again")
     _write_json(args.json, report.as_dict())
     return EXIT_OK if report.ok else EXIT_FRAMES_FAILED
 
@@ -301,7 +310,7 @@ def cmd_bench(args) -> int:
 
 def _add_output_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", help="job spec (YAML), or an output location with --job")
-    parser.add_argument("--job", help="job name, when TARGET is an output location")
+    parser.add_argument("--job", help="job name, when TARGET is an output location (found there when omitted)")
     parser.add_argument("--endpoint-url", help="S3 endpoint, when TARGET is an s3:// output location")
 
 
@@ -316,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress line, only the final summary")
     run.add_argument("--json", metavar="OUT", help="write the run summary as JSON to OUT")
     run.add_argument("--progress-json", action="store_true",
-                     help="progress as one JSON object per line on stderr (every few seconds), for scripts")
+                     help="progress as one JSON object per line on stderr (every few seconds), for scripts; "
+                          "also with --quiet")
     run.add_argument("--show", type=int, default=20, help="with --dry-run: how many keys to print (default 20)")
     run.add_argument("--repair", action="store_true",
                      help="first verify every output (reading them all), and restore again the frames whose output "

@@ -331,6 +331,8 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["by_status"] == {"ok": 3, "failed": 1}
     assert status["failures"][0]["input_key"] == "bad.png"
+    assert restore_main(["status", str(tmp_path / "out")]) == 1  # the output's one job, found there
+    assert "job t: 4 frames: 1 failed, 3 ok" in capsys.readouterr().out
     assert restore_main(["status", str(tmp_path / "out"), "--job", "tt"]) == 2  # a mistyped job is no "all well"
     assert restore_main(["status", str(spec_file), "--job", "other"]) == 2
     assert "no manifests under" in capsys.readouterr().err
@@ -343,6 +345,7 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     assert restore_main(["verify", str(spec_file)]) == 1
     printed = capsys.readouterr().out
     assert "checksum reel/f000.png" in printed and "mask_checksum reel/f002.png" in printed  # the audit mask too
+    assert "`restore run JOB.yaml --repair` restores those frames again" in printed
     assert restore_main(["run", str(spec_file), "--quiet"]) == 1  # a plain rerun trusts the manifests
     assert restore_main(["run", str(spec_file), "--dry-run", "--repair", "--json", str(tmp_path / "dry.json")]) == 0
     repairing = ["reel/f000.png", "reel/f001.png", "reel/f002.png"]
