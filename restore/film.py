@@ -199,6 +199,7 @@ def decode_film(data: bytes, max_pixels: int) -> FilmFrame:
         "format": kind, "bits": bits, "dtype": str(source.dtype), "transfer": transfer, "channels": channels,
         "compression": attributes.get("compression"),
         "file_name": data[_DPX_NAME].hex() if kind == "DPX" else None,
+        "big_endian": kind == "DPX" and data[:4] == b"SDPX",  # many scanners write big-endian DPX: the output keeps it
         "user_data": None if user_data is None else bytes(np.asarray(user_data, np.uint8)).hex(),
         "attributes": [[a.name, str(a.type), _plain(a.value)] for a in spec.extra_attribs
                        if not a.name.startswith("oiio:") and a.name not in _SKIPPED],
@@ -267,6 +268,7 @@ def encode_film(frame: Frame, pixels: np.ndarray, fmt: str, text: dict[str, str]
     user_data = bytes.fromhex(header["user_data"]) if header["user_data"] else b""
     if header["format"] == "DPX":
         spec.attribute("oiio:BitsPerSample", header["bits"])
+        spec.attribute("oiio:Endian", "big" if header.get("big_endian") else "little")  # older rows: little
         top = 2 ** header["bits"] - 1
         samples = np.round(samples.astype(np.float64) * (65535 / top)).astype(np.uint16)  # the writer keeps the top bits
         if text and PROVENANCE_KEY in text:

@@ -63,22 +63,24 @@ def attributes(frame) -> dict:
     return {name: value for name, _, value in frame.header["attributes"]}
 
 
-@pytest.mark.parametrize("bits, transfer, channels", [
-    (10, "Printing density", ("R", "G", "B")),
-    (10, "Linear", ("R", "G", "B", "A")),
-    (16, "Printing density", ("Y",)),
-    (12, "Unspecified video", ("R", "G", "B")),
+@pytest.mark.parametrize("bits, transfer, channels, endian", [
+    (10, "Printing density", ("R", "G", "B"), "big"),
+    (10, "Linear", ("R", "G", "B", "A"), "little"),
+    (16, "Printing density", ("Y",), "big"),
+    (12, "Unspecified video", ("R", "G", "B"), "little"),
 ])
-def test_dpx_round_trips_exactly_outside_the_mask_with_its_header(oiio, tmp_path, bits, transfer, channels):
+def test_dpx_round_trips_exactly_outside_the_mask_with_its_header(oiio, tmp_path, bits, transfer, channels, endian):
     top = 2 ** bits - 1
     codes = np.round(scene(bits, len(channels)) * top).astype(np.uint16)
     codes[0, 0, 0], codes[1, 0, 0] = 0, top  # the extremes too
     user_data = b"scanner".ljust(32, b"\0") + b"gate=full aperture"
     wide = np.round(codes * (65535 / top)).astype(np.uint16)
     data = write_film(oiio, tmp_path, "in.dpx", wide, "uint16", channels, oiio__BitsPerSample=bits,
-                      dpx__Transfer=transfer, dpx__FramePosition=1234, dpx__UserData=user_data)
+                      oiio__Endian=endian, dpx__Transfer=transfer, dpx__FramePosition=1234, dpx__UserData=user_data)
 
     frame, output, again = restore_and_reread(data, "dpx")
+
+    assert data[:4] == output[:4] == (b"SDPX" if endian == "big" else b"XPDS")  # the scanner's byte order kept
 
     assert frame.format == "DPX" and frame.bit_depth == bits and frame.pixels.dtype == np.uint16
     assert np.array_equal(frame.source, codes)
