@@ -211,7 +211,7 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate, write_json
 
     result = evaluate(args.data, args.methods, args.classes, args.crop, args.seed, args.weights, args.limit,
-                      args.grid, args.table, args.threads)
+                      args.grid, args.table, args.threads, endpoint_url=args.endpoint_url)
     write_json(result, args.json)
     for name, reason in result["skipped"].items():
         print(f"restore eval: skipped {name}: {reason}", file=sys.stderr)
@@ -244,7 +244,8 @@ def cmd_export(args) -> int:
 def cmd_eval_detect(args) -> int:
     from .evaluate_detect import evaluate_detect, markdown_table
 
-    result = evaluate_detect(args.data, args.detectors, args.overlays, args.seed, args.limit, weights=args.weights)
+    result = evaluate_detect(args.data, args.detectors, args.overlays, args.seed, args.limit, weights=args.weights,
+                             endpoint_url=args.endpoint_url)
     _write_json(args.json, result)
     print(markdown_table(result))
     return EXIT_OK
@@ -255,7 +256,7 @@ def cmd_train_detector(args) -> int:
 
     digest = train_detector(args.data, args.out, steps=args.steps, seed=args.seed, crop=args.crop,
                             overlay_dir=args.overlays, init=args.init, lr=args.lr, val_images=args.val_images,
-                            threads=args.threads)
+                            threads=args.threads, endpoint_url=args.endpoint_url)
     print(f"restore train-detector: weights written to {args.out} (sha256 {digest})")
     return EXIT_OK
 
@@ -378,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = verbs.add_parser("eval", help="inpainting quality on clean images: GAN vs classical, per mask class")
     evaluation.add_argument("--data", required=True, help="clean images, searched recursively: a folder or "
                             "s3://bucket/prefix")
+    evaluation.add_argument("--endpoint-url", help="S3-compatible endpoint for --data (MinIO, Ceph, ...)")
     evaluation.add_argument("--json", required=True, metavar="OUT", help="write the results as JSON to OUT")
     evaluation.add_argument("--methods", nargs="+", default=list(RESTORERS), choices=RESTORERS)
     evaluation.add_argument("--classes", nargs="+", default=list(CLASSES), choices=CLASSES)
@@ -395,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     detection = verbs.add_parser("eval-detect", help="damage detection quality: precision, recall, F1, IoU per kind")
     detection.add_argument("--data", required=True, help="clean images, searched recursively: a folder or "
                            "s3://bucket/prefix")
+    detection.add_argument("--endpoint-url", help="S3-compatible endpoint for --data (MinIO, Ceph, ...)")
     detection.add_argument("--json", required=True, metavar="OUT", help="write the results as JSON to OUT")
     detection.add_argument("--overlays", help="folder of RGBA damage overlays (alpha = damage) to blend in too")
     detection.add_argument("--detectors", nargs="+", choices=DETECTOR_NAMES,
@@ -408,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train-detector", help="train the learned damage detector on synthetic damage over your own clean images")
     detector_training.add_argument("--data", required=True, help="clean images, searched recursively: a folder or "
                                    "s3://bucket/prefix")
+    detector_training.add_argument("--endpoint-url", help="S3-compatible endpoint for --data (MinIO, Ceph, ...)")
     detector_training.add_argument("--out", required=True, help="weights file to write, e.g. my-detector.pt")
     detector_training.add_argument("--overlays", help="folder of RGBA damage overlays (alpha = damage) to blend in too")
     detector_training.add_argument("--init", help="start from these detector weights (fine-tune), e.g. the shipped ones")

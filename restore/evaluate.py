@@ -149,7 +149,7 @@ def _build(methods, weights, threads, warm_input, warm_mask) -> tuple[dict, dict
 
 def evaluate(data_dir: str | Path, methods=RESTORERS, classes=CLASSES, crop: int = 256, seed: int = 0,
              weights: str | Path | None = None, limit: int | None = None, grid_png: str | Path | None = None,
-             table_md: str | Path | None = None, threads: int = 1) -> dict:
+             table_md: str | Path | None = None, threads: int = 1, endpoint_url: str | None = None) -> dict:
     """Score each method on each damage class over the images under `data_dir`; see the module docstring.
 
     `limit` keeps the first N images (sorted by path); `weights` is the GAN's generator file (default: the shipped
@@ -159,7 +159,7 @@ def evaluate(data_dir: str | Path, methods=RESTORERS, classes=CLASSES, crop: int
     _check_choices(methods, classes)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    storage, names = list_images(str(data_dir))
+    storage, names = list_images(str(data_dir), endpoint_url)
     names = names[:limit]
     warm_input, warm_mask = damage(centre_crop(read_rgb8(storage, names[0]), crop)[0], names[0], classes[0], seed)
     restorers, skipped = _build(methods, weights, threads, warm_input, warm_mask)

@@ -40,14 +40,16 @@ def default_detectors() -> tuple[str, ...]:
 
 def evaluate_detect(data_dir: str | Path, detectors: Sequence[str | Detector] | None = None,
                     overlay_dir: str | Path | None = None, seed: int = 0, limit: int | None = None,
-                    crop: int = 512, weights: str | Path | None = None) -> dict:
+                    crop: int = 512, weights: str | Path | None = None, endpoint_url: str | None = None) -> dict:
     """Score `detectors` (names or built detectors; default `default_detectors()`) on every image under
     `data_dir` (sorted, first `limit`); `weights` is a detector file for "learned" instead of the shipped one.
 
     Returns {"settings": {...}, "detectors": {name: {"overall": scores, kind: scores, ...,
     "clean": {"flagged_fraction": f}, "seconds_per_mp": s}}}.
     """
-    storage, names = list_images(str(data_dir))
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    storage, names = list_images(str(data_dir), endpoint_url)
     names = names[:limit]
     built = [build_detector(d, **({"weights": weights} if d == "learned" and weights else {}))
              if isinstance(d, str) else d for d in (default_detectors() if detectors is None else detectors)]

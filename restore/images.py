@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from .storage import LocalStorage, Storage, open_storage
+from .storage import LocalStorage, Storage, StorageError, open_storage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -31,7 +31,7 @@ def read_rgb8(storage: Storage, key: str) -> np.ndarray:
             if image.mode.startswith("I"):
                 image = Image.fromarray((np.asarray(image, np.float64) / 257).round().clip(0, 255).astype(np.uint8))
             return np.asarray(image.convert("RGB")).copy()
-    except (OSError, ValueError) as error:  # Pillow's "cannot identify image file" is an OSError
+    except (OSError, ValueError, StorageError) as error:  # Pillow's "cannot identify image file" is an OSError
         raise ValueError(f"cannot read image {storage.uri.rstrip('/')}/{key}: {error}") from None
 
 

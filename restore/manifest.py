@@ -143,8 +143,9 @@ def _part_run_id(key: str, job: str) -> str:
 
 
 def jobs_in(storage: Storage) -> list[str]:
-    """The names of the jobs that keep manifests (or a lease) in this output."""
-    return sorted({info.key.split("/")[1] for info in storage.list(prefix=f"{MANIFEST_ROOT}/")
+    """The names of the jobs with manifest rows in this output (a lease alone, from a run that wrote none, is not
+    a job's claim on it)."""
+    return sorted({info.key.split("/")[1] for info in storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/")
                    if info.key.count("/") >= 2})
 
 

@@ -190,7 +190,7 @@ def lossless_format(source_format: str, output_format: str) -> str:
 def frame_order(key: str) -> list:
     """Sort key of a frame in its sequence: numbers in names count as numbers, so `shot_2` comes before `shot_10`
     (scanners do not always pad frame numbers)."""
-    return [(0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", key)]
+    return [(0, int(part), part) if part.isdecimal() else (1, 0, part) for part in re.split(r"(\d+)", key)]
 
 
 def neighbour_keys(keys: list[str], window: int) -> dict[str, list[str]]:
@@ -207,9 +207,11 @@ def neighbour_keys(keys: list[str], window: int) -> dict[str, list[str]]:
 
 def check_output_is_the_jobs(output_storage: Storage, job: str) -> None:
     """One output, one job: two jobs in one output would overwrite each other's `report.html`, list each other's
-    frames as unknown in `verify`, and could write one output key from two inputs that no plan sees together."""
-    others = [name for name in jobs_in(output_storage) if name != job]
-    if others:
+    frames as unknown in `verify`, and could write one output key from two inputs that no plan sees together.
+    A job already in an output that others share (from before this check) goes on running there."""
+    jobs = jobs_in(output_storage)
+    others = [name for name in jobs if name != job]
+    if others and job not in jobs:
         raise JobError(
             f"output: {output_storage.uri} holds the manifests of job(s) {', '.join(map(repr, others))}, and each job "
             "needs an output of its own, beside the others rather than inside them; if this job was renamed, go "
@@ -543,7 +545,8 @@ def _still_neighbours(context: JobContext, row: dict, decoded: dict[str, np.ndar
                 decoded[key] = None
     shape = decoded[row["input_key"]].shape
     keys = [key for key in row["neighbour_keys"] if decoded[key] is not None and decoded[key].shape == shape]
-    return [decoded[key] for key in keys], sum(key < row["input_key"] for key in keys)
+    before = frame_order(row["input_key"])
+    return [decoded[key] for key in keys], sum(frame_order(key) < before for key in keys)  # the sequence's order
 
 
 def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:

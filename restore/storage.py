@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
-from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, IncompleteReadError,
-                                 NoCredentialsError, ResponseStreamingError)
+try:
+    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, IncompleteReadError,
+                                     NoCredentialsError, ResponseStreamingError)
+except ImportError:  # boto3 serves s3:// locations only: where it is not installed, local folders still work
+    class _NoBotocore(Exception):
+        """Stands in for botocore's errors in except clauses; never raised."""
+
+    BotoCoreError = ClientError = EndpointConnectionError = IncompleteReadError = _NoBotocore
+    NoCredentialsError = ResponseStreamingError = _NoBotocore
 
 TEMP_PREFIX = ".restore-tmp-"  # local atomic writes stage their bytes under this name, beside the target
 # boto3's standard retry mode: exponential backoff with jitter on throttling, 5xx, timeouts and refused connections.

@@ -222,6 +222,20 @@ def test_unknown_choices_and_empty_folders_are_refused(data_dir, tmp_path):
         evaluate(tmp_path / "missing", methods=("telea",), crop=CROP)
 
 
+def test_evaluation_images_can_come_from_s3(data_dir, s3_endpoint, s3_bucket):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        client.put_object(Bucket=s3_bucket, Key=f"clean/{path.relative_to(data_dir).as_posix()}",
+                          Body=path.read_bytes())
+    local = evaluate(data_dir, methods=("telea",), classes=("thin",), crop=CROP)
+    remote = evaluate(f"s3://{s3_bucket}/clean", methods=("telea",), classes=("thin",), crop=CROP,
+                      endpoint_url=s3_endpoint)
+    assert remote["images"] == local["images"] == 4
+    assert remote["methods"]["telea"]["thin"]["psnr_hole"] == local["methods"]["telea"]["thin"]["psnr_hole"]
+
+
 def test_a_method_failing_on_its_first_frame_is_skipped_with_the_reason(data_dir, monkeypatch):
     class Broken:
         def restore_batch(self, frames, masks):

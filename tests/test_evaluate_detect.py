@@ -60,6 +60,8 @@ def test_overlays_are_optional_and_images_required(folders, tmp_path):
     assert "overlays" not in result["detectors"]["blind"]
     with pytest.raises(ValueError, match="no images"):
         evaluate_detect((tmp_path / "empty").mkdir() or tmp_path / "empty", [Blind()])
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        evaluate_detect(images, [Blind()], limit=0)
 
 
 def test_scores_tolerate_one_pixel_at_borders():

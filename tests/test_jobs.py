@@ -290,6 +290,17 @@ def test_sequence_windows_hand_each_frame_its_neighbours_within_its_folder():
     unpadded = neighbour_keys([f"shot_{i}.png" for i in range(1, 12)], 1)  # frame numbers without leading zeros
     assert unpadded["shot_2.png"] == ["shot_1.png", "shot_3.png"]
     assert unpadded["shot_9.png"] == ["shot_8.png", "shot_10.png"] and unpadded["shot_11.png"] == ["shot_10.png"]
+    # and the temporal stages are told which of them come before the frame in that same order
+    from types import SimpleNamespace
+
+    from restore.pipeline import _still_neighbours
+
+    keys = [f"shot_{i}.png" for i in range(1, 14)]
+    context = SimpleNamespace(spec=SimpleNamespace(uses_neighbours=True))
+    decoded = {key: np.zeros((4, 4, 3), np.uint8) for key in keys}
+    for key, window, before in (("shot_9.png", 1, 1), ("shot_10.png", 1, 1), ("shot_11.png", 2, 2)):
+        row = {"input_key": key, "neighbour_keys": neighbour_keys(keys, window)[key]}
+        assert _still_neighbours(context, row, decoded)[1] == before, key
 
 
 def test_worker_pool_larger_than_the_cluster_is_refused_before_any_work(tmp_path, ray_session):
@@ -313,6 +324,17 @@ def test_a_second_job_is_refused_an_output_that_holds_another_jobs_manifests(tmp
         run(job(tmp_path, name="reel-2", input=str(tmp_path / "in2")))
     assert tree_digest(tmp_path / "out") == before  # nothing of the first job's was touched
     assert run(job(tmp_path, name="reel-1")).counts == {}  # its own job still runs there: nothing left to do
+
+    from restore.pipeline import check_output_is_the_jobs
+
+    output = open_storage(str(tmp_path / "out"))
+    output.put("_manifests/ghost/_lease/000000000001.json", b"{}")  # a run that failed before writing a row
+    check_output_is_the_jobs(output, "reel-1")  # has no claim on the output
+    [part] = (tmp_path / "out" / "_manifests" / "reel-1").glob("*/part-*.parquet")
+    output.put("_manifests/reel-2/r/part-00000.parquet", part.read_bytes())  # shared before this check existed
+    check_output_is_the_jobs(output, "reel-2")  # a job already there goes on running there
+    with pytest.raises(JobError, match=r"job\(s\) 'reel-1', 'reel-2'"):
+        check_output_is_the_jobs(output, "reel-3")
 
 
 def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, capsys):

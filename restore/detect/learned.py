@@ -124,7 +124,8 @@ def calibrate(net: DetectorNet, images: list[np.ndarray], overlay_dir: str | Non
 
 def train_detector(data_dir: str | os.PathLike, out_path: str | os.PathLike, steps: int = 3000, seed: int = 0,
                    crop: int = 128, overlay_dir: str | None = None, init: str | os.PathLike | None = None,
-                   lr: float = 2e-3, val_images: int = 8, threads: int | None = None, log=print) -> str:
+                   lr: float = 2e-3, val_images: int = 8, threads: int | None = None, log=print,
+                   endpoint_url: str | None = None) -> str:
     """Train a detector net on synthetic damage over the clean images in `data_dir`; returns the weights' sha256.
 
     Every k-th image (`val_images` of them) is held out to calibrate the threshold at the end. `init` starts
@@ -136,7 +137,7 @@ def train_detector(data_dir: str | os.PathLike, out_path: str | os.PathLike, ste
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    train_images, held_out = split_images(str(data_dir), val_images)
+    train_images, held_out = split_images(str(data_dir), val_images, endpoint_url)
     train_images = [im for im in train_images if min(im.shape[:2]) >= crop]
     if not train_images:
         raise ValueError(f"no training images of at least {crop} px a side under {data_dir}")

@@ -183,7 +183,8 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
     sums = [torch.zeros_like(im, dtype=torch.float32, device=device) for im in images]  # (3, H, W) weighted sums
     weights = [torch.zeros(im.shape[1:], device=device) for im in images]  # (H, W)
     cuda = device.type == "cuda"
-    half = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16  # fp16 on pre-Ampere GPUs
+    # bf16 where the GPU has bf16 units (Ampere on), else fp16: older cards only emulate bf16, slowly
+    half = torch.bfloat16 if cuda and torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     for (th, tw), size_jobs in by_size.items():
         feather = _feather(th, tw, overlap, device)  # (th, tw)
         for start in range(0, len(size_jobs), batch_size):
