@@ -163,6 +163,17 @@ def _video_mask_shape(pattern: str, video_key: str) -> tuple[str, str | None]:
     return (head, tail) if index else (first, None)
 
 
+def _mask_folder_shape(pattern: str) -> re.Pattern | None:
+    """The keys a pattern that keeps masks in a folder of their own (`{dir}/masks/{stem}.png`) can name, as a
+    regex, so that a mask whose frame was deleted or renamed is still no frame; None for a pattern without such a
+    folder (`{dir}/{stem}_mask.png`), whose shape could also be a frame's name."""
+    fields = {"{dir}/": "(?:.*/)?", "{dir}": ".*", "{stem}": "[^/]+", "{name}": "[^/]+"}
+    parts = re.split(r"(\{dir\}/|\{dir\}|\{stem\}|\{name\})", posixpath.normpath(pattern))
+    if ".." in pattern or not any(re.search(r"[^/]+/", literal) for literal in parts[::2]):  # no folder named
+        return None
+    return re.compile("".join(fields[part] if index % 2 else re.escape(part) for index, part in enumerate(parts)))
+
+
 def output_key_for(input_key: str, fmt: str) -> str:
     """Same key when the format is kept; otherwise the new extension is appended, so keys never collide.
 
@@ -324,8 +335,11 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
         mask_files = {key for keys in mask_keys.values() for key in keys}
         shapes = {_video_mask_shape(pattern, info.key) for info in listed if is_video(info.key) for pattern in patterns}
 
+        in_mask_folders = [shape for shape in map(_mask_folder_shape, patterns) if shape is not None]
+
         def is_mask(key: str) -> bool:
-            return key in mask_files or (key, None) in shapes or any(split in shapes for split in _index_splits(key))
+            return (key in mask_files or (key, None) in shapes or any(split in shapes for split in _index_splits(key))
+                    or any(shape.fullmatch(key) for shape in in_mask_folders))  # a mask whose frame is gone
 
         listed = [info for info in listed if not is_mask(info.key)]  # a mask is not a frame
         mask_listing = found

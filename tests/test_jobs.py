@@ -312,6 +312,17 @@ def test_worker_pool_larger_than_the_cluster_is_refused_before_any_work(tmp_path
     assert not (tmp_path / "out" / "_manifests").exists()
 
 
+def test_a_mask_whose_frame_is_gone_is_not_taken_for_a_frame(tmp_path):
+    write_collection(tmp_path / "in", 2)
+    (tmp_path / "in" / "reel" / "f000.png").unlink()  # deleted or renamed upstream: its mask stays behind
+    _, plan = prepare(parse_spec(job(tmp_path)))
+    assert [task["input_key"] for task in plan.tasks] == ["reel/f001.png"] and plan.listed == 1
+    # a pattern without a folder of its own could also name a frame: such a file stays a frame
+    (tmp_path / "in" / "reel" / "f002_mask.png").write_bytes(png_bytes(box_mask()))
+    _, plan = prepare(parse_spec(job(tmp_path, masks={"pattern": "{dir}/{stem}_mask.png"})))
+    assert "reel/f002_mask.png" in [task["input_key"] for task in plan.tasks]
+
+
 def test_a_second_job_is_refused_an_output_that_holds_another_jobs_manifests(tmp_path, ray_session):
     from restore.pipeline import JobError
 
