@@ -232,11 +232,10 @@ def run_bench(config: BenchConfig) -> dict:
     """Every measurement for every frame size; top-level ratios are the worst over sizes."""
     if config.damage not in DAMAGE_KINDS:
         raise ValueError(f"damage: expected one of {', '.join(DAMAGE_KINDS)}, got {config.damage!r}")
-    import ray
+    from .pipeline import start_ray
 
     s3 = _s3_endpoint() if config.s3 else None  # first: Ray's workers inherit the environment it sets
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=False, include_dashboard=False)
+    start_ray()
     workdir = Path(tempfile.mkdtemp(prefix="restore-bench-"))
     try:
         sizes = [bench_size(config, h, w, workdir, s3[1] if s3 else None) for h, w in config.sizes]

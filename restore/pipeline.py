@@ -824,6 +824,24 @@ def prepare(spec: JobSpec, repair: bool = False) -> tuple[JobContext, Plan]:
 ProgressCallback = Callable[[int, int, int], None]  # (frames done, frames planned, failures so far)
 
 
+def start_ray() -> None:
+    """Join the Ray cluster there is, or start a local instance, unless this process already did.
+
+    Ray puts the driver's working directory on its workers' import path. From a folder that holds a checkout of
+    this project (a `restore/` folder that is not the package itself), workers would import that folder instead
+    of the package: so Ray is started from the folder that holds the package."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        ray.init(configure_logging=False, log_to_driver=False, include_dashboard=False)
+    finally:
+        os.chdir(here)
+
+
 def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None = None, lease=None) -> RunResult:
     import ray
     from ray.data import ActorPoolStrategy
@@ -835,8 +853,7 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     context.output_storage.remove_orphaned_temp_files()
     if not plan.tasks:
         return result
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=False, include_dashboard=False)
+    start_ray()
     _check_resources(spec)
     ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress line replaces Ray's
     logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -585,6 +585,10 @@ def train(config: TrainConfig, resume: bool = True, ray_workers: int = 0) -> Pat
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from restore.pipeline import start_ray
+
+    start_ray()
+
     trainer = TorchTrainer(
         _ray_worker_loop,
         train_loop_config={"config": dataclasses.asdict(config), "resume": resume},

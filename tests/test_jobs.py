@@ -254,6 +254,21 @@ def test_a_missing_input_folder_is_named_with_what_to_check(tmp_path, capsys):
     assert "no frames matching *" in err and "does not exist" not in err
 
 
+def test_a_run_started_beside_a_checkout_of_the_project_imports_the_package(tmp_path, ray_session):
+    """Ray puts the driver's working directory on its workers' import path: a `restore/` folder there that is not
+    the package (the folder a `git clone` makes) must not be imported in its place."""
+    write_collection(tmp_path / "in", 1)
+    (tmp_path / "restore").mkdir()
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    command = Path(sys.executable).with_name("restore")  # the installed command, as a user runs it
+    done = subprocess.run([str(command), "run", str(spec_file), "--quiet"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 ok, 0 failed" in done.stdout
+
+
 def test_killed_run_resumes_with_only_the_remainder_and_no_duplicates(tmp_path, ray_session):
     count = 12
     write_collection(tmp_path / "in", count)
