@@ -14,6 +14,7 @@ from . import __version__
 
 EXIT_OK, EXIT_FRAMES_FAILED, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+DEMO_SPEC = "jobs/demo.yaml"  # in the repository's folder
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -158,6 +159,8 @@ def _output_target(args) -> tuple[str, str | None, str]:
     from .storage import open_storage
 
     jobs = jobs_in(open_storage(args.target, args.endpoint_url))
+    if not jobs:
+        raise ValueError(f"no manifests under {args.target}: is the path right, and has a job run there?")
     if len(jobs) != 1:  # an output holds one job's manifests; an older one may hold several
         raise ValueError(f"{args.target} holds the manifests of {len(jobs)} jobs ({', '.join(jobs) or 'none'}): "
                          "give a job spec, or the output location with --job NAME")
@@ -200,6 +203,8 @@ def cmd_demo(args) -> int:
     from .demo import make_demo_frames
     from .spec import load_spec
 
+    if not Path(args.spec).is_file() and args.spec == DEMO_SPEC:
+        raise ValueError(f"{DEMO_SPEC} not found: run `restore demo` in the repository's folder, or give a job spec")
     spec = load_spec(args.spec)
     written = make_demo_frames(spec, count=args.frames, seed=args.seed)
     print(f"demo: {written} damaged frames with masks in {spec.input}", file=sys.stderr)
@@ -229,7 +234,10 @@ def cmd_train(args) -> int:
                                max_steps=args.max_steps, max_minutes=args.max_minutes, threads=args.threads,
                                device=args.device, precision=args.precision)
     out_dir = train(config, resume=not args.fresh, ray_workers=args.workers)
-    print(f"restore train: checkpoints, log.jsonl and curves.png in {out_dir}")
+    from .train import checkpoint_step
+
+    print(f"restore train: at step {checkpoint_step(out_dir)} (max_steps {config.max_steps}); checkpoints, "
+          f"log.jsonl and curves.png in {out_dir}")
     return EXIT_OK
 
 
@@ -366,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     demo = verbs.add_parser("demo", help="generate a small damaged collection for a job spec, then run it")
-    demo.add_argument("spec", nargs="?", default="jobs/demo.yaml", help="job spec (default jobs/demo.yaml)")
+    demo.add_argument("spec", nargs="?", default=DEMO_SPEC,
+                      help="job spec (default jobs/demo.yaml, from the repository's folder)")
     demo.add_argument("--frames", type=int, default=12, help="how many frames to generate")
     demo.add_argument("--seed", type=int, default=0, help="seed of the generated frames and their damage")
     demo.add_argument("--quiet", action="store_true", help="no progress line, only the final summary")
@@ -485,7 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     from .storage import StorageError
     from .submit import SubmitError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for option in ("json", "table", "grid"):  # before the work, not after it: its results would be lost
+        path = getattr(args, option, None)
+        if path and not Path(path).resolve().parent.is_dir():
+            parser.error(f"--{option} {path}: the folder {Path(path).resolve().parent} does not exist")
     if threading.current_thread() is threading.main_thread():  # a scheduler's stop (SIGTERM) ends a run as Ctrl-C does
         signal.signal(signal.SIGTERM, _stop)
     try:

@@ -39,7 +39,8 @@ def split_images(uri: str, held_out: int, endpoint_url: str | None = None) -> tu
     """(kept, held out) decoded images; every k-th image (sorted by key) is held out, so the split is stable."""
     storage, keys = list_images(uri, endpoint_url)
     if len(keys) <= held_out:
-        raise ValueError(f"{uri}: {len(keys)} images, need more than the {held_out} held out")
+        raise ValueError(f"{uri}: {len(keys)} images, need more than the {held_out} held out for validation; "
+                         "hold out fewer (val_images)")
     stride = len(keys) / max(1, held_out)
     held = {int(i * stride) for i in range(held_out)}
     kept = [read_rgb8(storage, key) for i, key in enumerate(keys) if i not in held]

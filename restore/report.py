@@ -70,8 +70,10 @@ def rebuild_report(output: str, job: str | None = None, endpoint_url: str | None
     output_storage = open_storage(output, endpoint_url)
     if job is None:
         jobs = jobs_in(output_storage)
+        if not jobs:
+            raise ReportError(f"no manifests under {output}: is the path right, and has a job run there?")
         if len(jobs) != 1:
-            raise ReportError(f"{output} holds manifests of {len(jobs)} jobs ({', '.join(jobs) or 'none'}): name one")
+            raise ReportError(f"{output} holds manifests of {len(jobs)} jobs ({', '.join(jobs)}): name one")
         job = jobs[0]
     key = _spec_key(job)
     if output_storage.head(key) is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,8 @@ def _build(cls, values: dict, where: str):
 
 def load_train_config(path: str | os.PathLike, **overrides) -> TrainConfig:
     """TrainConfig from a YAML file; `overrides` (e.g. data=..., out_dir=...) win over the file."""
+    if not Path(path).is_file():
+        raise ValueError(f"training config not found: {path} (the shipped ones are in restore/configs/)")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
@@ -318,6 +321,11 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / "last.pt"
 
 
+def checkpoint_step(out_dir: str | os.PathLike) -> int:
+    """The step the run in `out_dir` has reached, from its last checkpoint."""
+    return int(torch.load(checkpoint_path(out_dir), map_location="cpu", weights_only=True)["step"])
+
+
 def save_checkpoint(state: State, config: TrainConfig) -> Path:
     """Everything needed to continue the run (exactly, when batches are drawn in the loop), written atomically (a
     crash never leaves half a file)."""
@@ -486,10 +494,10 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
         raise ValueError("device cuda: this torch sees no CUDA device (a CPU build, or no GPU here); use --device cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # a few crop sizes only: each gets its fastest kernels once
+    images, val_images = split_images(config.data, config.val_images, config.endpoint_url)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log.jsonl"
-    images, val_images = split_images(config.data, config.val_images, config.endpoint_url)
     resuming = resume and checkpoint_path(out_dir).exists()
     state = _new_state(config, rank, device, fresh=not resuming)
     if resuming:
@@ -519,6 +527,10 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
                                     "val": scores["psnr_hole"], "val_texture": scores["texture"],
                                     "telea": telea["psnr_hole"], "telea_texture": telea["texture"]})
                     plot_log(log_path, out_dir / "curves.png")
+                    print(f"restore train: step {state.step}, validation hole PSNR "
+                          + ", ".join(f"{kind} {db:.2f}" for kind, db in scores["psnr_hole"].items())
+                          + f" dB (Telea {', '.join(f'{db:.2f}' for db in telea['psnr_hole'].values())})",
+                          file=sys.stderr, flush=True)  # a run of hours says how it goes
                 if config.snapshot_every and state.step % config.snapshot_every == 0:
                     _save_ema(state.ema, config, state.step, state.wall_seconds, state.started_from,
                               out_dir / f"generator-{state.step:07d}.pt")

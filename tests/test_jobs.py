@@ -381,6 +381,8 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     assert status["failures"][0]["input_key"] == "bad.png"
     assert restore_main(["status", str(tmp_path / "out")]) == 1  # the output's one job, found there
     assert "job t: 4 frames: 1 failed, 3 ok" in capsys.readouterr().out
+    assert restore_main(["status", str(tmp_path / "typo")]) == 2
+    assert "no manifests under" in capsys.readouterr().err
     assert restore_main(["status", str(tmp_path / "out"), "--job", "tt"]) == 2  # a mistyped job is no "all well"
     assert restore_main(["status", str(spec_file), "--job", "other"]) == 2
     assert "no manifests under" in capsys.readouterr().err

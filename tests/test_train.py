@@ -89,6 +89,14 @@ def test_shipped_configs_load():
     assert dataclasses.replace(more, rescale_p=zoom.rescale_p, rescale_range=zoom.rescale_range, val_every=250) == zoom
 
 
+def test_a_missing_config_or_too_few_images_say_what_to_do(tmp_path, tiny_data):
+    with pytest.raises(ValueError, match="training config not found: .*nope.yaml"):
+        load_train_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="8 images, need more than the 8 held out for validation; hold out fewer"):
+        train(tiny_config(tiny_data, tmp_path / "run", val_images=8), resume=False)
+    assert not (tmp_path / "run").exists()  # no empty checkpoint folder left behind
+
+
 def test_config_errors_name_the_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: d\nout_dir: o\ngenerator:\n  widht: 3\n")
