@@ -58,6 +58,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         context, plan = prepare(spec, repair=args.repair)
         summary = {"job": spec.name, "listed": plan.listed, "already_done": plan.already_done,
+                   "orphan_masks": plan.orphan_masks,
                    "to_process": plan.frames, "given_up": plan.given_up, "repairing": plan.repairing,
                    "bytes_to_read": plan.bytes_to_read,
                    "keys": list(dict.fromkeys(task["input_key"] for task in plan.tasks))}  # a video's chunks: once
@@ -65,7 +66,9 @@ def cmd_run(args) -> int:
               f"{plan.frames} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)"
               + (f", {len(plan.repairing)} of them to repair" if args.repair else "")
               + (f"; {len(plan.given_up)} left failed after max_attempts (a run exits 1 for them)"
-                 if plan.given_up else ""))
+                 if plan.given_up else "")
+              + (f"; {len(plan.orphan_masks)} files in mask folders left alone: masks whose frames are gone"
+                 if plan.orphan_masks else ""))
         for key in summary["keys"][: args.show]:
             print(f"  {key}")
         for task in [task for task in plan.tasks if task.get("plan_error")][: args.show]:

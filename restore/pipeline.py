@@ -111,6 +111,7 @@ class Plan:
     bytes_to_read: int
     given_up: list[str] = field(default_factory=list)  # frames that failed max_attempts times: not retried
     repairing: list[str] = field(default_factory=list)  # frames restored again because their outputs failed verify
+    orphan_masks: list[str] = field(default_factory=list)  # files in mask folders whose frames are gone: not frames
 
     @property
     def frames(self) -> int:
@@ -167,11 +168,13 @@ def _mask_folder_shape(pattern: str) -> re.Pattern | None:
     """The keys a pattern that keeps masks in a folder of their own (`{dir}/masks/{stem}.png`) can name, as a
     regex, so that a mask whose frame was deleted or renamed is still no frame; None for a pattern without such a
     folder (`{dir}/{stem}_mask.png`), whose shape could also be a frame's name."""
-    fields = {"{dir}/": "(?:.*/)?", "{dir}": ".*", "{stem}": "[^/]+", "{name}": "[^/]+"}
+    # a video frame's stem is `reel/000123`
+    fields = {"{dir}/": "(?:.*/)?", "{dir}": ".*", "{stem}": r"[^/]+(?:/\d{6,})?", "{name}": "[^/]+"}
     parts = re.split(r"(\{dir\}/|\{dir\}|\{stem\}|\{name\})", posixpath.normpath(pattern))
     if ".." in pattern or not any(re.search(r"[^/]+/", literal) for literal in parts[::2]):  # no folder named
         return None
-    return re.compile("".join(fields[part] if index % 2 else re.escape(part) for index, part in enumerate(parts)))
+    return re.compile("".join(fields[part] if index % 2 else re.escape(part) for index, part in enumerate(parts)),
+                      re.DOTALL)
 
 
 def output_key_for(input_key: str, fmt: str) -> str:
@@ -335,16 +338,24 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
         mask_files = {key for keys in mask_keys.values() for key in keys}
         shapes = {_video_mask_shape(pattern, info.key) for info in listed if is_video(info.key) for pattern in patterns}
 
-        in_mask_folders = [shape for shape in map(_mask_folder_shape, patterns) if shape is not None]
+        read = patterns[:1] * reads_given + patterns[1:]  # the patterns whose files this job reads as masks
+        mask_folders = [shape for shape in map(_mask_folder_shape, read) if shape is not None]
+        found_keys = {info.key for info in found}
 
         def is_mask(key: str) -> bool:
-            return (key in mask_files or (key, None) in shapes or any(split in shapes for split in _index_splits(key))
-                    or any(shape.fullmatch(key) for shape in in_mask_folders))  # a mask whose frame is gone
+            return key in mask_files or (key, None) in shapes or any(split in shapes for split in _index_splits(key))
 
-        listed = [info for info in listed if not is_mask(info.key)]  # a mask is not a frame
+        def is_orphan_mask(key: str) -> bool:
+            """In a folder of masks, and without a given mask of its own: a mask whose frame is gone."""
+            return (any(shape.fullmatch(key) for shape in mask_folders)
+                    and not (reads_given and mask_keys[key][0] in found_keys))
+
+        orphan_masks = sorted(info.key for info in listed if not is_mask(info.key) and is_orphan_mask(info.key))
+        listed = [info for info in listed if not is_mask(info.key) and info.key not in orphan_masks]  # not frames
         mask_listing = found
     else:  # the mask store is listed under the patterns' fixed folder only
         mask_listing = list(context.mask_storage.list(mask_globs, prefix=mask_folder)) if mask_globs else []
+        orphan_masks = []
     mask_etags = {info.key: info.etag for info in mask_listing}
     table = read_manifests(context.output_storage, spec.name)
     past = history(table, context.config_hash)
@@ -391,7 +402,7 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     repairing = sorted(redo.intersection(key for task in tasks for key in _frame_keys(task)))
     return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up),
                 bytes_to_read=sum({task["input_key"]: task["input_size"] for task in tasks}.values()),  # a video once
-                given_up=given_up, repairing=repairing)
+                given_up=given_up, repairing=repairing, orphan_masks=orphan_masks)
 
 
 # ---------------------------------------------------------------------------------------------- stages

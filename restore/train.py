@@ -600,6 +600,9 @@ def train(config: TrainConfig, resume: bool = True, ray_workers: int = 0) -> Pat
     from restore.pipeline import start_ray
 
     start_ray()
+    # Ray Train runs each worker in a folder of its own: relative paths must be made absolute here
+    config = dataclasses.replace(config, out_dir=str(Path(config.out_dir).resolve()),
+                                 data=config.data if "://" in config.data else str(Path(config.data).resolve()))
 
     trainer = TorchTrainer(
         _ray_worker_loop,

@@ -330,8 +330,20 @@ def test_worker_pool_larger_than_the_cluster_is_refused_before_any_work(tmp_path
 def test_a_mask_whose_frame_is_gone_is_not_taken_for_a_frame(tmp_path):
     write_collection(tmp_path / "in", 2)
     (tmp_path / "in" / "reel" / "f000.png").unlink()  # deleted or renamed upstream: its mask stays behind
+    (tmp_path / "in" / "masks" / "gone").mkdir(parents=True)  # the masks of a video since deleted
+    (tmp_path / "in" / "masks" / "gone" / "000000.png").write_bytes(png_bytes(box_mask()))
     _, plan = prepare(parse_spec(job(tmp_path)))
     assert [task["input_key"] for task in plan.tasks] == ["reel/f001.png"] and plan.listed == 1
+    assert plan.orphan_masks == ["masks/gone/000000.png", "reel/masks/f000.png"]
+    # a job that reads no given masks has no mask folders: a picture in a folder named masks is a frame
+    _, plan = prepare(parse_spec(job(tmp_path, masks={"source": "detect"})))
+    assert "reel/masks/f000.png" in [task["input_key"] for task in plan.tasks] and not plan.orphan_masks
+    # nor is a picture with a mask of its own a mask, wherever it lies
+    (tmp_path / "in" / "reel" / "masks" / "masks").mkdir()
+    (tmp_path / "in" / "reel" / "masks" / "masks" / "f000.png").write_bytes(png_bytes(box_mask()))
+    _, plan = prepare(parse_spec(job(tmp_path)))
+    assert "reel/masks/f000.png" in [task["input_key"] for task in plan.tasks]
+    (tmp_path / "in" / "reel" / "masks" / "masks" / "f000.png").unlink()
     # a pattern without a folder of its own could also name a frame: such a file stays a frame
     (tmp_path / "in" / "reel" / "f002_mask.png").write_bytes(png_bytes(box_mask()))
     _, plan = prepare(parse_spec(job(tmp_path, masks={"pattern": "{dir}/{stem}_mask.png"})))

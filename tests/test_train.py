@@ -322,9 +322,11 @@ def test_a_blank_hole_generator_is_fine_tuned_into_a_telea_refiner(tiny_data, tm
     assert torch.equal(seen[~mask.expand_as(seen)], image[~mask.expand_as(image)])
 
 
-def test_ray_train_two_workers_stay_identical(tiny_data, tmp_path, ray_session):
-    config = tiny_config(tiny_data, tmp_path / "ray", max_steps=3)
+def test_ray_train_two_workers_stay_identical(tiny_data, tmp_path, ray_session, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tiny_data, "ray", max_steps=3)  # relative, as typed: each worker runs in a folder of its own
     out = train(config, resume=False, ray_workers=2)
+    assert out == tmp_path / "ray"
     log = [json.loads(line) for line in open(Path(out) / "log.jsonl")]
     replicas = [r for r in log if r.get("event") == "replicas"]
     assert len(replicas) == 1 and replicas[0]["step"] == 3
