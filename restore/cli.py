@@ -497,12 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     from .storage import StorageError
     from .submit import SubmitError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     for option in ("json", "table", "grid"):  # before the work, not after it: its results would be lost
         path = getattr(args, option, None)
         if path and not Path(path).resolve().parent.is_dir():
-            parser.error(f"--{option} {path}: the folder {Path(path).resolve().parent} does not exist")
+            print(f"restore {args.verb}: cannot write --{option} {path}: the folder {Path(path).resolve().parent} "
+                  "does not exist", file=sys.stderr)
+            return EXIT_ERROR
     if threading.current_thread() is threading.main_thread():  # a scheduler's stop (SIGTERM) ends a run as Ctrl-C does
         signal.signal(signal.SIGTERM, _stop)
     try:
