@@ -350,8 +350,9 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
             return (any(shape.fullmatch(key) for shape in mask_folders)
                     and not (reads_given and mask_keys[key][0] in found_keys))
 
-        orphan_masks = sorted(info.key for info in listed if not is_mask(info.key) and is_orphan_mask(info.key))
-        listed = [info for info in listed if not is_mask(info.key) and info.key not in orphan_masks]  # not frames
+        listed = [info for info in listed if not is_mask(info.key)]  # a mask is not a frame
+        orphan_masks = sorted(info.key for info in listed if is_orphan_mask(info.key))
+        listed = [info for info in listed if not is_orphan_mask(info.key)]
         mask_listing = found
     else:  # the mask store is listed under the patterns' fixed folder only
         mask_listing = list(context.mask_storage.list(mask_globs, prefix=mask_folder)) if mask_globs else []
