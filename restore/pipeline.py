@@ -209,6 +209,8 @@ def frame_order(key: str) -> list:
 
 def neighbour_keys(keys: list[str], window: int) -> dict[str, list[str]]:
     """For each key, the up-to-`window` frames before and after it in its folder's sequence (`frame_order`)."""
+    if window == 0:  # no temporal stage: nothing to order
+        return {key: [] for key in keys}
     by_folder: dict[str, list[str]] = {}
     for key in sorted(keys, key=frame_order):
         by_folder.setdefault(posixpath.dirname(key), []).append(key)
@@ -351,8 +353,9 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
                     and not (reads_given and mask_keys[key][0] in found_keys))
 
         listed = [info for info in listed if not is_mask(info.key)]  # a mask is not a frame
-        orphan_masks = sorted(info.key for info in listed if is_orphan_mask(info.key))
-        listed = [info for info in listed if not is_orphan_mask(info.key)]
+        orphans = {info.key for info in listed if is_orphan_mask(info.key)} if mask_folders else set()
+        listed = [info for info in listed if info.key not in orphans] if orphans else listed
+        orphan_masks = sorted(orphans)
         mask_listing = found
     else:  # the mask store is listed under the patterns' fixed folder only
         mask_listing = list(context.mask_storage.list(mask_globs, prefix=mask_folder)) if mask_globs else []
