@@ -400,6 +400,13 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
             video_tasks, count, count_done = _video_tasks(info, input_storage, skip, table, spec.sequence.window)
             tasks += video_tasks
             frames, frames_done = frames + count, frames_done + count_done
+    if spec.output_format in ("dpx", "exr"):  # film formats are written back into their own format only: say so
+        wanted = spec.output_format.upper()  # before a frame of another one is decoded, detected and restored
+        for task in tasks:
+            source = _FORMAT_BY_EXTENSION.get(posixpath.splitext(task["input_key"])[1].lower(), "")
+            if source != wanted and not task.get("plan_error"):
+                task["plan_error"] = (f"{spec.output_format} output needs a {wanted} input (this frame is named as "
+                                      f"{source or 'another format'}): write it as png or tiff")
     listed_etags = {info.key: info.etag for info in listed}
     given_up = sorted(key for key, etag in exhausted
                       if listed_etags.get(split_frame_key(key)[0]) == etag and masks_unchanged(key))

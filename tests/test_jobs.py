@@ -327,6 +327,13 @@ def test_worker_pool_larger_than_the_cluster_is_refused_before_any_work(tmp_path
     assert not (tmp_path / "out" / "_manifests").exists()
 
 
+def test_film_output_for_frames_of_another_format_fails_when_planned_not_after_restoring(tmp_path):
+    write_collection(tmp_path / "in", 2)
+    _, plan = prepare(parse_spec(job(tmp_path, output_format="exr")))
+    assert len(plan.tasks) == 2 and all(task["plan_error"] == "exr output needs a EXR input (this frame is named as "
+                                        "PNG): write it as png or tiff" for task in plan.tasks)
+
+
 def test_a_mask_whose_frame_is_gone_is_not_taken_for_a_frame(tmp_path):
     write_collection(tmp_path / "in", 2)
     (tmp_path / "in" / "reel" / "f000.png").unlink()  # deleted or renamed upstream: its mask stays behind
