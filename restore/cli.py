@@ -63,7 +63,7 @@ def cmd_run(args) -> int:
                    "bytes_to_read": plan.bytes_to_read,
                    "keys": list(dict.fromkeys(task["input_key"] for task in plan.tasks))}  # a video's chunks: once
         print(f"job {spec.name}: {plan.listed} frames listed, {plan.already_done} already done, "
-              f"{plan.frames} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)"
+              f"{summary['to_process']} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)"
               + (f", {len(plan.repairing)} of them to repair" if args.repair else "")
               + (f"; {len(plan.given_up)} left failed after max_attempts (a run exits 1 for them)"
                  if plan.given_up else "")

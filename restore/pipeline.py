@@ -905,7 +905,7 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
             writer.commit(pending)
             pending = []
         if progress:
-            progress(done, plan.frames, failed)
+            progress(done, result.planned, failed)  # counted once, when the result was made
     writer.commit(pending)
     result.seconds = time.perf_counter() - started
     return result
