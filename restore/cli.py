@@ -186,20 +186,26 @@ def cmd_verify(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .manifest import read_manifests, summarize
+    from .manifest import last_run_summary, read_manifests, summarize
     from .pipeline import JobError
     from .storage import open_storage
 
     output, endpoint_url, job = _output_target(args)
-    summary = summarize(read_manifests(open_storage(output, endpoint_url), job))
-    if summary.runs == 0:  # a mistyped job or output: an error, not "all is well"
+    storage = open_storage(output, endpoint_url)
+    summary = summarize(read_manifests(storage, job))
+    last = last_run_summary(storage, job)
+    if summary.runs == 0 and last is None:  # a mistyped job or output: an error, not "all is well"
         raise JobError(f"job {job}: no manifests under {output} (has it run? is the job name right?)")
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.by_status.items()))
-    print(f"job {job}: {summary.total} frames: {counts} ({summary.runs} runs, last {summary.last_run})")
+    print(f"job {job}: {summary.total} frames: {counts or 'none done'} ({summary.runs} runs, last {summary.last_run})")
     for key, error in summary.failures[: args.show]:
         print(f"  not restored {key}: {error}")
-    _write_json(args.json, {"job": job, "output": output, **summary.as_dict()})
-    return EXIT_FRAMES_FAILED if summary.failures else EXIT_OK
+    interrupted = last["run_id"] if last and last["status"] == "interrupted" else None
+    if interrupted:  # its committed rows are all ok: without this, a stopped job would read as finished
+        print(f"  run {interrupted} was stopped after {sum(last['counts'].values())} of its {last['planned']} "
+              "frames: run the job again to finish it")
+    _write_json(args.json, {"job": job, "output": output, **summary.as_dict(), "interrupted_run": interrupted})
+    return EXIT_FRAMES_FAILED if summary.failures or interrupted else EXIT_OK
 
 
 def cmd_demo(args) -> int:
@@ -490,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .frames import FrameError
     from .lease import LeaseError
-    from .pipeline import JobError
+    from .pipeline import JobError, is_stop
     from .report import ReportError
     from .restorers import RestorerError
     from .spec import SpecError
@@ -513,8 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"restore {args.verb}: {error}", file=sys.stderr)
         return _ended(args, EXIT_ERROR, str(error))
     except (KeyboardInterrupt, SystemExit) as stop:
-        # Once Ray has started, its own SIGTERM handler exits with the signal's number instead.
-        if isinstance(stop, SystemExit) and stop.code != signal.SIGTERM:
+        if not is_stop(stop):
             raise
         # not "frames failed" (1): what was committed stays, the lease is given back, and a rerun resumes
         print(f"\nrestore {args.verb}: interrupted; " + ("the submitted run goes on (`restore jobs stop ID` stops it)"
@@ -526,11 +531,21 @@ def _stop(signum, frame):
     raise KeyboardInterrupt
 
 
+def console() -> None:
+    """The installed `restore` command. After a stop, Ray's threads abort the interpreter as it exits (exit 134,
+    which schedulers read as a crash) unless Ray is shut down first."""
+    code = main()
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+    sys.exit(code)
+
+
 def _ended(args, code: int, reason: str) -> int:
     """A run that ends without its summary still writes its --json, so a scheduler never reads last night's."""
     if args.verb in ("run", "demo") and getattr(args, "json", None):
         try:
-            _write_json(args.json, {"spec": getattr(args, "spec", None), "status": "error", "exit_code": code,
+            status = "interrupted" if code == EXIT_INTERRUPTED else "error"
+            _write_json(args.json, {"spec": getattr(args, "spec", None), "status": status, "exit_code": code,
                                     "error": reason})
         except OSError as error:  # the --json path itself may be what failed
             print(f"restore {args.verb}: cannot write {args.json}: {error.strerror or error}", file=sys.stderr)
@@ -538,4 +553,4 @@ def _ended(args, code: int, reason: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

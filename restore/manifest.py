@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import posixpath
 import secrets
 import time
@@ -147,6 +148,15 @@ def jobs_in(storage: Storage) -> list[str]:
     a job's claim on it)."""
     return sorted({info.key.split("/")[1] for info in storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/")
                    if info.key.count("/") >= 2})
+
+
+RUN_SUMMARY = "_summary.json"  # beside a run's parts; the underscore keeps it out of a Parquet dataset read
+
+
+def last_run_summary(storage: Storage, job: str) -> dict | None:
+    """The summary of the job's newest run that had work (run ids sort by start time), or None."""
+    keys = [info.key for info in storage.list((RUN_SUMMARY,), prefix=f"{MANIFEST_ROOT}/{job}/")]
+    return json.loads(storage.get(keys[-1])) if keys else None
 
 
 def read_manifests(storage: Storage, job: str) -> pa.Table:

@@ -18,6 +18,7 @@ import logging
 import os
 import posixpath
 import re
+import signal
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -32,8 +33,8 @@ from . import __version__
 from .film import FilmFrame
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, decode_frame, decode_mask, encode_frame,
                      encode_mask, extension_for)
-from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, ManifestWriter, compact, history, is_video,
-                       jobs_in, new_run_id, parts_since_snapshot, provenance_id, read_manifests, run_prefix,
+from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, ManifestWriter, compact, history,
+                       is_video, jobs_in, new_run_id, parts_since_snapshot, provenance_id, read_manifests, run_prefix,
                        split_frame_key, video_frame_key)
 from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
@@ -127,10 +128,24 @@ class RunResult:
     seconds: float = 0.0
     planned: int = 0
     already_done: int = 0
+    interrupted: bool = False  # stopped (Ctrl-C, SIGTERM) before every planned frame came back
 
     @property
     def frames_per_second(self) -> float:
         return self.planned / self.seconds if self.seconds > 0 else 0.0
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped part-way, carrying what it did; a KeyboardInterrupt still, so callers stop as for Ctrl-C."""
+
+    def __init__(self, result: RunResult):
+        super().__init__(f"run {result.run_id} interrupted")
+        self.result = result
+
+
+def is_stop(error: BaseException) -> bool:
+    """Ctrl-C, or a scheduler's SIGTERM: ours raises KeyboardInterrupt, Ray's handler exits with the signal's number."""
+    return isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit) and error.code == signal.SIGTERM)
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -895,17 +910,24 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     writer = ManifestWriter(context.output_storage, spec.name, context.run_id, lease)
     pending: list[dict] = []
     done = failed = 0
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in batch.to_pylist():
-            pending.append(row)
-            result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
-            done += 1
-            failed += row["status"] == "failed"
-        if len(pending) >= spec.commit_every:
-            writer.commit(pending)
-            pending = []
-        if progress:
-            progress(done, result.planned, failed)  # counted once, when the result was made
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                pending.append(row)
+                result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
+                done += 1
+                failed += row["status"] == "failed"
+            if len(pending) >= spec.commit_every:
+                writer.commit(pending)
+                pending = []
+            if progress:
+                progress(done, result.planned, failed)  # counted once, when the result was made
+    except BaseException as error:
+        if not is_stop(error):
+            raise
+        writer.commit(pending)  # the frames finished before the stop are kept: a rerun does not redo them
+        result.interrupted, result.seconds = True, time.perf_counter() - started
+        raise RunInterrupted(result) from error
     writer.commit(pending)
     result.seconds = time.perf_counter() - started
     return result
@@ -927,7 +949,11 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
     context = open_job(spec)
     with acquire(context.output_storage, spec.name, run_id=context.run_id) as lease:
         plan = plan_job(context, frames_to_repair(spec) if repair else frozenset())
-        result = run_job(context, plan, progress, lease)
+        try:
+            result = run_job(context, plan, progress, lease)
+        except RunInterrupted as stop:  # `status` tells the job is not done, though every committed row is ok
+            write_run_summary(context, plan, stop.result)
+            raise
         if result.planned or plan.given_up:  # frames left failed keep a scheduler's alert on, with the reason
             write_run_summary(context, plan, result)
         if parts_since_snapshot(context.output_storage, spec.name) >= COMPACT_AFTER_PARTS:
@@ -937,10 +963,11 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
 
 def run_summary(context: JobContext, plan: Plan, result: RunResult) -> dict:
     """What a run did, for `_summary.json` and `restore run --json`; `status` is failed while any frame is not
-    restored (failed or skipped in this run, or given up before it)."""
+    restored (failed or skipped in this run, or given up before it), interrupted when the run was stopped."""
     not_restored = any(result.counts.get(status) for status in NOT_RESTORED) or plan.given_up
+    status = "interrupted" if result.interrupted else "failed" if not_restored else "ok"
     return {
-        "job": context.spec.name, "run_id": result.run_id, "status": "failed" if not_restored else "ok",
+        "job": context.spec.name, "run_id": result.run_id, "status": status,
         "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
         "repairing": plan.repairing, "counts": result.counts, "seconds": round(result.seconds, 3),
         "frames_per_second": round(result.frames_per_second, 3), "input": context.spec.input,
@@ -950,9 +977,8 @@ def run_summary(context: JobContext, plan: Plan, result: RunResult) -> dict:
 
 
 def write_run_summary(context: JobContext, plan: Plan, result: RunResult) -> str:
-    """`_summary.json` beside the run's manifest parts, for schedulers and alerting (the underscore keeps it out of
-    a Parquet dataset read over the manifest folder)."""
-    key = f"{result.manifest_prefix}/_summary.json"
+    """`_summary.json` beside the run's manifest parts, for schedulers and alerting."""
+    key = f"{result.manifest_prefix}/{RUN_SUMMARY}"
     context.output_storage.put(key, json.dumps(run_summary(context, plan, result), indent=2).encode(),
                                content_type="application/json")
     return key

@@ -1,6 +1,7 @@
 """End-to-end jobs on a real local Ray instance, real files, and a real S3 endpoint (moto's server)."""
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -267,6 +268,44 @@ def test_a_run_started_beside_a_checkout_of_the_project_imports_the_package(tmp_
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "1 ok, 0 failed" in done.stdout
+
+
+def test_a_stopped_run_keeps_its_finished_frames_exits_130_and_status_says_it_is_not_done(tmp_path, ray_session,
+                                                                                          capsys):
+    """A scheduler's SIGTERM to the installed command, rows not yet due for a part: the frames done are committed
+    (a rerun does not restore them again), the exit is 130 (not an abort), and `status` does not call the job done."""
+    count = 30
+    write_collection(tmp_path / "in", count)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path, batch_size=1, commit_every=64)))
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    command = Path(sys.executable).with_name("restore")
+    driver = subprocess.Popen([str(command), "run", str(spec_file), "--quiet"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list((tmp_path / "out" / "reel").glob("*.png"))) < 3:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the written frames' rows reach the driver
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, stderr[-2000:]
+    assert "interrupted; run the same command again to resume" in stderr
+
+    committed = read_manifests(open_storage(str(tmp_path / "out")), "t")
+    [summary] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_manifests" / "t").glob("*/_summary.json")]
+    assert summary["status"] == "interrupted" and summary["planned"] == count
+    assert 1 <= committed.num_rows == sum(summary["counts"].values()) < count, "the stop should land part-way"
+    capsys.readouterr()
+    assert restore_main(["status", str(spec_file)]) == 1
+    assert f"was stopped after {committed.num_rows} of its {count} frames" in capsys.readouterr().out
+
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 0
+    assert f"{count - committed.num_rows} ok, 0 failed" in capsys.readouterr().out  # only the remainder
+    assert restore_main(["status", str(spec_file)]) == 0  # finished by the rerun
 
 
 def test_killed_run_resumes_with_only_the_remainder_and_no_duplicates(tmp_path, ray_session):
