@@ -148,10 +148,13 @@ def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str,
     except (StorageError, FrameError) as error:
         return f"no pictures: {error}"
     sets = (("previews", preview, PREVIEW_SIZE, 90), ("thumbs", thumbs, THUMB_SIZE, 85))
-    for folder, wanted, long_side, quality in sets:
-        if wanted:
-            for kind, data in picture_set(original, mask, restored, long_side, quality).items():
-                output_storage.put(f"{prefix}/{folder}/{digest}-{kind}.jpg", data, content_type="image/jpeg")
+    try:
+        for folder, wanted, long_side, quality in sets:
+            if wanted:
+                for kind, data in picture_set(original, mask, restored, long_side, quality).items():
+                    output_storage.put(f"{prefix}/{folder}/{digest}-{kind}.jpg", data, content_type="image/jpeg")
+    except (StorageError, OSError) as error:  # a picture is a view of the job, never a reason to fail it
+        return f"no pictures: {error}"
     return None
 
 
@@ -191,8 +194,9 @@ def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
     buffer = io.BytesIO()
-    # 4:4:4: the default chroma subsampling would smear a one-pixel tinted scratch into its pale neighbours
-    Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, optimize=True, subsampling=0)
+    # 4:4:4: the default chroma subsampling would smear a one-pixel tinted scratch into its pale neighbours.
+    # Not `optimize`: with 4:4:4 it fails on grainy pictures ("broken data stream").
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, subsampling=0)
     return buffer.getvalue()
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from restore.manifest import latest_rows, read_manifests, summarize
 from restore.pipeline import prepare, run_job
-from restore.report import COLUMNS, REPORT_ROOT, picture_set, rebuild_report, write_report
+from restore.report import COLUMNS, PREVIEW_SIZE, REPORT_ROOT, picture_set, rebuild_report, write_report
 from restore.spec import parse_spec
 from restore.storage import open_storage
 
@@ -179,6 +179,16 @@ def test_overlay_shows_a_one_pixel_scratch_on_a_downscaled_16_bit_scan():
     assert abs(plain[90, 120] - [117, 117, 117]).max() <= 2  # 30000 >> 8: gray stays gray, top 8 bits kept
     assert overlay[90, 120, 0] - overlay[90, 120, 1] > 80  # the scratch column is tinted
     assert abs(overlay[:, :100] - plain[:, :100]).max() <= 3  # and nothing far from it
+
+
+def test_previews_of_a_grainy_frame_are_made():
+    """Film grain is the worst case for a JPEG encoder: the 2K compare views of a heavily grained frame still come
+    out (they once failed with "broken data stream", and the run with them)."""
+    grain = np.clip(128 + np.random.default_rng(0).normal(0, 40, (1080, 1440, 3)), 0, 255).astype(np.uint8)
+    mask = np.zeros((1080, 1440), dtype=bool)
+    mask[500:520, 700:720] = True
+    pictures = picture_set(grain, mask, grain, long_side=PREVIEW_SIZE, quality=90)
+    assert Image.open(io.BytesIO(pictures["r"])).size == (1440, 1080)
 
 
 def chromium(*args: str, user_data: Path) -> str:
