@@ -90,7 +90,7 @@ def cmd_run(args) -> int:
         if not plan.given_up:
             summary["manifest"] = None  # no run folder was written
     else:
-        waiting = f", {counts['skipped']} waiting in archival storage (restore them; tried again every run)" \
+        waiting = f", {counts['skipped']} skipped: storage could not serve them (tried again every run)" \
             if counts.get("skipped") else ""
         print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed"
               f"{waiting}{given_up} in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "

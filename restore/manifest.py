@@ -53,7 +53,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("restorer", pa.string()),
     ("weights_sha256", pa.string()),
     ("config_hash", pa.string()),
-    ("status", pa.string()),  # ok | failed | skipped (waits in archival storage: tried again every run)
+    ("status", pa.string()),  # ok | failed | skipped (storage could not serve it: tried again every run)
     ("error", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),

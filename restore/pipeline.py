@@ -38,8 +38,8 @@ from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY
                        split_frame_key, video_frame_key)
 from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
-from .storage import (ArchivedObjectError, LocalStorage, ObjectInfo, Storage, StorageError, check_no_overlap,
-                      key_matches, open_storage, same_location)
+from .storage import (LocalStorage, ObjectInfo, Storage, StorageError, UnsafeKeyError, check_no_overlap, key_matches,
+                      open_storage, same_location)
 
 
 class JobError(RuntimeError):
@@ -541,6 +541,14 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     return mask
 
 
+def not_restored(error: StorageError | FrameError) -> dict:
+    """The status and reason of a frame that could not be restored. When storage could not serve it (throttled,
+    denied, unreachable, in an archival class) that is no fault of the frame: `skipped`, tried again every run and
+    never given up after `max_attempts`, so a few bad nights of storage do not retire a reel."""
+    storage_fault = isinstance(error, StorageError) and not isinstance(error, UnsafeKeyError)
+    return {"status": "skipped" if storage_fault else "failed", "error": str(error)}
+
+
 def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np.ndarray] = (),
                n_previous: int = 0) -> dict:
     """The row of one decoded frame with its mask; a frame-level problem (its mask) fails only this frame."""
@@ -549,7 +557,7 @@ def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np
     try:
         mask = frame_mask(context, row["input_key"], frame, motion, etags)
     except (StorageError, FrameError) as error:
-        return {**row, **etags, "status": "failed", "error": str(error)}
+        return {**row, **etags, **not_restored(error)}
     columns = _frame_columns(frame, mask)
     if context.spec.masks.temporal_fill:
         columns.update(_fill_from_neighbours(frame.pixels, mask, motion() if mask.any() else None))
@@ -648,12 +656,9 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
                 loaded = _video_rows(context, out, data)
         except (StorageError, FrameError) as error:
             # a video chunk that cannot be read fails its own frames; a row keyed by the video itself means that
-            # the whole video could not be planned. An object in archival storage is no fault of the frame: it is
-            # skipped, and tried again every run (never given up), since it becomes readable once restored.
-            status = "skipped" if isinstance(error, ArchivedObjectError) else "failed"
+            # the whole video could not be planned.
             keys = [video_frame_key(row["input_key"], index) for index in row["frame_indices"] or []]
-            loaded = [{**out, "input_key": key, "status": status, "error": str(error)}
-                      for key in keys or [row["input_key"]]]
+            loaded = [{**out, "input_key": key, **not_restored(error)} for key in keys or [row["input_key"]]]
         seconds = (time.perf_counter() - started) / len(loaded)
         rows += [{**frame_row, "read_seconds": seconds} for frame_row in loaded]
     return pa.Table.from_pylist(rows, schema=FRAME_SCHEMA)
@@ -748,7 +753,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             try:
                 out.update(_write_one(context, row))
             except (StorageError, FrameError) as error:
-                out.update(status="failed", error=str(error))
+                out.update(not_restored(error))
         out["write_seconds"] = time.perf_counter() - started
         out["finished_at"] = datetime.now(timezone.utc)
         rows.append(out)

@@ -282,7 +282,7 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
               "failed" if status.get("failed") else ""),
     ]
     if status.get("skipped"):
-        cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped", "waiting in archival storage",
+        cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped", "storage could not serve them",
                            "skipped"))
     cards.append(_card("Frames with damage masked", f"{len(masked):,}", "count-masked",
                        f"mean masked area {100 * sum(masked) / len(masked):.2f} %" if masked else "none masked"))

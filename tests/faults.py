@@ -180,8 +180,9 @@ class FaultProxy:
       response: the client must retry something that already happened)
     - `deny`: an S3 error code ("AccessDenied", "SignatureDoesNotMatch", ...) answered with 403 to everything,
       echoing the access key id in the XML body as AWS does
-    - `hook(request) -> None | "drop" | "truncate"`: sees every request first; "drop" closes the connection
-      unanswered, "truncate" sends the server's answer with only half its body, then closes the connection
+    - `hook(request) -> None | "drop" | "truncate" | "deny"`: sees every request first; "drop" closes the connection
+      unanswered, "truncate" sends the server's answer with only half its body, then closes the connection,
+      "deny" answers this request alone with 403 AccessDenied (a bucket policy on one key)
     `requests` logs (method, bucket, key) of every request; `injected` counts faults answered.
     """
 
@@ -252,9 +253,9 @@ class FaultProxy:
         if action == "drop":
             handler.close_connection = True
             return
-        if deny:
+        if deny or action == "deny":
             key_id = re.search(r"Credential=([^/]+)/", handler.headers.get("Authorization", ""))
-            self._error(handler, 403, deny, "Access Denied", key_id.group(1) if key_id else "")
+            self._error(handler, 403, deny or "AccessDenied", "Access Denied", key_id.group(1) if key_id else "")
             return
         if fault and not after_apply:
             self._error(handler, *kind)

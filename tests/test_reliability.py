@@ -11,6 +11,7 @@ import boto3
 import pytest
 
 import faults
+from restore.manifest import latest_rows, read_manifests
 from restore.storage import StorageError, open_storage
 
 soak = pytest.mark.soak  # `-m soak` selects the load soak (the marker is registered in pyproject.toml)
@@ -87,6 +88,29 @@ def test_access_denied_mid_run_stops_with_a_clear_error_and_resume_completes(s3_
     assert_clean(outcome)
     assert outcome.error.startswith(f"cannot write s3://{s3_bucket}/out/")  # names where, and why
     assert "access denied" in outcome.error
+
+
+def test_a_frame_storage_will_not_take_is_skipped_every_night_never_given_up_and_restored_once_it_does(
+        s3_endpoint, s3_bucket, proxy, ray_session):
+    """A bucket policy that denies one output key for more nights than `max_attempts`: storage's fault, not the
+    frame's. The frame is `skipped` with the reason each night and restored the first night storage takes it."""
+    objects = faults.reel(3)
+    faults.write_s3(boto3.client("s3", endpoint_url=s3_endpoint), s3_bucket, "policy/in/", objects)
+    raw = faults.base_job(f"s3://{s3_bucket}/policy/in", f"s3://{s3_bucket}/policy/out", endpoint_url=proxy.url,
+                          max_attempts=1)
+    proxy.hook = lambda request: "deny" if request.is_output_put and request.key == "policy/out/reel/f0001.png" else None
+    try:
+        nights = [faults.run_in_process(raw) for _ in range(2)]
+    finally:
+        proxy.hook = None
+    assert [night.counts for night in nights] == [{"ok": 2, "skipped": 1}, {"skipped": 1}]
+    output = open_storage(raw["output"], proxy.url)
+    [row] = [row for row in latest_rows(read_manifests(output, "rel")) if row["status"] != "ok"]
+    assert row["input_key"] == "reel/f0001.png" and row["status"] == "skipped"
+    assert "access denied" in row["error"].lower()
+
+    assert faults.run_in_process(raw).counts == {"ok": 1}
+    assert faults.check_job(output, "rel", faults.frame_keys(objects)).clean
 
 
 def test_conditional_create_whose_answer_was_lost_still_counts_as_created(s3_endpoint, s3_bucket, proxy):
