@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -105,14 +106,18 @@ def cmd_run(args) -> int:
 def cmd_submit(args) -> int:
     from .submit import submit, wait
 
-    if not args.address:
+    from_environment = os.environ.get("RAY_ADDRESS", "")  # the Ray Jobs CLI's convention for a dashboard URL
+    address = args.address or (from_environment if from_environment.startswith(("http://", "https://")) else None)
+    if not address:
+        print("restore submit: no --address (nor a dashboard URL in RAY_ADDRESS): running here, as `restore run`",
+              file=sys.stderr)
         return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=False, json=None, show=0,
                                           progress_json=False, repair=False))
-    submission_id = submit(args.spec, args.address)
+    submission_id = submit(args.spec, address)
     print(submission_id)
     if not args.wait:
         return EXIT_OK
-    state = wait(args.address, submission_id, timeout_s=args.timeout)
+    state = wait(address, submission_id, timeout_s=args.timeout)
     print(f"{submission_id}: {state.status} {state.message or ''}".rstrip(), file=sys.stderr)
     if state.exit_code is not None:
         return state.exit_code
@@ -366,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = verbs.add_parser("submit", help="run a job spec on a Ray cluster (Jobs API); prints the submission id")
     submit.add_argument("spec", help="job spec (YAML)")
-    submit.add_argument("--address", help="dashboard URL, e.g. http://HEAD:8265; without it: runs here like `restore run`")
+    submit.add_argument("--address", help="dashboard URL, e.g. http://HEAD:8265 (default: RAY_ADDRESS when it is "
+                        "one); without either: runs here like `restore run`")
     submit.add_argument("--wait", action="store_true", help="follow to the end; exit with the remote run's exit code")
     submit.add_argument("--timeout", type=float, help="with --wait: give up after N s")
     submit.set_defaults(func=cmd_submit)

@@ -20,6 +20,7 @@ import requests
 import yaml
 from PIL import Image
 
+from restore.cli import main as restore_main
 from restore.manifest import read_manifests
 from restore.spec import SpecError
 from restore.storage import open_storage
@@ -179,6 +180,14 @@ def test_missing_token_is_explained(ray_head, job_spec):
 def test_an_unreachable_address_is_named(job_spec):
     with pytest.raises(SubmitError, match="cannot connect to the Ray job server at http://127.0.0.1:"):
         submit(job_spec, f"127.0.0.1:{free_port()}")  # nothing listens there
+
+
+def test_submit_takes_the_dashboard_url_in_ray_address_instead_of_running_here(job_spec, monkeypatch, capsys):
+    """As `ray job submit` does: an operator who exported the cluster's URL is never quietly run on a laptop."""
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    assert restore_main(["submit", str(job_spec)]) == 2
+    assert "cannot connect to the Ray job server at http://127.0.0.1:" in capsys.readouterr().err
+    assert not (job_spec.parent.parent / "restored").exists()
 
 
 def test_silent_server_times_out(job_spec):
