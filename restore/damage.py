@@ -87,6 +87,22 @@ def hole_mask(rng: np.random.Generator, height: int, width: int, kind: str) -> n
             return mask
 
 
+def hole_mask_window(rng: np.random.Generator, height: int, width: int, kind: str, canvas: int) -> np.ndarray:
+    """A (height, width) window cut from a hole mask drawn at `canvas` x `canvas` (or the window's size, if
+    larger): its holes are as wide, in pixels, as on a frame of that size.
+
+    `hole_mask` scales strokes with the frame, so on a training crop smaller than the 256 of evaluation a thick
+    hole is narrower, and the pixels far from any known one, most of a thick hole, are rarely drawn.
+    """
+    full_height, full_width = max(canvas, height), max(canvas, width)
+    while True:
+        full = hole_mask(rng, full_height, full_width, kind)
+        y, x = int(rng.integers(full_height - height + 1)), int(rng.integers(full_width - width + 1))
+        window = full[y:y + height, x:x + width]
+        if 0 < window.mean() <= _MAX_HOLE_FRACTION:
+            return window
+
+
 # ---- archive damage: each maker returns an opacity map (H, W) in [0, 1] and a colour map (H, W) in [0, 1] ----
 
 def _scratches(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from restore.damage import MASK_CLASSES, archive_damage, hole_mask
+from restore.damage import MASK_CLASSES, archive_damage, hole_mask, hole_mask_window
 from restore.evaluate import gradient_energy, psnr, texture
 from restore.images import split_images
 from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
@@ -52,6 +52,8 @@ class TrainConfig:
     max_steps: int = 1_000_000
     max_minutes: float | None = None  # also stop, with a checkpoint, after this many minutes of this session
     mask_weights: dict[str, float] = field(default_factory=lambda: {k: 1.0 for k in MASK_SOURCES})
+    mask_canvas: int = 0  # draw LaMa masks at this side and cut crop-sized windows, so holes keep their width in
+    # pixels on small crops (256: as wide as in `restore eval`); 0: draw them at the crop's size
     overlays: str | None = None  # optional folder of RGBA damage overlays for archive masks
     desaturate_p: float = 0.15  # share of crops turned grey (archives are often monochrome)
     rescale_p: float = 0.3  # share of crops rescaled by a factor drawn from rescale_range (scale variety)
@@ -116,10 +118,14 @@ def load_train_config(path: str | os.PathLike, **overrides) -> TrainConfig:
 
 # ---- data ----
 
-def draw_mask(rng: np.random.Generator, height: int, width: int, source: str, overlays: str | None = None) -> np.ndarray:
-    """A bool (H, W) mask from one source: a LaMa class or archive damage."""
+def draw_mask(rng: np.random.Generator, height: int, width: int, source: str, overlays: str | None = None,
+              canvas: int = 0) -> np.ndarray:
+    """A bool (H, W) mask from one source: a LaMa class (cut from a `canvas`-sized one, if given) or archive
+    damage."""
     if source == "archive":
         return archive_damage(rng, np.zeros((height, width), np.uint8), overlay_dir=overlays)[1]
+    if canvas:
+        return hole_mask_window(rng, height, width, source, canvas)
     return hole_mask(rng, height, width, source)
 
 
@@ -147,7 +153,7 @@ def sample_batch(rng: np.random.Generator, images: list[np.ndarray], config: Tra
             crop = np.repeat(crop.mean(2, keepdims=True).round().astype(np.uint8), 3, 2)
         crops.append(crop)
         source = sources[int(rng.choice(len(sources), p=weights / weights.sum()))]
-        masks.append(draw_mask(rng, size, size, source, config.overlays))
+        masks.append(draw_mask(rng, size, size, source, config.overlays, config.mask_canvas))
     image = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)  # (B, 3, S, S)
     mask = torch.from_numpy(np.stack(masks))[:, None]  # (B, 1, S, S)
     return image, mask

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from restore.damage import ARCHIVE_KINDS, MASK_CLASSES, archive_damage, archive_maker, hole_mask
+from restore.damage import ARCHIVE_KINDS, MASK_CLASSES, archive_damage, archive_maker, hole_mask, hole_mask_window
 
 
 def rng(seed=0):
@@ -39,6 +39,26 @@ def test_hole_mask_scales_with_frame_size(kind):
     large = np.mean([hole_mask(rng(s), 512, 768, kind).mean() for s in range(10)])
     assert large == pytest.approx(small, rel=0.35)
     assert hole_mask(rng(0), 48, 64, kind).shape == (48, 64)
+
+
+def _deep_share(masks: list[np.ndarray], depth: float) -> float:
+    """Share of hole pixels further than `depth` px from any known pixel."""
+    far = [cv2.distanceTransform(m.astype(np.uint8), cv2.DIST_L2, 5) > depth for m in masks]
+    return sum(f.sum() for f in far) / sum(m.sum() for m in masks)
+
+
+def test_a_window_of_a_256_mask_keeps_thick_holes_as_deep_as_in_evaluation():
+    """On a 128 crop, a thick mask drawn at the crop's size has holes half as wide as evaluation's 256 ones; a
+    128 window cut from a 256 canvas keeps them as deep (share of hole pixels over 16 px from the border)."""
+    rng = np.random.default_rng(0)
+    evaluation = [hole_mask(rng, 256, 256, "thick") for _ in range(200)]
+    scaled = [hole_mask(rng, 128, 128, "thick") for _ in range(200)]
+    windows = [hole_mask_window(rng, 128, 128, "thick", canvas=256) for _ in range(200)]
+    assert all(w.shape == (128, 128) and 0 < w.mean() <= 0.5 for w in windows)
+    assert _deep_share(scaled, 16) < 0.5 * _deep_share(evaluation, 16)
+    assert abs(_deep_share(windows, 16) - _deep_share(evaluation, 16)) < 0.25 * _deep_share(evaluation, 16)
+    assert np.array_equal(hole_mask_window(np.random.default_rng(3), 96, 64, "medium", 256),
+                          hole_mask_window(np.random.default_rng(3), 96, 64, "medium", 256))  # seeded
 
 
 def test_unknown_mask_class_names_the_valid_ones():
