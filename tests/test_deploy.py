@@ -212,6 +212,7 @@ def test_dockerfile_runs_a_restore_command_on_a_cuda_runtime_with_the_clusters_r
 def test_systemd_units_run_restore_nightly():
     service = (DEPLOY / "restore-nightly.service").read_text()
     assert re.search(r"^Type=oneshot$", service, re.MULTILINE)
+    assert re.search(r"^TimeoutStartSec=\d+h$", service, re.MULTILINE)  # else a hung run silently blocks every night
     check_command(shlex.split(re.search(r"^ExecStart=(.+)$", service, re.MULTILINE).group(1)), "ExecStart")
     timer = (DEPLOY / "restore-nightly.timer").read_text()
     assert re.search(r"^OnCalendar=\S", timer, re.MULTILINE) and "WantedBy=timers.target" in timer
