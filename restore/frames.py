@@ -1,4 +1,5 @@
-"""Frames in and out: bytes <-> pixels, keeping size, channels, bit depth, alpha, ICC profile, EXIF and DPI.
+"""Frames in and out: bytes <-> pixels, keeping size, channels, bit depth, alpha, ICC profile, EXIF, XMP, IPTC,
+PNG text and DPI.
 
 Pillow identifies every file, reads its header and metadata, and decodes what it can hold exactly. Two cases go
 to other libraries: 16-bit colour PNG (Pillow holds 16-bit colour only as 8-bit) goes through OpenCV, and TIFF
@@ -56,6 +57,8 @@ JPEG_QUALITY = 95
 _TIFF_EXIF_TAGS = {274: "H", 271: "s", 272: "s", 306: "s", 315: "s", 33432: "s", 269: "s", 285: "s", 316: "s"}
 _IMAGE_DESCRIPTION = 270
 _EXIF_IFDS = (0x8769, 0x8825)  # Exif and GPS sub-IFDs
+_XMP_TAG, _IPTC_TAG = 700, 33723
+_PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword of an XMP packet in a PNG
 
 
 class FrameError(Exception):
@@ -72,6 +75,11 @@ class Frame:
     exif: bytes | None  # "Exif\0\0" + TIFF-structured EXIF, as in a JPEG APP1 segment
     dpi: tuple[float, float] | None = None
     infrared: np.ndarray | None = None  # (H, W), same dtype as pixels: an RGBI scan's infrared plane
+    # Rights and descriptions archives keep (creator, rights, accession numbers), written back where the output
+    # format holds them: XMP by PNG, TIFF and JPEG; IPTC by TIFF; PNG text chunks (Title, Author, ...) by PNG
+    xmp: bytes | None = None
+    iptc: bytes | None = None  # a TIFF's IPTC-NAA record (tag 33723)
+    png_text: dict[str, str] | None = None
 
     @property
     def premultiplied(self) -> bool:
@@ -139,6 +147,8 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     except Exception as e:  # Pillow, tifffile and zlib raise a dozen types on corrupt input
         raise FrameError(f"corrupt or truncated {image.format}: {e}") from None
     dpi = image.info.get("dpi")
+    png_text = {key: str(value) for key, value in image.info.items()
+                if image.format == "PNG" and isinstance(value, str) and key != _PNG_XMP_KEY}
     return Frame(
         pixels=pixels,
         alpha=alpha,
@@ -148,6 +158,9 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         exif=exif,
         dpi=(float(dpi[0]), float(dpi[1])) if dpi else None,
         infrared=infrared,
+        xmp=image.info.get("xmp") or None,
+        iptc=_tiff_iptc(image) if image.format == "TIFF" else None,
+        png_text=png_text or None,
     )
 
 
@@ -231,7 +244,8 @@ def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
         per_inch = 2.54 if tags.get(296, 2) == 3 else 1.0
         dpi = tuple(float(n) / float(d) * per_inch for n, d in (tags[282], tags[283]))
     return Frame(pixels=pixels, alpha=alpha, format="TIFF", mode=mode, icc_profile=tags.get(34675) or None,
-                 exif=None, dpi=dpi, infrared=infrared)
+                 exif=None, dpi=dpi, infrared=infrared, xmp=_as_bytes(tags.get(_XMP_TAG)),
+                 iptc=_as_bytes(tags.get(_IPTC_TAG)))
 
 
 def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -293,6 +307,22 @@ def _tiff_exif(image: Image.Image) -> bytes | None:
     return exif.tobytes() if len(exif) else None
 
 
+def _as_bytes(value) -> bytes | None:
+    """A TIFF tag's raw bytes: BYTE/UNDEFINED tags read as bytes; IPTC is often written as LONGs instead."""
+    if isinstance(value, bytes):
+        return value or None
+    if isinstance(value, (tuple, list, np.ndarray)) and len(value):
+        return np.asarray(value, dtype="<u4").tobytes()
+    return None
+
+
+def _tiff_iptc(image: Image.Image) -> bytes | None:
+    value = image.tag_v2.get(_IPTC_TAG)
+    if isinstance(value, tuple) and image.tag_v2._endian == ">":  # LONGs from a big-endian file: its byte order
+        return np.asarray(value, dtype=">u4").tobytes()
+    return _as_bytes(value)
+
+
 # ---------------------------------------------------------------------------------------------------- encode
 
 
@@ -324,11 +354,20 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
     if pixels.dtype == np.uint16 and pixels.shape[2] == 3:
         return _encode_png16(frame, pixels, text)
     options = _pillow_metadata(frame)
-    if text:
+    chunks = _png_text_chunks(frame, text)
+    if chunks:
         options["pnginfo"] = PngInfo()
-        for key in sorted(text):
-            options["pnginfo"].add_itxt(key, text[key])
+        for key, value in chunks.items():
+            options["pnginfo"].add_itxt(key, value)
     return _save(_to_pillow(pixels, frame.alpha), "PNG", compress_level=ZLIB_LEVEL, **options)
+
+
+def _png_text_chunks(frame: Frame, text: dict[str, str] | None) -> dict[str, str]:
+    """The source's text chunks and XMP, then our provenance (which wins a shared keyword), in a fixed order."""
+    chunks = dict(sorted((frame.png_text or {}).items()))
+    if frame.xmp:
+        chunks[_PNG_XMP_KEY] = frame.xmp.decode("utf-8", "replace")
+    return {**chunks, **dict(sorted((text or {}).items()))}
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -359,6 +398,8 @@ def _encode_jpeg(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
     if frame.alpha is not None:
         raise FrameError("JPEG cannot hold an alpha channel: write this frame as png or tiff")
     options = _pillow_metadata(frame)
+    if frame.xmp:
+        options["xmp"] = frame.xmp
     if text:
         options["comment"] = json.dumps(text, sort_keys=True)
     # 4:4:4 chroma: restored detail is often fine lines, which 4:2:0 subsampling would smear
@@ -383,8 +424,8 @@ def _encode_png16(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None)
         chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", x, y, 1)))
     if frame.exif:
         chunks.append(_png_chunk(b"eXIf", frame.exif.removeprefix(b"Exif\x00\x00")))
-    for key in sorted(text or {}):
-        chunks.append(_png_chunk(b"iTXt", key.encode("latin-1") + b"\x00\x00\x00\x00\x00" + text[key].encode()))
+    for key, value in _png_text_chunks(frame, text).items():
+        chunks.append(_png_chunk(b"iTXt", key.encode("latin-1") + b"\x00\x00\x00\x00\x00" + value.encode()))
     png = encoded.tobytes()
     header_end = 8 + 25  # signature, then the IHDR chunk (4 length + 4 type + 13 data + 4 CRC)
     return png[:header_end] + b"".join(chunks) + png[header_end:]
@@ -404,6 +445,10 @@ def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
     tags = []
     if frame.icc_profile:
         tags.append((34675, 7, len(frame.icc_profile), frame.icc_profile, True))  # InterColorProfile, UNDEFINED
+    if frame.xmp:
+        tags.append((_XMP_TAG, 1, len(frame.xmp), frame.xmp, True))  # XMLPacket, BYTE
+    if frame.iptc:
+        tags.append((_IPTC_TAG, 7, len(frame.iptc), frame.iptc, True))  # IPTC-NAA, UNDEFINED
     if frame.exif:
         exif = Image.Exif()
         exif.load(frame.exif)

@@ -74,6 +74,9 @@ FRAME_FIELDS = [
     ("source_mode", pa.string()),
     ("icc_profile", pa.binary()),
     ("exif", pa.binary()),
+    ("xmp", pa.binary()),
+    ("iptc", pa.binary()),
+    ("png_text", pa.string()),  # JSON object
     ("dpi", pa.list_(pa.float64())),
     ("film_header", pa.string()),  # DPX/EXR: how to write the samples back exactly (see film.py)
     ("film_source", pa.large_binary()),  # DPX/EXR: the samples as stored; `pixels` is their display view
@@ -451,6 +454,9 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "source_mode": frame.mode,
         "icc_profile": frame.icc_profile,
         "exif": frame.exif,
+        "xmp": frame.xmp,
+        "iptc": frame.iptc,
+        "png_text": json.dumps(frame.png_text) if frame.png_text else None,
         "dpi": list(frame.dpi) if frame.dpi else None,
         "mask": mask.astype(np.uint8).tobytes(),
         "masked_fraction": float(mask.mean()),
@@ -770,7 +776,8 @@ def _write_one(context: JobContext, row: dict) -> dict:
         infrared = np.frombuffer(row["infrared"], dtype=pixels.dtype).reshape(row["height"], row["width"])
     frame = Frame(pixels=pixels, alpha=alpha, format=row["source_format"], mode=row["source_mode"],
                   icc_profile=row["icc_profile"], exif=row["exif"], dpi=tuple(row["dpi"]) if row["dpi"] else None,
-                  infrared=infrared)
+                  infrared=infrared, xmp=row["xmp"], iptc=row["iptc"],
+                  png_text=json.loads(row["png_text"]) if row["png_text"] else None)
     if row["film_header"]:
         frame = FilmFrame.from_columns(frame, row["film_header"], row["film_source"])
     fmt = lossless_format(row["source_format"], context.spec.output_format)

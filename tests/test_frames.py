@@ -101,6 +101,34 @@ def test_a_tiffs_description_and_names_survive_beside_the_provenance():
     assert png.getexif()[270] == "Reel 42, Scanity HDR, neg, 2K" and png.getexif()[269] == "reel-42"
 
 
+XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       '<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:rights>© Museum, acc. 1987.4.12</dc:rights>'
+       '</rdf:Description></rdf:RDF></x:xmpmeta>').encode()
+IPTC = b"\x1c\x02\x00\x00\x02\x00\x04\x1c\x02t\x00\x0e(c) Museum 1987"  # record 2: version, copyright notice
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_rights_metadata_survive_in_every_format_that_holds_them(dtype):
+    """An archive's XMP (rights, creator, accession number), a TIFF's IPTC and a PNG's text chunks come back."""
+    picture = np.random.default_rng(9).integers(0, np.iinfo(dtype).max, (6, 9, 3), dtype=dtype)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, picture, photometric="rgb",
+                     extratags=[(700, 1, len(XMP), XMP, True), (33723, 7, len(IPTC), IPTC, True)])
+    tiff = decode_frame(buffer.getvalue())
+    assert (tiff.xmp, tiff.iptc) == (XMP, IPTC)
+    written = tifffile.TiffFile(io.BytesIO(encode_frame(tiff, tiff.pixels, "tiff", text=TEXT))).pages.first.tags
+    assert (written[700].value, written[33723].value) == (XMP, IPTC)
+    png = decode_frame(encode_frame(tiff, tiff.pixels, "png", text=TEXT))  # 16-bit colour: OpenCV's path
+    assert png.xmp == XMP
+    titled = Frame(pixels=png.pixels, alpha=None, format="PNG", mode="?", icc_profile=None, exif=None, xmp=XMP,
+                   png_text={"Title": "Reel 4, shot 12", "Author": "F. Lumière", "Software": "scanner 2.1"})
+    again = decode_frame(encode_frame(titled, titled.pixels, "png", text=TEXT))
+    assert again.png_text == {"Title": "Reel 4, shot 12", "Author": "F. Lumière", **TEXT}  # ours wins "Software"
+    assert again.xmp == XMP
+    if dtype == np.uint8:
+        assert decode_frame(encode_frame(tiff, tiff.pixels, "jpeg", text=TEXT)).xmp == XMP
+
+
 def test_16bit_colour_png_carries_provenance_and_stays_deterministic():
     frame = random_frame(np.uint16, 3, True)
     data = encode_frame(frame, frame.pixels, "png", text=TEXT)

@@ -270,6 +270,21 @@ def test_a_run_started_beside_a_checkout_of_the_project_imports_the_package(tmp_
     assert "1 ok, 0 failed" in done.stdout
 
 
+def test_a_job_keeps_a_scans_xmp_and_iptc(tmp_path, ray_session):
+    """Rights and accession numbers travel with the frame through every stage to the restored TIFF."""
+    import tifffile
+
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><dc:rights>Museum 1987.4.12</dc:rights></x:xmpmeta>'
+    iptc = b"\x1c\x02t\x00\x0f(c) Museum 1987"
+    (tmp_path / "in" / "reel" / "masks").mkdir(parents=True)
+    tifffile.imwrite(tmp_path / "in" / "reel" / "scan.tif", scene(3), photometric="rgb",
+                     extratags=[(700, 1, len(xmp), xmp, True), (33723, 7, len(iptc), iptc, True)])
+    (tmp_path / "in" / "reel" / "masks" / "scan.png").write_bytes(png_bytes(box_mask()))
+    assert run(job(tmp_path)).counts == {"ok": 1}
+    tags = tifffile.TiffFile(tmp_path / "out" / "reel" / "scan.tif").pages.first.tags
+    assert (tags[700].value, tags[33723].value) == (xmp, iptc)
+
+
 def test_a_stopped_run_keeps_its_finished_frames_exits_130_and_status_says_it_is_not_done(tmp_path, ray_session,
                                                                                           capsys):
     """A scheduler's SIGTERM to the installed command, rows not yet due for a part: the frames done are committed
