@@ -160,7 +160,10 @@ def _upsample(values: np.ndarray) -> np.ndarray:
     return cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
 
 
-def classical_fill(pixels: np.ndarray, mask: np.ndarray, method: str, radius: int = 3) -> np.ndarray:
+PREFILL_RADIUS = 3  # of OpenCV's inpainting, as the generator's prefill (the radius it was trained with)
+
+
+def classical_fill(pixels: np.ndarray, mask: np.ndarray, method: str, radius: int = PREFILL_RADIUS) -> np.ndarray:
     """A classical fill of an integer (H, W, C) frame: OpenCV's inpainting (`telea` or `navier-stokes`, within
     `radius`) or `harmonic_fill`; same dtype and shape."""
     if method == "harmonic":
@@ -214,32 +217,49 @@ class GanRestorer(Restorer):
     def fill(self, frames, masks):
         import torch
 
-        from .models.tiling import inpaint_tiled_batch
+        from .models.tiling import hole_boxes, inpaint_tiled_batch
 
+        settings = dict(tile=self.tile, overlap=self.overlap, context=self.context, grid=self.grid)
+        # Everything around the generator (the classical prefill, conversions, compositing) runs on the region its
+        # boxes cover, not the frame: one speck on a 6000x4000 scan costs what a speck costs. The region takes
+        # the prefill's reach beyond the boxes too, so the fill is the one the whole frame would give.
+        regions, crops, holes, boxes = [], [], [], []
+        for pixels, mask in zip(frames, masks):
+            frame_boxes = hole_boxes(torch.from_numpy(mask), **settings)
+            reach = PREFILL_RADIUS + 1
+            y0 = max(0, min(y for y, _, _, _ in frame_boxes) - reach)
+            x0 = max(0, min(x for _, x, _, _ in frame_boxes) - reach)
+            y1 = min(mask.shape[0], max(y + h for y, _, h, _ in frame_boxes) + reach)
+            x1 = min(mask.shape[1], max(x + w for _, x, _, w in frame_boxes) + reach)
+            regions.append((slice(y0, y1), slice(x0, x1)))
+            crops.append(pixels[y0:y1, x0:x1])
+            holes.append(mask[y0:y1, x0:x1])
+            boxes.append([(y - y0, x - x0, h, w) for y, x, h, w in frame_boxes])
         prefill = self.generator.config.prefill
         if prefill != "none":  # this generator refines a classical fill rather than blank holes
-            frames = [classical_fill(pixels, mask, prefill) for pixels, mask in zip(frames, masks)]
+            crops = [classical_fill(crop, hole, prefill, PREFILL_RADIUS) for crop, hole in zip(crops, holes)]
         scales = [float(np.iinfo(pixels.dtype).max) for pixels in frames]
         images = []
-        for pixels, scale in zip(frames, scales):
-            image = torch.from_numpy(pixels.astype(np.float32) / scale).permute(2, 0, 1)  # (C, H, W) in [0, 1]
+        for crop, scale in zip(crops, scales):
+            image = torch.from_numpy(crop.astype(np.float32) / scale).permute(2, 0, 1)  # (C, h, w) in [0, 1]
             images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)  # grey is seen as colour
-        holes = [torch.from_numpy(mask) for mask in masks]
-        settings = dict(tile=self.tile, overlap=self.overlap, context=self.context, grid=self.grid)
+        holes = [torch.from_numpy(np.ascontiguousarray(hole)) for hole in holes]
         with torch.inference_mode():
             if self.device.type == "cuda":  # a GPU needs full batches: pool the boxes of every frame
-                restored = inpaint_tiled_batch(self.generator, images, holes, **settings)
+                restored = inpaint_tiled_batch(self.generator, images, holes, **settings, boxes=boxes)
             else:  # Batches from one frame only. A convolution's rounding depends on its batch, so pooling would
                 # make a frame's pixels depend on the frames beside it in the block: reruns would not be identical.
-                restored = [inpaint_tiled_batch(self.generator, [image], [hole], **settings)[0]
-                            for image, hole in zip(images, holes)]
+                restored = [inpaint_tiled_batch(self.generator, [image], [hole], **settings, boxes=[frame_boxes])[0]
+                            for image, hole, frame_boxes in zip(images, holes, boxes)]
         filled = []
-        for pixels, scale, out in zip(frames, scales, restored):
+        for pixels, region, scale, out in zip(frames, regions, scales, restored):
             out = out.float().cpu()
             if pixels.shape[2] == 1:
                 out = out.mean(dim=0, keepdim=True)  # grey goes back as the channel mean
-            values = out.permute(1, 2, 0).numpy() * scale  # (H, W, C)
-            filled.append(np.clip(np.rint(values), 0, scale).astype(pixels.dtype))
+            values = out.permute(1, 2, 0).numpy() * scale  # (h, w, C)
+            frame = pixels.copy()
+            frame[region] = np.clip(np.rint(values), 0, scale).astype(pixels.dtype)
+            filled.append(frame)
         return filled
 
 

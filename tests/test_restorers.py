@@ -153,3 +153,29 @@ def test_a_frames_output_does_not_depend_on_the_frames_restored_beside_it():
     alone = restorer.restore_batch(scenes[:1], [mask])[0]
     together = restorer.restore_batch(scenes, [mask] * 4)[0]
     assert np.array_equal(alone, together)
+
+
+@pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.uint16, 3), (np.uint8, 1)])
+def test_the_gan_works_on_the_damaged_region_alone_and_fills_as_over_the_whole_frame(dtype, channels):
+    """Prefill and conversions run on the region the generator's boxes cover (cost follows the damage on a large
+    scan), and the result is the one of the whole frame's prefill and tiles, bit for bit: holes far apart, one
+    at a corner, one a single pixel."""
+    from restore.models.tiling import inpaint_tiled_batch
+    from restore.restorers import classical_fill
+
+    restorer = build_restorer(RestorerSettings(name="gan"))  # the shipped generator: a Telea refiner
+    top = np.iinfo(dtype).max
+    y, x = np.mgrid[0:600, 0:800]
+    noise = np.random.default_rng(0).normal(0, 0.05, (600, 800, channels))
+    pixels = ((np.sin(x / 23.0 + y / 41.0)[..., None] * 0.4 + 0.5 + noise).clip(0, 1) * top).astype(dtype)
+    mask = np.zeros((600, 800), dtype=bool)
+    mask[100:110, 100:140] = mask[450:500, 600:605] = mask[0:3, 790:800] = mask[300, 400] = True
+
+    prefilled = classical_fill(pixels, mask, "telea")
+    image = torch.from_numpy(prefilled.astype(np.float32) / top).permute(2, 0, 1).expand(3, -1, -1)
+    whole = inpaint_tiled_batch(restorer.generator, [image], [torch.from_numpy(mask)], tile=restorer.tile,
+                                overlap=restorer.overlap, context=restorer.context)[0]
+    whole = whole.mean(dim=0, keepdim=True) if channels == 1 else whole
+    expected = pixels.copy()
+    expected[mask] = np.clip(np.rint(whole.permute(1, 2, 0).numpy() * top), 0, top).astype(dtype)[mask]
+    assert np.array_equal(restorer(pixels, mask), expected)

@@ -157,12 +157,20 @@ def grid_tiles(mask: torch.Tensor, tile: int, overlap: int) -> list[tuple[int, i
             if mask[y:y + th, x:x + tw].any()]
 
 
+def hole_boxes(mask: torch.Tensor, tile: int, overlap: int, context: int,
+               grid: bool) -> list[tuple[int, int, int, int]]:
+    """The (y, x, h, w) boxes the generator sees for `mask`: `grid_tiles` with `grid`, else `damage_boxes`."""
+    return grid_tiles(mask, tile, overlap) if grid else damage_boxes(mask, tile, overlap, context)
+
+
 @torch.no_grad()
 def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks: list[torch.Tensor],
                         tile: int = 512, overlap: int = 64, context: int = 32, batch_size: int = 8,
-                        grid: bool = False) -> list[torch.Tensor]:
+                        grid: bool = False, boxes: list[list[tuple[int, int, int, int]]] | None = None
+                        ) -> list[torch.Tensor]:
     """Inpaint several frames, pooling the boxes around their holes (or with `grid`, the grid tiles that hold
     them, which need no `context`: a tile's overlap with its neighbours is its context) into batches of `batch_size`.
+    `boxes`: each frame's boxes, when the caller has found them already (`hole_boxes`).
 
     images: float (3, H, W) in [0, 1], sizes may differ; masks: bool (H, W), True = hole. Returns composited
     (3, H, W) tensors on the images' devices. Frames with an empty mask are returned unchanged without touching
@@ -177,8 +185,7 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
     by_size: dict[tuple[int, int], list] = {}  # only boxes of equal size can share a batch
     for i, (image, mask) in enumerate(zip(images, masks)):
         _check(image, mask)
-        boxes = grid_tiles(mask, tile, overlap) if grid else damage_boxes(mask, tile, overlap, context)
-        for y, x, h, w in boxes:
+        for y, x, h, w in boxes[i] if boxes is not None else hole_boxes(mask, tile, overlap, context, grid):
             by_size.setdefault((h, w), []).append((i, y, x))
     sums = [torch.zeros_like(im, dtype=torch.float32, device=device) for im in images]  # (3, H, W) weighted sums
     weights = [torch.zeros(im.shape[1:], device=device) for im in images]  # (H, W)
