@@ -58,8 +58,9 @@ MANIFEST_SCHEMA = pa.schema([
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("bit_depth", pa.int8()),
-    ("read_seconds", pa.float64()),
-    ("restore_seconds", pa.float64()),
+    ("read_seconds", pa.float64()),  # reading and decoding the input
+    ("mask_seconds", pa.float64()),  # finding its mask: reading a given one, detecting, filling from neighbours
+    ("restore_seconds", pa.float64()),  # the batch's restore time shared equally among its frames
     ("write_seconds", pa.float64()),
     ("worker", pa.string()),
     ("finished_at", pa.timestamp("ms", tz="UTC")),

@@ -291,7 +291,8 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
         cards.append(_card("Last run", _seconds(last["seconds"]), "last-run-seconds",
                            f"{last['frames']:,} frames, started {last['started']:%Y-%m-%d %H:%M} UTC"))
         cards.append(_card("Frames per second", f"{last['rate']:.2f}", "last-run-rate", "last run, wall time"))
-    stage = {name: sum(row[f"{name}_seconds"] or 0.0 for row in rows) for name in ("read", "restore", "write")}
+    stage = {name: sum(row[f"{name}_seconds"] or 0.0 for row in rows)
+             for name in ("read", "mask", "restore", "write")}
     cards.append(_card("Worker time", _seconds(sum(stage.values())), "worker-seconds",
                        " · ".join(f"{name} {_seconds(value)}" for name, value in stage.items())))
     return f'<section class="cards">{"".join(cards)}</section>'

@@ -135,6 +135,7 @@ def test_an_infrared_job_masks_the_dust_of_rgbi_scans_and_keeps_their_infrared(t
         for key, (colour, infrared, dust) in scans.items():
             row = manifest[key]
             assert row["detector"] == "infrared" and row["infrared"] == infrared_state
+            assert row["mask_seconds"] > 0 and row["read_seconds"] >= 0  # detecting is timed apart from reading
             assert row["masked_fraction"] == dust.mean()
             mask = np.asarray(Image.open(tmp_path / output_format / row["mask_key"])) > 0
             assert np.array_equal(mask, dust)  # exactly the dust, nothing else
