@@ -57,8 +57,11 @@ def cmd_run(args) -> int:
 
     spec = load_spec(args.spec)
     if args.dry_run:
+        from .lease import run_in_progress
+
         context, plan = prepare(spec, repair=args.repair)
-        summary = {"job": spec.name, "listed": plan.listed, "already_done": plan.already_done,
+        running = run_in_progress(context.output_storage, spec.name)
+        summary = {"job": spec.name, "in_progress": running, "listed": plan.listed, "already_done": plan.already_done,
                    "orphan_masks": plan.orphan_masks,
                    "to_process": plan.frames, "given_up": plan.given_up, "repairing": plan.repairing,
                    "bytes_to_read": plan.bytes_to_read,
@@ -74,6 +77,8 @@ def cmd_run(args) -> int:
             print(f"  {key}")
         for task in [task for task in plan.tasks if task.get("plan_error")][: args.show]:
             print(f"  would fail {task['input_key']}: {task['plan_error']}")
+        if running:
+            print(f"  a run of this job is in progress (lease {running}): a run now would be refused")
         _write_json(args.json, summary)
         return EXIT_OK
     if not args.quiet:
@@ -87,7 +92,7 @@ def cmd_run(args) -> int:
         print(f"job {spec.name}: {len(plan.repairing)} frames whose outputs failed verification restored again")
     given_up = f" ({len(plan.given_up)} left failed after {spec.max_attempts} attempts)" if plan.given_up else ""
     if not result.planned:
-        print(f"job {spec.name}: nothing to do, all {result.already_done} frames already restored{given_up}")
+        print(f"job {spec.name}: nothing to do, {result.already_done} frames already restored{given_up}")
         if not plan.given_up:
             summary["manifest"] = None  # no run folder was written
     else:
@@ -191,6 +196,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from .lease import run_in_progress
     from .manifest import last_run_summary, read_manifests, summarize
     from .pipeline import JobError
     from .storage import open_storage
@@ -209,7 +215,11 @@ def cmd_status(args) -> int:
     if interrupted:  # its committed rows are all ok: without this, a stopped job would read as finished
         print(f"  run {interrupted} was stopped after {sum(last['counts'].values())} of its {last['planned']} "
               "frames: run the job again to finish it")
-    _write_json(args.json, {"job": job, "output": output, **summary.as_dict(), "interrupted_run": interrupted})
+    running = run_in_progress(storage, job)
+    if running:
+        print(f"  a run is in progress: lease {running}")
+    _write_json(args.json, {"job": job, "output": output, **summary.as_dict(), "interrupted_run": interrupted,
+                            "in_progress": running})
     return EXIT_FRAMES_FAILED if summary.failures or interrupted else EXIT_OK
 
 

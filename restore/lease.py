@@ -132,6 +132,12 @@ def newest_lease(storage: Storage, job: str) -> LeaseRecord | None:
     raise LeaseError(f"job {job!r}: the lease objects under {storage.uri}{lease_prefix(job)} keep changing; try again")
 
 
+def run_in_progress(storage: Storage, job: str) -> str | None:
+    """Who is running the job now (the live lease, described), or None: what `status` and a dry run tell."""
+    newest = newest_lease(storage, job)
+    return newest.describe() if newest is not None and newest.live(_now()) else None
+
+
 class Lease:
     """A held lease; a daemon thread renews it until `release()`. Call `check()` before every commit."""
 

@@ -545,9 +545,7 @@ def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_chan
     assert restore_main(["run", str(spec_file), "--quiet"]) == 0
 
 
-def test_runs_write_a_summary_and_a_second_concurrent_run_is_refused(tmp_path, ray_session):
-    import json
-
+def test_runs_write_a_summary_and_a_second_concurrent_run_is_refused(tmp_path, ray_session, capsys):
     from restore.lease import LeaseHeldError, acquire
     from restore.pipeline import run as run_with_lease
 
@@ -558,9 +556,15 @@ def test_runs_write_a_summary_and_a_second_concurrent_run_is_refused(tmp_path, r
     assert summary["counts"] == {"ok": 2} and summary["status"] == "ok" and summary["run_id"] == result.run_id
     manifests = pyarrow.dataset.dataset(tmp_path / "out" / "_manifests" / "t", format="parquet").to_table()
     assert manifests.num_rows == 2  # the whole folder reads as one dataset: the summary and lease stay out of it
-    with acquire(open_storage(str(tmp_path / "out")), "t"):  # another run holds the job
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+    with acquire(open_storage(str(tmp_path / "out")), "t", run_id="night-2"):  # another run holds the job
         with pytest.raises(LeaseHeldError):
             run_with_lease(spec)
+        capsys.readouterr()
+        assert restore_main(["status", str(spec_file)]) == 0 and restore_main(["run", str(spec_file), "--dry-run"]) == 0
+        told = capsys.readouterr().out  # both say who runs it now; the dry run, that a run would be refused
+        assert told.count("(run night-2)") == 2 and "a run now would be refused" in told
 
 
 def test_compaction_keeps_what_resume_needs_without_rewriting_parts(tmp_path, ray_session):
