@@ -65,6 +65,25 @@ def test_classical_finds_a_scratch_through_the_whole_frame_and_leaves_its_sides_
     assert not mask[:, :637].any() and not mask[:, 645:].any()
 
 
+def test_on_a_large_scan_the_octagon_finds_what_the_disc_finds(monkeypatch):
+    """Past EXACT_DISC_UP_TO the speck element is an octagon (the disc's cost grows with its area): on a
+    2000x1500 scan (a 26 px element) with specks up to 20 px wide, both flag the same pixels."""
+    import restore.detect.classical as classical
+
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:1500, 0:2000]
+    image = (0.5 + 0.2 * np.sin(x / 300) * np.cos(y / 200) + rng.normal(0, 0.005, (1500, 2000))).astype(np.float32)
+    for _ in range(40):
+        centre, radius = (int(rng.integers(40, 1960)), int(rng.integers(40, 1460))), int(rng.integers(2, 10))
+        cv2.circle(image, centre, radius, float(rng.choice([0.05, 0.95])), -1)
+    pixels = (np.clip(image, 0, 1) * 65535).astype(np.uint16)
+    octagon = build_detector("classical")(pixels)
+    monkeypatch.setattr(classical, "EXACT_DISC_UP_TO", 10**6)
+    disc = build_detector("classical")(pixels)
+    assert disc.sum() > 40 * 12  # the specks were found
+    assert (octagon & disc).sum() >= 0.99 * (octagon | disc).sum()
+
+
 @pytest.mark.parametrize("name", ["classical", "temporal"])
 def test_clean_grainy_frame_is_left_alone(name):
     frames = [scene(shift=s, seed=s + 3) for s in (0, 2, 4)]
