@@ -550,9 +550,11 @@ def _stop(signum, frame):
 def console() -> None:
     """The installed `restore` command. After a stop, Ray's threads abort the interpreter as it exits (exit 134,
     which schedulers read as a crash) unless Ray is shut down first."""
-    code = main()
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        sys.modules["ray"].shutdown()
+    try:
+        code = main()
+    finally:
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
     sys.exit(code)
 
 

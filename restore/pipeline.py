@@ -34,12 +34,14 @@ from .film import FilmFrame
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, decode_frame, decode_mask, encode_frame,
                      encode_mask, extension_for)
 from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, ManifestWriter, compact, history,
-                       is_video, jobs_in, new_run_id, parts_since_snapshot, provenance_id, read_manifests, run_prefix,
-                       split_frame_key, video_frame_key)
+                       is_video, jobs_in, last_run_summary, new_run_id, parts_since_snapshot, provenance_id,
+                       read_manifests, run_prefix, split_frame_key, video_frame_key)
 from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
-from .storage import (LocalStorage, ObjectInfo, Storage, StorageError, UnsafeKeyError, check_no_overlap, key_matches,
-                      open_storage, same_location)
+from .storage import (LocalStorage, ObjectInfo, Storage, StorageError, StorageUnavailableError, check_no_overlap,
+                      key_matches, open_storage, same_location)
+
+logger = logging.getLogger(__name__)
 
 
 class JobError(RuntimeError):
@@ -550,10 +552,11 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
 
 def not_restored(error: StorageError | FrameError) -> dict:
     """The status and reason of a frame that could not be restored. When storage could not serve it (throttled,
-    denied, unreachable, in an archival class) that is no fault of the frame: `skipped`, tried again every run and
-    never given up after `max_attempts`, so a few bad nights of storage do not retire a reel."""
-    storage_fault = isinstance(error, StorageError) and not isinstance(error, UnsafeKeyError)
-    return {"status": "skipped" if storage_fault else "failed", "error": str(error)}
+    failing, unreachable, full, denying access, in an archival class) that is no fault of the frame: `skipped`,
+    tried again every run and never given up after `max_attempts`, so a few bad nights of storage do not retire a
+    reel. Errors about the object itself (a missing key, one too long or too large) fail it."""
+    status = "skipped" if isinstance(error, StorageUnavailableError) else "failed"
+    return {"status": status, "error": str(error)}
 
 
 def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np.ndarray] = (),
@@ -934,15 +937,17 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
                 done += 1
                 failed += row["status"] == "failed"
             if len(pending) >= spec.commit_every:
-                writer.commit(pending)
-                pending = []
+                rows, pending = pending, []  # a stop while they are committed must not commit them twice
+                writer.commit(rows)
             if progress:
                 progress(done, result.planned, failed)  # counted once, when the result was made
     except BaseException as error:
         if not is_stop(error):
             raise
         writer.commit(pending)  # the frames finished before the stop are kept: a rerun does not redo them
-        result.interrupted, result.seconds = True, time.perf_counter() - started
+        # a stop after the last frame came back ends a complete run
+        result.interrupted = sum(result.counts.values()) < result.planned
+        result.seconds = time.perf_counter() - started
         raise RunInterrupted(result) from error
     writer.commit(pending)
     result.seconds = time.perf_counter() - started
@@ -960,7 +965,7 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
     `repair`: first verify every output against the manifests (reading them all), and restore again the frames
     whose output or mask is missing or altered, besides what is new, changed or failed.
     """
-    from .lease import acquire
+    from .lease import LeaseError, acquire
 
     context = open_job(spec)
     with acquire(context.output_storage, spec.name, run_id=context.run_id) as lease:
@@ -968,13 +973,24 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
         try:
             result = run_job(context, plan, progress, lease)
         except RunInterrupted as stop:  # `status` tells the job is not done, though every committed row is ok
-            write_run_summary(context, plan, stop.result)
+            try:
+                lease.check()
+                write_run_summary(context, plan, stop.result)
+            except (LeaseError, StorageError) as error:  # the stop, not this, is what the caller must hear of
+                logger.warning("job %s: the stopped run's summary was not written: %s", spec.name, error)
             raise
-        if result.planned or plan.given_up:  # frames left failed keep a scheduler's alert on, with the reason
+        # frames left failed keep a scheduler's alert on, with the reason; and a run with nothing left to do after
+        # a stopped one says the job is whole again
+        if result.planned or plan.given_up or _last_run_was_stopped(context):
             write_run_summary(context, plan, result)
         if parts_since_snapshot(context.output_storage, spec.name) >= COMPACT_AFTER_PARTS:
             compact(context.output_storage, spec.name, context.run_id, lease)
     return context, plan, result
+
+
+def _last_run_was_stopped(context: JobContext) -> bool:
+    last = last_run_summary(context.output_storage, context.spec.name)
+    return last is not None and last["status"] == "interrupted"
 
 
 def run_summary(context: JobContext, plan: Plan, result: RunResult) -> dict:

@@ -5,6 +5,7 @@ hostile key can never reach outside the root. Originals are only ever read; writ
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -53,8 +54,28 @@ class UnsafeKeyError(StorageError):
     """A key that could resolve outside the storage root, or to a different object than it names."""
 
 
-class ArchivedObjectError(StorageError):
+class StorageUnavailableError(StorageError):
+    """Storage could not serve the request now (throttled, failing, unreachable, out of space, or denying these
+    credentials): no fault of the object, so the same request can succeed on another night."""
+
+
+class ArchivedObjectError(StorageUnavailableError):
     """The object sits in an archival storage class and must be restored (S3 RestoreObject) before reading."""
+
+
+# S3 error codes of a service that cannot serve the request now, as opposed to one about the request itself
+_UNAVAILABLE_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                      "TokenRefreshRequired", "RequestTimeTooSkewed", "NoSuchBucket", "SlowDown", "Throttling",
+                      "ThrottlingException", "RequestLimitExceeded", "RequestTimeout", "ServiceUnavailable",
+                      "InternalError", "500", "502", "503", "504"}
+# and local errors of the same kind: no space, no permission, a read-only or failing disk or network share
+_UNAVAILABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
+                       errno.ETIMEDOUT, errno.ENOTCONN, errno.ESTALE, errno.EAGAIN}
+
+
+def _local_error(message: str, error: OSError) -> StorageError:
+    unavailable = error.errno in _UNAVAILABLE_ERRNOS
+    return (StorageUnavailableError if unavailable else StorageError)(f"{message}: {error.strerror}")
 
 
 def safe_key(key: str) -> str:
@@ -241,7 +262,7 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             raise StorageError(f"no such file: {key!r} in {self.uri}") from None
         except OSError as e:
-            raise StorageError(f"cannot read {key!r} in {self.uri}: {e.strerror}") from None
+            raise _local_error(f"cannot read {key!r} in {self.uri}", e) from None
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -284,7 +305,7 @@ class LocalStorage(Storage):
             self._sync_folder(path.parent)
             return self._info(key, path.stat())
         except OSError as e:
-            raise StorageError(f"cannot write {key!r} in {self.uri}: {e.strerror}") from None
+            raise _local_error(f"cannot write {key!r} in {self.uri}", e) from None
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._writable_path(key)
@@ -301,7 +322,7 @@ class LocalStorage(Storage):
                 self._sync_folder(path.parent)
             return created
         except OSError as e:
-            raise StorageError(f"cannot create {key!r} in {self.uri}: {e.strerror}") from None
+            raise _local_error(f"cannot create {key!r} in {self.uri}", e) from None
 
     def delete(self, key: str) -> None:
         try:
@@ -348,16 +369,19 @@ class S3Storage(Storage):
         """Turn a botocore error into a StorageError naming the object and never the credentials."""
         where = f"{self.uri}{key}" if key is not None else self.uri
         if isinstance(error, NoCredentialsError):
-            return StorageError(
+            return StorageUnavailableError(
                 f"cannot {action} {where}: no S3 credentials found (boto3 looks in AWS_* environment variables,"
                 " the shared config and credentials files, and the instance or pod role)"
             )
         if isinstance(error, EndpointConnectionError):
             # name host and port only: an endpoint URL could embed a user and password
             endpoint = urlsplit(self.endpoint_url or "https://s3.amazonaws.com")
-            return StorageError(f"cannot {action} {where}: cannot connect to {endpoint.hostname}:{endpoint.port or 443}")
-        if not isinstance(error, ClientError):  # botocore quotes the endpoint URL, which may embed a password
-            return StorageError(f"cannot {action} {where}: {type(error).__name__}: {_without_userinfo(str(error))}")
+            return StorageUnavailableError(f"cannot {action} {where}: cannot connect to "
+                                           f"{endpoint.hostname}:{endpoint.port or 443}")
+        if not isinstance(error, ClientError):  # timeouts, broken connections: botocore quotes the endpoint URL,
+            # which may embed a password
+            return StorageUnavailableError(f"cannot {action} {where}: {type(error).__name__}: "
+                                           f"{_without_userinfo(str(error))}")
         code = error.response.get("Error", {}).get("Code", "")
         if code == "InvalidObjectState":
             return ArchivedObjectError(
@@ -373,7 +397,10 @@ class S3Storage(Storage):
             "InvalidAccessKeyId": "the access key id is not known to this S3 service",
             "SignatureDoesNotMatch": "the secret key does not match the access key id",
         }.get(code, f"{code}: {error.response.get('Error', {}).get('Message', '')}")
-        return StorageError(f"cannot {action} {where}: {_without_userinfo(reason)}")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        unavailable = code in _UNAVAILABLE_CODES or status >= 500
+        return (StorageUnavailableError if unavailable else StorageError)(
+            f"cannot {action} {where}: {_without_userinfo(reason)}")
 
     def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)

@@ -323,6 +323,43 @@ def test_a_stopped_run_keeps_its_finished_frames_exits_130_and_status_says_it_is
     assert restore_main(["status", str(spec_file)]) == 0  # finished by the rerun
 
 
+def test_a_stopped_job_reads_whole_again_once_nothing_is_left_and_a_stop_after_the_last_frame_is_no_stop(
+        tmp_path, ray_session, capsys):
+    from restore.pipeline import RunInterrupted
+    from restore.pipeline import run as run_with_lease
+
+    def stop_after(frames):
+        def progress(done, total, failed):
+            if done >= frames:
+                raise KeyboardInterrupt
+        return progress
+
+    write_collection(tmp_path / "in", 4)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path, batch_size=1)))
+    spec = parse_spec(job(tmp_path, batch_size=1))
+    with pytest.raises(RunInterrupted):
+        run_with_lease(spec, progress=stop_after(1))
+    assert restore_main(["status", str(spec_file)]) == 1
+    done = {row["input_key"] for row in read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()}
+    for index in range(4):  # the frames the stopped run did not reach leave the collection
+        if f"reel/f{index:03d}.png" not in done:
+            (tmp_path / "in" / "reel" / f"f{index:03d}.png").unlink()
+            (tmp_path / "in" / "reel" / "masks" / f"f{index:03d}.png").unlink()
+    assert run_with_lease(spec)[2].planned == 0
+    assert restore_main(["status", str(spec_file)]) == 0  # whole again, though that run had nothing to do
+
+    write_collection(tmp_path / "more", 2)
+    for path in (tmp_path / "more").rglob("*.png"):  # two new frames, f000 and f001 of another reel
+        target = tmp_path / "in" / "reel2" / path.relative_to(tmp_path / "more" / "reel")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    with pytest.raises(RunInterrupted):
+        run_with_lease(spec, progress=stop_after(2))  # the stop lands once both have come back
+    capsys.readouterr()
+    assert restore_main(["status", str(spec_file)]) == 0 and "stopped" not in capsys.readouterr().out
+
+
 def test_killed_run_resumes_with_only_the_remainder_and_no_duplicates(tmp_path, ray_session):
     count = 12
     write_collection(tmp_path / "in", count)

@@ -12,6 +12,7 @@ from restore.storage import (
     LocalStorage,
     S3Storage,
     StorageError,
+    StorageUnavailableError,
     TEMP_PREFIX,
     UnsafeKeyError,
     check_no_overlap,
@@ -261,3 +262,27 @@ def test_orphaned_temp_files_of_a_killed_writer_are_removed(tmp_path):
     orphan.write_bytes(b"half")
     assert storage.remove_orphaned_temp_files() == 1
     assert not orphan.exists() and (tmp_path / "keep" / "a.png").read_bytes() == b"a"
+
+
+@pytest.mark.parametrize("code, status, unavailable", [
+    ("SlowDown", 503, True), ("AccessDenied", 403, True), ("ExpiredToken", 400, True), ("InternalError", 500, True),
+    ("SomethingNew", 502, True), ("NoSuchKey", 404, False), ("KeyTooLongError", 400, False),
+    ("EntityTooLarge", 400, False), ("InvalidRequest", 400, False),
+])
+def test_s3_errors_say_whether_storage_or_the_object_is_at_fault(code, status, unavailable):
+    """A throttled, failing or denying service can serve the frame another night (a job skips it, never gives it
+    up); an error about the object itself fails the frame."""
+    from botocore.exceptions import ClientError
+
+    storage = open_storage("s3://bucket/prefix")
+    error = storage._error("write", "k.png", ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"))
+    assert isinstance(error, StorageError) and isinstance(error, StorageUnavailableError) == unavailable
+    assert str(error).startswith("cannot write s3://bucket/prefix/k.png: ")
+
+
+def test_a_local_write_over_a_folder_is_the_objects_fault_not_the_storages(tmp_path):
+    (tmp_path / "frame.png").mkdir()  # a folder where the output goes
+    with pytest.raises(StorageError) as raised:
+        open_storage(str(tmp_path)).put("frame.png", b"x")
+    assert not isinstance(raised.value, StorageUnavailableError)
