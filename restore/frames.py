@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
+from PIL import PngImagePlugin
 from PIL.PngImagePlugin import PngInfo
 
 # Pillow's own hard limit (twice its warning threshold): a 100-megapixel scan passes, a bomb does not.
@@ -59,6 +60,7 @@ _IMAGE_DESCRIPTION = 270
 _EXIF_IFDS = (0x8769, 0x8825)  # Exif and GPS sub-IFDs
 _XMP_TAG, _IPTC_TAG = 700, 33723
 _PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword of an XMP packet in a PNG
+_JPEG_XMP_MAX = 65_504  # bytes of XMP one JPEG APP1 segment holds (65,533 less the namespace)
 
 
 class FrameError(Exception):
@@ -126,7 +128,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         )
     if image.mode == "CMYK":
         raise FrameError("CMYK images are not supported: convert to RGB with a colour-managed tool first")
-    infrared = None
+    infrared, late_text = None, {}
     try:
         frames = getattr(image, "n_frames", 1)
         if frames > 1 and image.format != "TIFF":
@@ -140,15 +142,18 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
                 exif = b"Exif\x00\x00" + exif
             if image.format == "PNG" and data[24] == 16 and data[25] in (2, 4, 6):  # IHDR: 16-bit, has colour/alpha
                 mode, pixels, alpha = _decode_png16(data, data[25], (height, width))
+                late_text = _png_text_after_image(data)  # Pillow reads those chunks only when it decodes
             else:
                 mode, pixels, alpha = _decode_pillow(image)
     except FrameError:
         raise
     except Exception as e:  # Pillow, tifffile and zlib raise a dozen types on corrupt input
         raise FrameError(f"corrupt or truncated {image.format}: {e}") from None
-    dpi = image.info.get("dpi")
-    png_text = {key: str(value) for key, value in image.info.items()
+    info = {**image.info, **late_text}
+    dpi = info.get("dpi")
+    png_text = {key: str(value) for key, value in info.items()
                 if image.format == "PNG" and isinstance(value, str) and key != _PNG_XMP_KEY}
+    xmp = info.get("xmp") or (info[_PNG_XMP_KEY].encode() if _PNG_XMP_KEY in info else None)
     return Frame(
         pixels=pixels,
         alpha=alpha,
@@ -158,8 +163,8 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         exif=exif,
         dpi=(float(dpi[0]), float(dpi[1])) if dpi else None,
         infrared=infrared,
-        xmp=image.info.get("xmp") or None,
-        iptc=_tiff_iptc(image) if image.format == "TIFF" else None,
+        xmp=xmp or None,
+        iptc=_tiff_iptc(data) if image.format == "TIFF" else None,
         png_text=png_text or None,
     )
 
@@ -244,8 +249,8 @@ def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
         per_inch = 2.54 if tags.get(296, 2) == 3 else 1.0
         dpi = tuple(float(n) / float(d) * per_inch for n, d in (tags[282], tags[283]))
     return Frame(pixels=pixels, alpha=alpha, format="TIFF", mode=mode, icc_profile=tags.get(34675) or None,
-                 exif=None, dpi=dpi, infrared=infrared, xmp=_as_bytes(tags.get(_XMP_TAG)),
-                 iptc=_as_bytes(tags.get(_IPTC_TAG)))
+                 exif=None, dpi=dpi, infrared=infrared, xmp=_tag_bytes(tags, _XMP_TAG),
+                 iptc=_tag_bytes(tags, _IPTC_TAG))
 
 
 def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -307,20 +312,49 @@ def _tiff_exif(image: Image.Image) -> bytes | None:
     return exif.tobytes() if len(exif) else None
 
 
-def _as_bytes(value) -> bytes | None:
-    """A TIFF tag's raw bytes: BYTE/UNDEFINED tags read as bytes; IPTC is often written as LONGs instead."""
-    if isinstance(value, bytes):
-        return value or None
-    if isinstance(value, (tuple, list, np.ndarray)) and len(value):
-        return np.asarray(value, dtype="<u4").tobytes()
-    return None
+def _png_text_after_image(data: bytes) -> dict[str, str]:
+    """The tEXt, zTXt and iTXt chunks after a PNG's image data, by keyword; a chunk that cannot be read is left out
+    (as Pillow does), and a compressed one stops at Pillow's text limit."""
+    text, position, after_image = {}, 8, False
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        body = data[position + 8:position + 8 + length]
+        position += 12 + length
+        if kind == b"IDAT":
+            after_image = True
+        elif kind == b"IEND":
+            break
+        elif after_image and kind in (b"tEXt", b"zTXt", b"iTXt"):
+            keyword, _, rest = body.partition(b"\0")
+            try:
+                if kind == b"tEXt":
+                    value = rest.decode("latin-1")
+                elif kind == b"zTXt":
+                    value = _inflate(rest[1:]).decode("latin-1")
+                else:  # compression flag and method, language tag, translated keyword, text
+                    compressed, rest = rest[:1] == b"\1", rest[2:]
+                    value = rest.split(b"\0", 2)[2]
+                    value = (_inflate(value) if compressed else value).decode("utf-8")
+            except (zlib.error, UnicodeDecodeError, IndexError):
+                continue
+            text[keyword.decode("latin-1")] = value
+    return text
 
 
-def _tiff_iptc(image: Image.Image) -> bytes | None:
-    value = image.tag_v2.get(_IPTC_TAG)
-    if isinstance(value, tuple) and image.tag_v2._endian == ">":  # LONGs from a big-endian file: its byte order
-        return np.asarray(value, dtype=">u4").tobytes()
-    return _as_bytes(value)
+def _inflate(data: bytes) -> bytes:
+    return zlib.decompressobj().decompress(data, PngImagePlugin.MAX_TEXT_CHUNK)
+
+
+def _tag_bytes(tags: dict, code: int) -> bytes | None:
+    """A TIFF tag's raw bytes, as tifffile reads XMP and IPTC whatever their declared type (Photoshop writes IPTC
+    as LONGs, of which Pillow keeps only the first)."""
+    value = tags.get(code)
+    return value if isinstance(value, bytes) and value else None
+
+
+def _tiff_iptc(data: bytes) -> bytes | None:
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        return _tag_bytes({tag.code: tag.value for tag in tif.pages.first.tags.values()}, _IPTC_TAG)
 
 
 # ---------------------------------------------------------------------------------------------------- encode
@@ -377,7 +411,10 @@ def encode_mask(mask: np.ndarray) -> bytes:
 
 def _save(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
+    try:
+        image.save(buffer, fmt, **options)
+    except (ValueError, OSError) as error:  # the frame's failure, not the run's
+        raise FrameError(f"cannot encode the frame as {fmt}: {error}") from None
     return buffer.getvalue()
 
 
@@ -398,7 +435,7 @@ def _encode_jpeg(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
     if frame.alpha is not None:
         raise FrameError("JPEG cannot hold an alpha channel: write this frame as png or tiff")
     options = _pillow_metadata(frame)
-    if frame.xmp:
+    if frame.xmp and len(frame.xmp) <= _JPEG_XMP_MAX:  # longer needs Extended XMP, which Pillow does not write
         options["xmp"] = frame.xmp
     if text:
         options["comment"] = json.dumps(text, sort_keys=True)

@@ -129,6 +129,36 @@ def test_rights_metadata_survive_in_every_format_that_holds_them(dtype):
         assert decode_frame(encode_frame(tiff, tiff.pixels, "jpeg", text=TEXT)).xmp == XMP
 
 
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_iptc_written_as_longs_as_photoshop_does_survives(byteorder):
+    longs = np.frombuffer(IPTC + b"\0" * (-len(IPTC) % 4), dtype=byteorder + "u4")
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((6, 9, 3), np.uint8), photometric="rgb", byteorder=byteorder,
+                     extratags=[(33723, 4, len(longs), longs, True)])
+    assert decode_frame(buffer.getvalue()).iptc.rstrip(b"\0") == IPTC
+
+
+def test_an_xmp_too_long_for_a_jpeg_is_left_out_of_it_not_the_frame():
+    """One JPEG segment holds 64 KB of XMP; a larger packet (Photoshop's often are) cannot fail the frame."""
+    frame = random_frame(np.uint8, 3, False)
+    frame.xmp = XMP + b" " * 70_000
+    assert decode_frame(encode_frame(frame, frame.pixels, "jpeg")).xmp is None
+    assert decode_frame(encode_frame(frame, frame.pixels, "png")).xmp == frame.xmp  # PNG and TIFF hold it
+
+
+def test_a_16bit_png_keeps_the_text_written_after_its_image_data():
+    """Such a PNG is decoded by OpenCV, so its late chunks are read apart from Pillow."""
+    from restore.frames import _png_chunk
+
+    frame = random_frame(np.uint16, 3, False)
+    frame.icc_profile = frame.exif = None
+    data = encode_frame(frame, frame.pixels, "png")
+    late = (_png_chunk(b"tEXt", b"Copyright\0(c) Museum") + _png_chunk(b"zTXt", b"Title\0\0" + zlib.compress(b"Reel 4"))
+            + _png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + XMP))
+    decoded = decode_frame(data[:-12] + late + data[-12:])  # before IEND
+    assert decoded.png_text == {"Copyright": "(c) Museum", "Title": "Reel 4"} and decoded.xmp == XMP
+
+
 def test_16bit_colour_png_carries_provenance_and_stays_deterministic():
     frame = random_frame(np.uint16, 3, True)
     data = encode_frame(frame, frame.pixels, "png", text=TEXT)
