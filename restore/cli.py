@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .frames import FrameError
-    from .lease import LeaseError
+    from .lease import LeaseError, LeaseHeldError
     from .pipeline import JobError, is_stop
     from .report import ReportError
     from .restorers import RestorerError
@@ -533,14 +533,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, StorageError, RestorerError, JobError, FrameError, ReportError, LeaseError, SubmitError,
             ValueError, OSError) as error:
         print(f"restore {args.verb}: {error}", file=sys.stderr)
-        return _ended(args, EXIT_ERROR, str(error))
+        # a run refused because the last one is still going is not an outage: say which it is
+        return _ended(args, EXIT_ERROR, str(error), "already_running" if isinstance(error, LeaseHeldError) else "error")
     except (KeyboardInterrupt, SystemExit) as stop:
         if not is_stop(stop):
             raise
         # not "frames failed" (1): what was committed stays, the lease is given back, and a rerun resumes
         print(f"\nrestore {args.verb}: interrupted; " + ("the submitted run goes on (`restore jobs stop ID` stops it)"
               if args.verb == "submit" else "run the same command again to resume"), file=sys.stderr)
-        return _ended(args, EXIT_INTERRUPTED, "interrupted")
+        return _ended(args, EXIT_INTERRUPTED, "interrupted", "interrupted")
 
 
 def _stop(signum, frame):
@@ -558,11 +559,10 @@ def console() -> None:
     sys.exit(code)
 
 
-def _ended(args, code: int, reason: str) -> int:
+def _ended(args, code: int, reason: str, status: str) -> int:
     """A run that ends without its summary still writes its --json, so a scheduler never reads last night's."""
     if args.verb in ("run", "demo") and getattr(args, "json", None):
         try:
-            status = "interrupted" if code == EXIT_INTERRUPTED else "error"
             _write_json(args.json, {"spec": getattr(args, "spec", None), "status": status, "exit_code": code,
                                     "error": reason})
         except OSError as error:  # the --json path itself may be what failed

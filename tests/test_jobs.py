@@ -602,6 +602,9 @@ def test_runs_write_a_summary_and_a_second_concurrent_run_is_refused(tmp_path, r
         assert restore_main(["status", str(spec_file)]) == 0 and restore_main(["run", str(spec_file), "--dry-run"]) == 0
         told = capsys.readouterr().out  # both say who runs it now; the dry run, that a run would be refused
         assert told.count("(run night-2)") == 2 and "a run now would be refused" in told
+        assert restore_main(["run", str(spec_file), "--json", str(tmp_path / "refused.json")]) == 2
+        refused = json.loads((tmp_path / "refused.json").read_text())
+        assert refused["status"] == "already_running" and "(run night-2)" in refused["error"]  # not an outage
 
 
 def test_compaction_keeps_what_resume_needs_without_rewriting_parts(tmp_path, ray_session):
