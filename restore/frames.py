@@ -30,9 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
-from PIL import PngImagePlugin
-from PIL.PngImagePlugin import PngInfo
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 # Pillow's own hard limit (twice its warning threshold): a 100-megapixel scan passes, a bomb does not.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -390,7 +388,7 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
     options = _pillow_metadata(frame)
     chunks = _png_text_chunks(frame, text)
     if chunks:
-        options["pnginfo"] = PngInfo()
+        options["pnginfo"] = PngImagePlugin.PngInfo()
         for key, value in chunks.items():
             options["pnginfo"].add_itxt(key, value)
     return _save(_to_pillow(pixels, frame.alpha), "PNG", compress_level=ZLIB_LEVEL, **options)
