@@ -289,7 +289,7 @@ def test_a_stopped_run_keeps_its_finished_frames_exits_130_and_status_says_it_is
                                                                                           capsys):
     """A scheduler's SIGTERM to the installed command, rows not yet due for a part: the frames done are committed
     (a rerun does not restore them again), the exit is 130 (not an abort), and `status` does not call the job done."""
-    count = 30
+    count = 60
     write_collection(tmp_path / "in", count)
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(job(tmp_path, batch_size=1, commit_every=64)))
