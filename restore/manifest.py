@@ -155,7 +155,7 @@ RUN_SUMMARY = "_summary.json"  # beside a run's parts; the underscore keeps it o
 
 
 def last_run_summary(storage: Storage, job: str) -> dict | None:
-    """The summary of the job's newest run that had work (run ids sort by start time), or None."""
+    """The summary of the job's newest run that wrote one (run ids sort by start time), or None."""
     keys = [info.key for info in storage.list((RUN_SUMMARY,), prefix=f"{MANIFEST_ROOT}/{job}/")]
     return json.loads(storage.get(keys[-1])) if keys else None
 

@@ -220,9 +220,10 @@ class GanRestorer(Restorer):
         from .models.tiling import hole_boxes, inpaint_tiled_batch
 
         settings = dict(tile=self.tile, overlap=self.overlap, context=self.context, grid=self.grid)
-        # Everything around the generator (the classical prefill, conversions, compositing) runs on the region its
-        # boxes cover, not the frame: one speck on a 6000x4000 scan costs what a speck costs. The region takes
-        # the prefill's reach beyond the boxes too, so the fill is the one the whole frame would give.
+        # Everything around the generator (the classical prefill, conversions, compositing) runs on the rectangle
+        # bounding its boxes, not the frame: one speck on a 6000x4000 scan costs what a speck costs (specks far
+        # apart, nearly the frame). The rectangle takes the prefill's reach beyond the boxes too, so the fill is
+        # the one the whole frame would give.
         regions, crops, holes, boxes = [], [], [], []
         for pixels, mask in zip(frames, masks):
             frame_boxes = hole_boxes(torch.from_numpy(mask), **settings)

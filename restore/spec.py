@@ -89,7 +89,7 @@ class JobSpec:
     batch_size: int = 4
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     sequence: SequenceSettings = field(default_factory=SequenceSettings)
-    commit_every: int = 64  # rows per committed part: a killed run redoes at most this many and those in flight
+    commit_every: int = 64  # rows per committed part, at least: what a killed run may have to restore again
     max_attempts: int = 3  # a frame that failed this many times is left alone until it changes (0 = retry forever)
 
     @property

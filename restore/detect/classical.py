@@ -48,8 +48,9 @@ def round_opening_or_closing(image: np.ndarray, operation: int, size: int) -> np
     """Opening or closing (cv2.MORPH_OPEN / MORPH_CLOSE) by a disc `size` pixels wide.
 
     A disc costs its area per pixel, and the speck size grows with the frame: on a 6000x4000 scan it is 73 px
-    wide and four such passes took most of a minute. Past EXACT_DISC_UP_TO it is replaced by the regular octagon
-    of its width, a square followed by a diamond (repeated 3x3 crosses), which costs its width instead.
+    wide, and its four passes made the detector 1.5x slower there (BENCHMARKS.md). Past EXACT_DISC_UP_TO it is
+    replaced by the regular octagon of its width, a square followed by a diamond (repeated 3x3 crosses), which
+    costs its width instead.
     """
     if size <= EXACT_DISC_UP_TO:
         return cv2.morphologyEx(image, operation, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
