@@ -175,7 +175,7 @@ def _output_target(args) -> tuple[str, str | None, str]:
     if not jobs:
         raise ValueError(f"no manifests under {args.target}: is the path right, and has a job run there?")
     if len(jobs) != 1:  # an output holds one job's manifests; an older one may hold several
-        raise ValueError(f"{args.target} holds the manifests of {len(jobs)} jobs ({', '.join(jobs) or 'none'}): "
+        raise ValueError(f"{args.target} holds the manifests of {len(jobs)} jobs ({', '.join(jobs)}): "
                          "give a job spec, or the output location with --job NAME")
     return args.target, args.endpoint_url, jobs[0]
 

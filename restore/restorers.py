@@ -238,7 +238,7 @@ class GanRestorer(Restorer):
             boxes.append([(y - y0, x - x0, h, w) for y, x, h, w in frame_boxes])
         prefill = self.generator.config.prefill
         if prefill != "none":  # this generator refines a classical fill rather than blank holes
-            crops = [classical_fill(crop, hole, prefill, PREFILL_RADIUS) for crop, hole in zip(crops, holes)]
+            crops = [classical_fill(crop, hole, prefill) for crop, hole in zip(crops, holes)]
         scales = [float(np.iinfo(pixels.dtype).max) for pixels in frames]
         images = []
         for crop, scale in zip(crops, scales):
