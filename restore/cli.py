@@ -288,9 +288,20 @@ def cmd_train_detector(args) -> int:
 
     digest = train_detector(args.data, args.out, steps=args.steps, seed=args.seed, crop=args.crop,
                             overlay_dir=args.overlays, init=args.init, lr=args.lr, val_images=args.val_images,
-                            threads=args.threads, endpoint_url=args.endpoint_url)
+                            threads=args.threads, endpoint_url=args.endpoint_url, widths=args.widths)
     print(f"restore train-detector: weights written to {args.out} (sha256 {digest})")
     return EXIT_OK
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """'16,24,32,48' → (16, 24, 32, 48)."""
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated channel counts such as 16,24,32,48, got {text!r}")
+    if len(widths) < 2 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected at least two positive channel counts, got {text!r}")
+    return widths
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -456,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    help="images held out to calibrate the threshold (0: keep 0.5)")
     detector_training.add_argument("--seed", type=int, default=0, help="seed of the crops, damage and weights")
     detector_training.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    detector_training.add_argument("--widths", type=_widths, help="channels per U-Net level of a new detector, "
+                                   "comma-separated, full resolution first (default 16,24,32,48)")
     detector_training.set_defaults(func=cmd_train_detector)
 
     bench = verbs.add_parser("bench", help="throughput: bare restorer, I/O ceiling, pipeline (local, S3) and naive loop")

@@ -83,6 +83,22 @@ def test_a_few_training_steps_lower_the_loss_and_write_a_loadable_file(tmp_path)
     assert lines[-1].startswith("threshold")
 
 
+def test_a_new_detector_takes_the_widths_asked_for_and_a_fine_tune_keeps_those_of_its_start(tmp_path, capsys):
+    data = tmp_path / "clean"
+    data.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(data / f"img{i}.png"), smooth_frame(48, seed=i)[..., ::-1])
+    out = tmp_path / "wide.pt"
+    assert main(["train-detector", "--data", str(data), "--out", str(out), "--steps", "2", "--crop", "32",
+                 "--val-images", "0", "--threads", "1", "--widths", "8,12,20"]) == 0
+    assert load_detector_net(out)[0].config.widths == (8, 12, 20)
+    with pytest.raises(ValueError, match="widths of its --init"):
+        train_detector(data, tmp_path / "tuned.pt", steps=1, crop=32, init=out, widths=(8, 12), log=lambda _: None)
+    with pytest.raises(SystemExit):
+        main(["train-detector", "--data", str(data), "--out", str(out), "--widths", "8;12"])
+    assert "comma-separated" in capsys.readouterr().err
+
+
 def dust_and_scratch(frame):
     """The frame with four bright specks and a one-pixel base scratch; and where they are."""
     damaged, truth = frame.copy(), np.zeros(frame.shape[:2], np.uint8)

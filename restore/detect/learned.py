@@ -125,14 +125,17 @@ def calibrate(net: DetectorNet, images: list[np.ndarray], overlay_dir: str | Non
 def train_detector(data_dir: str | os.PathLike, out_path: str | os.PathLike, steps: int = 3000, seed: int = 0,
                    crop: int = 128, overlay_dir: str | None = None, init: str | os.PathLike | None = None,
                    lr: float = 2e-3, val_images: int = 8, threads: int | None = None, log=print,
-                   endpoint_url: str | None = None) -> str:
+                   endpoint_url: str | None = None, widths: tuple[int, ...] | None = None) -> str:
     """Train a detector net on synthetic damage over the clean images in `data_dir`; returns the weights' sha256.
 
     Every k-th image (`val_images` of them) is held out to calibrate the threshold at the end. `init` starts
-    from existing weights (fine-tuning on an archive's own material). Loss: binary cross-entropy; the F1/clean
+    from existing weights (fine-tuning on an archive's own material); `widths` sizes a new net (channels per U-Net
+    level; default DetectorConfig's). Loss: binary cross-entropy; the F1/clean
     trade-off is set by the calibrated threshold, not by loss weights. The weights are saved every 200 steps (with
     threshold 0.5), so a stopped run still leaves a model, and once more with the calibrated threshold at the end.
     """
+    if init and widths:
+        raise ValueError("widths size a new detector: a fine-tuned one keeps the widths of its --init weights")
     if threads:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -141,7 +144,7 @@ def train_detector(data_dir: str | os.PathLike, out_path: str | os.PathLike, ste
     train_images = [im for im in train_images if min(im.shape[:2]) >= crop]
     if not train_images:
         raise ValueError(f"no training images of at least {crop} px a side under {data_dir}")
-    net = load_detector_net(init)[0].train() if init else DetectorNet(DetectorConfig())
+    net = load_detector_net(init)[0].train() if init else DetectorNet(DetectorConfig(widths=widths) if widths else DetectorConfig())
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
     info = {"seed": seed, "crop": crop, "data": Path(data_dir).name, "images": len(train_images),
