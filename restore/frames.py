@@ -366,19 +366,15 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
     object in the TIFF ImageDescription / JPEG comment.
     """
     name = _format_name(fmt)
-    if frame.alpha is not None and frame.premultiplied and name != "tiff":
-        raise FrameError("this TIFF's alpha is premultiplied (associated), which only TIFF holds: write it as tiff "
-                         "(output_format same or tiff)")
     if pixels.shape != frame.pixels.shape or pixels.dtype != frame.pixels.dtype:
         raise FrameError(
             f"pixels are {pixels.shape} {pixels.dtype} but the frame is {frame.pixels.shape} {frame.pixels.dtype}"
         )
+    check_encodable(frame, name)
     if name in ("dpx", "exr"):
         from .film import encode_film
 
         return encode_film(frame, pixels, name, text)
-    if pixels.dtype == np.uint16 and pixels.shape[2] == 1 and frame.alpha is not None:
-        raise FrameError("16-bit grayscale with alpha is not supported: drop the alpha or use 8 bits")
     if name == "tiff":
         return _encode_tiff(frame, pixels, text)
     if name == "jpeg":
@@ -392,6 +388,24 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
         for key, value in chunks.items():
             options["pnginfo"].add_itxt(key, value)
     return _save(_to_pillow(pixels, frame.alpha), "PNG", compress_level=ZLIB_LEVEL, **options)
+
+
+def check_encodable(frame: Frame, fmt: str) -> None:
+    """Raise FrameError if the frame cannot be written in `fmt` without loss beyond the format's own.
+
+    Checked again right after decoding, so that a frame the output format cannot hold fails before it is restored.
+    """
+    name = _format_name(fmt)
+    if frame.alpha is not None and frame.premultiplied and name != "tiff":
+        raise FrameError("this TIFF's alpha is premultiplied (associated), which only TIFF holds: write it as tiff "
+                         "(output_format same or tiff)")
+    if name == "jpeg" and frame.pixels.dtype != np.uint8:
+        raise FrameError("JPEG holds only 8 bits per channel: write this 16-bit frame as png or tiff")
+    if name == "jpeg" and frame.alpha is not None:
+        raise FrameError("JPEG cannot hold an alpha channel: write this frame as png or tiff")
+    if name in ("png", "tiff") and frame.pixels.dtype == np.uint16 and frame.pixels.shape[2] == 1 \
+            and frame.alpha is not None:
+        raise FrameError("16-bit grayscale with alpha is not supported: drop the alpha or use 8 bits")
 
 
 def _png_text_chunks(frame: Frame, text: dict[str, str] | None) -> dict[str, str]:
@@ -428,10 +442,6 @@ def _pillow_metadata(frame: Frame) -> dict:
 
 
 def _encode_jpeg(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) -> bytes:
-    if pixels.dtype != np.uint8:
-        raise FrameError("JPEG holds only 8 bits per channel: write this 16-bit frame as png or tiff")
-    if frame.alpha is not None:
-        raise FrameError("JPEG cannot hold an alpha channel: write this frame as png or tiff")
     options = _pillow_metadata(frame)
     if frame.xmp and len(frame.xmp) <= _JPEG_XMP_MAX:  # longer needs Extended XMP, which Pillow does not write
         options["xmp"] = frame.xmp

@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .film import FilmFrame
-from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, decode_frame, decode_mask, encode_frame,
-                     encode_mask, extension_for)
+from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, check_encodable, decode_frame, decode_mask,
+                     encode_frame, encode_mask, extension_for)
 from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, ManifestWriter, compact, history,
                        is_video, jobs_in, last_run_summary, new_run_id, parts_since_snapshot, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
@@ -662,6 +662,7 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
             if row["frame_indices"] is None:
                 frame = decode_frame(data, context.spec.max_pixels)
                 decoded[row["input_key"]] = frame.pixels
+                check_encodable(frame, lossless_format(frame.format, context.spec.output_format))  # before restoring
                 loaded = [_frame_row(context, out, frame, *_still_neighbours(context, row, decoded))]
             else:
                 loaded = _video_rows(context, out, data)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset
@@ -423,6 +424,23 @@ def test_film_output_for_frames_of_another_format_fails_when_planned_not_after_r
     _, plan = prepare(parse_spec(job(tmp_path, output_format="exr")))
     assert len(plan.tasks) == 2 and all(task["plan_error"] == "exr output needs a EXR input (this frame is named as "
                                         "PNG): write it as png or tiff" for task in plan.tasks)
+
+
+def test_a_frame_the_output_format_cannot_hold_fails_before_it_is_restored(tmp_path, ray_session):
+    write_collection(tmp_path / "in", 1)
+    deep = scene(1).astype(np.uint16) * 257
+    cv2.imwrite(str(tmp_path / "in" / "reel" / "deep.png"), deep[..., ::-1])  # 16-bit RGB
+    Image.fromarray(np.dstack([scene(2), np.full((48, 64), 200, np.uint8)])).save(tmp_path / "in" / "reel" / "cut.png")
+    for name in ("deep", "cut"):
+        (tmp_path / "in" / "reel" / "masks" / f"{name}.png").write_bytes(png_bytes(box_mask()))
+    result = run(job(tmp_path, output_format="jpeg"))
+    assert result.counts == {"ok": 1, "failed": 2}
+    rows = {r["input_key"]: r for r in read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()}
+    assert rows["reel/f000.png"]["output_key"] == "reel/f000.png.jpg"
+    assert "JPEG holds only 8 bits" in rows["reel/deep.png"]["error"]
+    assert "JPEG cannot hold an alpha channel" in rows["reel/cut.png"]["error"]
+    for key in ("reel/deep.png", "reel/cut.png"):  # refused when decoded: no restorer time spent on them
+        assert rows[key]["restore_seconds"] is None and rows[key]["mask_key"] is None
 
 
 def test_a_mask_whose_frame_is_gone_is_not_taken_for_a_frame(tmp_path):
