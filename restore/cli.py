@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from . import __version__
@@ -555,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nrestore {args.verb}: interrupted; " + ("the submitted run goes on (`restore jobs stop ID` stops it)"
               if args.verb == "submit" else "run the same command again to resume"), file=sys.stderr)
         return _ended(args, EXIT_INTERRUPTED, "interrupted", "interrupted")
+    except Exception as error:  # noqa: BLE001 - a fault of ours or of a library: its trace, exit 2, and the --json
+        traceback.print_exc()
+        reason = f"{type(error).__name__}: {error}"
+        print(f"restore {args.verb}: failed unexpectedly: {reason}", file=sys.stderr)
+        return _ended(args, EXIT_ERROR, reason, "error")
 
 
 def _stop(signum, frame):

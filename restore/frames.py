@@ -58,6 +58,7 @@ _IMAGE_DESCRIPTION = 270
 _EXIF_IFDS = (0x8769, 0x8825)  # Exif and GPS sub-IFDs
 _XMP_TAG, _IPTC_TAG = 700, 33723
 _PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword of an XMP packet in a PNG
+TEXT_TO_COMPRESS = 1024  # PNG text longer than this is written compressed (iTXt with zlib)
 _JPEG_XMP_MAX = 65_504  # bytes of XMP one JPEG APP1 segment holds (65,533 less the namespace)
 
 
@@ -159,7 +160,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         mode=mode,
         icc_profile=image.info.get("icc_profile") or None,
         exif=exif,
-        dpi=(float(dpi[0]), float(dpi[1])) if dpi else None,
+        dpi=_plausible_dpi(dpi),
         infrared=infrared,
         xmp=xmp or None,
         iptc=_tiff_iptc(data) if image.format == "TIFF" else None,
@@ -245,7 +246,7 @@ def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
     dpi = None
     if 282 in tags and 283 in tags and tags.get(296, 2) in (2, 3):  # X/YResolution in inches or centimetres
         per_inch = 2.54 if tags.get(296, 2) == 3 else 1.0
-        dpi = tuple(float(n) / float(d) * per_inch for n, d in (tags[282], tags[283]))
+        dpi = _plausible_dpi([float(n) / float(d) * per_inch if d else 0.0 for n, d in (tags[282], tags[283])])
     return Frame(pixels=pixels, alpha=alpha, format="TIFF", mode=mode, icc_profile=tags.get(34675) or None,
                  exif=None, dpi=dpi, infrared=infrared, xmp=_tag_bytes(tags, _XMP_TAG),
                  iptc=_tag_bytes(tags, _IPTC_TAG))
@@ -261,6 +262,12 @@ def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.nd
             other.imagewidth >= page.imagewidth or other.imagelength >= page.imagelength))
         if pages > 1:
             raise FrameError(f"multi-page TIFF with {pages} full-size pages: split it into single frames first")
+        # refused from the header, before decoding: a small file may declare a hundred float64 samples a pixel
+        if page.dtype is None or page.dtype not in (np.uint8, np.uint16, bool):
+            raise FrameError(f"TIFF samples of type {page.dtype} are not supported (8- or 16-bit unsigned integers)")
+        if page.samplesperpixel > 4:
+            raise FrameError(f"TIFF with {page.samplesperpixel} samples per pixel is not supported (at most 4: "
+                             "RGB and alpha or infrared)")
         array = page.asarray()
         if page.axes.startswith("S"):  # planar configuration: samples first
             array = np.moveaxis(array, 0, -1)
@@ -272,8 +279,6 @@ def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.nd
     if array.dtype == bool:  # 1-bit: becomes 8-bit grayscale, 0 or 255
         white = ~array if photometric == P.MINISWHITE else array
         return "1", (white.astype(np.uint8) * 255)[..., None], None, None
-    if array.dtype not in (np.uint8, np.uint16):
-        raise FrameError(f"TIFF samples of type {array.dtype} are not supported (8- or 16-bit unsigned integers)")
     sixteen = array.dtype == np.uint16
     samples = 1 if array.ndim == 2 else array.shape[2]
     if photometric == P.MINISWHITE and samples == 1:
@@ -312,8 +317,9 @@ def _tiff_exif(image: Image.Image) -> bytes | None:
 
 def _png_text_after_image(data: bytes) -> dict[str, str]:
     """The tEXt, zTXt and iTXt chunks after a PNG's image data, by keyword; a chunk that cannot be read is left out
-    (as Pillow does), and a compressed one stops at Pillow's text limit."""
-    text, position, after_image = {}, 8, False
+    (as Pillow does), a compressed one stops at Pillow's limit for a chunk, and all of them at its limit for a
+    file's text (a few kilobytes of zTXt can otherwise inflate to gigabytes)."""
+    text, position, after_image, budget = {}, 8, False, PngImagePlugin.MAX_TEXT_MEMORY
     while position + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[position:position + 8])
         body = data[position + 8:position + 8 + length]
@@ -335,6 +341,9 @@ def _png_text_after_image(data: bytes) -> dict[str, str]:
                     value = (_inflate(value) if compressed else value).decode("utf-8")
             except (zlib.error, UnicodeDecodeError, IndexError):
                 continue
+            budget -= len(value)
+            if budget < 0:
+                break
             text[keyword.decode("latin-1")] = value
     return text
 
@@ -385,8 +394,8 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
     chunks = _png_text_chunks(frame, text)
     if chunks:
         options["pnginfo"] = PngImagePlugin.PngInfo()
-        for key, value in chunks.items():
-            options["pnginfo"].add_itxt(key, value)
+        for key, value in chunks.items():  # long text compressed, as it likely came
+            options["pnginfo"].add_itxt(key, value, zip=len(value) > TEXT_TO_COMPRESS)
     return _save(_to_pillow(pixels, frame.alpha), "PNG", compress_level=ZLIB_LEVEL, **options)
 
 
@@ -406,6 +415,18 @@ def check_encodable(frame: Frame, fmt: str) -> None:
     if name in ("png", "tiff") and frame.pixels.dtype == np.uint16 and frame.pixels.shape[2] == 1 \
             and frame.alpha is not None:
         raise FrameError("16-bit grayscale with alpha is not supported: drop the alpha or use 8 bits")
+
+
+MAX_DPI = 1_000_000  # 25 nm a pixel: past any scanner, and within what PNG and TIFF can write back
+
+
+def _plausible_dpi(dpi) -> tuple[float, float] | None:
+    """A resolution worth carrying: both values finite and within (0, MAX_DPI]. Zero, NaN or billions of dots
+    per inch are a broken tag, and Pillow and tifffile fail to write them back."""
+    if not dpi:
+        return None
+    values = (float(dpi[0]), float(dpi[1]))
+    return values if all(0 < v <= MAX_DPI for v in values) else None  # NaN fails every comparison
 
 
 def _png_text_chunks(frame: Frame, text: dict[str, str] | None) -> dict[str, str]:
@@ -469,8 +490,10 @@ def _encode_png16(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None)
         chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", x, y, 1)))
     if frame.exif:
         chunks.append(_png_chunk(b"eXIf", frame.exif.removeprefix(b"Exif\x00\x00")))
-    for key, value in _png_text_chunks(frame, text).items():
-        chunks.append(_png_chunk(b"iTXt", key.encode("latin-1") + b"\x00\x00\x00\x00\x00" + value.encode()))
+    for key, value in _png_text_chunks(frame, text).items():  # compression flag and method, empty language tags
+        compress = len(value) > TEXT_TO_COMPRESS
+        body = zlib.compress(value.encode(), ZLIB_LEVEL) if compress else value.encode()
+        chunks.append(_png_chunk(b"iTXt", key.encode("latin-1") + bytes([0, compress, 0, 0, 0]) + body))
     png = encoded.tobytes()
     header_end = 8 + 25  # signature, then the IHDR chunk (4 length + 4 type + 13 data + 4 CRC)
     return png[:header_end] + b"".join(chunks) + png[header_end:]

@@ -280,7 +280,7 @@ def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, 
             "input_version_id": info.version_id, "neighbour_keys": []}
     try:
         count = probe_video(input_storage.get(info.key)).frames
-    except (StorageError, FrameError):
+    except Exception:  # noqa: BLE001 - the load stage reads it again and fails it with the reason
         return [{**base, "frame_indices": []}], 1, 0  # the load stage reads it again and records why it fails
     wanted = [i for i in range(count) if not skip(video_frame_key(info.key, i), info.etag)]
     tasks = []
@@ -550,13 +550,19 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     return mask
 
 
-def not_restored(error: StorageError | FrameError) -> dict:
+MAX_REASON = 2000  # characters of a failure reason kept in the manifest: some errors quote a whole input
+
+
+def not_restored(error: Exception) -> dict:
     """The status and reason of a frame that could not be restored. When storage could not serve it (throttled,
     failing, unreachable, full, denying access, in an archival class) that is no fault of the frame: `skipped`,
     tried again every run and never given up after `max_attempts`, so a few bad nights of storage do not retire a
-    reel. Errors about the object itself (a missing key, one too long or too large) fail it."""
+    reel. Errors about the object itself (a missing key, one too long or too large) fail it, and so does anything
+    else a frame makes a library raise (a decoder's overflow, an allocation it cannot have): one hostile file
+    must not stop a night's run, and with a row it is given up after `max_attempts` like any bad frame."""
     status = "skipped" if isinstance(error, StorageUnavailableError) else "failed"
-    return {"status": status, "error": str(error)}
+    reason = str(error) if isinstance(error, (StorageError, FrameError)) else f"{type(error).__name__}: {error}"
+    return {"status": status, "error": reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + "…"}
 
 
 def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np.ndarray] = (),
@@ -567,7 +573,7 @@ def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np
     etags = {"mask_etag": None, "protect_etag": None}
     try:
         mask = frame_mask(context, row["input_key"], frame, motion, etags)
-    except (StorageError, FrameError) as error:
+    except Exception as error:  # noqa: BLE001 - the frame's failure (not_restored), not the run's
         return {**row, **etags, **not_restored(error)}
     columns = _frame_columns(frame, mask)
     if context.spec.masks.temporal_fill:
@@ -611,7 +617,7 @@ def _still_neighbours(context: JobContext, row: dict, decoded: dict[str, np.ndar
         if key not in decoded:
             try:
                 decoded[key] = decode_frame(context.input_storage.get(key), context.spec.max_pixels).pixels
-            except (StorageError, FrameError):
+            except Exception:  # noqa: BLE001 - a neighbour that cannot be read is one the frame goes without
                 decoded[key] = None
     shape = decoded[row["input_key"]].shape
     keys = [key for key in row["neighbour_keys"] if decoded[key] is not None and decoded[key].shape == shape]
@@ -624,6 +630,9 @@ def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:
     from .video import iter_video_frames, probe_video
 
     info = probe_video(data)  # raises FrameError for a broken file or one without a video stream
+    if info.width * info.height > context.spec.max_pixels:
+        raise FrameError(f"video frames are {info.width}x{info.height} = {info.width * info.height / 1e6:.1f} MP, "
+                         f"over the limit of {context.spec.max_pixels / 1e6:.1f} MP (raise max_pixels in the spec)")
     wanted = row["frame_indices"]
     if not wanted:
         raise FrameError(f"video {row['input_key']!r}: no frames could be planned")
@@ -666,7 +675,7 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
                 loaded = [_frame_row(context, out, frame, *_still_neighbours(context, row, decoded))]
             else:
                 loaded = _video_rows(context, out, data)
-        except (StorageError, FrameError) as error:
+        except Exception as error:  # noqa: BLE001 - the frame's failure (not_restored), not the run's
             # a video chunk that cannot be read fails its own frames; a row keyed by the video itself means that
             # the whole video could not be planned.
             keys = [video_frame_key(row["input_key"], index) for index in row["frame_indices"] or []]
@@ -766,7 +775,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
         if row["status"] == "ok":
             try:
                 out.update(_write_one(context, row))
-            except (StorageError, FrameError) as error:
+            except Exception as error:  # noqa: BLE001 - the frame's failure (not_restored), not the run's
                 out.update(not_restored(error))
         out["write_seconds"] = time.perf_counter() - started
         out["finished_at"] = datetime.now(timezone.utc)
@@ -944,6 +953,7 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
                 progress(done, result.planned, failed)  # counted once, when the result was made
     except BaseException as error:
         if not is_stop(error):
+            _commit_before_failing(writer, pending)
             raise
         writer.commit(pending)  # the frames finished before the stop are kept: a rerun does not redo them
         # a stop after the last frame came back ends a complete run
@@ -953,6 +963,15 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     writer.commit(pending)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _commit_before_failing(writer: ManifestWriter, rows: list[dict]) -> None:
+    """The frames finished before a run failed are kept, unless committing is what failed: then the run's own
+    error is the one to hear of."""
+    try:
+        writer.commit(rows)
+    except Exception as error:  # noqa: BLE001 - logged; the run's error follows
+        logger.warning("%d finished frames were not committed: %s", len(rows), error)
 
 
 COMPACT_AFTER_PARTS = 64  # a snapshot once this many parts have been committed since the last one

@@ -62,6 +62,8 @@ def probe_video(source: bytes | str | Path) -> VideoInfo:
             pts = sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None and packet.size)
         except av.FFmpegError as error:
             raise FrameError(f"corrupt or truncated video ({error})") from None
+        if not pts:
+            raise FrameError("no video frames found: the file is empty or truncated")
         context = stream.codec_context
         bits = av.VideoFormat(context.pix_fmt).components[0].bits if context.pix_fmt else 8
         return VideoInfo(frames=len(pts), fps=Fraction(stream.average_rate or stream.guessed_rate or 0),

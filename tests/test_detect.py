@@ -134,6 +134,14 @@ def test_temporal_first_frame_falls_back_to_single_frame():
     assert all(mask[y - 2:y + 3, x - 2:x + 3].any() for x, y in spots)
 
 
+def test_frames_too_short_for_optical_flow_are_detected_alone_not_crashing_the_worker():
+    strip = np.tile(scene()[:12], (1, 2, 1))  # 12 rows: OpenCV's flow kills the process on such a frame
+    damaged = strip.copy()
+    damaged[4:8, 100:104] = 255
+    assert compensated(damaged, [strip, strip], 1) is None
+    assert build_detector("temporal")(damaged, [strip, strip], n_previous=1)[5, 101]
+
+
 def test_temporal_fill_copies_from_neighbours_where_they_agree():
     frames, truth = sequence_with_blotch()
     clean = scene(shift=4, seed=12)

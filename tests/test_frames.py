@@ -159,6 +159,32 @@ def test_a_16bit_png_keeps_the_text_written_after_its_image_data():
     assert decoded.png_text == {"Copyright": "(c) Museum", "Title": "Reel 4"} and decoded.xmp == XMP
 
 
+def test_text_after_a_16bit_pngs_image_data_stops_at_pillows_limit_and_long_text_is_written_compressed(
+        monkeypatch):
+    """A few kilobytes of zTXt inflate to gigabytes: the late chunks share Pillow's budget for a file's text (made
+    small here), and text carried to an output is compressed, so it does not grow the file by its inflated size."""
+    from PIL import PngImagePlugin
+
+    from restore.frames import _png_chunk
+
+    monkeypatch.setattr(PngImagePlugin, "MAX_TEXT_MEMORY", 100_000)
+    frame = random_frame(np.uint16, 3, False)
+    frame.icc_profile = frame.exif = None
+    data = encode_frame(frame, frame.pixels, "png")
+    inflating = zlib.compress(b"reel 4 " * 8_000, 9)  # 56,000 characters in a few hundred bytes
+    late = b"".join(_png_chunk(b"zTXt", f"Note{i}".encode() + b"\0\0" + inflating) for i in range(4))
+    decoded = decode_frame(data[:-12] + late + data[-12:])
+    assert list(decoded.png_text) == ["Note0"]  # the second would pass 100,000 characters
+    for depth in (np.uint16, np.uint8):  # OpenCV's writer and Pillow's
+        frame = random_frame(depth, 3, False)
+        frame.icc_profile = frame.exif = None
+        bare = len(encode_frame(frame, frame.pixels, "png"))
+        frame.png_text = decoded.png_text
+        written = encode_frame(frame, frame.pixels, "png")
+        assert decode_frame(written).png_text == decoded.png_text
+        assert len(written) - bare < 2_000  # the note's 56,000 characters, compressed
+
+
 def test_16bit_colour_png_carries_provenance_and_stays_deterministic():
     frame = random_frame(np.uint16, 3, True)
     data = encode_frame(frame, frame.pixels, "png", text=TEXT)

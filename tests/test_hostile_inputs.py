@@ -76,6 +76,9 @@ def hostile_corpus() -> list[Case]:
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=40)
     exif = Image.Exif()
     exif[274] = 6  # Orientation: rotate 90 CW to display
+    absurd = Image.Exif()
+    absurd[0x011A] = absurd[0x011B] = 4294967295.0  # X/YResolution: Pillow fails to write it back
+    absurd[0x0128] = 2
     rows16 = b"".join(b"\x00" + np.stack([gray16[y], gray16[y]], axis=1).astype(">u2").tobytes() for y in range(48))
     text_bomb = _chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * (64 << 20), 9))
     big = scene(8, 600, 800)
@@ -103,6 +106,11 @@ def hostile_corpus() -> list[Case]:
         Case("1-bit bilevel", "odd/bilevel.png", png_bytes(scene(10, channels=1) > 128), mask),
         Case("animated GIF", "odd/animated.gif", gif.getvalue(), expect="failed", words="animated"),
         Case("EXIF-rotated JPEG", "odd/exif-rotated.jpg", _encode(rgb, "JPEG", exif=exif.tobytes()), mask),
+        Case("JPEG claiming 4 billion dpi", "odd/dpi-overflow.jpg", _encode(rgb, "JPEG", exif=absurd.tobytes()), mask),
+        Case("planar TIFF with a resolution of 1/0", "odd/dpi-zero.tif", _zero_resolution_tiff(rgb), mask),
+        Case("TIFF of 100 float64 samples a pixel", "broken/float-samples.tif",
+             _tiff(np.zeros((100, 100, 100)), planarconfig="contig", photometric="minisblack"), expect="failed",
+             words="float64"),
         Case("JPEG bytes named .png", "odd/jpeg-named.png", _encode(rgb, "JPEG"), mask),
         Case("mask of the wrong size", "odd/wrong-mask.png", png_bytes(rgb), png_bytes(np.zeros((10, 10), np.uint8)),
              expect="failed", words="mask"),
@@ -121,6 +129,16 @@ def hostile_corpus() -> list[Case]:
         Case("key with . component", "names/./dot.png", png_bytes(scene(19)), expect="failed", words="'.'",
              s3_only=True),
     ]
+
+
+def _zero_resolution_tiff(rgb: np.ndarray) -> bytes:
+    """Planar (which only tifffile reads), with X/YResolution patched to 1/0 after writing."""
+    data = bytearray(_tiff(np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate", resolution=(1, 1)))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        offsets = [tif.pages.first.tags[code].valueoffset for code in (282, 283)]
+    for offset in offsets:
+        data[offset:offset + 8] = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")
+    return bytes(data)
 
 
 def _cmyk_jpeg(rgb: np.ndarray) -> bytes:
@@ -358,6 +376,37 @@ def test_two_inputs_never_share_an_output(tmp_path, ray_session):
     status = {row["input_key"]: (row["status"], row["error"] or "") for row in rows}
     assert status["scan.tif.png"][0] == "ok"
     assert status["scan.tif"][0] == "failed" and "rename it to say its format" in status["scan.tif"][1]
+
+
+def test_an_error_a_library_raises_on_one_frame_fails_that_frame_and_its_batch_goes_on(tmp_path, monkeypatch):
+    """Decoders, encoders and OpenCV raise more than the errors the pipeline expects (OverflowError, struct.error,
+    cv2.error, MemoryError); a hostile file must fail its own row, not stop every night's run before any commit."""
+    import struct
+
+    import restore.pipeline as pipeline
+
+    write_local(tmp_path / "in", {name: png_bytes(scene(seed)) for seed, name in enumerate(["a.png", "b.png",
+                                                                                             "c.png"])})
+    poisoned = {"read": png_bytes(scene(0)), "write": scene(2).tobytes()}
+    decode, encode = pipeline.decode_frame, pipeline.encode_frame
+
+    def decode_frame(data, *args):
+        if data == poisoned["read"]:
+            raise OverflowError("int too big to convert")
+        return decode(data, *args)
+
+    def encode_frame(frame, pixels, *args, **kwargs):
+        if pixels.tobytes() == poisoned["write"]:
+            raise struct.error("argument out of range")
+        return encode(frame, pixels, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "decode_frame", decode_frame)
+    monkeypatch.setattr(pipeline, "encode_frame", encode_frame)
+    rows = {row["input_key"]: row for row in _run_stages_inline(base_job(str(tmp_path / "in"), str(tmp_path / "out")))}
+    assert {key: row["status"] for key, row in rows.items()} == {"a.png": "failed", "b.png": "ok", "c.png": "failed"}
+    assert rows["a.png"]["error"] == "OverflowError: int too big to convert"
+    assert rows["c.png"]["error"] == "error: argument out of range"  # struct.error's own name
+    assert (tmp_path / "out" / "b.png").is_file()
 
 
 def test_an_undecodable_mask_is_named_in_the_failure_reason(tmp_path):

@@ -573,6 +573,15 @@ def test_an_interrupted_or_stopped_run_says_how_to_resume_exits_130_and_writes_i
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+    def failed_in_ray(args):  # what Ray raises when a task dies of an error of ours or of a library's
+        raise RuntimeError("ray.exceptions.RayTaskError(OverflowError): int too big to convert")
+
+    monkeypatch.setattr(restore.cli, "cmd_run", failed_in_ray)
+    out = tmp_path / "unexpected.json"
+    assert restore_main(["run", "job.yaml", "--json", str(out)]) == 2  # not 1, which says frames failed
+    assert "failed unexpectedly: RuntimeError: ray.exceptions.RayTaskError" in capsys.readouterr().err
+    assert json.loads(out.read_text())["status"] == "error"
+
 
 def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_changes(tmp_path, ray_session, capsys):
     import json

@@ -155,6 +155,24 @@ def test_a_broken_video_becomes_one_failed_row_with_the_reason_until_a_good_copy
     assert summary.by_status == {"ok": COUNT} and summary.failures == []  # the old failure is gone from status
 
 
+def test_a_truncated_video_gets_a_failed_row_and_one_over_max_pixels_fails_its_frames(tmp_path, ray_session):
+    from restore.manifest import read_manifests
+    from restore.pipeline import prepare, run_job
+    from restore.spec import parse_spec
+    from restore.storage import open_storage
+
+    whole = clip("ffv1", "matroska", "bgr0")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cut.mkv").write_bytes(whole[:600])  # a header that promises a stream, then nothing
+    (tmp_path / "in" / "whole.mkv").write_bytes(whole)
+    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "include": ["*.mkv"],
+           "restorer": {"name": "telea"}, "max_pixels": WIDTH * HEIGHT - 1}
+    assert run_job(*prepare(parse_spec(raw))).counts == {"failed": 1 + COUNT}  # the big one: each of its frames
+    rows = {r["input_key"]: r for r in read_manifests(open_storage(str(tmp_path / "out")), "video").to_pylist()}
+    assert "truncated" in rows["cut.mkv"]["error"]
+    assert all("over the limit" in rows[f"whole.mkv#{i:06d}"]["error"] for i in range(COUNT))
+
+
 def test_a_video_chunk_that_cannot_be_read_fails_its_own_frames_not_the_whole_video(tmp_path):
     import pyarrow as pa
 

@@ -25,6 +25,9 @@ def _split(neighbours: list[np.ndarray] | None, n_previous: int | None) -> tuple
     return previous, following
 
 
+MIN_FLOW_ROWS = 16  # OpenCV's DIS flow crashes the process (a segfault, not an error) on shorter frames
+
+
 def _warp_to(frame_luma: np.ndarray, other: np.ndarray) -> np.ndarray:
     """`other` (H, W, C) float32 moved onto the frame: out(x) = other(x + flow(x)), flow by DIS on luma."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -41,9 +44,10 @@ def _warp_to(frame_luma: np.ndarray, other: np.ndarray) -> np.ndarray:
 def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previous: int | None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(frame, previous, next) as (H, W, C) float32 in [0, 1], the two neighbours motion-compensated onto the
-    frame; None when the frame lacks a previous or a next neighbour (the first and last frames of a sequence)."""
+    frame; None when the frame lacks a previous or a next neighbour (the first and last frames of a sequence), or
+    is too short for optical flow."""
     previous, following = _split(neighbours, n_previous)
-    if previous is None or following is None:
+    if previous is None or following is None or pixels.shape[0] < MIN_FLOW_ROWS:
         return None
     frame = to_float(pixels)
     frame_luma = luma(pixels)
