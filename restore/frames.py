@@ -81,6 +81,7 @@ class Frame:
     xmp: bytes | None = None
     iptc: bytes | None = None  # a TIFF's IPTC-NAA record (tag 33723)
     png_text: dict[str, str] | None = None
+    orientation: int = 1  # EXIF/TIFF Orientation: how viewers turn the stored pixels to show them (1: as stored)
 
     @property
     def premultiplied(self) -> bool:
@@ -164,6 +165,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         infrared=infrared,
         xmp=xmp or None,
         iptc=_tiff_iptc(data) if image.format == "TIFF" else None,
+        orientation=_exif_orientation(exif),
         png_text=png_text or None,
     )
 
@@ -249,7 +251,7 @@ def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
         dpi = _plausible_dpi([float(n) / float(d) * per_inch if d else 0.0 for n, d in (tags[282], tags[283])])
     return Frame(pixels=pixels, alpha=alpha, format="TIFF", mode=mode, icc_profile=tags.get(34675) or None,
                  exif=None, dpi=dpi, infrared=infrared, xmp=_tag_bytes(tags, _XMP_TAG),
-                 iptc=_tag_bytes(tags, _IPTC_TAG))
+                 iptc=_tag_bytes(tags, _IPTC_TAG), orientation=_orientation(tags.get(274)))
 
 
 def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -415,6 +417,36 @@ def check_encodable(frame: Frame, fmt: str) -> None:
     if name in ("png", "tiff") and frame.pixels.dtype == np.uint16 and frame.pixels.shape[2] == 1 \
             and frame.alpha is not None:
         raise FrameError("16-bit grayscale with alpha is not supported: drop the alpha or use 8 bits")
+
+
+def _orientation(value) -> int:
+    """An Orientation tag's value, 1 (as stored) when absent or outside 1-8."""
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _exif_orientation(exif: bytes | None) -> int:
+    """The Orientation in EXIF bytes as the frame keeps them (a PNG's eXIf is read only before its image data:
+    asking Pillow for the rest would decode the whole picture once more)."""
+    if not exif:
+        return 1
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        return _orientation(parsed.get(274))
+    except Exception:  # noqa: BLE001 - a broken EXIF block says no orientation
+        return 1
+
+
+def as_displayed(array: np.ndarray, orientation: int) -> np.ndarray:
+    """The (H, W, ...) array as a viewer shows it under an EXIF Orientation (Pillow's ImageOps.exif_transpose)."""
+    turns = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud, 5: lambda a: np.swapaxes(a, 0, 1),
+             6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(np.swapaxes(a, 0, 1), 2), 8: lambda a: np.rot90(a)}
+    return np.ascontiguousarray(turns[orientation](array))
+
+
+def as_stored(array: np.ndarray, orientation: int) -> np.ndarray:
+    """The inverse of `as_displayed`: a picture drawn on the view a viewer shows, back onto the stored pixels."""
+    return as_displayed(array, {6: 8, 8: 6}.get(orientation, orientation))  # the others undo themselves
 
 
 MAX_DPI = 1_000_000  # 25 nm a pixel: past any scanner, and within what PNG and TIFF can write back

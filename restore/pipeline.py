@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .film import FilmFrame
-from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, check_encodable, decode_frame, decode_mask,
-                     encode_frame, encode_mask, extension_for)
+from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, as_stored, check_encodable, decode_frame,
+                     decode_mask, encode_frame, encode_mask, extension_for)
 from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, ManifestWriter, compact, history,
                        is_video, jobs_in, last_run_summary, new_run_id, parts_since_snapshot, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
@@ -480,11 +480,15 @@ def _restore_mask(row: dict) -> np.ndarray:
     return _mask(row, "mask" if row["restore_mask"] is None else "restore_mask")
 
 
-def _read_mask(context: JobContext, pattern: str, input_key: str, shape: tuple[int, int], required: bool,
+def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, required: bool,
                etags: dict[str, str | None], field: str) -> np.ndarray | None:
-    """The mask file the pattern names for this frame, or None when there is none (and none is required). The
-    ETag of what was read goes into `etags[field]` ("" for no file) before the mask is checked, so a frame that
-    fails on a bad mask is tried again once the mask is fixed."""
+    """The mask file the pattern names for this frame, on its stored pixels, or None when there is none (and none
+    is required). The ETag of what was read goes into `etags[field]` ("" for no file) before the mask is checked,
+    so a frame that fails on a bad mask is tried again once the mask is fixed.
+
+    A frame with an EXIF Orientation is shown turned: a mask drawn in an editor is most likely drawn on that view,
+    one made by a program on the stored pixels. Guessing wrong restores clean pixels and leaves the damage, so
+    `masks.orientation` must say which (until it does, such a frame fails)."""
     mask_key = mask_key_for(pattern, input_key)
     if context.mask_storage.head(mask_key) is None:
         etags[field] = ""
@@ -497,9 +501,23 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, shape: tuple[i
         mask = decode_mask(data, context.spec.max_pixels)
     except FrameError as error:
         raise FrameError(f"mask {mask_key!r}: {error}") from None
-    if mask.shape != shape:
-        raise FrameError(f"mask {mask_key!r} is {mask.shape[1]}x{mask.shape[0]}, frame is {shape[1]}x{shape[0]}")
+    orientation, drawn = frame.orientation, context.spec.masks.orientation
+    if orientation != 1 and drawn is None:
+        raise FrameError(f"this frame is shown {_TURNS[orientation]} (EXIF orientation {orientation}): say whether "
+                         f"its mask {mask_key!r} is drawn on the picture as shown (masks.orientation: displayed) or "
+                         "on the pixels as stored (masks.orientation: stored)")
+    if drawn == "displayed":
+        mask = as_stored(mask, orientation)
+    height, width = frame.pixels.shape[:2]
+    if mask.shape != (height, width):
+        turned = " (as stored: masks.orientation is displayed)" if drawn == "displayed" and orientation != 1 else ""
+        raise FrameError(f"mask {mask_key!r} is {mask.shape[1]}x{mask.shape[0]}{turned}, frame is {width}x{height}")
     return mask
+
+
+_TURNS = {2: "mirrored left to right", 3: "turned 180°", 4: "mirrored top to bottom",
+          5: "mirrored along its diagonal", 6: "turned 90° clockwise", 7: "mirrored along its other diagonal",
+          8: "turned 90° anticlockwise"}
 
 
 @functools.cache
@@ -525,7 +543,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     shape = pixels.shape[:2]
     mask = np.zeros(shape, dtype=bool)
     if settings.source in ("given", "both"):
-        given = _read_mask(context, settings.pattern, input_key, shape, settings.required, etags, "mask_etag")
+        given = _read_mask(context, settings.pattern, input_key, frame, settings.required, etags, "mask_etag")
         if given is not None:
             mask |= given
     if settings.source in ("detect", "both"):
@@ -544,7 +562,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     if settings.dilate:
         mask = refine_mask(mask, dilate=settings.dilate)
     if settings.protect:
-        protected = _read_mask(context, settings.protect, input_key, shape, False, etags, "protect_etag")
+        protected = _read_mask(context, settings.protect, input_key, frame, False, etags, "protect_etag")
         if protected is not None:
             mask &= ~protected
     return mask

@@ -26,7 +26,7 @@ import pyarrow as pa
 import yaml
 from PIL import Image
 
-from .frames import FrameError, decode_frame, decode_mask
+from .frames import FrameError, as_displayed, decode_frame, decode_mask
 from .manifest import jobs_in, latest_rows, read_manifests, summarize
 from .spec import JobSpec, parse_spec
 from .storage import Storage, StorageError, open_storage
@@ -142,11 +142,14 @@ def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str,
                    thumbs: bool, preview: bool) -> str | None:
     """Decode a frame's original, mask and output once; write the picture sets asked for. Returns why it could not."""
     try:
-        original = decode_frame(_read_checked(input_storage, row["input_key"], row["input_sha256"], "original")).pixels
+        source = decode_frame(_read_checked(input_storage, row["input_key"], row["input_sha256"], "original"))
         restored = decode_frame(_read_checked(output_storage, row["output_key"], row["output_sha256"], "output")).pixels
         mask = decode_mask(output_storage.get(row["mask_key"])) if row["mask_key"] else None
     except (StorageError, FrameError) as error:
         return f"no pictures: {error}"
+    # shown as a viewer shows the files (outputs keep the orientation tag); the audit mask lies on the stored pixels
+    original, restored = (as_displayed(pixels, source.orientation) for pixels in (source.pixels, restored))
+    mask = None if mask is None else as_displayed(mask, source.orientation)
     sets = (("previews", preview, PREVIEW_SIZE, 90), ("thumbs", thumbs, THUMB_SIZE, 85))
     try:
         for folder, wanted, long_side, quality in sets:

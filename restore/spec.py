@@ -20,6 +20,7 @@ MASK_SOURCES = ("given", "detect", "both")  # both = the union of the given mask
 DETECTOR_NAMES = ("classical", "temporal", "learned")  # learned: the U-Net shipped in restore/weights
 # A job may also take its mask from the infrared plane of RGBI film scans, which eval-detect's pictures lack.
 MASK_DETECTORS = DETECTOR_NAMES + ("infrared",)
+MASK_ORIENTATIONS = ("displayed", "stored")  # how given masks of a frame with an EXIF Orientation were drawn
 OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")
 DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dpx", "*.exr")  # videos only when named
 DEFAULT_MAX_PIXELS = 180_000_000
@@ -46,6 +47,9 @@ class MaskSettings:
     protect: str | None = None  # pattern like pattern: regions never to change (stamps, signatures), overriding all
     temporal_fill: bool = False  # copy masked pixels from the motion-compensated neighbours where they agree first
     detector_weights: str | None = None  # learned: a file from `restore train-detector`; None = the shipped one
+    # given and protect masks of frames whose EXIF/TIFF Orientation turns them for display: "displayed" (drawn on
+    # the picture as viewers show it) or "stored" (on the pixels as stored); None = not said: such frames fail
+    orientation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,9 @@ class JobSpec:
         if self.masks.source == "given":
             masks.pop("detector")
             masks.pop("min_area")
-        if not self.masks.temporal_fill:
-            masks.pop("temporal_fill")  # so jobs that never used it keep the hash they had before it existed
+        for name in ("temporal_fill", "orientation"):  # so jobs that never set them keep the hash they had before
+            if not masks[name]:
+                masks.pop(name)
         settings = {
             "restorer": restorer,
             "weights_sha256": weights_sha256,
@@ -259,11 +264,14 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         protect=check.string(masks_raw, "protect", "masks.protect"),
         temporal_fill=check.boolean(masks_raw, "temporal_fill", "masks.temporal_fill", False),
         detector_weights=check.string(masks_raw, "detector_weights", "masks.detector_weights"),
+        orientation=check.string(masks_raw, "orientation", "masks.orientation", choices=MASK_ORIENTATIONS),
     )
     if masks.source == "given":  # a detector asked for but never run: most likely a forgotten `source: detect`
         problems += [f"masks.{name}: only used with masks.source detect or both (source is given)"
                      for name, value, default in (("detector", masks.detector, "classical"),
                                                   ("min_area", masks.min_area, 0)) if value != default]
+    if masks.orientation and masks.source == "detect" and not masks.protect:
+        problems.append("masks.orientation: says how given and protect masks are drawn; this job reads neither")
     if masks.detector_weights and (masks.detector != "learned" or masks.source == "given"):
         problems.append("masks.detector_weights: only used with masks.detector learned (and source detect or both)")
     _check_file_uri(problems, "masks.uri", masks.uri)

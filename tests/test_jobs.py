@@ -443,6 +443,44 @@ def test_a_frame_the_output_format_cannot_hold_fails_before_it_is_restored(tmp_p
         assert rows[key]["restore_seconds"] is None and rows[key]["mask_key"] is None
 
 
+def test_masks_of_frames_shown_turned_are_read_as_the_spec_says_they_were_drawn(tmp_path, ray_session):
+    """An editor shows a frame with an EXIF orientation turned, and a mask drawn there lies on other pixels than
+    the stored ones: restoring it as stored repaints clean pixels and leaves the damage. Until the spec says how
+    masks were drawn such a frame fails; then the damage it marks, and only that, is restored."""
+    from PIL import ImageOps
+
+    from restore.spec import parse_spec
+
+    pixels = scene(3)
+    damage = np.zeros((48, 64), bool)
+    damage[5:12, 40:55] = True  # near a corner of the stored pixels: turned, it lies elsewhere
+    damaged = pixels.copy()
+    damaged[damage] = 255
+    (tmp_path / "in" / "masks").mkdir(parents=True)
+    for orientation in (3, 6):
+        exif = Image.Exif()
+        exif[274] = orientation
+        buffer = io.BytesIO()
+        Image.fromarray(damaged).save(buffer, format="PNG", exif=exif.tobytes())
+        (tmp_path / "in" / f"o{orientation}.png").write_bytes(buffer.getvalue())
+        shown = ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))).convert("RGB")
+        drawn = np.all(np.asarray(shown) == 255, axis=2)  # the damage, as it appears on the screen
+        (tmp_path / "in" / "masks" / f"o{orientation}.png").write_bytes(png_bytes(drawn.astype(np.uint8) * 255))
+    (tmp_path / "in" / "plain.png").write_bytes(png_bytes(damaged))
+    (tmp_path / "in" / "masks" / "plain.png").write_bytes(png_bytes(damage.astype(np.uint8) * 255))
+
+    assert run(job(tmp_path)).counts == {"ok": 1, "failed": 2}
+    rows = {r["input_key"]: r for r in read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()}
+    assert "turned 180°" in rows["o3.png"]["error"] and "masks.orientation: displayed" in rows["o6.png"]["error"]
+    assert run(job(tmp_path, masks={"orientation": "displayed"})).counts == {"ok": 3}  # a new setting: all again
+    for name in ("o3.png", "o6.png", "plain.png"):
+        restored = np.asarray(Image.open(tmp_path / "out" / name))
+        assert np.array_equal(restored[~damage], pixels[~damage])  # clean pixels, as stored, untouched
+        assert not np.any(np.all(restored[damage] == 255, axis=1))  # the damage is gone
+    assert parse_spec(job(tmp_path)).config_hash(None) != parse_spec(
+        job(tmp_path, masks={"orientation": "displayed"})).config_hash(None)
+
+
 def test_a_mask_whose_frame_is_gone_is_not_taken_for_a_frame(tmp_path):
     write_collection(tmp_path / "in", 2)
     (tmp_path / "in" / "reel" / "f000.png").unlink()  # deleted or renamed upstream: its mask stays behind

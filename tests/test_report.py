@@ -181,6 +181,35 @@ def test_overlay_shows_a_one_pixel_scratch_on_a_downscaled_16_bit_scan():
     assert abs(overlay[:, :100] - plain[:, :100]).max() <= 3  # and nothing far from it
 
 
+def test_pictures_of_a_frame_shown_turned_are_turned_as_a_viewer_shows_it(tmp_path):
+    """The output keeps the input's EXIF orientation, so a viewer shows both turned; so must the report, with the
+    audit mask (on the stored pixels) turned alike."""
+    import hashlib
+
+    from restore.report import THUMB_SIZE, _make_pictures
+
+    mask = np.zeros((240, 320), np.uint8)
+    mask[10:40, 250:310] = 255  # the stored picture's top right corner: its bottom right once turned 90° clockwise
+    exif = Image.Exif()
+    exif[274] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(damaged(scene(1), mask)).save(buffer, format="PNG", exif=exif.tobytes())
+    data = buffer.getvalue()
+    storage = open_storage(str(tmp_path))
+    storage.put("in.png", data)
+    storage.put("mask.png", png_bytes(mask))
+    digest = hashlib.sha256(data).hexdigest()
+    row = {"input_key": "in.png", "input_sha256": digest, "output_key": "in.png", "output_sha256": digest,
+           "mask_key": "mask.png"}
+    assert _make_pictures(storage, storage, "rep", row, "d", thumbs=True, preview=False) is None
+    original, overlay = (np.asarray(Image.open(io.BytesIO(storage.get(f"rep/thumbs/d-{kind}.jpg"))), dtype=int)
+                         for kind in ("o", "m"))
+    assert original.shape[:2] == (THUMB_SIZE, THUMB_SIZE * 3 // 4)  # portrait, as shown
+    tinted = np.abs(overlay - original).sum(axis=2) > 60
+    height, width = tinted.shape
+    assert tinted.sum() > 500 and tinted[height * 3 // 4:, width // 2:].sum() >= 0.9 * tinted.sum()
+
+
 def test_previews_of_a_grainy_frame_are_made():
     """Film grain is the worst case for a JPEG encoder: the 2K compare views of a heavily grained frame still come
     out (they once failed with "broken data stream", and the run with them)."""

@@ -54,6 +54,16 @@ def test_config_hash_follows_outputs_not_worker_counts():
     assert one.config_hash("a" * 64) != one.config_hash("b" * 64)
 
 
+def test_how_masks_of_turned_frames_were_drawn_is_checked_and_jobs_that_never_say_keep_their_hash():
+    base = {"name": "j", "input": "s3://in/a", "output": "s3://out/b", "restorer": {"name": "telea"}}
+    assert parse_spec(base).config_hash(None) == "0056dca39461f36a"  # as before the setting existed
+    assert parse_spec({**base, "masks": {"orientation": "stored"}}).masks.orientation == "stored"
+    with pytest.raises(SpecError, match="masks.orientation: expected one of displayed, stored, got 'upright'"):
+        parse_spec({**base, "masks": {"orientation": "upright"}})
+    with pytest.raises(SpecError, match="masks.orientation: says how given and protect masks are drawn"):
+        parse_spec({**base, "masks": {"source": "detect", "orientation": "displayed"}})
+
+
 def test_temporal_fill_needs_neighbours_and_changes_the_config_hash():
     base = {"name": "j", "input": "s3://in/a", "output": "s3://out/b"}
     with pytest.raises(SpecError, match=r"sequence.window: expected 1 or more with masks.temporal_fill"):
