@@ -9,6 +9,7 @@ import errno
 import fnmatch
 import os
 import re
+import stat
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -78,6 +79,17 @@ def _local_error(message: str, error: OSError) -> StorageError:
     return (StorageUnavailableError if unavailable else StorageError)(f"{message}: {error.strerror}")
 
 
+def _listed_key(name: str) -> str:
+    """A local file's key. A name that is not UTF-8 (Latin-1 from an old share) cannot be a key; it is listed with
+    those bytes escaped (\\xe9), a key that every read refuses, so the file fails with a reason instead of the
+    manifest, which holds UTF-8 only, failing the run."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def safe_key(key: str) -> str:
     """Return `key` if it is a plain relative key, else raise UnsafeKeyError.
 
@@ -87,7 +99,8 @@ def safe_key(key: str) -> str:
     if not isinstance(key, str) or not key:
         raise UnsafeKeyError(f"empty or non-string key: {key!r}")
     if "\x00" in key or "\\" in key:
-        raise UnsafeKeyError(f"key contains a NUL or backslash: {key!r}")
+        raise UnsafeKeyError(f"key contains a NUL or backslash: {key!r} (in a local folder, a file name that is not "
+                             "UTF-8 lists with its bytes escaped as \\xNN: rename the file)")
     if key.startswith("/"):
         raise UnsafeKeyError(f"absolute key refused: {key!r}")
     if any(part in ("", ".", "..") for part in key.split("/")):
@@ -235,10 +248,16 @@ class LocalStorage(Storage):
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"not a folder: {self.uri}")
         found = []  # a missing folder lists as empty, like an S3 prefix that holds no objects yet
-        for folder, dirs, files in os.walk(self.root, onerror=self._walk_error):
+        # from the prefix's own folder: a job's lease or manifest folder is listed at every commit, and the output
+        # around it holds millions of frames, masks and thumbnails
+        folders = prefix.split("/")[:-1]
+        start = self.root.joinpath(*folders)
+        if any(self.root.joinpath(*folders[:depth]).is_symlink() for depth in range(1, len(folders) + 1)):
+            return iter([])  # as a walk from the root, which never enters a symlinked folder
+        for folder, dirs, files in os.walk(start, onerror=self._walk_error):
             rel = Path(folder).relative_to(self.root).as_posix()
             for name in files:
-                key = name if rel == "." else f"{rel}/{name}"
+                key = _listed_key(name if rel == "." else f"{rel}/{name}")
                 if name.startswith(TEMP_PREFIX) or not key.startswith(prefix):
                     continue
                 try:
@@ -257,8 +276,16 @@ class LocalStorage(Storage):
     def read(self, key: str) -> tuple[bytes, ObjectInfo]:
         path = self._path(key)
         try:
-            with open(path, "rb") as f:  # read-only: originals are never opened for writing
-                return f.read(), self._info(key, os.fstat(f.fileno()))
+            if not os.path.realpath(path).startswith(os.path.join(os.path.realpath(self.root), "")):
+                raise StorageError(f"{key!r} in {self.uri} is a symbolic link leading out of the folder: copy the "
+                                   "file in, or point the job at the folder it lies in")
+            # read-only: originals are never opened for writing; non-blocking: a FIFO must not hang the worker
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise StorageError(f"{key!r} in {self.uri} is not a regular file (a pipe, socket or device)")
+                return f.read(), self._info(key, st)
         except FileNotFoundError:
             raise StorageError(f"no such file: {key!r} in {self.uri}") from None
         except OSError as e:

@@ -237,7 +237,20 @@ def test_hostile_corpus_in_a_local_folder_with_a_symlink_trap(tmp_path, ray_sess
     cases = [case for case in hostile_corpus() if not case.s3_only]
     cases.append(Case("output folder symlinked outside", "linked/frame.png", png_bytes(scene(20)), expect="failed",
                       words="symbolic link"))
+    cases.append(Case("a pipe named like a frame", "odd/pipe.png", b"", expect="failed", words="not a regular file"))
+    cases.append(Case("a link to a file outside the input", "odd/elsewhere.png", b"", expect="failed",
+                      words="symbolic link leading out"))
+    cases.append(Case("a file name in Latin-1, not UTF-8", "odd/caf\\xe9.png", b"", expect="failed", words="utf-8"))
     write_local(tmp_path / "in", corpus_objects(cases))
+    secret = tmp_path / "another-departments-scan.png"
+    secret.write_bytes(png_bytes(scene(21)))
+    (tmp_path / "in" / "odd" / "pipe.png").unlink()
+    os.mkfifo(tmp_path / "in" / "odd" / "pipe.png")  # read, it would wait for a writer for ever
+    (tmp_path / "in" / "odd" / "elsewhere.png").unlink()
+    (tmp_path / "in" / "odd" / "elsewhere.png").symlink_to(secret)
+    (tmp_path / "in" / "odd" / "caf\\xe9.png").unlink()
+    with open(os.path.join(os.fsencode(tmp_path / "in" / "odd"), b"caf\xe9.png"), "wb") as latin1:
+        latin1.write(png_bytes(scene(22)))
     outside = tmp_path / "outside"
     outside.mkdir()
     (tmp_path / "out").mkdir()
@@ -245,7 +258,7 @@ def test_hostile_corpus_in_a_local_folder_with_a_symlink_trap(tmp_path, ray_sess
     for path in (tmp_path / "in").rglob("*"):
         path.chmod(0o555 if path.is_dir() else 0o444)
     before = {str(p): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-              for p in (tmp_path / "in").rglob("*") if p.is_file()}
+              for p in (tmp_path / "in").rglob("*") if p.is_file() and not p.is_symlink()}
 
     result = run_in_process(hostile_job(str(tmp_path / "in"), str(tmp_path / "out")))
 
@@ -254,10 +267,11 @@ def test_hostile_corpus_in_a_local_folder_with_a_symlink_trap(tmp_path, ray_sess
     assert sum(result.counts.values()) == len(cases) == len(rows)
     assert check_rows(cases, rows, output.get) == []
     after = {str(p): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-             for p in (tmp_path / "in").rglob("*") if p.is_file()}
+             for p in (tmp_path / "in").rglob("*") if p.is_file() and not p.is_symlink()}
     assert after == before
     assert list(outside.iterdir()) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "outside"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["another-departments-scan.png", "in", "out", "outside"]
+    assert not any("another-departments" in str(p) for p in (tmp_path / "out").rglob("*"))
     assert not list((tmp_path / "out").rglob(TEMP_PREFIX + "*"))
 
 

@@ -151,6 +151,22 @@ def test_local_write_through_symlink_out_of_root_is_refused(tmp_path):
     assert os.listdir(tmp_path / "elsewhere") == []
 
 
+def test_a_local_listing_walks_its_prefixs_folder_not_the_millions_of_files_beside_it(tmp_path, monkeypatch):
+    """A job's lease folder is listed at every commit, inside an output that holds every frame and thumbnail."""
+    storage = LocalStorage(tmp_path)
+    for key in ("frames/a.png", "frames/b.png", "_manifests/job/_lease/0001", "_manifests/job/part-1.parquet"):
+        storage.put(key, b"x")
+    walked = []
+    walk = os.walk
+    monkeypatch.setattr(os, "walk", lambda top, **kwargs: walked.append(top) or walk(top, **kwargs))
+    assert [info.key for info in storage.list(prefix="_manifests/job/_lease/")] == ["_manifests/job/_lease/0001"]
+    assert [info.key for info in storage.list(prefix="_manifests/job/p")] == ["_manifests/job/part-1.parquet"]
+    assert [info.key for info in storage.list(prefix="fr")] == ["frames/a.png", "frames/b.png"]
+    assert walked == [tmp_path / "_manifests" / "job" / "_lease", tmp_path / "_manifests" / "job", tmp_path]
+    os.symlink(tmp_path / "frames", tmp_path / "linked")  # a walk from the root never entered it: nor does this
+    assert list(storage.list(prefix="linked/")) == [] and [i.key for i in storage.list()][-1] == "frames/b.png"
+
+
 def test_a_folder_not_made_yet_lists_as_empty_like_an_s3_prefix(tmp_path):
     assert list(LocalStorage(tmp_path / "not-yet").list(prefix="_manifests/")) == []
     (tmp_path / "file").write_bytes(b"x")
