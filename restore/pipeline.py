@@ -926,6 +926,19 @@ def start_ray() -> None:
         os.chdir(here)
 
 
+MAX_BLOCKS = 1000  # Ray Data blocks a run's tasks are cut into, at most
+
+
+def block_rows(tasks: int, batch_size: int) -> int:
+    """Tasks per Ray Data block: one batch each, the finest spread over workers, up to MAX_BLOCKS blocks; past
+    that, whole batches more. Each block costs the driver a put into the object store and its bookkeeping, which
+    for a first run over a whole collection in blocks of one batch came to minutes and gigabytes before any frame
+    was read. The rows of a block's frames reach the manifest and the progress line as its write finishes, which is
+    why blocks stay one batch while their count allows."""
+    batches = -(-tasks // batch_size)
+    return batch_size * max(1, -(-batches // MAX_BLOCKS))
+
+
 def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None = None, lease=None) -> RunResult:
     import ray
     from ray.data import ActorPoolStrategy
@@ -943,7 +956,8 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
     tasks = pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA)
-    blocks = [tasks.slice(start, spec.batch_size) for start in range(0, tasks.num_rows, spec.batch_size)]
+    rows = block_rows(tasks.num_rows, spec.batch_size)
+    blocks = [tasks.slice(start, rows) for start in range(0, tasks.num_rows, rows)]
     dataset = (
         ray.data.from_arrow(blocks)
         .map_batches(load_frames, fn_kwargs={"context": context}, batch_size=spec.batch_size,

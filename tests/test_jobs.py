@@ -117,6 +117,19 @@ def test_local_job_restores_masked_pixels_only_and_records_every_frame(tmp_path,
     assert len(parts) >= 2 and sum(pq.read_table(p).num_rows for p in parts) == 8
 
 
+def test_a_run_of_more_batches_than_blocks_cuts_whole_batches_into_each_block(tmp_path, ray_session, monkeypatch):
+    import restore.pipeline
+
+    assert restore.pipeline.block_rows(4_000, 4) == 4  # a batch a block, up to MAX_BLOCKS of them
+    assert restore.pipeline.block_rows(1_500_000, 4) == 1_500  # then whole batches: 1,000 blocks
+    frames = write_collection(tmp_path / "in", 9)
+    monkeypatch.setattr(restore.pipeline, "MAX_BLOCKS", 2)  # 5 batches of 2: blocks of 3 batches
+    result = run(job(tmp_path))
+    assert result.counts == {"ok": 9}
+    rows = read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()
+    assert sorted(row["input_key"] for row in rows) == sorted(frames)
+
+
 def test_rerun_processes_only_new_changed_and_failed_frames(tmp_path, ray_session):
     write_collection(tmp_path / "in", 4)
     (tmp_path / "in" / "broken.png").write_bytes(b"garbage")
