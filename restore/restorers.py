@@ -236,6 +236,10 @@ class GanRestorer(Restorer):
             crops.append(pixels[y0:y1, x0:x1])
             holes.append(mask[y0:y1, x0:x1])
             boxes.append([(y - y0, x - x0, h, w) for y, x, h, w in frame_boxes])
+        # A grey print scanned as RGB, or a palette of greys, has R = G = B around its holes; the generator, which
+        # learnt on colour, would leave faint colour in them. Such a region is filled as grey, like a grey frame.
+        neutral = [crop.shape[2] == 3 and all(np.array_equal(crop[..., 0][~hole], crop[..., c][~hole]) for c in (1, 2))
+                   for crop, hole in zip(crops, holes)]
         prefill = self.generator.config.prefill
         if prefill != "none":  # this generator refines a classical fill rather than blank holes
             crops = [classical_fill(crop, hole, prefill) for crop, hole in zip(crops, holes)]
@@ -253,10 +257,10 @@ class GanRestorer(Restorer):
                 restored = [inpaint_tiled_batch(self.generator, [image], [hole], **settings, boxes=[frame_boxes])[0]
                             for image, hole, frame_boxes in zip(images, holes, boxes)]
         filled = []
-        for pixels, region, scale, out in zip(frames, regions, scales, restored):
+        for pixels, region, scale, out, grey in zip(frames, regions, scales, restored, neutral):
             out = out.float().cpu()
-            if pixels.shape[2] == 1:
-                out = out.mean(dim=0, keepdim=True)  # grey goes back as the channel mean
+            if pixels.shape[2] == 1 or grey:
+                out = out.mean(dim=0, keepdim=True).expand(pixels.shape[2], -1, -1)  # grey: the channel mean
             values = out.permute(1, 2, 0).numpy() * scale  # (h, w, C)
             frame = pixels.copy()
             frame[region] = np.clip(np.rint(values), 0, scale).astype(pixels.dtype)

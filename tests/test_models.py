@@ -457,6 +457,21 @@ def test_the_restorer_on_a_grid_fills_as_well_as_on_fitted_boxes():
     assert abs(psnr(gridded, clean, mask) - psnr(boxes, clean, mask)) < 0.5
 
 
+def test_under_bf16_autocast_the_output_keeps_full_precision_for_16_bit_masters():
+    """bf16 holds 8 bits of mantissa: a fill of a 16-bit scan taken from bf16 outputs would band in steps of 256
+    levels. Checked with the CPU's autocast; a GPU runs the same code under CUDA's."""
+    generator = tiny_generator().eval()
+    y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 96), indexing="ij")
+    image = (0.3 + 0.4 * (x + y) / 2).expand(1, 3, -1, -1).contiguous()
+    mask = torch.zeros(1, 1, 64, 96)
+    mask[..., 16:48, 24:72] = 1
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generator(image, mask)
+    assert out.dtype == torch.float32
+    levels = torch.unique(torch.round(out[0, 0][mask[0, 0] > 0].float() * 65535))
+    assert len(levels) > 100  # the fill spans some 2,000 levels: in bf16, one value every 256 of them
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_autocast_leaves_the_spectral_norm_in_fp32():
     """On a GPU autocast would run spectral norm's matrix-vector products in bf16 (on a CPU it does not)."""

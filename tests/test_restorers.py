@@ -179,3 +179,22 @@ def test_the_gan_works_on_the_damaged_region_alone_and_fills_as_over_the_whole_f
     expected = pixels.copy()
     expected[mask] = np.clip(np.rint(whole.permute(1, 2, 0).numpy() * top), 0, top).astype(dtype)[mask]
     assert np.array_equal(restorer(pixels, mask), expected)
+
+
+def test_a_grey_print_stored_as_colour_gets_grey_fills_and_a_colour_one_keeps_its_colour():
+    """A scanner often saves a grey print as RGB (R = G = B), as does a grey palette expanded; the generator learnt
+    on colour photographs and would tint its holes. Only a region neutral all around its holes is filled grey."""
+    restorer = build_restorer(RestorerSettings(name="gan"))
+    y, x = np.mgrid[0:160, 0:240]
+    noise = np.random.default_rng(2).normal(0, 12, (160, 240))
+    grey = np.clip(120 + 60 * np.sin(x / 9.0) * np.cos(y / 13.0) + noise, 0, 255).astype(np.uint8)
+    mask = np.zeros((160, 240), dtype=bool)
+    mask[50:110, 60:180] = True
+    for dtype, top in ((np.uint8, 1), (np.uint16, 257)):
+        print_scan = np.dstack([grey] * 3).astype(dtype) * dtype(top)
+        restored = restorer(print_scan, mask)
+        assert np.array_equal(restored[~mask], print_scan[~mask])
+        assert np.array_equal(restored[..., 0], restored[..., 1]) and np.array_equal(restored[..., 0], restored[..., 2])
+    sepia = np.dstack([grey, (grey * 0.86).astype(np.uint8), (grey * 0.68).astype(np.uint8)])
+    restored = restorer(sepia, mask)[mask].astype(int)
+    assert (restored[:, 0] - restored[:, 2]).mean() > 20  # toned: the fill keeps the tone

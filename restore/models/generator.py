@@ -186,8 +186,11 @@ class Generator(nn.Module):
         for up, fuse, skip in zip(self.up, self.fuse, reversed(skips)):
             x = F.relu(up(x))  # doubles the resolution, halves the channels
             x = F.relu(fuse(torch.cat([x, skip], dim=1)))
-        x = self.head(x)[:, :, :H, :W]  # (B, C, H, W)
-        return (torch.tanh(x) + 1) / 2
+        # The last convolution in full precision, also under autocast: bf16 keeps 8 bits of mantissa, and a 16-bit
+        # master's fill would come out in steps of 256 levels.
+        with torch.autocast(x.device.type, enabled=False):
+            x = self.head(x.float())[:, :, :H, :W]  # (B, C, H, W)
+            return (torch.tanh(x) + 1) / 2
 
 
 def _channel_labels(config: GeneratorConfig) -> dict[str, tuple[list, list]]:
