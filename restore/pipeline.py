@@ -36,6 +36,7 @@ from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, as_stored
 from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, ManifestWriter, compact, history,
                        is_video, jobs_in, last_run_summary, new_run_id, parts_since_snapshot, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
+from .report import REPORT_ROOT
 from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
 from .storage import (LocalStorage, ObjectInfo, Storage, StorageError, StorageUnavailableError, check_no_overlap,
@@ -49,6 +50,7 @@ class JobError(RuntimeError):
 
 
 MASK_PREFIX = "_masks"
+OWN_OUTPUT_FOLDERS = {MASK_PREFIX: "audit masks", MANIFEST_ROOT: "manifests", REPORT_ROOT: "report"}
 
 TASK_SCHEMA = pa.schema([
     ("input_key", pa.string()),
@@ -428,6 +430,18 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
             if source != wanted and not task.get("plan_error"):
                 task["plan_error"] = (f"{spec.output_format} output needs a {wanted} input (this frame is named as "
                                       f"{source or 'another format'}): write it as png or tiff")
+    videos = tuple(f"{info.key}.frames/" for info in listed if is_video(info.key))
+    for task in tasks:  # outputs mirror input keys, so an input must not lie where the job keeps its own files
+        key, folder = task["input_key"], task["input_key"].split("/", 1)[0]
+        if task.get("plan_error"):
+            continue
+        if folder in OWN_OUTPUT_FOLDERS and "/" in key:
+            task["plan_error"] = (f"{folder}/ is where a job's output keeps its {OWN_OUTPUT_FOLDERS[folder]}: an "
+                                  "input there would write over them; rename the input's folder")
+        elif task["frame_indices"] is None and key.startswith(videos):
+            folder = next(prefix for prefix in videos if key.startswith(prefix))
+            task["plan_error"] = (f"the frames of the video {folder.removesuffix('.frames/')!r} are written to "
+                                  f"{folder}: an input there would write over one of them; rename the input's folder")
     listed_etags = {info.key: info.etag for info in listed}
     given_up = sorted(key for key, etag in exhausted
                       if listed_etags.get(split_frame_key(key)[0]) == etag and masks_unchanged(key))

@@ -393,6 +393,26 @@ def test_two_inputs_never_share_an_output(tmp_path, ray_session):
     assert status["scan.tif"][0] == "failed" and "rename it to say its format" in status["scan.tif"][1]
 
 
+def test_inputs_where_the_output_keeps_the_jobs_own_files_fail_instead_of_writing_over_them(tmp_path):
+    """Outputs mirror input keys: a donor's `_masks/x.png.png` would be written where `x.png`'s audit mask goes, a
+    still beside a video where that video's frames go."""
+    pytest.importorskip("av", reason="video needs PyAV")
+    from test_video import clip
+
+    write_local(tmp_path / "in", {"x.png": png_bytes(scene(1)), "masks/x.png": png_bytes(box_mask()),
+                                  "_masks/x.png.png": png_bytes(scene(2)), "_report/job/t.png": png_bytes(scene(3)),
+                                  "_manifests.png": png_bytes(scene(4)), "reel.mkv": clip("ffv1", "matroska", "bgr0"),
+                                  "reel.mkv.frames/000001.png": png_bytes(scene(5))})
+    rows = {row["input_key"]: row for row in _run_stages_inline(
+        base_job(str(tmp_path / "in"), str(tmp_path / "out"), include=["*.png", "*.mkv"]))}
+    assert rows["_masks/x.png.png"]["status"] == "failed" and "keeps its audit masks" in rows["_masks/x.png.png"]["error"]
+    assert "keeps its report" in rows["_report/job/t.png"]["error"]
+    assert "'reel.mkv' are written to reel.mkv.frames/" in rows["reel.mkv.frames/000001.png"]["error"]
+    assert rows["x.png"]["status"] == rows["_manifests.png"]["status"] == rows["reel.mkv#000001"]["status"] == "ok"
+    assert rows["x.png"]["mask_key"] == "_masks/x.png.png"
+    assert np.array_equal(decode_mask((tmp_path / "out" / "_masks" / "x.png.png").read_bytes()), box_mask() > 0)
+
+
 def test_an_error_a_library_raises_on_one_frame_fails_that_frame_and_its_batch_goes_on(tmp_path, monkeypatch):
     """Decoders, encoders and OpenCV raise more than the errors the pipeline expects (OverflowError, struct.error,
     cv2.error, MemoryError); a hostile file must fail its own row, not stop every night's run before any commit."""
