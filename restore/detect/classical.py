@@ -87,8 +87,9 @@ class ClassicalDetector(Detector):
     at least 7); `threshold` the noise multiple a detection must reach somewhere; `grow` the lower multiple its
     region may spread over; `scratch_length` the column length over which scratches are averaged and
     `scratch_threshold` how many robust spreads of that average a scratch must stand out by. Defaults are set
-    so that grainy undamaged photos keep under 0.1 % of their pixels flagged. A single frame cannot tell a
-    speck of dust from a small highlight, so this detector trades recall for that; prefer `temporal` on film.
+    on 20 training photographs, whose grainy undamaged scans keep under 0.1 % of their pixels flagged (the
+    evaluation photographs, 0.29 %: BENCHMARKS.md). A single frame cannot tell a speck of dust from a small
+    highlight, so this detector trades recall for that; prefer `temporal` on film.
     """
 
     name = "classical"
