@@ -82,6 +82,9 @@ class Frame:
     iptc: bytes | None = None  # a TIFF's IPTC-NAA record (tag 33723)
     png_text: dict[str, str] | None = None
     orientation: int = 1  # EXIF/TIFF Orientation: how viewers turn the stored pixels to show them (1: as stored)
+    # A PNG's colour-space chunks (gAMA, cHRM, sRGB) and significant bits (sBIT), whole, in their order: without
+    # them a colour-managed viewer shows a gamma-1.8 master as if it were sRGB
+    png_colour: bytes | None = None
 
     @property
     def premultiplied(self) -> bool:
@@ -165,6 +168,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         infrared=infrared,
         xmp=xmp or None,
         iptc=_tiff_iptc(data) if image.format == "TIFF" else None,
+        png_colour=_png_colour_chunks(data) if image.format == "PNG" else None,
         orientation=_exif_orientation(exif),
         png_text=png_text or None,
     )
@@ -317,6 +321,36 @@ def _tiff_exif(image: Image.Image) -> bytes | None:
     return exif.tobytes() if len(exif) else None
 
 
+_PNG_COLOUR = (b"gAMA", b"cHRM", b"sRGB", b"sBIT")
+
+
+def _png_colour_chunks(data: bytes) -> bytes | None:
+    """The colour-space and significant-bits chunks before a PNG's image data, as written (length, type, body,
+    CRC), in their order; Pillow reads them only in part and writes none of them back."""
+    chunks, position = [], 8
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        if kind == b"IDAT":
+            break
+        if kind in _PNG_COLOUR and length <= 64:  # each holds at most 32 bytes
+            chunks.append(data[position:position + 12 + length])
+        position += 12 + length
+    return b"".join(chunks) or None
+
+
+def _colour_chunks_for(frame: Frame, channels: int) -> list[tuple[bytes, bytes]]:
+    """(type, body) of the frame's PNG colour chunks to write with `channels` samples a pixel; an sBIT of another
+    layout (a palette's, once expanded with its transparency to RGBA) is left out, as it would not be valid."""
+    out, position, data = [], 0, frame.png_colour or b""
+    while position + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        body = data[position + 8:position + 8 + length]
+        position += 12 + length
+        if kind != b"sBIT" or length == channels:
+            out.append((kind, body))
+    return out
+
+
 def _png_text_after_image(data: bytes) -> dict[str, str]:
     """The tEXt, zTXt and iTXt chunks after a PNG's image data, by keyword; a chunk that cannot be read is left out
     (as Pillow does), a compressed one stops at Pillow's limit for a chunk, and all of them at its limit for a
@@ -394,8 +428,11 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
         return _encode_png16(frame, pixels, text)
     options = _pillow_metadata(frame)
     chunks = _png_text_chunks(frame, text)
-    if chunks:
+    colour = _colour_chunks_for(frame, pixels.shape[2] + (frame.alpha is not None))
+    if chunks or colour:
         options["pnginfo"] = PngImagePlugin.PngInfo()
+        for kind, body in colour:
+            options["pnginfo"].add(kind, body)
         for key, value in chunks.items():  # long text compressed, as it likely came
             options["pnginfo"].add_itxt(key, value, zip=len(value) > TEXT_TO_COMPRESS)
     return _save(_to_pillow(pixels, frame.alpha), "PNG", compress_level=ZLIB_LEVEL, **options)
@@ -514,7 +551,7 @@ def _encode_png16(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None)
     ok, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, ZLIB_LEVEL])
     if not ok:
         raise FrameError("OpenCV could not encode the 16-bit PNG")
-    chunks = []
+    chunks = [_png_chunk(kind, body) for kind, body in _colour_chunks_for(frame, 3 + (frame.alpha is not None))]
     if frame.icc_profile:
         chunks.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(frame.icc_profile)))
     if frame.dpi:

@@ -81,6 +81,7 @@ FRAME_FIELDS = [
     ("xmp", pa.binary()),
     ("iptc", pa.binary()),
     ("png_text", pa.string()),  # JSON object
+    ("png_colour", pa.binary()),
     ("dpi", pa.list_(pa.float64())),
     ("film_header", pa.string()),  # DPX/EXR: how to write the samples back exactly (see film.py)
     ("film_source", pa.large_binary()),  # DPX/EXR: the samples as stored; `pixels` is their display view
@@ -474,6 +475,7 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "xmp": frame.xmp,
         "iptc": frame.iptc,
         "png_text": json.dumps(frame.png_text) if frame.png_text else None,
+        "png_colour": frame.png_colour,
         "dpi": list(frame.dpi) if frame.dpi else None,
         "mask": mask.astype(np.uint8).tobytes(),
         "masked_fraction": float(mask.mean()),
@@ -826,7 +828,7 @@ def _write_one(context: JobContext, row: dict) -> dict:
     frame = Frame(pixels=pixels, alpha=alpha, format=row["source_format"], mode=row["source_mode"],
                   icc_profile=row["icc_profile"], exif=row["exif"], dpi=tuple(row["dpi"]) if row["dpi"] else None,
                   infrared=infrared, xmp=row["xmp"], iptc=row["iptc"],
-                  png_text=json.loads(row["png_text"]) if row["png_text"] else None)
+                  png_text=json.loads(row["png_text"]) if row["png_text"] else None, png_colour=row["png_colour"])
     if row["film_header"]:
         frame = FilmFrame.from_columns(frame, row["film_header"], row["film_source"])
     fmt = lossless_format(row["source_format"], context.spec.output_format)

@@ -185,6 +185,29 @@ def test_text_after_a_16bit_pngs_image_data_stops_at_pillows_limit_and_long_text
         assert len(written) - bare < 2_000  # the note's 56,000 characters, compressed
 
 
+def test_a_pngs_gamma_chromaticities_srgb_and_significant_bits_are_carried_to_its_output():
+    """Without gAMA and cHRM a colour-managed viewer shows a gamma-1.8 master as sRGB; sBIT says a 12-bit scan's
+    low bits are padding. Pillow reads them only in part and writes none back."""
+    from restore.frames import _png_chunk
+
+    colour = (_png_chunk(b"gAMA", struct.pack(">I", 55556)) + _png_chunk(b"cHRM", struct.pack(">8I", *range(8)))
+              + _png_chunk(b"sRGB", b"\x00"))
+    for depth, bits in ((np.uint8, 5), (np.uint16, 12)):
+        frame = random_frame(depth, 3, False)
+        frame.icc_profile = frame.exif = None
+        data = encode_frame(frame, frame.pixels, "png")
+        data = data[:33] + colour + _png_chunk(b"sBIT", bytes([bits] * 3)) + data[33:]  # after IHDR
+        decoded = decode_frame(data)
+        written = encode_frame(decoded, decoded.pixels, "png")
+        assert decode_frame(written).png_colour == decoded.png_colour == colour + _png_chunk(b"sBIT", bytes([bits] * 3))
+        image = Image.open(io.BytesIO(written))
+        assert image.info["gamma"] == 0.55556 and image.info["chromaticity"] == tuple(i / 1e5 for i in range(8))
+    rgba = random_frame(np.uint8, 3, True)  # a palette with transparency becomes RGBA: a 3-sample sBIT no longer fits
+    rgba.icc_profile = rgba.exif = None
+    rgba.png_colour = colour + _png_chunk(b"sBIT", b"\x05\x05\x05")
+    assert decode_frame(encode_frame(rgba, rgba.pixels, "png")).png_colour == colour
+
+
 def test_16bit_colour_png_carries_provenance_and_stays_deterministic():
     frame = random_frame(np.uint16, 3, True)
     data = encode_frame(frame, frame.pixels, "png", text=TEXT)
