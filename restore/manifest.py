@@ -165,28 +165,40 @@ def read_manifests(storage: Storage, job: str) -> pa.Table:
 
     An empty table with the schema when there are none.
     """
+    snapshot, parts = _manifest_keys(storage, job)
+    return _read_tables(storage, ([snapshot] if snapshot else []) + parts)
+
+
+def _manifest_keys(storage: Storage, job: str) -> tuple[str | None, list[str]]:
+    """(the newest snapshot, the parts of the runs after the one it is named after): what a job's manifests are."""
     keys = [info.key for info in storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/{job}/")]
     snapshots = sorted(key for key in keys if key.startswith(f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/"))
     covered = snapshots[-1].rsplit("/", 1)[1].removesuffix(".parquet") if snapshots else ""
-    parts = [key for key in keys if key not in snapshots and _part_run_id(key, job) > covered]
-    tables = [_read_parquet(storage, key) for key in snapshots[-1:] + parts]
-    tables = [table for table in tables if table.num_rows]
+    return (snapshots[-1] if snapshots else None,
+            [key for key in keys if key not in snapshots and _part_run_id(key, job) > covered])
+
+
+def _read_tables(storage: Storage, keys: list[str]) -> pa.Table:
+    tables = [table for table in (_read_parquet(storage, key) for key in keys) if table.num_rows]
     if not tables:
         return MANIFEST_SCHEMA.empty_table()
     return pa.concat_tables(tables)
 
 
 def parts_since_snapshot(storage: Storage, job: str) -> int:
-    keys = [info.key for info in storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/{job}/")]
-    snapshots = sorted(key for key in keys if key.startswith(f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/"))
-    covered = snapshots[-1].rsplit("/", 1)[1].removesuffix(".parquet") if snapshots else ""
-    return sum(1 for key in keys if key not in snapshots and _part_run_id(key, job) > covered)
+    return len(_manifest_keys(storage, job)[1])
 
 
-def compact(storage: Storage, job: str, run_id: str, lease=None) -> str:
-    """Write a snapshot covering every run up to `run_id`: the newest row per (frame, ETag, config), plus every
-    failure (they count retry attempts). A new file: parts are never rewritten, and older snapshots stay valid."""
-    table = read_manifests(storage, job)
+def compact(storage: Storage, job: str, lease=None) -> str | None:
+    """Write a snapshot of the job's manifests: the newest row per (frame, ETag, config), plus every failure (they
+    count retry attempts), named after the newest run it covers; None when no part is newer than the last one. A
+    new file: parts are never rewritten, and older snapshots stay valid. Call it under the job's lease, before the
+    run's own parts exist: parts of the run a snapshot is named after are taken as covered by it."""
+    snapshot, parts = _manifest_keys(storage, job)
+    if not parts:
+        return None
+    through = max(_part_run_id(key, job) for key in parts)
+    table = _read_tables(storage, ([snapshot] if snapshot else []) + parts)
     ordered = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
     index = pa.array(range(ordered.num_rows), pa.int64())
     ordered = ordered.append_column("_row", index)
@@ -198,7 +210,7 @@ def compact(storage: Storage, job: str, run_id: str, lease=None) -> str:
     pq.write_table(snapshot, buffer, compression="zstd")
     if lease is not None:
         lease.check()
-    key = f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/{run_id}.parquet"
+    key = f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/{through}.parquet"
     storage.put(key, buffer.getvalue(), content_type="application/vnd.apache.parquet")
     return key
 

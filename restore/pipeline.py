@@ -1037,6 +1037,10 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
 
     context = open_job(spec)
     with acquire(context.output_storage, spec.name, run_id=context.run_id) as lease:
+        # before planning, which then reads one snapshot instead of every part; and so also after nights that
+        # were stopped part-way, which never reach a run's end
+        if parts_since_snapshot(context.output_storage, spec.name) >= COMPACT_AFTER_PARTS:
+            compact(context.output_storage, spec.name, lease)
         plan = plan_job(context, frames_to_repair(spec) if repair else frozenset())
         try:
             result = run_job(context, plan, progress, lease)
@@ -1051,8 +1055,6 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
         # a stopped one says the job is whole again
         if result.planned or plan.given_up or _last_run_was_stopped(context):
             write_run_summary(context, plan, result)
-        if parts_since_snapshot(context.output_storage, spec.name) >= COMPACT_AFTER_PARTS:
-            compact(context.output_storage, spec.name, context.run_id, lease)
     return context, plan, result
 
 

@@ -697,7 +697,8 @@ def test_compaction_keeps_what_resume_needs_without_rewriting_parts(tmp_path, ra
     parts = {p: p.read_bytes() for p in (tmp_path / "out" / "_manifests").rglob("part-*.parquet")}
     before = history(read_manifests(storage, "t"), config_hash)
 
-    compact(storage, "t", prepare(parse_spec(job(tmp_path)))[0].run_id)  # as a run does at its end
+    assert compact(storage, "t") is not None  # as a run does before planning, once parts pile up
+    assert compact(storage, "t") is None  # nothing newer than the snapshot
 
     compacted = read_manifests(storage, "t")
     after = history(compacted, config_hash)
@@ -709,6 +710,28 @@ def test_compaction_keeps_what_resume_needs_without_rewriting_parts(tmp_path, ra
     run(job(tmp_path))  # parts committed after the snapshot are read on top of it
     assert ("new.png", open_storage(str(tmp_path / "in")).head("new.png").etag) in history(
         read_manifests(storage, "t"), config_hash).done
+
+
+def test_a_run_compacts_the_parts_of_nights_stopped_part_way_before_planning(tmp_path, ray_session, monkeypatch):
+    """A night stopped part-way (the scheduler's 23 h stop) never reaches a run's end, and its parts would pile up
+    for every later plan, status and report to read one by one."""
+    import restore.pipeline
+    from restore.manifest import parts_since_snapshot
+
+    monkeypatch.setattr(restore.pipeline, "COMPACT_AFTER_PARTS", 2)
+    frames = write_collection(tmp_path / "in", 4)
+    storage = open_storage(str(tmp_path / "out"))
+    context, plan = prepare(parse_spec(job(tmp_path)))
+    run_job(context, plan)  # a run's frames and parts, without the end of `run` (as a stopped run leaves them)
+    assert parts_since_snapshot(storage, "t") == 2
+    before = read_manifests(storage, "t")
+    (tmp_path / "in" / "new.png").write_bytes(png_bytes(scene(9)))
+    _, plan, result = restore.pipeline.run(parse_spec(job(tmp_path)))
+    assert [task["input_key"] for task in plan.tasks] == ["new.png"] and result.counts == {"ok": 1}
+    assert parts_since_snapshot(storage, "t") == 1  # the older parts went into a snapshot; this run's part is read on top
+    after = read_manifests(storage, "t")
+    assert sorted(after["input_key"].to_pylist()) == sorted([*frames, "new.png"])
+    assert after.num_rows == before.num_rows + 1
 
 
 def after_etag(tmp_path) -> str:
