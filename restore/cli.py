@@ -75,9 +75,9 @@ def cmd_run(args) -> int:
               + (f"; {len(plan.orphan_masks)} files in mask folders left alone: masks whose frames are gone"
                  if plan.orphan_masks else ""))
         for key in summary["keys"][: args.show]:
-            print(f"  {key}")
+            print(f"  {printable(key)}")
         for task in [task for task in plan.tasks if task.get("plan_error")][: args.show]:
-            print(f"  would fail {task['input_key']}: {task['plan_error']}")
+            print(f"  would fail {printable(task['input_key'])}: {printable(task['plan_error'])}")
         if running:
             print(f"  a run of this job is in progress (lease {running}): a run now would be refused")
         _write_json(args.json, summary)
@@ -189,7 +189,7 @@ def cmd_verify(args) -> int:
     print(f"job {job}: {report.frames} frames, {report.verified} verified, {len(report.failed)} recorded as failed, "
           f"{len(report.problems)} problems")
     for problem in report.problems[: args.show]:
-        print(f"  {problem.kind} {problem.key}: {problem.detail}")
+        print(f"  {problem.kind} {printable(problem.key)}: {printable(problem.detail)}")
     if any(problem.kind in FRAME_PROBLEMS for problem in report.problems):
         print("  `restore run JOB.yaml --repair` restores those frames again")
     _write_json(args.json, report.as_dict())
@@ -211,7 +211,7 @@ def cmd_status(args) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.by_status.items()))
     print(f"job {job}: {summary.total} frames: {counts or 'none done'} ({summary.runs} runs, last {summary.last_run})")
     for key, error in summary.failures[: args.show]:
-        print(f"  not restored {key}: {error}")
+        print(f"  not restored {printable(key)}: {printable(error)}")
     interrupted = last["run_id"] if last and last["status"] == "interrupted" else None
     if interrupted:  # its committed rows are all ok: without this, a stopped job would read as finished
         print(f"  run {interrupted} was stopped after {sum(last['counts'].values())} of its {last['planned']} "
@@ -303,6 +303,12 @@ def _widths(text: str) -> tuple[int, ...]:
     if len(widths) < 2 or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"expected at least two positive channel counts, got {text!r}")
     return widths
+
+
+def printable(text: str | None) -> str:
+    """Keys and reasons as printed: a donor's file name can hold escape codes that rewrite the operator's screen
+    (a carriage return and "2 ok" over the real line); those characters are shown escaped instead."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import reprlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ MASK_SOURCES = ("given", "detect", "both")  # both = the union of the given mask
 DETECTOR_NAMES = ("classical", "temporal", "learned")  # learned: the U-Net shipped in restore/weights
 # A job may also take its mask from the infrared plane of RGBI film scans, which eval-detect's pictures lack.
 MASK_DETECTORS = DETECTOR_NAMES + ("infrared",)
+MAX_DILATE = 1000  # px a mask may grow by: more covers a whole scan, and the disc would not fit in memory
+MAX_RADIUS = 100  # px of the classical fills' neighbourhood
 MASK_ORIENTATIONS = ("displayed", "stored")  # how given masks of a frame with an EXIF Orientation were drawn
 OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")
 DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dpx", "*.exr")  # videos only when named
@@ -170,30 +174,43 @@ class _Checker:
             return default
         value = raw[name]
         if not isinstance(value, str) or not value.strip():
-            self.problems.append(f"{path}: expected a non-empty string, got {value!r}")
+            self.problems.append(f"{path}: expected a non-empty string, got {shown(value)}")
             return default
         if choices and value not in choices:
-            self.problems.append(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
+            self.problems.append(f"{path}: expected one of {', '.join(choices)}, got {shown(value)}")
             return default
         return value
 
-    def number(self, raw: dict, name: str, path: str, default, kind=int, minimum=0):
+    def number(self, raw: dict, name: str, path: str, default, kind=int, minimum=0, maximum=None):
         if name not in raw or raw[name] is None:
             return default
         value = raw[name]
         ok_types = (int,) if kind is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok_types) or value < minimum:
+        # `not minimum <= value` also refuses NaN, which fails every comparison
+        if isinstance(value, bool) or not isinstance(value, ok_types) or not minimum <= value <= (maximum or math.inf) \
+                or not math.isfinite(value):
             expected = "an integer" if kind is int else "a number"
-            self.problems.append(f"{path}: expected {expected} >= {minimum}, got {value!r}")
+            within = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            self.problems.append(f"{path}: expected {expected} {within}, got {shown(value)}")
             return default
         return kind(value)
 
     def boolean(self, raw: dict, name: str, path: str, default: bool) -> bool:
         value = raw.get(name, default)
         if not isinstance(value, bool):
-            self.problems.append(f"{path}: expected true or false, got {value!r}")
+            self.problems.append(f"{path}: expected true or false, got {shown(value)}")
             return default
         return value
+
+
+def shown(value: Any) -> str:
+    """A spec's value in a message, cut short: YAML aliases can nest a few bytes into a value whose repr is
+    gigabytes."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 80
+    short.maxlist = short.maxdict = 4
+    short.maxlevel = 2
+    return short.repr(value)
 
 
 def _resolve_uri(uri: str | None, base: Path) -> str | None:
@@ -206,18 +223,26 @@ def _resolve_uri(uri: str | None, base: Path) -> str | None:
 
 def _check_file_uri(problems: list[str], label: str, uri: str | None) -> None:
     if uri and uri.startswith("file://") and urlsplit(uri).netloc not in ("", "localhost"):
-        problems.append(f"{label}: a file URI names no host: expected file:///path or a plain path, got {uri!r}")
+        problems.append(f"{label}: a file URI names no host: expected file:///path or a plain path, got {shown(uri)}")
 
 
 def _check_key_pattern(problems: list[str], label: str, pattern: str | None) -> None:
     """A mask or protect pattern is filled in for every frame: a mistake in it is a spec error, not a traceback.
     (A protect pattern may name one file for every frame: a stamp in the same place on each.)"""
+    from .storage import UnsafeKeyError, safe_key
+
     try:
         if pattern:
-            pattern.format(stem="frame", name="frame.png", dir="reel")
+            key = safe_key(pattern.format(stem="frame", name="frame.png", dir="reel").lstrip("/"))
+            if pattern.startswith("/"):
+                raise UnsafeKeyError("a key, relative to masks.uri or the input, not an absolute path")
+            if key == "reel/frame.png":
+                raise UnsafeKeyError("it names each frame itself")
     except (KeyError, IndexError, ValueError, AttributeError) as error:
         problems.append(f"{label}: expected only {{dir}}, {{stem}} and {{name}} (e.g. '{{dir}}/masks/{{stem}}.png'), "
-                        f"got {pattern!r} ({type(error).__name__}: {error})")
+                        f"got {shown(pattern)} ({type(error).__name__}: {error})")
+    except UnsafeKeyError as error:  # every frame would fail on it, run after run, until given up
+        problems.append(f"{label}: {shown(pattern)} names no usable mask file: {error}")
 
 
 def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -> JobSpec:
@@ -232,24 +257,24 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
 
     name = check.string(raw, "name", "name", required=True)
     if name and (not all(c.isalnum() or c in "-_." for c in name) or set(name) == {"."}):
-        problems.append(f"name: expected letters, digits, '-', '_' or '.' (not only dots), got {name!r}")
+        problems.append(f"name: expected letters, digits, '-', '_' or '.' (not only dots), got {shown(name)}")
     input_uri = check.string(raw, "input", "input", required=True)
     output_uri = check.string(raw, "output", "output", required=True)
     for label, uri in (("input", input_uri), ("output", output_uri)):
         if uri and "://" in uri and not uri.startswith(("s3://", "file://")):
-            problems.append(f"{label}: expected a local path, file://… or s3://bucket/prefix, got {uri!r}")
+            problems.append(f"{label}: expected a local path, file://… or s3://bucket/prefix, got {shown(uri)}")
         if uri and uri.startswith("s3://") and not uri[len("s3://"):].split("/")[0]:
-            problems.append(f"{label}: expected s3://bucket/prefix with a bucket name, got {uri!r}")
+            problems.append(f"{label}: expected s3://bucket/prefix with a bucket name, got {shown(uri)}")
         _check_file_uri(problems, label, uri)
     endpoint_url = check.string(raw, "endpoint_url", "endpoint_url")
     if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
-        problems.append(f"endpoint_url: expected an http:// or https:// URL, got {endpoint_url!r}")
+        problems.append(f"endpoint_url: expected an http:// or https:// URL, got {shown(endpoint_url)}")
 
     include = raw.get("include", list(DEFAULT_INCLUDE))
     if isinstance(include, str):
         include = [include]
     if not isinstance(include, list) or not include or not all(isinstance(p, str) and p for p in include):
-        problems.append(f"include: expected a list of glob patterns such as ['*.png'], got {include!r}")
+        problems.append(f"include: expected a list of glob patterns such as ['*.png'], got {shown(include)}")
         include = list(DEFAULT_INCLUDE)
 
     masks_raw = check.section(raw, "masks", set(MaskSettings.__dataclass_fields__))
@@ -257,7 +282,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         source=check.string(masks_raw, "source", "masks.source", "given", choices=MASK_SOURCES),
         uri=check.string(masks_raw, "uri", "masks.uri"),
         pattern=check.string(masks_raw, "pattern", "masks.pattern", MaskSettings.pattern),
-        dilate=check.number(masks_raw, "dilate", "masks.dilate", 0),
+        dilate=check.number(masks_raw, "dilate", "masks.dilate", 0, maximum=MAX_DILATE),
         required=check.boolean(masks_raw, "required", "masks.required", False),
         detector=check.string(masks_raw, "detector", "masks.detector", "classical", choices=MASK_DETECTORS),
         min_area=check.number(masks_raw, "min_area", "masks.min_area", 0),
@@ -276,7 +301,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         problems.append("masks.detector_weights: only used with masks.detector learned (and source detect or both)")
     _check_file_uri(problems, "masks.uri", masks.uri)
     if masks.pattern and "{" not in masks.pattern:
-        problems.append(f"masks.pattern: expected a pattern naming the frame, e.g. '{{dir}}/masks/{{stem}}.png', got {masks.pattern!r}")
+        problems.append("masks.pattern: expected a pattern naming the frame, e.g. '{dir}/masks/{stem}.png', got "
+                        f"{shown(masks.pattern)}")
     for label, pattern in (("masks.pattern", masks.pattern), ("masks.protect", masks.protect)):
         _check_key_pattern(problems, label, pattern)
 
@@ -285,13 +311,13 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         name=check.string(restorer_raw, "name", "restorer.name", RestorerSettings.name, choices=RESTORER_NAMES),
         weights=check.string(restorer_raw, "weights", "restorer.weights"),
         weights_sha256=check.string(restorer_raw, "weights_sha256", "restorer.weights_sha256"),
-        radius=check.number(restorer_raw, "radius", "restorer.radius", 3, minimum=1),
+        radius=check.number(restorer_raw, "radius", "restorer.radius", 3, minimum=1, maximum=MAX_RADIUS),
         tile=check.number(restorer_raw, "tile", "restorer.tile", 512, minimum=32),
         overlap=check.number(restorer_raw, "overlap", "restorer.overlap", 64),
         context=check.number(restorer_raw, "context", "restorer.context", RestorerSettings.context),
     )
     if restorer.weights_sha256 and (len(restorer.weights_sha256) != 64 or not all(c in "0123456789abcdef" for c in restorer.weights_sha256)):
-        problems.append(f"restorer.weights_sha256: expected 64 lowercase hex digits, got {restorer.weights_sha256!r}")
+        problems.append(f"restorer.weights_sha256: expected 64 lowercase hex digits, got {shown(restorer.weights_sha256)}")
     if restorer.overlap * 2 >= restorer.tile:
         problems.append(f"restorer.overlap: expected less than half of restorer.tile ({restorer.tile}), got {restorer.overlap}")
 

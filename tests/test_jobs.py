@@ -494,6 +494,17 @@ def test_masks_of_frames_shown_turned_are_read_as_the_spec_says_they_were_drawn(
         job(tmp_path, masks={"orientation": "displayed"})).config_hash(None)
 
 
+def test_a_file_name_with_terminal_escapes_is_printed_escaped(tmp_path, ray_session, capsys):
+    """A donor's file name can carry a carriage return and escape codes that would print a false summary over the
+    real one in the operator's terminal."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a\r\x1b[2Kjob t: 2 frames: 2 ok.png").write_bytes(b"not an image")
+    run(job(tmp_path))
+    assert restore_main(["status", str(tmp_path / "out"), "--job", "t"]) == 1
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\r" not in shown and "a\\r\\x1b[2Kjob t: 2 frames: 2 ok.png" in shown
+
+
 def test_a_mask_whose_frame_is_gone_is_not_taken_for_a_frame(tmp_path):
     write_collection(tmp_path / "in", 2)
     (tmp_path / "in" / "reel" / "f000.png").unlink()  # deleted or renamed upstream: its mask stays behind

@@ -35,6 +35,27 @@ def test_every_mistake_is_reported_with_its_field_before_any_work():
         assert field in message, field
 
 
+def test_values_that_would_crash_or_hang_a_run_are_refused_and_quoted_briefly(tmp_path):
+    """NaN passes every `value < minimum` check; a dilation of 1e11 px asks for a 40 GB disc on every frame; a few
+    lines of YAML aliases make a value whose full repr (once quoted in the error) is gigabytes."""
+    aliases = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    spec = tmp_path / "job.yaml"
+    spec.write_text("\n".join(aliases) + "\nname: j\ninput: in\noutput: out\ninclude: *a8\n"
+                    "workers: {cpus: .nan}\nmasks: {dilate: 100000000000}\nrestorer: {name: telea, radius: 1000}\n")
+    with pytest.raises(SpecError) as raised:
+        load_spec(spec)
+    message = str(raised.value)
+    assert "workers.cpus: expected a number >= 0, got nan" in message
+    assert "masks.dilate: expected an integer from 0 to 1000, got 100000000000" in message
+    assert "restorer.radius: expected an integer from 1 to 100" in message
+    assert "include: expected a list of glob patterns" in message and len(message) < 5_000
+    for pattern, reason in (("../x/{stem}.png", "'..' component"), ("/scans/{stem}.png", "not an absolute path"),
+                            ("{dir}/{name}", "names each frame itself")):
+        with pytest.raises(SpecError, match=f"masks.pattern: .* names no usable mask file: .*{reason}"):
+            parse_spec({"name": "j", "input": "in", "output": "out", "masks": {"pattern": pattern}})
+
+
 def test_unreadable_and_malformed_spec_files_are_clear_errors(tmp_path):
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "missing.yaml")
