@@ -13,7 +13,6 @@ import json
 import posixpath
 import secrets
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -215,16 +214,29 @@ def compact(storage: Storage, job: str, lease=None) -> str | None:
     return key
 
 
+def latest(table: pa.Table) -> pa.Table:
+    """The newest row per input key, sorted by key: what the archive looks like now. A whole video's failure is
+    gone once a later run restores its frames. Column-wise: a collection's history is millions of rows."""
+    ordered = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
+    ordered = ordered.append_column("_row", pa.array(range(ordered.num_rows), pa.int64()))
+    newest = ordered.group_by("input_key", use_threads=False).aggregate([("_row", "max")])
+    rows = ordered.take(newest["_row_max"]).drop_columns(["_row"])
+    keys = rows["input_key"]
+    frames = rows.filter(pc.match_substring_regex(keys, r"#\d+$"))
+    videos = frames.append_column("_video", pc.replace_substring_regex(frames["input_key"], r"#\d+$", ""))
+    restored_after = {video: run for video, run in zip(*(
+        videos.group_by("_video", use_threads=False).aggregate([("run_id", "max")]).column(name).to_pylist()
+        for name in ("_video", "run_id_max"))) if is_video(video)}
+    if restored_after:  # a video row whose frames have rows of a later run
+        stale = [key in restored_after and run < restored_after[key]
+                 for key, run in zip(keys.to_pylist(), rows["run_id"].to_pylist())]
+        rows = rows.filter(pc.invert(pa.array(stale, pa.bool_())))
+    return rows.sort_by("input_key")
+
+
 def latest_rows(table: pa.Table) -> list[dict]:
-    """The newest row per input key: what the archive looks like now. A whole video's failure is gone once a
-    later run restores its frames."""
-    newest: dict[str, dict] = {}
-    for row in table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")]).to_pylist():
-        newest[row["input_key"]] = row
-        video, index = split_frame_key(row["input_key"])
-        if index is not None and video in newest and newest[video]["run_id"] < row["run_id"]:
-            del newest[video]
-    return [newest[key] for key in sorted(newest)]
+    """`latest` as dicts."""
+    return latest(table).to_pylist()
 
 
 @dataclass
@@ -284,12 +296,13 @@ class JobSummary:
 
 
 def summarize(table: pa.Table) -> JobSummary:
-    rows = latest_rows(table)
-    runs = sorted(set(table["run_id"].to_pylist()))
+    rows = latest(table.select(["input_key", "run_id", "finished_at", "status", "error"]))
+    runs = pc.unique(table["run_id"]).to_pylist()
+    failed = rows.filter(pc.is_in(rows["status"], value_set=pa.array(sorted(NOT_RESTORED))))
     return JobSummary(
-        total=len(rows),
-        by_status=dict(Counter(row["status"] for row in rows)),
-        failures=[(row["input_key"], row["error"]) for row in rows if row["status"] in NOT_RESTORED],
+        total=rows.num_rows,
+        by_status={item["values"]: item["counts"] for item in pc.value_counts(rows["status"]).to_pylist()},
+        failures=list(zip(failed["input_key"].to_pylist(), failed["error"].to_pylist())),
         runs=len(runs),
-        last_run=runs[-1] if runs else None,
+        last_run=max(runs) if runs else None,
     )
