@@ -39,8 +39,8 @@ from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY
 from .report import REPORT_ROOT
 from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
-from .storage import (LocalStorage, ObjectInfo, Storage, StorageError, StorageUnavailableError, check_no_overlap,
-                      key_matches, open_storage, same_location)
+from .storage import (LocalStorage, NoSuchObjectError, ObjectInfo, Storage, StorageError, StorageUnavailableError,
+                      check_no_overlap, key_matches, open_storage, same_location)
 
 logger = logging.getLogger(__name__)
 
@@ -506,12 +506,13 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
     one made by a program on the stored pixels. Guessing wrong restores clean pixels and leaves the damage, so
     `masks.orientation` must say which (until it does, such a frame fails)."""
     mask_key = mask_key_for(pattern, input_key)
-    if context.mask_storage.head(mask_key) is None:
+    try:
+        data, info = context.mask_storage.read(mask_key)
+    except NoSuchObjectError:
         etags[field] = ""
         if required:
-            raise FrameError(f"no mask at {mask_key!r} (masks.required is true)")
+            raise FrameError(f"no mask at {mask_key!r} (masks.required is true)") from None
         return None
-    data, info = context.mask_storage.read(mask_key)
     etags[field] = info.etag
     try:
         mask = decode_mask(data, context.spec.max_pixels)

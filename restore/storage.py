@@ -55,6 +55,11 @@ class UnsafeKeyError(StorageError):
     """A key that could resolve outside the storage root, or to a different object than it names."""
 
 
+class NoSuchObjectError(StorageError):
+    """The key names no object (S3 NoSuchKey, a missing file): reading is how its absence is learnt in one
+    request instead of a HEAD and then a GET."""
+
+
 class StorageUnavailableError(StorageError):
     """Storage could not serve the request now (throttled, failing, unreachable, out of space, or denying these
     credentials): no fault of the object, so the same request can succeed on another night."""
@@ -287,7 +292,7 @@ class LocalStorage(Storage):
                     raise StorageError(f"{key!r} in {self.uri} is not a regular file (a pipe, socket or device)")
                 return f.read(), self._info(key, st)
         except FileNotFoundError:
-            raise StorageError(f"no such file: {key!r} in {self.uri}") from None
+            raise NoSuchObjectError(f"no such file: {key!r} in {self.uri}") from None
         except OSError as e:
             raise _local_error(f"cannot read {key!r} in {self.uri}", e) from None
 
@@ -426,8 +431,9 @@ class S3Storage(Storage):
         }.get(code, f"{code}: {error.response.get('Error', {}).get('Message', '')}")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         unavailable = code in _UNAVAILABLE_CODES or status >= 500
-        return (StorageUnavailableError if unavailable else StorageError)(
-            f"cannot {action} {where}: {_without_userinfo(reason)}")
+        kind = StorageUnavailableError if unavailable else NoSuchObjectError if code in ("NoSuchKey", "404") \
+            else StorageError
+        return kind(f"cannot {action} {where}: {_without_userinfo(reason)}")
 
     def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)

@@ -231,6 +231,8 @@ def test_hostile_corpus_on_s3_each_frame_restored_or_failed_with_reason(s3_endpo
     assert written and all(key.startswith("out/") and safe_key(key[len("out/"):]) for key in written)
     writes = [(method, key) for method, _, key in proxy.requests if method in ("PUT", "POST", "DELETE")]
     assert writes and all(key.startswith("out/") for _, key in writes)  # inputs were only ever read
+    mask_reads = [method for method, _, key in proxy.requests if "/masks/" in key]
+    assert "GET" in mask_reads and "HEAD" not in mask_reads  # a mask is read, or found missing, in one request
 
 
 def test_hostile_corpus_in_a_local_folder_with_a_symlink_trap(tmp_path, ray_session):

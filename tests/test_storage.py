@@ -10,6 +10,7 @@ import pytest
 from restore.storage import (
     ArchivedObjectError,
     LocalStorage,
+    NoSuchObjectError,
     S3Storage,
     StorageError,
     StorageUnavailableError,
@@ -105,7 +106,7 @@ def test_storage_survives_pickling(storage):
 
 
 def test_missing_key_is_a_clear_error(storage):
-    with pytest.raises(StorageError, match="missing.png"):
+    with pytest.raises(NoSuchObjectError, match="missing.png"):  # on both backends: callers read to find out
         storage.get("missing.png")
 
 
