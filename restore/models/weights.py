@@ -62,6 +62,15 @@ def save_net(net: torch.nn.Module, path: str | os.PathLike, fmt: str, info: dict
     return file_sha256(path)
 
 
+def _unpickling_reason(error: Exception) -> str:
+    """The cause in torch's message, without its advice to load with weights_only=False, which would run whatever
+    code the file holds."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    causes = [line for line in lines if line and "weights_only" not in line and not line.startswith(
+        ("Weights only load failed", "Check the documentation", "Please file an issue"))]
+    return causes[0] if causes else type(error).__name__
+
+
 def load_net(path: str | os.PathLike, fmt: str, net_class, config_class,
              map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """(net in eval mode, info) from a file `save_net` wrote with format tag `fmt`; info holds the stored info plus
@@ -74,7 +83,8 @@ def load_net(path: str | os.PathLike, fmt: str, net_class, config_class,
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # any unpickling failure means the file is not what we wrote
-        raise WeightsError(f"cannot read {kind} weights {path}: {e}") from e
+        raise WeightsError(f"cannot read {kind} weights {path}: {_unpickling_reason(e)} (only tensors and plain "
+                           "values are loaded from a weights file: nothing in it runs)") from e
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise WeightsError(f"{path} is not a restore {kind} file (expected format {fmt!r})")
     fields = {f.name for f in dataclasses.fields(config_class)}
