@@ -206,12 +206,12 @@ def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
 # ---------------------------------------------------------------------------------------------- figures
 
 def _public_spec(spec: JobSpec) -> dict:
-    """The spec as plain data, with any user and password taken out of the endpoint URL: reports get published."""
+    """The spec as plain data, with any user and password, and any query (a presigned token), taken out of the
+    endpoint URL: reports get published. The host is kept as written (an IPv6 address keeps its brackets)."""
     raw = json.loads(json.dumps(asdict(spec)))
     if spec.endpoint_url:
         parts = urlsplit(spec.endpoint_url)
-        host = parts.hostname + (f":{parts.port}" if parts.port else "")
-        raw["endpoint_url"] = parts._replace(netloc=host).geturl()
+        raw["endpoint_url"] = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
     return raw
 
 

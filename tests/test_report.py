@@ -259,3 +259,11 @@ def test_report_opens_in_headless_chromium_with_every_image(report, tmp_path):
         target = Path(os.environ["RESTORE_TEST_ARTEFACTS"])
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(screenshot, target / "report.png")
+
+
+def test_the_published_spec_keeps_an_ipv6_endpoint_and_drops_credentials_and_tokens():
+    from restore.report import _public_spec
+
+    spec = parse_spec({"name": "j", "input": "s3://in/a", "output": "s3://out/b",
+                       "endpoint_url": "http://lab:pa@ss@[::1]:9000/?X-Amz-Security-Token=secret"})
+    assert _public_spec(spec)["endpoint_url"] == "http://[::1]:9000/"  # `report OUTPUT` reconnects with it
