@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .frames import Frame, FrameError
+from .frames import Frame, FrameError, check_pixel_limit
 
 DPX_MAGIC = (b"SDPX", b"XPDS")  # big- and little-endian
 EXR_MAGIC = b"v/1\x01"
@@ -222,10 +222,7 @@ def _alpha_view(alpha: np.ndarray, header: dict) -> np.ndarray:
 
 
 def _check_layout(kind: str, spec, max_pixels: int) -> None:
-    pixels = spec.width * spec.height
-    if pixels > max_pixels:
-        raise FrameError(f"image is {spec.width}x{spec.height} = {pixels / 1e6:.1f} MP, over the limit of "
-                         f"{max_pixels / 1e6:.1f} MP (raise max_pixels in the spec)")
+    check_pixel_limit(spec.width, spec.height, max_pixels)
     images = spec.get_int_attribute("oiio:subimages", 1)
     if images > 1:
         raise FrameError(f"{kind} with {images} images (parts or elements): only single-image files are supported")

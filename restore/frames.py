@@ -111,6 +111,14 @@ def _format_name(fmt: str) -> str:
 # ---------------------------------------------------------------------------------------------------- decode
 
 
+def check_pixel_limit(width: int, height: int, max_pixels: int, what: str = "image") -> None:
+    """Raise FrameError for a picture over the job's decompression-bomb limit, from its header's size."""
+    if width * height > max_pixels:
+        size = lambda n: f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n:,} pixels"  # noqa: E731 - small limits too
+        raise FrameError(f"{what} is {width}x{height} = {size(width * height)}, over the limit of {size(max_pixels)} "
+                         "(raise max_pixels in the spec)")
+
+
 def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     """Decode an image file's bytes; raises FrameError with a readable reason for anything it cannot hold."""
     from .film import decode_film, is_film  # film scans: OpenImageIO, an optional extra
@@ -124,11 +132,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
             return _decode_tiff_alone(data, max_pixels)
         raise
     width, height = image.size
-    if width * height > max_pixels:
-        raise FrameError(
-            f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP"
-            " (raise max_pixels in the spec)"
-        )
+    check_pixel_limit(width, height, max_pixels)
     if image.mode == "CMYK":
         raise FrameError("CMYK images are not supported: convert to RGB with a colour-managed tool first")
     infrared, late_text = None, {}
@@ -239,10 +243,7 @@ def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages.first
-            if page.imagewidth * page.imagelength > max_pixels:
-                raise FrameError(f"image is {page.imagewidth}x{page.imagelength} = "
-                                 f"{page.imagewidth * page.imagelength / 1e6:.1f} MP, over the limit of "
-                                 f"{max_pixels / 1e6:.1f} MP (raise max_pixels in the spec)")
+            check_pixel_limit(page.imagewidth, page.imagelength, max_pixels)
             tags = {tag.code: tag.value for tag in page.tags.values()}
         mode, pixels, alpha, infrared = _decode_tiff(data)
     except FrameError:

@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .film import FilmFrame
-from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, as_stored, check_encodable, decode_frame,
-                     decode_mask, encode_frame, encode_mask, extension_for)
+from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, as_stored, check_encodable, check_pixel_limit,
+                     decode_frame, decode_mask, encode_frame, encode_mask, extension_for)
 from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, ManifestWriter, compact, history,
                        is_video, jobs_in, last_run_summary, new_run_id, parts_since_snapshot, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
@@ -665,9 +665,7 @@ def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:
     from .video import iter_video_frames, probe_video
 
     info = probe_video(data)  # raises FrameError for a broken file or one without a video stream
-    if info.width * info.height > context.spec.max_pixels:
-        raise FrameError(f"video frames are {info.width}x{info.height} = {info.width * info.height / 1e6:.1f} MP, "
-                         f"over the limit of {context.spec.max_pixels / 1e6:.1f} MP (raise max_pixels in the spec)")
+    check_pixel_limit(info.width, info.height, context.spec.max_pixels, "each video frame")
     wanted = row["frame_indices"]
     if not wanted:
         raise FrameError(f"video {row['input_key']!r}: no frames could be planned")
