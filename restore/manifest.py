@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .storage import Storage, StorageError
+from .storage import NoSuchObjectError, Storage, StorageError
 
 MANIFEST_ROOT = "_manifests"
 NOT_RESTORED = ("failed", "skipped")  # the statuses of a frame whose output is not (or no longer) what it should be
@@ -164,17 +164,31 @@ def read_manifests(storage: Storage, job: str) -> pa.Table:
 
     An empty table with the schema when there are none.
     """
-    snapshot, parts = _manifest_keys(storage, job)
+    snapshot, parts, _ = _manifest_keys(storage, job)
     return _read_tables(storage, ([snapshot] if snapshot else []) + parts)
 
 
-def _manifest_keys(storage: Storage, job: str) -> tuple[str | None, list[str]]:
-    """(the newest snapshot, the parts of the runs after the one it is named after): what a job's manifests are."""
+def _manifest_keys(storage: Storage, job: str) -> tuple[str | None, list[str], list[str]]:
+    """(the newest snapshot, the parts it does not cover, every part): what a job's manifests are.
+
+    A snapshot lists the parts it covers (`<snapshot>.parts.json`): any other part is read on top of it, also one
+    that a writer whose lease had lapsed committed just after the snapshot was cut, or one a host with a fast
+    clock named after it. Snapshots from before those lists cover the parts of the runs up to their own name."""
     keys = [info.key for info in storage.list(("*.parquet",), prefix=f"{MANIFEST_ROOT}/{job}/")]
     snapshots = sorted(key for key in keys if key.startswith(f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/"))
-    covered = snapshots[-1].rsplit("/", 1)[1].removesuffix(".parquet") if snapshots else ""
-    return (snapshots[-1] if snapshots else None,
-            [key for key in keys if key not in snapshots and _part_run_id(key, job) > covered])
+    parts = [key for key in keys if key not in snapshots]
+    if not snapshots:
+        return None, parts, parts
+    try:
+        covered = set(json.loads(storage.get(_covered_list(snapshots[-1]))))
+        return snapshots[-1], [key for key in parts if key not in covered], parts
+    except NoSuchObjectError:
+        name = snapshots[-1].rsplit("/", 1)[1].removesuffix(".parquet")
+        return snapshots[-1], [key for key in parts if _part_run_id(key, job) > name], parts
+
+
+def _covered_list(snapshot: str) -> str:
+    return snapshot.removesuffix(".parquet") + ".parts.json"
 
 
 def _read_tables(storage: Storage, keys: list[str]) -> pa.Table:
@@ -188,15 +202,13 @@ def parts_since_snapshot(storage: Storage, job: str) -> int:
     return len(_manifest_keys(storage, job)[1])
 
 
-def compact(storage: Storage, job: str, lease=None) -> str | None:
-    """Write a snapshot of the job's manifests: the newest row per (frame, ETag, config), plus every failure (they
-    count retry attempts), named after the newest run it covers; None when no part is newer than the last one. A
-    new file: parts are never rewritten, and older snapshots stay valid. Call it under the job's lease, before the
-    run's own parts exist: parts of the run a snapshot is named after are taken as covered by it."""
-    snapshot, parts = _manifest_keys(storage, job)
+def compact(storage: Storage, job: str, run_id: str, lease=None) -> str | None:
+    """Write a snapshot of the job's manifests, named after the run that cuts it: the newest row per (frame, ETag,
+    config), plus every failure (they count retry attempts), and the list of the parts it covers; None when every
+    part is covered already. New files: parts are never rewritten, and older snapshots stay valid."""
+    snapshot, parts, every_part = _manifest_keys(storage, job)
     if not parts:
         return None
-    through = max(_part_run_id(key, job) for key in parts)
     table = _read_tables(storage, ([snapshot] if snapshot else []) + parts)
     ordered = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
     index = pa.array(range(ordered.num_rows), pa.int64())
@@ -209,8 +221,9 @@ def compact(storage: Storage, job: str, lease=None) -> str | None:
     pq.write_table(snapshot, buffer, compression="zstd")
     if lease is not None:
         lease.check()
-    key = f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/{through}.parquet"
-    storage.put(key, buffer.getvalue(), content_type="application/vnd.apache.parquet")
+    key = f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/{run_id}.parquet"
+    storage.put(_covered_list(key), json.dumps(every_part).encode(), content_type="application/json")  # first: a
+    storage.put(key, buffer.getvalue(), content_type="application/vnd.apache.parquet")  # snapshot is never without
     return key
 
 

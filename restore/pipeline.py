@@ -1039,7 +1039,7 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
         # before planning, which then reads one snapshot instead of every part; and so also after nights that
         # were stopped part-way, which never reach a run's end
         if parts_since_snapshot(context.output_storage, spec.name) >= COMPACT_AFTER_PARTS:
-            compact(context.output_storage, spec.name, lease)
+            compact(context.output_storage, spec.name, context.run_id, lease)
         plan = plan_job(context, frames_to_repair(spec) if repair else frozenset())
         try:
             result = run_job(context, plan, progress, lease)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import posixpath
 import reprlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,9 +187,11 @@ class _Checker:
             return default
         value = raw[name]
         ok_types = (int,) if kind is int else (int, float)
-        # `not minimum <= value` also refuses NaN, which fails every comparison
-        if isinstance(value, bool) or not isinstance(value, ok_types) or not minimum <= value <= (maximum or math.inf) \
-                or not math.isfinite(value):
+        top = math.inf if maximum is None else maximum
+        # `not minimum <= value <= top` also refuses NaN, which fails every comparison (inf fails `<= top` unless
+        # there is no maximum: isfinite, on floats only, as YAML's long integers overflow it)
+        if isinstance(value, bool) or not isinstance(value, ok_types) or not minimum <= value <= top \
+                or (isinstance(value, float) and not math.isfinite(value)):
             expected = "an integer" if kind is int else "a number"
             within = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
             self.problems.append(f"{path}: expected {expected} {within}, got {shown(value)}")
@@ -226,18 +229,19 @@ def _check_file_uri(problems: list[str], label: str, uri: str | None) -> None:
         problems.append(f"{label}: a file URI names no host: expected file:///path or a plain path, got {shown(uri)}")
 
 
-def _check_key_pattern(problems: list[str], label: str, pattern: str | None) -> None:
+def _check_key_pattern(problems: list[str], label: str, pattern: str | None, beside_frames: bool) -> None:
     """A mask or protect pattern is filled in for every frame: a mistake in it is a spec error, not a traceback.
     (A protect pattern may name one file for every frame: a stamp in the same place on each.)"""
     from .storage import UnsafeKeyError, safe_key
 
     try:
-        if pattern:
-            key = safe_key(pattern.format(stem="frame", name="frame.png", dir="reel").lstrip("/"))
-            if pattern.startswith("/"):
+        if pattern:  # filled in as jobs do (pipeline.mask_key_for): `{dir}/../masks/...` is a folder beside
+            key = posixpath.normpath(pattern.format(stem="frame", name="frame.tif", dir="reel"))
+            if key.startswith("/"):
                 raise UnsafeKeyError("a key, relative to masks.uri or the input, not an absolute path")
-            if key == "reel/frame.png":
-                raise UnsafeKeyError("it names each frame itself")
+            safe_key(key)
+            if key == "reel/frame.tif" and beside_frames:
+                raise UnsafeKeyError("it names each frame itself (give masks.uri for masks named like their frames)")
     except (KeyError, IndexError, ValueError, AttributeError) as error:
         problems.append(f"{label}: expected only {{dir}}, {{stem}} and {{name}} (e.g. '{{dir}}/masks/{{stem}}.png'), "
                         f"got {shown(pattern)} ({type(error).__name__}: {error})")
@@ -304,7 +308,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         problems.append("masks.pattern: expected a pattern naming the frame, e.g. '{dir}/masks/{stem}.png', got "
                         f"{shown(masks.pattern)}")
     for label, pattern in (("masks.pattern", masks.pattern), ("masks.protect", masks.protect)):
-        _check_key_pattern(problems, label, pattern)
+        _check_key_pattern(problems, label, pattern, beside_frames=masks.uri is None)
 
     restorer_raw = check.section(raw, "restorer", set(RestorerSettings.__dataclass_fields__))
     restorer = RestorerSettings(

@@ -708,8 +708,9 @@ def test_compaction_keeps_what_resume_needs_without_rewriting_parts(tmp_path, ra
     parts = {p: p.read_bytes() for p in (tmp_path / "out" / "_manifests").rglob("part-*.parquet")}
     before = history(read_manifests(storage, "t"), config_hash)
 
-    assert compact(storage, "t") is not None  # as a run does before planning, once parts pile up
-    assert compact(storage, "t") is None  # nothing newer than the snapshot
+    run_id = prepare(parse_spec(job(tmp_path)))[0].run_id
+    assert compact(storage, "t", run_id) is not None  # as a run does before planning, once parts pile up
+    assert compact(storage, "t", run_id) is None  # every part is covered
 
     compacted = read_manifests(storage, "t")
     after = history(compacted, config_hash)
@@ -743,6 +744,35 @@ def test_a_run_compacts_the_parts_of_nights_stopped_part_way_before_planning(tmp
     after = read_manifests(storage, "t")
     assert sorted(after["input_key"].to_pylist()) == sorted([*frames, "new.png"])
     assert after.num_rows == before.num_rows + 1
+
+
+def test_a_part_committed_after_a_snapshot_was_cut_is_read_whatever_its_run_id(tmp_path):
+    """A writer whose lease lapsed can land a part just after the next run compacted; a host with a fast clock
+    names its parts after a later run's. Run ids order neither: the snapshot's list of covered parts does."""
+    from datetime import datetime, timezone
+
+    from restore.manifest import ManifestWriter, compact
+
+    storage = open_storage(str(tmp_path / "out"))
+
+    def commit(run_id: str, key: str) -> None:
+        ManifestWriter(storage, "t", run_id).commit([{"input_key": key, "run_id": run_id, "status": "ok",
+                                                      "finished_at": datetime.now(timezone.utc)}])
+
+    commit("20261127T010000000Z-aaaaaa", "a.png")
+    commit("20261127T090000000Z-ffffff", "fast-clock.png")  # a host whose clock runs hours ahead
+    assert compact(storage, "t", "20261127T030000000Z-cccccc") is not None
+    commit("20261127T020000000Z-bbbbbb", "stale.png")  # after the cut, by a writer whose lease had lapsed
+    commit("20261127T030000000Z-cccccc", "same-run.png")  # the compacting run's own
+    assert sorted(read_manifests(storage, "t")["input_key"].to_pylist()) == [
+        "a.png", "fast-clock.png", "same-run.png", "stale.png"]
+    assert compact(storage, "t", "20261127T040000000Z-dddddd") is not None  # the next cut covers them all, once
+    assert sorted(read_manifests(storage, "t")["input_key"].to_pylist()) == [
+        "a.png", "fast-clock.png", "same-run.png", "stale.png"]
+    for covered in (tmp_path / "out").rglob("*.parts.json"):
+        covered.unlink()  # as snapshots cut before the lists: they cover the runs up to their name
+    assert set(read_manifests(storage, "t")["input_key"].to_pylist()) == {
+        "a.png", "fast-clock.png", "same-run.png", "stale.png"}
 
 
 def after_etag(tmp_path) -> str:

@@ -54,6 +54,11 @@ def test_values_that_would_crash_or_hang_a_run_are_refused_and_quoted_briefly(tm
                             ("{dir}/{name}", "names each frame itself")):
         with pytest.raises(SpecError, match=f"masks.pattern: .* names no usable mask file: .*{reason}"):
             parse_spec({"name": "j", "input": "in", "output": "out", "masks": {"pattern": pattern}})
+    for masks in ({"pattern": "{dir}/../masks/{stem}.png"}, {"pattern": "./masks/{stem}.png"},
+                  {"pattern": "{dir}/{stem}.png"}, {"pattern": "{dir}/{name}", "uri": "s3://masks/reel"}):
+        assert parse_spec({"name": "j", "input": "in", "output": "out", "masks": masks}).masks.pattern  # as before
+    with pytest.raises(SpecError, match="masks.dilate: expected an integer from 0 to 1000, got 1000"):
+        parse_spec({"name": "j", "input": "in", "output": "out", "masks": {"dilate": 10 ** 400}})  # no OverflowError
 
 
 def test_unreadable_and_malformed_spec_files_are_clear_errors(tmp_path):
