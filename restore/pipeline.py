@@ -520,7 +520,7 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
         raise FrameError(f"mask {mask_key!r}: {error}") from None
     orientation, drawn = frame.orientation, context.spec.masks.orientation
     if orientation != 1 and drawn is None:
-        raise FrameError(f"this frame is shown {_TURNS[orientation]} (EXIF orientation {orientation}): say whether "
+        raise SettingNeededError(f"this frame is shown {_TURNS[orientation]} (EXIF orientation {orientation}): say whether "
                          f"its mask {mask_key!r} is drawn on the picture as shown (masks.orientation: displayed) or "
                          "on the pixels as stored (masks.orientation: stored)")
     if drawn == "displayed":
@@ -588,15 +588,24 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
 MAX_REASON = 2000  # characters of a failure reason kept in the manifest: some errors quote a whole input
 
 
+class SettingNeededError(FrameError):
+    """A frame the job's spec does not yet say how to treat: no fault of the frame, so not one to give up on."""
+
+
 def not_restored(error: Exception) -> dict:
-    """The status and reason of a frame that could not be restored. When storage could not serve it (throttled,
-    failing, unreachable, full, denying access, in an archival class) that is no fault of the frame: `skipped`,
-    tried again every run and never given up after `max_attempts`, so a few bad nights of storage do not retire a
-    reel. Errors about the object itself (a missing key, one too long or too large) fail it, and so does anything
-    else a frame makes a library raise (a decoder's overflow, an allocation it cannot have): one hostile file
-    must not stop a night's run, and with a row it is given up after `max_attempts` like any bad frame."""
-    status = "skipped" if isinstance(error, StorageUnavailableError) else "failed"
-    reason = str(error) if isinstance(error, (StorageError, FrameError)) else f"{type(error).__name__}: {error}"
+    """The status and reason of a frame that could not be restored.
+
+    Errors about the object itself (corrupt, truncated, a missing key, one too long or too large) fail it, and a
+    frame that keeps failing is given up after `max_attempts`. What is no fault of the frame makes it `skipped`,
+    tried again every run and never given up, so that a few bad nights do not retire a reel: storage that could
+    not serve it (throttled, failing, unreachable, full, denying access, in an archival class), a setting the spec
+    still lacks for it, and any other error a library raised on it (an overflow, an allocation it could not have,
+    a module missing on one worker): one hostile file must not stop a night's run, nor a broken install give up
+    the archive."""
+    expected = isinstance(error, (StorageError, FrameError))
+    skipped = isinstance(error, (StorageUnavailableError, SettingNeededError)) or not expected
+    status = "skipped" if skipped else "failed"
+    reason = str(error) if expected else f"{type(error).__name__}: {error}"
     return {"status": status, "error": reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + "…"}
 
 

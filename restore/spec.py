@@ -127,9 +127,10 @@ class JobSpec:
         if self.masks.source == "given":
             masks.pop("detector")
             masks.pop("min_area")
-        for name in ("temporal_fill", "orientation"):  # so jobs that never set them keep the hash they had before
-            if not masks[name]:
-                masks.pop(name)
+        if not masks["temporal_fill"]:
+            masks.pop("temporal_fill")  # so jobs that never used it keep the hash they had before it existed
+        if masks["orientation"] in (None, "stored"):  # stored is how masks were read before the setting existed
+            masks.pop("orientation")
         settings = {
             "restorer": restorer,
             "weights_sha256": weights_sha256,
