@@ -25,6 +25,7 @@ import io
 import json
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -59,6 +60,12 @@ _EXIF_IFDS = (0x8769, 0x8825)  # Exif and GPS sub-IFDs
 _XMP_TAG, _IPTC_TAG = 700, 33723
 _PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword of an XMP packet in a PNG
 TEXT_TO_COMPRESS = 1024  # PNG text longer than this is written compressed (iTXt with zlib)
+
+
+def _compressed(key: str, value: str) -> bool:
+    """Whether a PNG text chunk is written compressed: long text, except XMP, which the XMP specification
+    requires uncompressed so that packet scanners find it."""
+    return len(value) > TEXT_TO_COMPRESS and key != _PNG_XMP_KEY
 _JPEG_XMP_MAX = 65_504  # bytes of XMP one JPEG APP1 segment holds (65,533 less the namespace)
 
 
@@ -325,42 +332,40 @@ def _tiff_exif(image: Image.Image) -> bytes | None:
 _PNG_COLOUR = (b"gAMA", b"cHRM", b"sRGB", b"sBIT")
 
 
-def _png_colour_chunks(data: bytes) -> bytes | None:
-    """The colour-space and significant-bits chunks before a PNG's image data, as written (length, type, body,
-    CRC), in their order; Pillow reads them only in part and writes none of them back."""
-    chunks, position = [], 8
-    while position + 8 <= len(data):
+def _png_chunks(data: bytes, start: int = 8) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """(type, body, the whole chunk) of each chunk in PNG bytes from `start` (8: after the signature)."""
+    position = start
+    while position + 12 <= len(data):
         length, kind = struct.unpack(">I4s", data[position:position + 8])
+        yield kind, data[position + 8:position + 8 + length], data[position:position + 12 + length]
+        position += 12 + length
+
+
+def _png_colour_chunks(data: bytes) -> bytes | None:
+    """The colour-space and significant-bits chunks before a PNG's image data, whole, in their order; Pillow reads
+    them only in part and writes none of them back."""
+    chunks = []
+    for kind, body, chunk in _png_chunks(data):
         if kind == b"IDAT":
             break
-        if kind in _PNG_COLOUR and length <= 64:  # each holds at most 32 bytes
-            chunks.append(data[position:position + 12 + length])
-        position += 12 + length
+        if kind in _PNG_COLOUR and len(body) <= 64:  # each holds at most 32 bytes
+            chunks.append(chunk)
     return b"".join(chunks) or None
 
 
 def _colour_chunks_for(frame: Frame, channels: int) -> list[tuple[bytes, bytes]]:
     """(type, body) of the frame's PNG colour chunks to write with `channels` samples a pixel; an sBIT of another
     layout (a palette's, once expanded with its transparency to RGBA) is left out, as it would not be valid."""
-    out, position, data = [], 0, frame.png_colour or b""
-    while position + 12 <= len(data):
-        length, kind = struct.unpack(">I4s", data[position:position + 8])
-        body = data[position + 8:position + 8 + length]
-        position += 12 + length
-        if kind != b"sBIT" or length == channels:
-            out.append((kind, body))
-    return out
+    return [(kind, body) for kind, body, _ in _png_chunks(frame.png_colour or b"", start=0)
+            if kind != b"sBIT" or len(body) == channels]
 
 
 def _png_text_after_image(data: bytes) -> dict[str, str]:
     """The tEXt, zTXt and iTXt chunks after a PNG's image data, by keyword; a chunk that cannot be read is left out
     (as Pillow does), a compressed one stops at Pillow's limit for a chunk, and all of them at its limit for a
     file's text (a few kilobytes of zTXt can otherwise inflate to gigabytes)."""
-    text, position, after_image, budget = {}, 8, False, PngImagePlugin.MAX_TEXT_MEMORY
-    while position + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[position:position + 8])
-        body = data[position + 8:position + 8 + length]
-        position += 12 + length
+    text, after_image, budget = {}, False, PngImagePlugin.MAX_TEXT_MEMORY
+    for kind, body, _ in _png_chunks(data):
         if kind == b"IDAT":
             after_image = True
         elif kind == b"IEND":
@@ -435,7 +440,7 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
         for kind, body in colour:
             options["pnginfo"].add(kind, body)
         for key, value in chunks.items():  # long text compressed, as it likely came
-            options["pnginfo"].add_itxt(key, value, zip=len(value) > TEXT_TO_COMPRESS)
+            options["pnginfo"].add_itxt(key, value, zip=_compressed(key, value))
     return _save(_to_pillow(pixels, frame.alpha), "PNG", compress_level=ZLIB_LEVEL, **options)
 
 
@@ -487,7 +492,7 @@ def as_stored(array: np.ndarray, orientation: int) -> np.ndarray:
     return as_displayed(array, {6: 8, 8: 6}.get(orientation, orientation))  # the others undo themselves
 
 
-MAX_DPI = 1_000_000  # 25 nm a pixel: past any scanner, and within what PNG and TIFF can write back
+MAX_DPI = 65_535  # past any scanner, and within what every output can write back (JPEG's density is 16 bits)
 
 
 def _plausible_dpi(dpi) -> tuple[float, float] | None:
@@ -561,7 +566,7 @@ def _encode_png16(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None)
     if frame.exif:
         chunks.append(_png_chunk(b"eXIf", frame.exif.removeprefix(b"Exif\x00\x00")))
     for key, value in _png_text_chunks(frame, text).items():  # compression flag and method, empty language tags
-        compress = len(value) > TEXT_TO_COMPRESS
+        compress = _compressed(key, value)
         body = zlib.compress(value.encode(), ZLIB_LEVEL) if compress else value.encode()
         chunks.append(_png_chunk(b"iTXt", key.encode("latin-1") + bytes([0, compress, 0, 0, 0]) + body))
     png = encoded.tobytes()

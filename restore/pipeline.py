@@ -201,6 +201,11 @@ def _mask_folder_shape(pattern: str) -> re.Pattern | None:
                       re.DOTALL)
 
 
+def frames_folder(video_key: str) -> str:
+    """Where a video's restored frames are written: `reel.mkv` → `reel.mkv.frames/`."""
+    return f"{video_key}.frames/"
+
+
 def output_key_for(input_key: str, fmt: str) -> str:
     """Same key when the format is kept; otherwise the new extension is appended, so keys never collide.
 
@@ -209,7 +214,7 @@ def output_key_for(input_key: str, fmt: str) -> str:
     extension = extension_for(fmt)
     video, index = split_frame_key(input_key)
     if index is not None:
-        return f"{video}.frames/{index:06d}{extension}"
+        return f"{frames_folder(video)}{index:06d}{extension}"
     if posixpath.splitext(input_key)[1].lower() in _SAME_EXTENSIONS.get(extension, (extension,)):
         return input_key
     return input_key + extension
@@ -431,7 +436,7 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
             if source != wanted and not task.get("plan_error"):
                 task["plan_error"] = (f"{spec.output_format} output needs a {wanted} input (this frame is named as "
                                       f"{source or 'another format'}): write it as png or tiff")
-    videos = tuple(f"{info.key}.frames/" for info in listed if is_video(info.key))
+    videos = {frames_folder(info.key): info.key for info in listed if is_video(info.key)}
     for task in tasks:  # outputs mirror input keys, so an input must not lie where the job keeps its own files
         key, folder = task["input_key"], task["input_key"].split("/", 1)[0]
         if task.get("plan_error"):
@@ -439,10 +444,10 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
         if folder in OWN_OUTPUT_FOLDERS and "/" in key:
             task["plan_error"] = (f"{folder}/ is where a job's output keeps its {OWN_OUTPUT_FOLDERS[folder]}: an "
                                   "input there would write over them; rename the input's folder")
-        elif task["frame_indices"] is None and key.startswith(videos):
+        elif task["frame_indices"] is None and key.startswith(tuple(videos)):
             folder = next(prefix for prefix in videos if key.startswith(prefix))
-            task["plan_error"] = (f"the frames of the video {folder.removesuffix('.frames/')!r} are written to "
-                                  f"{folder}: an input there would write over one of them; rename the input's folder")
+            task["plan_error"] = (f"the frames of the video {videos[folder]!r} are written to {folder}: an input "
+                                  "there would write over one of them; rename the input's folder")
     listed_etags = {info.key: info.etag for info in listed}
     given_up = sorted(key for key, etag in exhausted
                       if listed_etags.get(split_frame_key(key)[0]) == etag and masks_unchanged(key))
@@ -496,6 +501,11 @@ def _restore_mask(row: dict) -> np.ndarray:
     return _mask(row, "mask" if row["restore_mask"] is None else "restore_mask")
 
 
+_TURNS = {2: "mirrored left to right", 3: "turned 180°", 4: "mirrored top to bottom",
+          5: "mirrored along its diagonal", 6: "turned 90° clockwise", 7: "mirrored along its other diagonal",
+          8: "turned 90° anticlockwise"}  # how a viewer shows a frame of each EXIF orientation
+
+
 def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, required: bool,
                etags: dict[str, str | None], field: str) -> np.ndarray | None:
     """The mask file the pattern names for this frame, on its stored pixels, or None when there is none (and none
@@ -520,9 +530,9 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
         raise FrameError(f"mask {mask_key!r}: {error}") from None
     orientation, drawn = frame.orientation, context.spec.masks.orientation
     if orientation != 1 and drawn is None:
-        raise SettingNeededError(f"this frame is shown {_TURNS[orientation]} (EXIF orientation {orientation}): say whether "
-                         f"its mask {mask_key!r} is drawn on the picture as shown (masks.orientation: displayed) or "
-                         "on the pixels as stored (masks.orientation: stored)")
+        raise SettingNeededError(f"this frame is shown {_TURNS[orientation]} (EXIF orientation {orientation}): say "
+                                 f"whether its mask {mask_key!r} is drawn on the picture as shown (masks.orientation: "
+                                 "displayed) or on the pixels as stored (masks.orientation: stored)")
     if drawn == "displayed":
         mask = as_stored(mask, orientation)
     height, width = frame.pixels.shape[:2]
@@ -531,10 +541,6 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
         raise FrameError(f"mask {mask_key!r} is {mask.shape[1]}x{mask.shape[0]}{turned}, frame is {width}x{height}")
     return mask
 
-
-_TURNS = {2: "mirrored left to right", 3: "turned 180°", 4: "mirrored top to bottom",
-          5: "mirrored along its diagonal", 6: "turned 90° clockwise", 7: "mirrored along its other diagonal",
-          8: "turned 90° anticlockwise"}
 
 
 @functools.cache

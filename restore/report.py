@@ -124,11 +124,16 @@ def _spec_key(job: str) -> str:
     return f"{REPORT_ROOT}/{job}/job.json"
 
 
+PICTURES_VERSION = 2  # how pictures are made (2: turned as viewers show the frame); a new one remakes them once
+
+
 def _digest(row: dict) -> str | None:
-    """Names a frame's pictures by what they show (input and output bytes): a changed frame gets new ones."""
+    """Names a frame's pictures by what they show (input and output bytes) and how they are made: a changed frame
+    gets new ones."""
     if row["status"] != "ok" or not row["output_key"] or not row["input_sha256"]:
         return None
-    return hashlib.sha256(f"{row['input_sha256']}:{row['output_sha256']}".encode()).hexdigest()[:20]
+    made = f"{row['input_sha256']}:{row['output_sha256']}:{PICTURES_VERSION}"
+    return hashlib.sha256(made.encode()).hexdigest()[:20]
 
 
 def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:

@@ -238,7 +238,8 @@ class GanRestorer(Restorer):
             boxes.append([(y - y0, x - x0, h, w) for y, x, h, w in frame_boxes])
         # A grey print scanned as RGB, or a palette of greys, has R = G = B around its holes; the generator, which
         # learnt on colour, would leave faint colour in them. Such a region is filled as grey, like a grey frame.
-        neutral = [crop.shape[2] == 3 and all(np.array_equal(crop[..., 0][~hole], crop[..., c][~hole]) for c in (1, 2))
+        neutral = [crop.shape[2] == 3 and (~hole).any()
+                   and all(np.array_equal(crop[..., 0][~hole], crop[..., c][~hole]) for c in (1, 2))
                    for crop, hole in zip(crops, holes)]
         prefill = self.generator.config.prefill
         if prefill != "none":  # this generator refines a classical fill rather than blank holes

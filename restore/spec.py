@@ -322,7 +322,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         context=check.number(restorer_raw, "context", "restorer.context", RestorerSettings.context),
     )
     if restorer.weights_sha256 and (len(restorer.weights_sha256) != 64 or not all(c in "0123456789abcdef" for c in restorer.weights_sha256)):
-        problems.append(f"restorer.weights_sha256: expected 64 lowercase hex digits, got {shown(restorer.weights_sha256)}")
+        problems.append("restorer.weights_sha256: expected 64 lowercase hex digits, got "
+                        f"{shown(restorer.weights_sha256)}")
     if restorer.overlap * 2 >= restorer.tile:
         problems.append(f"restorer.overlap: expected less than half of restorer.tile ({restorer.tile}), got {restorer.overlap}")
 

@@ -104,8 +104,8 @@ def safe_key(key: str) -> str:
     if not isinstance(key, str) or not key:
         raise UnsafeKeyError(f"empty or non-string key: {key!r}")
     if "\x00" in key or "\\" in key:
-        raise UnsafeKeyError(f"key contains a NUL or backslash: {key!r} (in a local folder, a file name that is not "
-                             "UTF-8 lists with its bytes escaped as \\xNN: rename the file)")
+        raise UnsafeKeyError(f"key contains a NUL or backslash: {key!r} (a local file whose name is not UTF-8 is "
+                             "listed with those bytes escaped as \\xNN: rename it)")
     if key.startswith("/"):
         raise UnsafeKeyError(f"absolute key refused: {key!r}")
     if any(part in ("", ".", "..") for part in key.split("/")):
@@ -256,6 +256,8 @@ class LocalStorage(Storage):
         # from the prefix's own folder: a job's lease or manifest folder is listed at every commit, and the output
         # around it holds millions of frames, masks and thumbnails
         folders = prefix.split("/")[:-1]
+        if any(folder in ("..", ".") for folder in folders):
+            raise UnsafeKeyError(f"listing prefix leads out of the folder: {prefix!r}")
         start = self.root.joinpath(*folders)
         if any(self.root.joinpath(*folders[:depth]).is_symlink() for depth in range(1, len(folders) + 1)):
             return iter([])  # as a walk from the root, which never enters a symlinked folder
@@ -274,7 +276,8 @@ class LocalStorage(Storage):
         return iter(sorted(found, key=lambda info: info.key))
 
     def _walk_error(self, error: OSError) -> None:
-        if isinstance(error, FileNotFoundError):  # the root not made yet, or a folder removed while we listed
+        # the root not made yet, a folder removed while we listed, a prefix whose folder is a file: nothing there
+        if isinstance(error, (FileNotFoundError, NotADirectoryError)):
             return
         raise StorageError(f"cannot list {error.filename}: {error.strerror}") from error
 

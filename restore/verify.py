@@ -14,12 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests
+from .report import REPORT_ROOT
 from .storage import Storage, StorageError, open_storage
 
 PROVENANCE_KEY = "restore:provenance"
 # Objects the tools themselves keep under an output besides frames and masks: manifests and leases, and the
 # HTML report with its pictures. They are never "unknown".
-_OWN_PREFIXES = (f"{MANIFEST_ROOT}/", "_report/")
+_OWN_PREFIXES = (f"{MANIFEST_ROOT}/", f"{REPORT_ROOT}/")
 _OWN_KEYS = ("report.html",)
 
 

@@ -140,6 +140,8 @@ def test_frames_too_short_for_optical_flow_are_detected_alone_not_crashing_the_w
     damaged[4:8, 100:104] = 255
     assert compensated(damaged, [strip, strip], 1) is None
     assert build_detector("temporal")(damaged, [strip, strip], n_previous=1)[5, 101]
+    column = np.ascontiguousarray(scene()[:, :7])  # and it raises on frames under 8 columns
+    assert compensated(column, [column, column], 1) is None
 
 
 def test_temporal_fill_copies_from_neighbours_where_they_agree():

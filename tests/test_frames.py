@@ -143,7 +143,9 @@ def test_an_xmp_too_long_for_a_jpeg_is_left_out_of_it_not_the_frame():
     frame = random_frame(np.uint8, 3, False)
     frame.xmp = XMP + b" " * 70_000
     assert decode_frame(encode_frame(frame, frame.pixels, "jpeg")).xmp is None
-    assert decode_frame(encode_frame(frame, frame.pixels, "png")).xmp == frame.xmp  # PNG and TIFF hold it
+    png = encode_frame(frame, frame.pixels, "png")
+    assert decode_frame(png).xmp == frame.xmp  # PNG and TIFF hold it
+    assert b"iTXtXML:com.adobe.xmp\x00\x00\x00" in png  # uncompressed, as the XMP specification requires
 
 
 def test_a_16bit_png_keeps_the_text_written_after_its_image_data():

@@ -122,9 +122,15 @@ def test_a_run_of_more_batches_than_blocks_cuts_whole_batches_into_each_block(tm
 
     assert restore.pipeline.block_rows(4_000, 4) == 4  # a batch a block, up to MAX_BLOCKS of them
     assert restore.pipeline.block_rows(1_500_000, 4) == 1_500  # then whole batches: 1,000 blocks
+    import ray.data
+
     frames = write_collection(tmp_path / "in", 9)
     monkeypatch.setattr(restore.pipeline, "MAX_BLOCKS", 2)  # 5 batches of 2: blocks of 3 batches
+    blocks = []
+    from_arrow = ray.data.from_arrow
+    monkeypatch.setattr(ray.data, "from_arrow", lambda tables: blocks.extend(tables) or from_arrow(tables))
     result = run(job(tmp_path))
+    assert [block.num_rows for block in blocks] == [6, 3]
     assert result.counts == {"ok": 9}
     rows = read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()
     assert sorted(row["input_key"] for row in rows) == sorted(frames)

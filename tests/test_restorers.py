@@ -198,3 +198,5 @@ def test_a_grey_print_stored_as_colour_gets_grey_fills_and_a_colour_one_keeps_it
     sepia = np.dstack([grey, (grey * 0.86).astype(np.uint8), (grey * 0.68).astype(np.uint8)])
     restored = restorer(sepia, mask)[mask].astype(int)
     assert (restored[:, 0] - restored[:, 2]).mean() > 20  # toned: the fill keeps the tone
+    whole = restorer(sepia, np.ones((160, 240), bool)).astype(int)  # nothing left to tell: not taken for grey
+    assert (whole[..., 0] != whole[..., 2]).any()

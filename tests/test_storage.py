@@ -166,6 +166,9 @@ def test_a_local_listing_walks_its_prefixs_folder_not_the_millions_of_files_besi
     assert walked == [tmp_path / "_manifests" / "job" / "_lease", tmp_path / "_manifests" / "job", tmp_path]
     os.symlink(tmp_path / "frames", tmp_path / "linked")  # a walk from the root never entered it: nor does this
     assert list(storage.list(prefix="linked/")) == [] and [i.key for i in storage.list()][-1] == "frames/b.png"
+    assert list(storage.list(prefix="frames/a.png/")) == []  # a file where the prefix's folder would be
+    with pytest.raises(UnsafeKeyError):
+        list(storage.list(prefix="../"))
 
 
 def test_a_folder_not_made_yet_lists_as_empty_like_an_s3_prefix(tmp_path):

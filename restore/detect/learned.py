@@ -144,7 +144,8 @@ def train_detector(data_dir: str | os.PathLike, out_path: str | os.PathLike, ste
     train_images = [im for im in train_images if min(im.shape[:2]) >= crop]
     if not train_images:
         raise ValueError(f"no training images of at least {crop} px a side under {data_dir}")
-    net = load_detector_net(init)[0].train() if init else DetectorNet(DetectorConfig(widths=widths) if widths else DetectorConfig())
+    config = DetectorConfig(widths=widths) if widths else DetectorConfig()
+    net = load_detector_net(init)[0].train() if init else DetectorNet(config)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
     info = {"seed": seed, "crop": crop, "data": Path(data_dir).name, "images": len(train_images),

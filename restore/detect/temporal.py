@@ -26,6 +26,7 @@ def _split(neighbours: list[np.ndarray] | None, n_previous: int | None) -> tuple
 
 
 MIN_FLOW_ROWS = 16  # OpenCV's DIS flow crashes the process (a segfault, not an error) on shorter frames
+MIN_FLOW_COLUMNS = 8  # and raises on narrower ones
 
 
 def _warp_to(frame_luma: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -47,7 +48,7 @@ def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previ
     frame; None when the frame lacks a previous or a next neighbour (the first and last frames of a sequence), or
     is too short for optical flow."""
     previous, following = _split(neighbours, n_previous)
-    if previous is None or following is None or pixels.shape[0] < MIN_FLOW_ROWS:
+    if previous is None or following is None or pixels.shape[0] < MIN_FLOW_ROWS or pixels.shape[1] < MIN_FLOW_COLUMNS:
         return None
     frame = to_float(pixels)
     frame_luma = luma(pixels)
