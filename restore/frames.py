@@ -185,8 +185,9 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     )
 
 
-def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """(H, W) bool: a pixel is masked where any colour channel is nonzero and, if there is alpha, it is not clear.
+def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, displayed: bool = False) -> np.ndarray:
+    """(H, W) bool: a pixel is masked where any colour channel is nonzero and, if there is alpha, it is not clear;
+    `displayed`: as a viewer shows the file, turned by its own EXIF orientation, if it has one.
 
     So black-and-white masks, coloured strokes and strokes painted on a transparent layer all work.
     """
@@ -194,7 +195,7 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     mask = frame.pixels.any(axis=2)
     if frame.alpha is not None:
         mask &= frame.alpha > 0
-    return mask
+    return as_displayed(mask, frame.orientation) if displayed else mask
 
 
 def _open(data: bytes) -> Image.Image:

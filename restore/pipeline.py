@@ -514,7 +514,8 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
 
     A frame with an EXIF Orientation is shown turned: a mask drawn in an editor is most likely drawn on that view,
     one made by a program on the stored pixels. Guessing wrong restores clean pixels and leaves the damage, so
-    `masks.orientation` must say which (until it does, such a frame fails)."""
+    `masks.orientation` must say which (until it does, such a frame is skipped). "displayed" takes both files as
+    a viewer shows them: a mask saved with an orientation of its own is turned by it first."""
     mask_key = mask_key_for(pattern, input_key)
     try:
         data, info = context.mask_storage.read(mask_key)
@@ -524,11 +525,11 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
             raise FrameError(f"no mask at {mask_key!r} (masks.required is true)") from None
         return None
     etags[field] = info.etag
+    orientation, drawn = frame.orientation, context.spec.masks.orientation
     try:
-        mask = decode_mask(data, context.spec.max_pixels)
+        mask = decode_mask(data, context.spec.max_pixels, displayed=drawn == "displayed")
     except FrameError as error:
         raise FrameError(f"mask {mask_key!r}: {error}") from None
-    orientation, drawn = frame.orientation, context.spec.masks.orientation
     if orientation != 1 and drawn is None:
         raise SettingNeededError(f"this frame is shown {_TURNS[orientation]} (EXIF orientation {orientation}): say "
                                  f"whether its mask {mask_key!r} is drawn on the picture as shown (masks.orientation: "
@@ -540,7 +541,6 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
         turned = " (as stored: masks.orientation is displayed)" if drawn == "displayed" and orientation != 1 else ""
         raise FrameError(f"mask {mask_key!r} is {mask.shape[1]}x{mask.shape[0]}{turned}, frame is {width}x{height}")
     return mask
-
 
 
 @functools.cache

@@ -487,12 +487,17 @@ def test_masks_of_frames_shown_turned_are_read_as_the_spec_says_they_were_drawn(
         (tmp_path / "in" / "masks" / f"o{orientation}.png").write_bytes(png_bytes(drawn.astype(np.uint8) * 255))
     (tmp_path / "in" / "plain.png").write_bytes(png_bytes(damaged))
     (tmp_path / "in" / "masks" / "plain.png").write_bytes(png_bytes(damage.astype(np.uint8) * 255))
+    exif = Image.Exif()
+    exif[274] = 8
+    for name, picture in (("o8.png", damaged), ("masks/o8.png", damage.astype(np.uint8) * 255)):  # a copy of the
+        Image.fromarray(picture).save(tmp_path / "in" / name, exif=exif.tobytes())  # file, tag and all: a viewer
+        # shows the mask turned as it shows the frame
 
-    assert run(job(tmp_path)).counts == {"ok": 1, "skipped": 2}  # a setting the spec lacks: never given up
+    assert run(job(tmp_path)).counts == {"ok": 1, "skipped": 3}  # a setting the spec lacks: never given up
     rows = {r["input_key"]: r for r in read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()}
     assert "turned 180°" in rows["o3.png"]["error"] and "masks.orientation: displayed" in rows["o6.png"]["error"]
-    assert run(job(tmp_path, masks={"orientation": "displayed"})).counts == {"ok": 3}  # a new setting: all again
-    for name in ("o3.png", "o6.png", "plain.png"):
+    assert run(job(tmp_path, masks={"orientation": "displayed"})).counts == {"ok": 4}  # a new setting: all again
+    for name in ("o3.png", "o6.png", "o8.png", "plain.png"):
         restored = np.asarray(Image.open(tmp_path / "out" / name))
         assert np.array_equal(restored[~damage], pixels[~damage])  # clean pixels, as stored, untouched
         assert not np.any(np.all(restored[damage] == 255, axis=1))  # the damage is gone
