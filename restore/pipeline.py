@@ -843,6 +843,10 @@ def _write_one(context: JobContext, row: dict) -> dict:
                   icc_profile=row["icc_profile"], exif=row["exif"], dpi=tuple(row["dpi"]) if row["dpi"] else None,
                   infrared=infrared, xmp=row["xmp"], iptc=row["iptc"],
                   png_text=json.loads(row["png_text"]) if row["png_text"] else None, png_colour=row["png_colour"])
+    mask = _mask(row)
+    if frame.premultiplied and mask.any():  # a fill mixes neighbours' samples: one may not exceed its own alpha
+        frame.pixels = pixels = pixels.copy()
+        pixels[mask] = np.minimum(pixels[mask], alpha[mask][:, None])
     if row["film_header"]:
         frame = FilmFrame.from_columns(frame, row["film_header"], row["film_source"])
     fmt = lossless_format(row["source_format"], context.spec.output_format)
@@ -861,7 +865,6 @@ def _write_one(context: JobContext, row: dict) -> dict:
         # only a TIFF output carries the infrared plane on (unchanged); an archivist must know when it is gone
         "infrared": None if infrared is None else ("kept" if fmt == "tiff" else "dropped"),
     }
-    mask = _mask(row)
     if mask.any():
         result["mask_key"] = f"{MASK_PREFIX}/{row['input_key']}.png"
         encoded = encode_mask(mask)

@@ -448,6 +448,25 @@ def test_an_error_a_library_raises_on_one_frame_skips_that_frame_and_its_batch_g
     assert (tmp_path / "out" / "b.png").is_file()
 
 
+def test_fills_of_a_premultiplied_tiff_stay_premultiplied(tmp_path):
+    """Associated alpha stores colour times alpha, so no sample exceeds its alpha: a fill from bright opaque
+    surroundings into a faint region must not either, or readers that unpremultiply get values past white."""
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = 250, 255
+    rgba[10:20, 20:30, 3] = 40  # a faint region under the mask
+    rgba[10:20, 20:30, :3] = 30
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, rgba, photometric="rgb", extrasamples=("assocalpha",))
+    write_local(tmp_path / "in", {"f.tif": buffer.getvalue(), "masks/f.png": png_bytes(box_mask())})
+    [row] = _run_stages_inline(base_job(str(tmp_path / "in"), str(tmp_path / "out")))
+    assert row["status"] == "ok"
+    with tifffile.TiffFile(tmp_path / "out" / "f.tif") as tif:
+        written = tif.pages.first.asarray()
+    hole = box_mask() > 0
+    assert (written[..., :3] <= written[..., 3:]).all()
+    assert np.array_equal(written[~hole], rgba[~hole]) and np.array_equal(written[..., 3], rgba[..., 3])
+
+
 def test_an_undecodable_mask_is_named_in_the_failure_reason(tmp_path):
     write_local(tmp_path / "in", {"f.png": png_bytes(scene(1)), "masks/f.png": b"garbage"})
     [row] = _run_stages_inline(base_job(str(tmp_path / "in"), str(tmp_path / "out")))
