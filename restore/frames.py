@@ -60,12 +60,6 @@ _EXIF_IFDS = (0x8769, 0x8825)  # Exif and GPS sub-IFDs
 _XMP_TAG, _IPTC_TAG = 700, 33723
 _PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword of an XMP packet in a PNG
 TEXT_TO_COMPRESS = 1024  # PNG text longer than this is written compressed (iTXt with zlib)
-
-
-def _compressed(key: str, value: str) -> bool:
-    """Whether a PNG text chunk is written compressed: long text, except XMP, which the XMP specification
-    requires uncompressed so that packet scanners find it."""
-    return len(value) > TEXT_TO_COMPRESS and key != _PNG_XMP_KEY
 _JPEG_XMP_MAX = 65_504  # bytes of XMP one JPEG APP1 segment holds (65,533 less the namespace)
 
 
@@ -503,6 +497,12 @@ def _plausible_dpi(dpi) -> tuple[float, float] | None:
         return None
     values = (float(dpi[0]), float(dpi[1]))
     return values if all(0 < v <= MAX_DPI for v in values) else None  # NaN fails every comparison
+
+
+def _compressed(key: str, value: str) -> bool:
+    """Whether a PNG text chunk is written compressed: long text, except XMP, which the XMP specification
+    requires uncompressed so that packet scanners find it."""
+    return len(value) > TEXT_TO_COMPRESS and key != _PNG_XMP_KEY
 
 
 def _png_text_chunks(frame: Frame, text: dict[str, str] | None) -> dict[str, str]:

@@ -53,7 +53,8 @@ class MaskSettings:
     temporal_fill: bool = False  # copy masked pixels from the motion-compensated neighbours where they agree first
     detector_weights: str | None = None  # learned: a file from `restore train-detector`; None = the shipped one
     # given and protect masks of frames whose EXIF/TIFF Orientation turns them for display: "displayed" (drawn on
-    # the picture as viewers show it) or "stored" (on the pixels as stored); None = not said: such frames fail
+    # the picture as viewers show it) or "stored" (on the pixels as stored); None = not said: such frames are
+    # skipped until it is
     orientation: str | None = None
 
 
@@ -236,7 +237,7 @@ def _check_key_pattern(problems: list[str], label: str, pattern: str | None, bes
     from .storage import UnsafeKeyError, safe_key
 
     try:
-        if pattern:  # filled in as jobs do (pipeline.mask_key_for): `{dir}/../masks/...` is a folder beside
+        if pattern:  # filled in and normalised as jobs do (pipeline.mask_key_for): `{dir}/../masks/` is valid
             key = posixpath.normpath(pattern.format(stem="frame", name="frame.tif", dir="reel"))
             if key.startswith("/"):
                 raise UnsafeKeyError("a key, relative to masks.uri or the input, not an absolute path")

@@ -48,7 +48,8 @@ def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previ
     frame; None when the frame lacks a previous or a next neighbour (the first and last frames of a sequence), or
     is too short for optical flow."""
     previous, following = _split(neighbours, n_previous)
-    if previous is None or following is None or pixels.shape[0] < MIN_FLOW_ROWS or pixels.shape[1] < MIN_FLOW_COLUMNS:
+    too_small = pixels.shape[0] < MIN_FLOW_ROWS or pixels.shape[1] < MIN_FLOW_COLUMNS
+    if previous is None or following is None or too_small:
         return None
     frame = to_float(pixels)
     frame_luma = luma(pixels)
