@@ -124,7 +124,8 @@ def _spec_key(job: str) -> str:
     return f"{REPORT_ROOT}/{job}/job.json"
 
 
-PICTURES_VERSION = 2  # how pictures are made (2: turned as viewers show the frame); a new one remakes them once
+PICTURES_VERSION = 2  # how pictures are made (2: turned as viewers show the frame, with its RGB ICC profile); a new
+# one remakes them once
 
 
 def _digest(row: dict) -> str | None:
@@ -159,7 +160,8 @@ def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str,
     try:
         for folder, wanted, long_side, quality in sets:
             if wanted:
-                for kind, data in picture_set(original, mask, restored, long_side, quality).items():
+                for kind, data in picture_set(original, mask, restored, long_side, quality,
+                                              source.icc_profile).items():
                     output_storage.put(f"{prefix}/{folder}/{digest}-{kind}.jpg", data, content_type="image/jpeg")
     except (StorageError, OSError) as error:  # a picture is a view of the job, never a reason to fail it
         return f"no pictures: {error}"
@@ -167,22 +169,25 @@ def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str,
 
 
 def picture_set(original: np.ndarray, mask: np.ndarray | None, restored: np.ndarray, long_side: int,
-                quality: int) -> dict[str, bytes]:
-    """JPEGs of the original, the mask overlay (only with a mask) and the restored frame, all at one size.
+                quality: int, icc_profile: bytes | None = None) -> dict[str, bytes]:
+    """JPEGs of the original, the mask overlay (only with a mask) and the restored frame, all at one size, with the
+    frame's RGB ICC profile, so that a browser shows an Adobe RGB or ProPhoto scan in its colours, not as sRGB.
 
     Ordered so that "r" comes last: its presence tells a later rebuild that the set is complete.
     """
     size = fit(original.shape[1], original.shape[0], long_side)
     small = _resize(original, size)
-    pictures = {"o": _jpeg(small, quality)}
+    # a grey frame's profile cannot describe these RGB pictures
+    profile = icc_profile if icc_profile and icc_profile[16:20] == b"RGB " and original.shape[2] == 3 else None
+    pictures = {"o": _jpeg(small, quality, profile)}
     if mask is not None:
         # BOX averaging gives the masked share of each output pixel; any share at all tints it at least 45 %, so a
         # one-pixel scratch on a 6K scan still shows in a thumbnail.
         share = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX),
                            dtype=np.float32)[..., None] / 255  # (h, w, 1)
         alpha = np.where(share > 0, np.clip(0.45 + share, 0, 0.85), 0)
-        pictures["m"] = _jpeg((small * (1 - alpha) + TINT * alpha).astype(np.uint8), quality)
-    pictures["r"] = _jpeg(_resize(restored, size), quality)
+        pictures["m"] = _jpeg((small * (1 - alpha) + TINT * alpha).astype(np.uint8), quality, profile)
+    pictures["r"] = _jpeg(_resize(restored, size), quality, profile)
     return pictures
 
 
@@ -200,11 +205,12 @@ def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0).convert("RGB"))
 
 
-def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
+def _jpeg(rgb: np.ndarray, quality: int, icc_profile: bytes | None = None) -> bytes:
     buffer = io.BytesIO()
     # 4:4:4: the default chroma subsampling would smear a one-pixel tinted scratch into its pale neighbours.
     # Not `optimize`: with 4:4:4 it fails on grainy pictures ("broken data stream").
-    Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, subsampling=0)
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, subsampling=0,
+                              **({"icc_profile": icc_profile} if icc_profile else {}))
     return buffer.getvalue()
 
 

@@ -267,3 +267,17 @@ def test_the_published_spec_keeps_an_ipv6_endpoint_and_drops_credentials_and_tok
     spec = parse_spec({"name": "j", "input": "s3://in/a", "output": "s3://out/b",
                        "endpoint_url": "http://lab:pa@ss@[::1]:9000/?X-Amz-Security-Token=secret"})
     assert _public_spec(spec)["endpoint_url"] == "http://[::1]:9000/"  # `report OUTPUT` reconnects with it
+
+
+def test_pictures_carry_the_frames_rgb_icc_profile_so_a_browser_shows_its_colours():
+    from PIL import ImageCms
+
+    wide = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # any real profile, header patched
+    adobe_like = wide[:16] + b"RGB " + wide[20:]
+    frame = scene(2)
+    mask = scratch_mask(2) > 0
+    for kind, data in picture_set(frame, mask, frame, long_side=240, quality=90, icc_profile=adobe_like).items():
+        assert Image.open(io.BytesIO(data)).info.get("icc_profile") == adobe_like, kind
+    grey_profile = wide[:16] + b"GRAY" + wide[20:]  # cannot describe the RGB pictures a grey frame becomes
+    pictures = picture_set(frame[..., :1], mask, frame[..., :1], long_side=240, quality=90, icc_profile=grey_profile)
+    assert all("icc_profile" not in Image.open(io.BytesIO(data)).info for data in pictures.values())
