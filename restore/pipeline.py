@@ -847,6 +847,9 @@ def _write_one(context: JobContext, row: dict) -> dict:
     if frame.premultiplied and mask.any():  # a fill mixes neighbours' samples: one may not exceed its own alpha
         frame.pixels = pixels = pixels.copy()
         pixels[mask] = np.minimum(pixels[mask], alpha[mask][:, None])
+    if frame.mode == "1" and mask.any():  # a bilevel scan (line art, a typescript) stays black and white
+        frame.pixels = pixels = pixels.copy()
+        pixels[mask] = np.where(pixels[mask] >= 128, 255, 0).astype(pixels.dtype)
     if row["film_header"]:
         frame = FilmFrame.from_columns(frame, row["film_header"], row["film_source"])
     fmt = lossless_format(row["source_format"], context.spec.output_format)

@@ -467,6 +467,14 @@ def test_fills_of_a_premultiplied_tiff_stay_premultiplied(tmp_path):
     assert np.array_equal(written[~hole], rgba[~hole]) and np.array_equal(written[..., 3], rgba[..., 3])
 
 
+def test_fills_of_a_bilevel_scan_stay_black_and_white(tmp_path):
+    write_local(tmp_path / "in", {"page.png": png_bytes(scene(10, channels=1) > 128),
+                                  "masks/page.png": png_bytes(box_mask())})
+    [row] = _run_stages_inline(base_job(str(tmp_path / "in"), str(tmp_path / "out")))
+    assert row["status"] == "ok"
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "out" / "page.png")))) <= {0, 255}
+
+
 def test_an_undecodable_mask_is_named_in_the_failure_reason(tmp_path):
     write_local(tmp_path / "in", {"f.png": png_bytes(scene(1)), "masks/f.png": b"garbage"})
     [row] = _run_stages_inline(base_job(str(tmp_path / "in"), str(tmp_path / "out")))
