@@ -10,8 +10,8 @@ the output exactly as it rotated the original.
 Decisions: palette images are expanded to RGB(A) and written as such (restored pixels need not fit the palette);
 1-bit images become 8-bit grayscale (0/255; their fills are thresholded to stay so); CMYK is refused (a faithful
 conversion needs colour management, and a silent one would change every pixel); animated GIF/PNG/WebP are refused
-rather than cut to their first frame; a multi-page TIFF keeps its first page when the others are smaller (previews) and is refused when another page
-is as large (a second image, which a single output cannot hold);
+rather than cut to their first frame; a multi-page TIFF keeps its first page when the others are smaller
+(previews) and is refused when another page is as large (a second image, which a single output cannot hold);
 16-bit grayscale with alpha is refused (no library here writes it as PNG).
 
 Infrared: film scanners write RGBI TIFFs, RGB plus an infrared sample marked as ExtraSamples 0 ("unspecified";
