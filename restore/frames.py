@@ -84,7 +84,8 @@ class Frame:
     png_text: dict[str, str] | None = None
     orientation: int = 1  # EXIF/TIFF Orientation: how viewers turn the stored pixels to show them (1: as stored)
     # A PNG's colour-space chunks (gAMA, cHRM, sRGB) and significant bits (sBIT), whole, in their order: without
-    # them a colour-managed viewer shows a gamma-1.8 master as if it were sRGB
+    # them a colour-managed viewer shows a gamma-1.8 master as if it were sRGB. Also a 16-bit grey PNG's
+    # transparent grey (tRNS), which no alpha channel here holds
     png_colour: bytes | None = None
 
     @property
@@ -173,7 +174,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         infrared=infrared,
         xmp=xmp or None,
         iptc=_tiff_iptc(data) if image.format == "TIFF" else None,
-        png_colour=_png_colour_chunks(data) if image.format == "PNG" else None,
+        png_colour=_png_colour_chunks(data, keyed=mode == "I;16") if image.format == "PNG" else None,
         orientation=_exif_orientation(exif),
         png_text=png_text or None,
     )
@@ -336,14 +337,16 @@ def _png_chunks(data: bytes, start: int = 8) -> Iterator[tuple[bytes, bytes, byt
         position += 12 + length
 
 
-def _png_colour_chunks(data: bytes) -> bytes | None:
+def _png_colour_chunks(data: bytes, keyed: bool = False) -> bytes | None:
     """The colour-space and significant-bits chunks before a PNG's image data, whole, in their order; Pillow reads
-    them only in part and writes none of them back."""
+    them only in part and writes none of them back. `keyed`: the tRNS chunk too (a 16-bit grey PNG's transparent
+    grey, which Pillow keeps apart from any alpha channel, and which was lost)."""
+    kinds = _PNG_COLOUR + ((b"tRNS",) if keyed else ())
     chunks = []
     for kind, body, chunk in _png_chunks(data):
         if kind == b"IDAT":
             break
-        if kind in _PNG_COLOUR and len(body) <= 64:  # each holds at most 32 bytes
+        if kind in kinds and len(body) <= 64:  # each holds at most 32 bytes
             chunks.append(chunk)
     return b"".join(chunks) or None
 
@@ -433,7 +436,10 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
     if chunks or colour:
         options["pnginfo"] = PngImagePlugin.PngInfo()
         for kind, body in colour:
-            options["pnginfo"].add(kind, body)
+            if kind == b"tRNS":  # Pillow writes a transparent grey from its option only
+                options["transparency"] = int.from_bytes(body[:2], "big")
+            else:
+                options["pnginfo"].add(kind, body)
         for key, value in chunks.items():  # long text compressed, as it likely came
             options["pnginfo"].add_itxt(key, value, zip=_compressed(key, value))
     return _save(_to_pillow(pixels, frame.alpha), "PNG", compress_level=ZLIB_LEVEL, **options)

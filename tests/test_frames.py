@@ -335,6 +335,15 @@ def test_a_png_colour_key_becomes_alpha_so_clear_pixels_stay_clear():
         np.testing.assert_array_equal(again.alpha, decoded.alpha)
 
 
+def test_a_16bit_grey_pngs_transparent_grey_is_kept():
+    """Pillow keeps a 16-bit grey PNG's tRNS apart from any alpha channel; it was dropped from outputs."""
+    grey = (np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)
+    decoded = decode_frame(save(Image.fromarray(grey), "PNG", transparency=400))
+    written = Image.open(io.BytesIO(encode_frame(decoded, decoded.pixels, "png")))
+    assert written.mode == "I;16" and written.info["transparency"] == 400
+    np.testing.assert_array_equal(np.asarray(written), grey)
+
+
 def test_premultiplied_tiff_alpha_is_written_back_premultiplied():
     array = np.random.default_rng(4).integers(0, 255, (6, 9, 4), dtype=np.uint8, endpoint=True)
     frame = decode_frame(four_sample_tiff(array, "assocalpha"))
