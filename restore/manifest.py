@@ -198,16 +198,13 @@ def _read_tables(storage: Storage, keys: list[str]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def parts_since_snapshot(storage: Storage, job: str) -> int:
-    return len(_manifest_keys(storage, job)[1])
-
-
-def compact(storage: Storage, job: str, run_id: str, lease=None) -> str | None:
+def compact(storage: Storage, job: str, run_id: str, lease=None, min_parts: int = 1) -> str | None:
     """Write a snapshot of the job's manifests, named after the run that cuts it: the newest row per (frame, ETag,
-    config), plus every failure (they count retry attempts), and the list of the parts it covers; None when every
-    part is covered already. New files: parts are never rewritten, and older snapshots stay valid."""
+    config), plus every failure (they count retry attempts), and the list of the parts it covers; None when fewer
+    than `min_parts` parts are not covered yet. New files: parts are never rewritten, and older snapshots stay
+    valid. One listing decides and compacts: at scale a listing is thousands of requests."""
     snapshot, parts, every_part = _manifest_keys(storage, job)
-    if not parts:
+    if len(parts) < max(1, min_parts):
         return None
     table = _read_tables(storage, ([snapshot] if snapshot else []) + parts)
     ordered = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])

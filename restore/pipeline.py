@@ -34,7 +34,7 @@ from .film import FilmFrame
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, as_stored, check_encodable, check_pixel_limit,
                      decode_frame, decode_mask, encode_frame, encode_mask, extension_for)
 from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, ManifestWriter, compact, history,
-                       is_video, jobs_in, last_run_summary, new_run_id, parts_since_snapshot, provenance_id,
+                       is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
 from .report import REPORT_ROOT
 from .restorers import RestorerError, build_restorer, check_weights
@@ -1059,8 +1059,7 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
     with acquire(context.output_storage, spec.name, run_id=context.run_id) as lease:
         # before planning, which then reads one snapshot instead of every part; and so also after nights that
         # were stopped part-way, which never reach a run's end
-        if parts_since_snapshot(context.output_storage, spec.name) >= COMPACT_AFTER_PARTS:
-            compact(context.output_storage, spec.name, context.run_id, lease)
+        compact(context.output_storage, spec.name, context.run_id, lease, min_parts=COMPACT_AFTER_PARTS)
         plan = plan_job(context, frames_to_repair(spec) if repair else frozenset())
         try:
             result = run_job(context, plan, progress, lease)

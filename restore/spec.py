@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from .storage import UnsafeKeyError, safe_key
+
 CLASSICAL_RESTORERS = ("telea", "navier-stokes", "harmonic")  # fills without a model
 RESTORERS = ("gan",) + CLASSICAL_RESTORERS  # the inpainting methods
 RESTORER_NAMES = RESTORERS + ("none",)  # "none" copies frames through unchanged: the pipeline's I/O-bound ceiling
@@ -234,8 +236,6 @@ def _check_file_uri(problems: list[str], label: str, uri: str | None) -> None:
 def _check_key_pattern(problems: list[str], label: str, pattern: str | None, beside_frames: bool) -> None:
     """A mask or protect pattern is filled in for every frame: a mistake in it is a spec error, not a traceback.
     (A protect pattern may name one file for every frame: a stamp in the same place on each.)"""
-    from .storage import UnsafeKeyError, safe_key
-
     try:
         if pattern:  # filled in and normalised as jobs do (pipeline.mask_key_for): `{dir}/../masks/` is valid
             key = posixpath.normpath(pattern.format(stem="frame", name="frame.tif", dir="reel"))
