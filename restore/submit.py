@@ -55,7 +55,13 @@ def _http_address(address: str) -> str:
 
 
 def _headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    """The given token, else the one Ray's own client finds (with RAY_AUTH_MODE=token: RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), so that the probe asks as the client will."""
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    return get_auth_headers_if_auth_enabled({})
 
 
 @contextmanager

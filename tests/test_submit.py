@@ -177,6 +177,17 @@ def test_missing_token_is_explained(ray_head, job_spec):
         job_status(url, "restore-nope-1", token="wrong")
 
 
+def test_the_command_logs_in_with_the_token_rays_variables_give_as_the_deploy_guide_sets_them(ray_head):
+    """`export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=...`, then `restore jobs ...`: the token reaches the cluster."""
+    url, token = ray_head
+    env = {name: value for name, value in os.environ.items() if name not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    command = [str(Path(sys.executable).parent / "restore"), "jobs", "status", "restore-nope-1", "--address", url]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "no job 'restore-nope-1' on the Ray cluster" in done.stderr  # the server let it in and looked
+
+
 def test_an_unreachable_address_is_named(job_spec):
     with pytest.raises(SubmitError, match="cannot connect to the Ray job server at http://127.0.0.1:"):
         submit(job_spec, f"127.0.0.1:{free_port()}")  # nothing listens there
