@@ -33,10 +33,10 @@ import numpy as np
 import tifffile
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-# Pillow's own hard limit (twice its warning threshold): a 100-megapixel scan passes, a bomb does not.
-DEFAULT_MAX_PIXELS = 2 * 89_478_485
-# Our max_pixels check runs on the header before any decoding; Pillow's global check would refuse large scans
-# even when a job raises max_pixels, so it is switched off in favour of ours.
+from .spec import DEFAULT_MAX_PIXELS
+
+# Our max_pixels check (a job's `max_pixels`, by default DEFAULT_MAX_PIXELS) runs on the header before any
+# decoding; Pillow's global check would refuse large scans even when a job raises max_pixels, so it is switched off.
 Image.MAX_IMAGE_PIXELS = None
 
 OUTPUT_FORMATS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "dpx": ".dpx", "exr": ".exr"}  # dpx/exr: film.py

@@ -107,7 +107,8 @@ def build_report(spec: JobSpec, input_storage: Storage, output_storage: Storage,
         else:
             kept += 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        failures = list(pool.map(lambda job: _make_pictures(input_storage, output_storage, prefix, *job), jobs))
+        failures = list(pool.map(lambda job: _make_pictures(input_storage, output_storage, prefix, spec.max_pixels,
+                                                            *job), jobs))
     notes = {row["input_key"]: note for (row, *_), note in zip(jobs, failures) if note}
 
     output_storage.put(_spec_key(spec.name), json.dumps(_public_spec(spec), indent=2).encode(),
@@ -144,13 +145,16 @@ def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:
     return data
 
 
-def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str, row: dict, digest: str,
-                   thumbs: bool, preview: bool) -> str | None:
-    """Decode a frame's original, mask and output once; write the picture sets asked for. Returns why it could not."""
+def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str, max_pixels: int, row: dict,
+                   digest: str, thumbs: bool, preview: bool) -> str | None:
+    """Decode a frame's original, mask and output once (within the job's `max_pixels`, as the run did); write the
+    picture sets asked for. Returns why it could not."""
     try:
-        source = decode_frame(_read_checked(input_storage, row["input_key"], row["input_sha256"], "original"))
-        restored = decode_frame(_read_checked(output_storage, row["output_key"], row["output_sha256"], "output")).pixels
-        mask = decode_mask(output_storage.get(row["mask_key"])) if row["mask_key"] else None
+        original = _read_checked(input_storage, row["input_key"], row["input_sha256"], "original")
+        source = decode_frame(original, max_pixels)
+        output = _read_checked(output_storage, row["output_key"], row["output_sha256"], "output")
+        restored = decode_frame(output, max_pixels).pixels
+        mask = decode_mask(output_storage.get(row["mask_key"]), max_pixels) if row["mask_key"] else None
     except (StorageError, FrameError) as error:
         return f"no pictures: {error}"
     # shown as a viewer shows the files (outputs keep the orientation tag); the audit mask lies on the stored pixels

@@ -16,7 +16,7 @@ from PIL import Image
 from restore.manifest import latest_rows, read_manifests, summarize
 from restore.pipeline import prepare, run_job
 from restore.report import COLUMNS, PREVIEW_SIZE, REPORT_ROOT, picture_set, rebuild_report, write_report
-from restore.spec import parse_spec
+from restore.spec import DEFAULT_MAX_PIXELS, parse_spec
 from restore.storage import open_storage
 
 TRICKY_KEY = "reel/f #4 & <b>.png"  # must show as text, never as markup, and its link must still resolve
@@ -146,6 +146,21 @@ def test_a_changed_original_is_shown_without_pictures_and_says_why(report, tmp_p
     assert row["pictures"] is None and "has changed since the manifest recorded it" in row["note"]
 
 
+def test_pictures_are_decoded_within_the_jobs_own_pixel_limit(report, tmp_path):
+    """A job that raised `max_pixels` for its large scans gets their pictures; the report decodes as the run did."""
+    spec, _ = report
+    for side in ("in", "out"):
+        shutil.copytree(Path(spec.output).parent / side, tmp_path / side)
+    for limit, unavailable in ((240 * 320, 0), (240 * 320 - 1, 5)):  # the frames are 320x240
+        shutil.rmtree(tmp_path / "out" / REPORT_ROOT)
+        copy = parse_spec({"name": spec.name, "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                           "max_pixels": limit})
+        assert write_report(copy).pictures_unavailable == unavailable
+    notes = {r["note"] for r in read_blob((tmp_path / "out" / "report.html").read_text()) if r["status"] == "ok"}
+    assert notes == {"no pictures: image is 320x240 = 76,800 pixels, over the limit of 76,799 pixels "
+                     "(raise max_pixels in the spec)"}
+
+
 def test_report_on_s3_is_served_as_a_web_page_and_rebuilds_from_the_bucket(report, s3_endpoint, s3_bucket):
     import boto3
 
@@ -201,7 +216,7 @@ def test_pictures_of_a_frame_shown_turned_are_turned_as_a_viewer_shows_it(tmp_pa
     digest = hashlib.sha256(data).hexdigest()
     row = {"input_key": "in.png", "input_sha256": digest, "output_key": "in.png", "output_sha256": digest,
            "mask_key": "mask.png"}
-    assert _make_pictures(storage, storage, "rep", row, "d", thumbs=True, preview=False) is None
+    assert _make_pictures(storage, storage, "rep", DEFAULT_MAX_PIXELS, row, "d", thumbs=True, preview=False) is None
     original, overlay = (np.asarray(Image.open(io.BytesIO(storage.get(f"rep/thumbs/d-{kind}.jpg"))), dtype=int)
                          for kind in ("o", "m"))
     assert original.shape[:2] == (THUMB_SIZE, THUMB_SIZE * 3 // 4)  # portrait, as shown
