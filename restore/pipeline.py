@@ -60,6 +60,9 @@ TASK_SCHEMA = pa.schema([
     ("frame_indices", pa.list_(pa.int32())),  # videos: the frames this task decodes; null for a still image
     ("neighbour_keys", pa.list_(pa.string())),
     ("plan_error", pa.string()),  # a frame planning already knows must fail, with the reason
+    # a row on record named an audit mask for this frame (a video: for one of its frames), so a fill that now
+    # changes nothing must remove it: `_masks/` shows what the outputs changed, not what an earlier run did
+    ("masked_on_record", pa.bool_()),
 ])
 
 FRAME_FIELDS = [
@@ -274,7 +277,7 @@ def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
 
 
 def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, str], bool], table: pa.Table,
-                 window: int) -> tuple[list[dict], int, int]:
+                 window: int, masked_on_record: set[str]) -> tuple[list[dict], int, int]:
     """Chunk tasks for the frames of a video not yet done; returns (tasks, frames in the video, frames done)."""
     from .video import probe_video
 
@@ -285,7 +288,7 @@ def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, 
     if counts and all(skip(video_frame_key(info.key, i), info.etag) for i in range(counts[-1])):
         return [], counts[-1], counts[-1]  # known complete: no need to read the video again
     base = {"input_key": info.key, "input_size": info.size, "input_etag": info.etag,
-            "input_version_id": info.version_id, "neighbour_keys": []}
+            "input_version_id": info.version_id, "neighbour_keys": [], "masked_on_record": info.key in masked_on_record}
     try:
         count = probe_video(input_storage.get(info.key)).frames
     except Exception:  # noqa: BLE001 - the load stage reads it again and fails it with the reason
@@ -409,6 +412,9 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     def skip(key: str, etag: str) -> bool:
         return (key, etag) in done and masks_unchanged(key) and key not in redo
 
+    audited = pc.unique(table.filter(pc.is_valid(table["mask_key"]))["input_key"]).to_pylist()
+    masked_on_record = {split_frame_key(key)[0] for key in audited}  # a video frame's: its video's
+
     stills = [info for info in listed if not is_video(info.key)]
     todo = [info for info in stills if not skip(info.key, info.etag)]
     neighbours = neighbour_keys([info.key for info in stills], spec.sequence.window)
@@ -419,6 +425,7 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
         "input_version_id": info.version_id,
         "frame_indices": None,
         "neighbour_keys": neighbours[info.key],
+        "masked_on_record": info.key in masked_on_record,
     } for info in todo]
     refused = [task for task in _refuse_shared_outputs(tasks, stills, spec.output_format)
                if (task["input_key"], task["input_etag"]) not in exhausted]  # given up: already failed on record
@@ -426,7 +433,8 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     frames, frames_done = len(stills), len(stills) - len(todo) - len(refused)
     for info in listed:
         if is_video(info.key):
-            video_tasks, count, count_done = _video_tasks(info, input_storage, skip, table, spec.sequence.window)
+            video_tasks, count, count_done = _video_tasks(info, input_storage, skip, table, spec.sequence.window,
+                                                          masked_on_record)
             tasks += video_tasks
             frames, frames_done = frames + count, frames_done + count_done
     if spec.output_format in ("dpx", "exr"):  # film formats are written back into their own format only: say so
@@ -868,11 +876,13 @@ def _write_one(context: JobContext, row: dict) -> dict:
         # only a TIFF output carries the infrared plane on (unchanged); an archivist must know when it is gone
         "infrared": None if infrared is None else ("kept" if fmt == "tiff" else "dropped"),
     }
+    mask_key = f"{MASK_PREFIX}/{row['input_key']}.png"
     if mask.any():
-        result["mask_key"] = f"{MASK_PREFIX}/{row['input_key']}.png"
         encoded = encode_mask(mask)
-        result["mask_sha256"] = hashlib.sha256(encoded).hexdigest()
-        put_or_adopt(context.output_storage, result["mask_key"], encoded, CONTENT_TYPES["png"])
+        result.update(mask_key=mask_key, mask_sha256=hashlib.sha256(encoded).hexdigest())
+        put_or_adopt(context.output_storage, mask_key, encoded, CONTENT_TYPES["png"])
+    elif row["masked_on_record"]:  # an earlier run's audit mask would say this output was repainted
+        context.output_storage.delete(mask_key)
     return result
 
 

@@ -3,7 +3,8 @@
 For the newest manifest row of each frame: an `ok` row's output must exist, hash to the recorded sha256 and carry
 provenance metadata that names the same id, input, config and weights as the row; its mask must exist when the
 row names one. Failed rows are listed (they are recorded, not broken). Optionally, objects under the output that
-no manifest row of the job accounts for are reported too (a stray or planted file).
+no manifest row of the job accounts for are reported too (a stray or planted file), and those that only rows since
+superseded name (an output in a format the job no longer writes).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ FRAME_PROBLEMS = ("missing_output", "checksum", "provenance", "missing_mask", "m
 @dataclass
 class Problem:
     key: str  # the input key of the frame, or the object's key for an unknown object
-    kind: str  # missing_output | checksum | provenance | missing_mask | mask_checksum | unknown_object | no_manifest
+    kind: str  # missing_output | checksum | provenance | missing_mask | mask_checksum | unknown_object | superseded
+    #            | no_manifest
     detail: str
 
     def as_dict(self) -> dict:
@@ -79,7 +81,7 @@ def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: 
             report.problems.extend(problems)
             report.verified += not problems
     if unknown:
-        report.problems.extend(unknown_objects(storage, table.to_pylist()))
+        report.problems.extend(unknown_objects(storage, table.to_pylist(), rows))
     return report
 
 
@@ -161,9 +163,31 @@ def read_provenance(data: bytes) -> dict[str, str] | None:
     return json.loads(comment) if comment else None
 
 
-def unknown_objects(storage: Storage, rows: list[dict]) -> list[Problem]:
-    """Objects under the output that no row of the job (any run) names as its output or mask."""
-    known = {row[name] for row in rows for name in ("output_key", "mask_key") if row[name]}
-    return [Problem(info.key, "unknown_object", f"{info.key!r} ({info.size} bytes) is in no manifest row")
-            for info in storage.list(exclude_prefixes=_OWN_PREFIXES)
-            if info.key not in known and info.key not in _OWN_KEYS]
+def unknown_objects(storage: Storage, rows: list[dict], newest: list[dict]) -> list[Problem]:
+    """Objects under the output that no row of the job (any run) names as its output or mask, and those that only
+    older rows of frames since restored name (`newest`: each frame's newest row): left beside the output a frame has
+    now, they would pass for a derivative of the collection. A frame not restored now keeps its last outputs."""
+    restored_now = {row["input_key"] for row in newest if row["status"] == "ok"}
+    current = {row[name] for row in newest for name in ("output_key", "mask_key") if row[name]}
+    known, superseded = set(current), {}
+    for row in rows:
+        for name in ("output_key", "mask_key"):
+            key = row[name]
+            if key and key not in current:
+                if row["input_key"] in restored_now:
+                    superseded[key] = row
+                else:
+                    known.add(key)
+    problems = []
+    for info in storage.list(exclude_prefixes=_OWN_PREFIXES):
+        if info.key in known or info.key in _OWN_KEYS:
+            continue
+        if info.key in superseded:
+            row = superseded[info.key]
+            problems.append(Problem(info.key, "superseded", f"{info.key!r} was written for {row['input_key']!r} by "
+                                                            f"run {row['run_id']}; the frame's newest record names "
+                                                            "other files"))
+        else:
+            problems.append(Problem(info.key, "unknown_object", f"{info.key!r} ({info.size} bytes) is in no "
+                                                                "manifest row"))
+    return problems

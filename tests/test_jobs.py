@@ -23,6 +23,7 @@ from restore.manifest import MANIFEST_SCHEMA, latest_rows, read_manifests
 from restore.pipeline import neighbour_keys, prepare, run_job
 from restore.spec import parse_spec
 from restore.storage import open_storage
+from restore.verify import verify
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -181,6 +182,8 @@ def test_a_mask_added_edited_or_removed_later_restores_the_frame_again(tmp_path,
     grown = (wider > 0) & (box_mask() == 0)  # only the corrected mask covers these pixels
     assert not np.array_equal(np.asarray(Image.open(out / "f000.png"))[grown], scene(0)[grown])
     assert np.array_equal(np.asarray(Image.open(out / "f001.png")), scene(1))
+    assert not (tmp_path / "out" / "_masks" / "reel" / "f001.png.png").exists()  # it no longer says what changed
+    assert verify(str(tmp_path / "out"), "t", unknown=True).ok
     rows = {row["input_key"]: row for row in latest_rows(read_manifests(open_storage(str(tmp_path / "out")), "t"))}
     assert rows["reel/late.png"]["mask_etag"] == open_storage(str(tmp_path / "in")).head("reel/masks/late.png").etag
     assert rows["reel/f001.png"]["mask_etag"] == "" and rows["reel/f001.png"]["protect_etag"] is None

@@ -93,6 +93,24 @@ def test_tampered_outputs_are_found(restored, tmp_path):
     assert {(p.key, p.kind) for p in verify(str(out), "v", unknown=True).problems} == found | {("stray.png", "unknown_object")}
 
 
+def test_outputs_an_earlier_run_wrote_in_another_format_are_reported_as_superseded(tmp_path, ray_session):
+    """After output_format changes, the PNGs of the first run would pass for derivatives of the collection."""
+    (tmp_path / "in" / "masks").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for stem in ("a", "b"):
+        (tmp_path / "in" / f"{stem}.png").write_bytes(png_bytes(rng.integers(0, 256, (HEIGHT, WIDTH, 3), np.uint8)))
+        (tmp_path / "in" / "masks" / f"{stem}.png").write_bytes(png_bytes(box_mask()))
+    raw = {"name": "s", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "restorer": {"name": "telea"}}
+    assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 2}
+    assert run_job(*prepare(parse_spec({**raw, "output_format": "tiff"}))).counts == {"ok": 2}
+
+    report = verify(str(tmp_path / "out"), "s", unknown=True)
+    assert report.verified == 2
+    assert {(p.key, p.kind) for p in report.problems} == {("a.png", "superseded"), ("b.png", "superseded")}
+    assert "written for 'a.png' by run" in next(p.detail for p in report.problems if p.key == "a.png")
+    assert verify(str(tmp_path / "out"), "s").ok  # what the manifests say the output holds checks out
+
+
 def test_provenance_that_names_another_frame_is_found(restored, tmp_path):
     """A file copied over another output: its own provenance is intact but names the wrong input."""
     out = tmp_path / "out"
