@@ -117,20 +117,27 @@ class ManifestWriter:
             return None
         if self.lease is not None:
             self.lease.check()
-        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
         key = f"{self.prefix}/part-{self.parts_written:05d}.parquet"
-        self.storage.put(key, buffer.getvalue(), content_type="application/vnd.apache.parquet")
+        data = _parquet_bytes(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+        self.storage.put(key, data, content_type="application/vnd.apache.parquet")
         self.parts_written += 1
         return key
 
 
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """With a CRC per page: a flipped bit in a manifest would otherwise read as another checksum, status or run id
+    (one that sorts as newest for good), and the manifests are what an archive's proof rests on."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", write_page_checksum=True)
+    return buffer.getvalue()
+
+
 def _read_parquet(storage: Storage, key: str) -> pa.Table:
     """A part or snapshot in today's schema: columns added since it was written read as null, so old ones stay valid."""
+    data = storage.get(key)
     try:
-        table = pq.read_table(io.BytesIO(storage.get(key)))
-    except pa.ArrowInvalid as error:  # the manifests are the source of truth: name the part a person must look at
+        table = pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+    except (pa.ArrowInvalid, OSError) as error:  # the manifests are the source of truth: name the part to look at
         raise StorageError(f"manifest part {storage.uri.rstrip('/')}/{key} cannot be read ({error}); move it aside "
                            "and rerun: its frames are restored again") from None
     for column in MANIFEST_SCHEMA:
@@ -213,14 +220,12 @@ def compact(storage: Storage, job: str, run_id: str, lease=None, min_parts: int 
     newest = ordered.group_by(["input_key", "input_etag", "config_hash"], use_threads=False).aggregate([("_row", "max")])
     keep = pc.is_in(index, value_set=newest["_row_max"])
     keep = pc.or_(keep, pc.equal(ordered["status"], "failed"))
-    snapshot = ordered.filter(keep).drop_columns(["_row"])
-    buffer = io.BytesIO()
-    pq.write_table(snapshot, buffer, compression="zstd")
+    data = _parquet_bytes(ordered.filter(keep).drop_columns(["_row"]))
     if lease is not None:
         lease.check()
     key = f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/{run_id}.parquet"
     storage.put(_covered_list(key), json.dumps(every_part).encode(), content_type="application/json")  # first: a
-    storage.put(key, buffer.getvalue(), content_type="application/vnd.apache.parquet")  # snapshot is never without
+    storage.put(key, data, content_type="application/vnd.apache.parquet")  # snapshot is never without
     return key
 
 

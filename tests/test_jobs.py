@@ -804,6 +804,34 @@ def test_a_manifest_part_that_cannot_be_read_is_named(tmp_path):
         read_manifests(open_storage(str(tmp_path)), "j")
 
 
+def test_a_flipped_bit_in_a_manifest_is_found_not_read_as_another_value(tmp_path):
+    """Bit rot in a part must not quietly become another checksum or a run id that sorts as newest for good."""
+    from restore.manifest import ManifestWriter
+    from restore.storage import StorageError
+
+    storage = open_storage(str(tmp_path))
+    rows = [{"job": "j", "run_id": "20261127T100000Z-a", "input_key": f"f{i}.png", "status": "ok",
+             "input_sha256": f"{i:064x}", "masked_fraction": i / 10} for i in range(6)]
+    part = tmp_path / ManifestWriter(storage, "j", "20261127T100000Z-a").commit(rows)
+    expected, data = read_manifests(storage, "j"), part.read_bytes()
+    metadata = pq.ParquetFile(part).metadata.row_group(0)
+    chunks = [metadata.column(MANIFEST_SCHEMA.names.index(name)) for name in ("run_id", "input_sha256",
+                                                                              "masked_fraction")]
+    silent = []
+    for chunk in chunks:
+        start = chunk.dictionary_page_offset or chunk.data_page_offset
+        for offset in range(start, start + chunk.total_compressed_size):
+            flipped = bytearray(data)
+            flipped[offset] ^= 1
+            part.write_bytes(bytes(flipped))
+            try:
+                if not read_manifests(storage, "j").equals(expected):
+                    silent.append(offset)
+            except StorageError as error:
+                assert "cannot be read" in str(error)
+    assert silent == []
+
+
 def test_masks_uri_written_out_as_the_input_is_the_input(s3_endpoint, tmp_path):
     import boto3
 
