@@ -161,6 +161,8 @@ def _upsample(values: np.ndarray) -> np.ndarray:
 
 
 PREFILL_RADIUS = 3  # of OpenCV's inpainting, as the generator's prefill (the radius it was trained with)
+DEEPEST_FILL = 32  # px from a hole's edge the generator fills at a frame's own scale (see `GanRestorer._fill_crops`)
+MIN_LEVEL_SIDE = 16  # px: no coarser level is made of a crop shorter than twice this
 
 
 def classical_fill(pixels: np.ndarray, mask: np.ndarray, method: str, radius: int = PREFILL_RADIUS) -> np.ndarray:
@@ -217,16 +219,15 @@ class GanRestorer(Restorer):
     def fill(self, frames, masks):
         import torch
 
-        from .models.tiling import hole_boxes, inpaint_tiled_batch
+        from .models.tiling import hole_boxes
 
-        settings = dict(tile=self.tile, overlap=self.overlap, context=self.context, grid=self.grid)
         # Everything around the generator (the classical prefill, conversions, compositing) runs on the rectangle
         # bounding its boxes, not the frame: one speck on a 6000x4000 scan costs what a speck costs (specks far
         # apart, nearly the frame). The rectangle takes the prefill's reach beyond the boxes too, so the fill is
         # the one the whole frame would give.
         regions, crops, holes, boxes = [], [], [], []
         for pixels, mask in zip(frames, masks):
-            frame_boxes = hole_boxes(torch.from_numpy(mask), **settings)
+            frame_boxes = hole_boxes(torch.from_numpy(mask), **self._tiling())
             reach = PREFILL_RADIUS + 1
             y0 = max(0, min(y for y, _, _, _ in frame_boxes) - reach)
             x0 = max(0, min(x for _, x, _, _ in frame_boxes) - reach)
@@ -241,24 +242,10 @@ class GanRestorer(Restorer):
         neutral = [crop.shape[2] == 3 and (~hole).any()
                    and all(np.array_equal(crop[..., 0][~hole], crop[..., c][~hole]) for c in (1, 2))
                    for crop, hole in zip(crops, holes)]
-        prefill = self.generator.config.prefill
-        if prefill != "none":  # this generator refines a classical fill rather than blank holes
-            crops = [classical_fill(crop, hole, prefill) for crop, hole in zip(crops, holes)]
-        scales = [float(np.iinfo(pixels.dtype).max) for pixels in frames]
-        images = []
-        for crop, scale in zip(crops, scales):
-            image = torch.from_numpy(crop.astype(np.float32) / scale).permute(2, 0, 1)  # (C, h, w) in [0, 1]
-            images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)  # grey is seen as colour
-        holes = [torch.from_numpy(np.ascontiguousarray(hole)) for hole in holes]
-        with torch.inference_mode():
-            if self.device.type == "cuda":  # a GPU needs full batches: pool the boxes of every frame
-                restored = inpaint_tiled_batch(self.generator, images, holes, **settings, boxes=boxes)
-            else:  # Batches from one frame only. A convolution's rounding depends on its batch, so pooling would
-                # make a frame's pixels depend on the frames beside it in the block: reruns would not be identical.
-                restored = [inpaint_tiled_batch(self.generator, [image], [hole], **settings, boxes=[frame_boxes])[0]
-                            for image, hole, frame_boxes in zip(images, holes, boxes)]
+        restored = self._fill_crops(crops, holes, boxes)
         filled = []
-        for pixels, region, scale, out, grey in zip(frames, regions, scales, restored, neutral):
+        for pixels, region, out, grey in zip(frames, regions, restored, neutral):
+            scale = float(np.iinfo(pixels.dtype).max)
             out = out.float().cpu()
             if pixels.shape[2] == 1 or grey:
                 out = out.mean(dim=0, keepdim=True).expand(pixels.shape[2], -1, -1)  # grey: the channel mean
@@ -267,6 +254,63 @@ class GanRestorer(Restorer):
             frame[region] = np.clip(np.rint(values), 0, scale).astype(pixels.dtype)
             filled.append(frame)
         return filled
+
+    def _tiling(self) -> dict:
+        return dict(tile=self.tile, overlap=self.overlap, context=self.context, grid=self.grid)
+
+    def _fill_crops(self, crops: list[np.ndarray], holes: list[np.ndarray],
+                    boxes: list[list[tuple[int, int, int, int]]] | None = None) -> list:
+        """The generator's fill of integer (h, w, C) crops as (3, h, w) floats in [0, 1], composited.
+
+        The generator learnt on holes at most about `DEEPEST_FILL` pixels deep (from their nearest edge); deeper in,
+        it paints a periodic mesh of 8-pixel cells. Where a hole is deeper, the crop is filled at half size too (and
+        that fill likewise, level by level), and the coarser fill takes over from `DEEPEST_FILL` / 2 pixels in: it
+        is the classical prefill the generator refines there and, by `DEEPEST_FILL`, the fill itself.
+        `boxes`: each crop's generator boxes, when the caller has found them already.
+        """
+        import cv2
+        import torch
+        import torch.nn.functional as F
+
+        from .models.tiling import hole_boxes, inpaint_tiled_batch
+
+        coarse = {}  # crop index -> ((3, h, w) coarser fill, (h, w) weight it takes)
+        for i, (crop, hole) in enumerate(zip(crops, holes)):
+            depth = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 5)
+            height, width = hole.shape
+            if depth.max() <= DEEPEST_FILL or min(height, width) < 2 * MIN_LEVEL_SIDE:
+                continue
+            half = ((width + 1) // 2, (height + 1) // 2)
+            small = cv2.resize(np.ascontiguousarray(crop), half, interpolation=cv2.INTER_AREA)
+            small = small.reshape(half[1], half[0], -1)  # OpenCV drops a single channel's axis
+            small_hole = cv2.resize(hole.astype(np.float32), half, interpolation=cv2.INTER_AREA) > 0  # any hole
+            fill = self._fill_crops([small], [small_hole])[0]
+            fill = F.interpolate(fill[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
+            weight = np.clip(depth / (DEEPEST_FILL / 2) - 1, 0, 1)  # 0 up to DEEPEST_FILL / 2 deep, 1 from it
+            coarse[i] = fill.cpu(), torch.from_numpy(weight)
+
+        prefill = self.generator.config.prefill
+        if prefill != "none":  # this generator refines a classical fill rather than blank holes
+            crops = [classical_fill(crop, hole, prefill) for crop, hole in zip(crops, holes)]
+        images = []
+        for crop in crops:
+            image = torch.from_numpy(crop.astype(np.float32) / np.iinfo(crop.dtype).max).permute(2, 0, 1)
+            images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)  # grey is seen as colour
+        for i, (fill, weight) in coarse.items():
+            images[i] = images[i] * (1 - weight) + fill * weight
+        holes = [torch.from_numpy(np.ascontiguousarray(hole)) for hole in holes]
+        if boxes is None:
+            boxes = [hole_boxes(hole, **self._tiling()) for hole in holes]
+        with torch.inference_mode():
+            if self.device.type == "cuda":  # a GPU needs full batches: pool the boxes of every crop
+                restored = inpaint_tiled_batch(self.generator, images, holes, **self._tiling(), boxes=boxes)
+            else:  # Batches from one crop only. A convolution's rounding depends on its batch, so pooling would
+                # make a frame's pixels depend on the frames beside it in the block: reruns would not be identical.
+                restored = [inpaint_tiled_batch(self.generator, [image], [hole], **self._tiling(), boxes=[found])[0]
+                            for image, hole, found in zip(images, holes, boxes)]
+        for i, (fill, weight) in coarse.items():  # the images, so the fills, are on the CPU
+            restored[i] = restored[i] * (1 - weight) + fill * weight
+        return restored
 
 
 def resolve_weights(settings: RestorerSettings) -> tuple[Path | None, str | None]:

@@ -65,13 +65,21 @@ def test_only_masked_pixels_change_for_every_depth_and_channel_count(settings, r
     assert len(np.unique(gray16)) > 256  # 16-bit stays 16-bit
 
 
+def deep_hole():
+    """Deeper than `DEEPEST_FILL`: filled level by level."""
+    mask = np.zeros((80, 96), dtype=bool)
+    mask[4:76, 6:90] = True
+    return mask
+
+
 @pytest.mark.parametrize("weights", ["tiny_weights", "refiner_weights", "harmonic_refiner_weights"])
-def test_what_the_damage_left_inside_the_hole_never_reaches_the_output(weights, request):
+@pytest.mark.parametrize("make_hole", [hole, deep_hole])
+def test_what_the_damage_left_inside_the_hole_never_reaches_the_output(weights, make_hole, request):
     """Blank-hole or refiner, the fill depends only on the surroundings: a refiner sees the classical fill, never
-    the damaged pixels it replaces."""
+    the damaged pixels it replaces, and the coarser levels of a deep hole never see them either."""
     restorer = build_restorer(RestorerSettings(name="gan", weights=request.getfixturevalue(weights), tile=64,
                                                overlap=16))
-    pixels, mask = frames()["rgb8"], hole()
+    pixels, mask = frames()["rgb8"], make_hole()
     other = pixels.copy()
     other[mask] = 255 - other[mask]  # other damage, the same surroundings
     assert np.array_equal(restorer(pixels, mask), restorer(other, mask))
@@ -179,6 +187,26 @@ def test_the_gan_works_on_the_damaged_region_alone_and_fills_as_over_the_whole_f
     expected = pixels.copy()
     expected[mask] = np.clip(np.rint(whole.permute(1, 2, 0).numpy() * top), 0, top).astype(dtype)[mask]
     assert np.array_equal(restorer(pixels, mask), expected)
+
+
+def test_a_large_hole_is_filled_without_the_generators_8_pixel_mesh():
+    """Deeper into a hole than it learnt to fill, the generator paints a periodic mesh of 8-pixel cells that an eye
+    finds at once on a large blotch or tear; those depths take a coarser level's fill instead."""
+    import cv2
+
+    restorer = build_restorer(RestorerSettings(name="gan"))  # the shipped generator
+    y, x = np.mgrid[0:320, 0:320]
+    grain = np.random.default_rng(3).normal(0, 6, (320, 320, 1))
+    scene = np.dstack([120 + 50 * np.sin(x / 17.0 + y / 29.0), 100 + 40 * np.cos(y / 23.0), 90 + 30 * np.sin(x / 31.0)])
+    scene = np.clip(scene + grain, 0, 255).astype(np.uint8)
+    mask = np.zeros((320, 320), dtype=bool)
+    mask[60:260, 60:260] = True  # 100 px deep at its centre
+    fill = restorer(scene, mask)[70:250, 70:250].astype(float).mean(axis=2)
+    detail = fill - cv2.blur(fill, (9, 9))
+    spectrum = np.abs(np.fft.fft2(detail))
+    cell = round(detail.shape[0] / 8)  # the frequency of an 8-pixel period
+    mesh = max(spectrum[cell, 0], spectrum[0, cell], spectrum[cell, cell], spectrum[cell, -cell])
+    assert mesh < 35 * np.median(spectrum)  # 53 times the median with the generator alone, 24 level by level
 
 
 def test_a_grey_print_stored_as_colour_gets_grey_fills_and_a_colour_one_keeps_its_colour():
