@@ -416,8 +416,11 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     masked_on_record = {split_frame_key(key)[0] for key in audited}  # a video frame's: its video's
 
     stills = [info for info in listed if not is_video(info.key)]
-    todo = [info for info in stills if not skip(info.key, info.etag)]
     neighbours = neighbour_keys([info.key for info in stills], spec.sequence.window)
+    pending = {info.key for info in stills if not skip(info.key, info.etag)}
+    if spec.uses_neighbours:  # what a frame became depends on its neighbours: one rescanned redoes them too
+        pending |= {info.key for info in stills if pending.intersection(neighbours[info.key])}
+    todo = [info for info in stills if info.key in pending]
     tasks = [{
         "input_key": info.key,
         "input_size": info.size,

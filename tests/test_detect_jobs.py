@@ -97,6 +97,26 @@ def test_a_corrupt_neighbour_fails_only_itself(tmp_path, ray_session):
     assert rows(tmp_path)["reel/f003.png"]["status"] == "failed"
 
 
+def test_a_rescanned_frame_redoes_its_neighbours_so_the_outputs_are_what_a_fresh_run_gives(tmp_path, ray_session):
+    """Temporal detection compares each frame with its neighbours: when one is replaced by a new scan, the frames
+    beside it must be detected again, or the archive holds outputs that its own inputs no longer reproduce."""
+    import shutil
+
+    write(tmp_path / "in", sequence())
+    assert run_job(*prepare(job(tmp_path))).counts == {"ok": 5}
+    (tmp_path / "in" / "reel" / "f002.png").write_bytes(png(sequence(blotch_on=2)[2]))  # rescanned, with dirt
+    context, plan = prepare(job(tmp_path))
+    assert sorted(task["input_key"] for task in plan.tasks) == ["reel/f001.png", "reel/f002.png", "reel/f003.png"]
+    run_job(context, plan)
+
+    fresh = tmp_path / "fresh"
+    shutil.copytree(tmp_path / "in", fresh / "in")
+    run_job(*prepare(job(fresh)))
+    for index in range(5):
+        key = f"reel/f{index:03d}.png"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / key)), np.asarray(Image.open(fresh / "out" / key)))
+
+
 def rgbi_scan(seed: int, height=64, width=80) -> tuple[bytes, np.ndarray, np.ndarray]:
     """A 16-bit RGBI TIFF as film scanners write it, with dust: dark in the infrared plane, dimming the colour too.
 
