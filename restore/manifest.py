@@ -261,6 +261,7 @@ class History:
     done: set[tuple[str, str]]  # (input key, ETag) whose newest row is ok, under this config
     failures: dict[tuple[str, str], int]  # (input key, ETag) whose newest row failed → failed attempts so far
     mask_etags: dict[str, tuple[str | None, str | None]]  # input key → (mask_etag, protect_etag) of its newest row
+    etags: dict[str, str]  # input key → the input ETag its newest row read
 
 
 def history(table: pa.Table, config_hash: str) -> History:
@@ -278,18 +279,18 @@ def history(table: pa.Table, config_hash: str) -> History:
     attempts = failed.group_by(["input_key", "input_etag"]).aggregate([("status", "count")])
     counts = dict(zip(zip(attempts["input_key"].to_pylist(), attempts["input_etag"].to_pylist()),
                       attempts["status_count"].to_pylist()))
-    done, failures, mask_etags = set(), {}, {}
+    done, failures, mask_etags, etags = set(), {}, {}, {}
     for key, status, etag, config, mask_etag, protect_etag in zip(
             *(newest[column].to_pylist() for column in ("input_key", "status_last", "input_etag_last",
                                                         "config_hash_last", "mask_etag_last", "protect_etag_last"))):
         if config != config_hash:
             continue
-        mask_etags[key] = (mask_etag, protect_etag)
+        mask_etags[key], etags[key] = (mask_etag, protect_etag), etag
         if status == "ok":
             done.add((key, etag))
         elif status == "failed":
             failures[(key, etag)] = counts.get((key, etag), 0)
-    return History(done=done, failures=failures, mask_etags=mask_etags)
+    return History(done=done, failures=failures, mask_etags=mask_etags, etags=etags)
 
 
 @dataclass

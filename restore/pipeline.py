@@ -418,8 +418,9 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     stills = [info for info in listed if not is_video(info.key)]
     neighbours = neighbour_keys([info.key for info in stills], spec.sequence.window)
     pending = {info.key for info in stills if not skip(info.key, info.etag)}
-    if spec.uses_neighbours:  # what a frame became depends on its neighbours: one rescanned redoes them too
-        pending |= {info.key for info in stills if pending.intersection(neighbours[info.key])}
+    if spec.uses_neighbours:  # what a frame became depends on its neighbours: one new or rescanned redoes them too
+        rescanned = {info.key for info in stills if info.key in pending and past.etags.get(info.key) != info.etag}
+        pending |= {info.key for info in stills if rescanned.intersection(neighbours[info.key])}
     todo = [info for info in stills if info.key in pending]
     tasks = [{
         "input_key": info.key,

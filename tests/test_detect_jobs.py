@@ -116,6 +116,11 @@ def test_a_rescanned_frame_redoes_its_neighbours_so_the_outputs_are_what_a_fresh
         key = f"reel/f{index:03d}.png"
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / key)), np.asarray(Image.open(fresh / "out" / key)))
 
+    (tmp_path / "in" / "reel" / "f004.png").write_bytes(b"corrupt")  # changed: redoes f003 once
+    assert sorted(task["input_key"] for task in prepare(job(tmp_path))[1].tasks) == ["reel/f003.png", "reel/f004.png"]
+    run_job(*prepare(job(tmp_path)))
+    assert [task["input_key"] for task in prepare(job(tmp_path))[1].tasks] == ["reel/f004.png"]  # a retry alone
+
 
 def rgbi_scan(seed: int, height=64, width=80) -> tuple[bytes, np.ndarray, np.ndarray]:
     """A 16-bit RGBI TIFF as film scanners write it, with dust: dark in the infrared plane, dimming the colour too.
