@@ -46,12 +46,14 @@ MANIFEST_SCHEMA = pa.schema([
     ("mask_etag", pa.string()),  # the given mask (masks.pattern)
     ("protect_etag", pa.string()),  # the protected region (masks.protect)
     ("detector", pa.string()),  # the detector's name when masks were detected
+    ("detector_sha256", pa.string()),  # the learned detector's weights, when they found the masks
     ("masked_fraction", pa.float64()),
     ("temporal_fill_fraction", pa.float64()),  # of the frame, copied from neighbours (masks.temporal_fill); else null
     ("infrared", pa.string()),  # an RGBI scan's infrared plane: kept (TIFF output) | dropped (other formats) | null
     ("restorer", pa.string()),
     ("weights_sha256", pa.string()),
     ("config_hash", pa.string()),
+    ("software", pa.string()),  # `restore <version>` that wrote the row: outputs of one config differ across versions
     ("status", pa.string()),  # ok | failed | skipped (storage could not serve it: tried again every run)
     ("error", pa.string()),
     ("width", pa.int32()),

@@ -49,6 +49,7 @@ class JobError(RuntimeError):
     """A job that cannot start (not enough cluster resources, storage unusable): nothing was processed."""
 
 
+SOFTWARE = f"restore {__version__}"  # in every output and manifest row
 MASK_PREFIX = "_masks"
 OWN_OUTPUT_FOLDERS = {MASK_PREFIX: "audit masks", MANIFEST_ROOT: "manifests", REPORT_ROOT: "report"}
 
@@ -788,7 +789,7 @@ class RestoreFrames:
 def provenance(context: JobContext, row: dict) -> dict[str, str]:
     """Deterministic, timestamp-free metadata linking an output to its manifest row."""
     return {
-        "Software": f"restore {__version__}",
+        "Software": SOFTWARE,
         "restore:provenance": json.dumps({
             "id": provenance_id(row["input_key"], row["input_etag"], context.config_hash),
             "input_key": row["input_key"],
@@ -825,8 +826,9 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "mask_etag": row["mask_etag"], "protect_etag": row["protect_etag"],
             "temporal_fill_fraction": row["temporal_fill_fraction"],
             "detector": spec.masks.detector if spec.masks.source != "given" else None,
+            "detector_sha256": context.detector_sha256,
             "restorer": spec.restorer.name, "weights_sha256": context.weights_sha256,
-            "config_hash": context.config_hash, "status": row["status"], "error": row["error"],
+            "config_hash": context.config_hash, "software": SOFTWARE, "status": row["status"], "error": row["error"],
             "width": row["width"], "height": row["height"],
             "read_seconds": row["read_seconds"], "mask_seconds": row["mask_seconds"],
             "restore_seconds": row["restore_seconds"],

@@ -173,6 +173,12 @@ def test_a_job_uses_retrained_detector_weights_and_refuses_a_bad_file(tmp_path, 
     context, plan = prepare(mine)
     assert context.detector_sha256 == sha and context.config_hash != open_job(shipped).config_hash
     assert run_job(context, plan).counts == {"ok": 1}
+    from restore import __version__
+    from restore.manifest import read_manifests
+    from restore.storage import open_storage
+
+    [row] = read_manifests(open_storage(str(tmp_path / "out")), "own").to_pylist()
+    assert (row["detector"], row["detector_sha256"], row["software"]) == ("learned", sha, f"restore {__version__}")
 
     own.write_bytes(b"not a detector")
     with pytest.raises(JobError, match="masks.detector_weights"):
