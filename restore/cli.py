@@ -185,7 +185,14 @@ def cmd_verify(args) -> int:
     from .verify import FRAME_PROBLEMS, verify
 
     output, endpoint_url, job = _output_target(args)
-    report = verify(output, job, endpoint_url, unknown=args.unknown)
+    originals = None
+    if args.originals:
+        from .spec import load_spec
+
+        if not Path(args.target).is_file():
+            raise ValueError("--originals needs the job spec (JOB.yaml): it names the input")
+        originals = load_spec(args.target).input
+    report = verify(output, job, endpoint_url, unknown=args.unknown, originals=originals)
     print(f"job {job}: {report.frames} frames, {report.verified} verified, {len(report.failed)} recorded as failed, "
           f"{len(report.problems)} problems")
     for problem in report.problems[: args.show]:
@@ -392,7 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = verbs.add_parser("verify", help="check outputs against the manifests: presence, sha256, provenance, masks")
     _add_output_target(verify)
-    verify.add_argument("--unknown", action="store_true", help="also report objects no manifest row accounts for")
+    verify.add_argument("--unknown", action="store_true", help="also report objects no manifest row accounts for, "
+                        "and outputs only superseded rows name")
+    verify.add_argument("--originals", action="store_true", help="also re-read the originals (from JOB.yaml's input) "
+                        "and check they still hash as when restored: bit rot, or a file replaced in place")
     verify.add_argument("--show", type=int, default=50, help="how many problems to print")
     verify.add_argument("--json", metavar="OUT", help="write the verification as JSON to OUT")
     verify.set_defaults(func=cmd_verify)

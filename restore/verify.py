@@ -4,7 +4,8 @@ For the newest manifest row of each frame: an `ok` row's output must exist, hash
 provenance metadata that names the same id, input, config and weights as the row; its mask must exist when the
 row names one. Failed rows are listed (they are recorded, not broken). Optionally, objects under the output that
 no manifest row of the job accounts for are reported too (a stray or planted file), and those that only rows since
-superseded name (an output in a format the job no longer writes).
+superseded name (an output in a format the job no longer writes); and the originals, re-read, must still hash to
+the sha256 their outputs were made from (bit rot, or a file replaced without its date changing).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests
+from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests, split_frame_key
 from .report import REPORT_ROOT
 from .storage import Storage, StorageError, open_storage
 
@@ -32,7 +33,7 @@ FRAME_PROBLEMS = ("missing_output", "checksum", "provenance", "missing_mask", "m
 class Problem:
     key: str  # the input key of the frame, or the object's key for an unknown object
     kind: str  # missing_output | checksum | provenance | missing_mask | mask_checksum | unknown_object | superseded
-    #            | no_manifest
+    #            | original_changed | missing_original | no_manifest
     detail: str
 
     def as_dict(self) -> dict:
@@ -61,10 +62,11 @@ class VerifyReport:
 
 
 def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: bool = False,
-           threads: int = 8) -> VerifyReport:
-    """Check every frame of `job` under `output_uri`; `unknown=True` also reports objects no row accounts for.
+           threads: int = 8, originals: str | None = None) -> VerifyReport:
+    """Check every frame of `job` under `output_uri`; `unknown=True` also reports objects no row accounts for;
+    `originals` (the job's input) re-reads the originals of restored frames.
 
-    Outputs are read in `threads` threads: on S3 the time goes into round trips, not hashing.
+    Objects are read in `threads` threads: on S3 the time goes into round trips, not hashing.
     """
     storage = open_storage(output_uri, endpoint_url)
     table = read_manifests(storage, job)
@@ -82,7 +84,28 @@ def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: 
             report.verified += not problems
     if unknown:
         report.problems.extend(unknown_objects(storage, table.to_pylist(), rows))
+    if originals is not None:
+        report.problems.extend(changed_originals(open_storage(originals, endpoint_url), ok_rows, threads))
     return report
+
+
+def changed_originals(storage: Storage, rows: list[dict], threads: int) -> list[Problem]:
+    """Originals of `ok` rows that no longer hash to the sha256 their output was made from (a video once)."""
+    recorded = {split_frame_key(row["input_key"])[0]: row["input_sha256"] for row in rows if row["input_sha256"]}
+
+    def check(item: tuple[str, str]) -> Problem | None:
+        key, sha256 = item
+        try:
+            digest = hashlib.sha256(storage.get(key)).hexdigest()
+        except StorageError as error:
+            return Problem(key, "missing_original", f"original {key!r}: {error}")
+        if digest != sha256:
+            return Problem(key, "original_changed", f"original {key!r} has sha256 {digest}; its output was made "
+                                                    f"from {sha256}")
+        return None
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return [problem for problem in pool.map(check, sorted(recorded.items())) if problem]
 
 
 def _mask_problems(storage: Storage, row: dict) -> list[Problem]:

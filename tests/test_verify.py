@@ -111,6 +111,34 @@ def test_outputs_an_earlier_run_wrote_in_another_format_are_reported_as_supersed
     assert verify(str(tmp_path / "out"), "s").ok  # what the manifests say the output holds checks out
 
 
+def test_originals_rotted_in_place_or_gone_are_found_when_asked(restored, tmp_path):
+    """Bit rot keeps a file's date and size, so a rerun sees nothing to do; re-reading the originals finds it."""
+    import os
+    import shutil
+
+    from restore.cli import main as restore_main
+
+    for side in ("in", "out"):
+        shutil.copytree(restored / side, tmp_path / side)
+    rotted = tmp_path / "in" / "f1.png"
+    stat = rotted.stat()
+    data = bytearray(rotted.read_bytes())
+    data[len(data) // 2] ^= 4
+    rotted.write_bytes(bytes(data))
+    os.utime(rotted, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (tmp_path / "in" / "ramp.tif").unlink()
+
+    assert verify(str(tmp_path / "out"), "v").ok  # the outputs themselves are intact
+    report = verify(str(tmp_path / "out"), "v", originals=str(tmp_path / "in"))
+    assert {(p.key, p.kind) for p in report.problems} == {("f1.png", "original_changed"),
+                                                          ("ramp.tif", "missing_original")}
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps({"name": "v", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                                "restorer": {"name": "telea"}, "include": ["*.png", "*.tif"]}))
+    assert restore_main(["verify", str(spec), "--originals"]) == 1
+    assert restore_main(["verify", str(tmp_path / "out"), "--originals"]) == 2  # the input is in the spec alone
+
+
 def test_provenance_that_names_another_frame_is_found(restored, tmp_path):
     """A file copied over another output: its own provenance is intact but names the wrong input."""
     out = tmp_path / "out"
