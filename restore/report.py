@@ -27,7 +27,7 @@ import yaml
 from PIL import Image
 
 from .frames import FrameError, as_displayed, decode_frame, decode_mask
-from .manifest import jobs_in, latest_rows, read_manifests, summarize
+from .manifest import is_video, jobs_in, latest_rows, read_manifests, split_frame_key, summarize
 from .spec import JobSpec, parse_spec
 from .storage import Storage, StorageError, open_storage
 
@@ -106,9 +106,21 @@ def build_report(spec: JobSpec, input_storage: Storage, output_storage: Storage,
             jobs.append((row, digest, need_thumbs, need_preview))
         else:
             kept += 1
+    stills, videos = [], {}  # a video is read and decoded once for all its frames' pictures
+    for job in jobs:
+        source = split_frame_key(job[0]["input_key"])[0]
+        if is_video(source):
+            videos.setdefault(source, []).append(job)
+        else:
+            stills.append(job)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        failures = list(pool.map(lambda job: _make_pictures(input_storage, output_storage, prefix, spec.max_pixels,
-                                                            *job), jobs))
+        made = [pool.submit(_make_pictures, input_storage, output_storage, prefix, spec.max_pixels, *job)
+                for job in stills]
+        made_videos = [pool.submit(_make_video_pictures, input_storage, output_storage, prefix, spec.max_pixels,
+                                   video, video_jobs) for video, video_jobs in videos.items()]
+        failures = [future.result() for future in made]
+        failures += [note for future in made_videos for note in future.result()]
+    jobs = stills + [job for video_jobs in videos.values() for job in video_jobs]
     notes = {row["input_key"]: note for (row, *_), note in zip(jobs, failures) if note}
 
     output_storage.put(_spec_key(spec.name), json.dumps(_public_spec(spec), indent=2).encode(),
@@ -147,25 +159,66 @@ def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:
 
 def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str, max_pixels: int, row: dict,
                    digest: str, thumbs: bool, preview: bool) -> str | None:
-    """Decode a frame's original, mask and output once (within the job's `max_pixels`, as the run did); write the
-    picture sets asked for. Returns why it could not."""
+    """Decode a still frame's original (within the job's `max_pixels`, as the run did) and make its pictures.
+    Returns why it could not."""
     try:
-        original = _read_checked(input_storage, row["input_key"], row["input_sha256"], "original")
-        source = decode_frame(original, max_pixels)
+        source = decode_frame(_read_checked(input_storage, row["input_key"], row["input_sha256"], "original"),
+                              max_pixels)
+    except (StorageError, FrameError) as error:
+        return f"no pictures: {error}"
+    return _write_pictures(output_storage, prefix, max_pixels, row, digest, thumbs, preview, source.pixels,
+                           source.orientation, source.icc_profile)
+
+
+def _make_video_pictures(input_storage: Storage, output_storage: Storage, prefix: str, max_pixels: int, video: str,
+                         jobs: list[tuple]) -> list[str | None]:
+    """The pictures of a video's frames (`jobs` as `_make_pictures` takes them, in frame order), reading and
+    decoding the video once. Returns why each frame's could not be made, or None."""
+    from .video import iter_video_frames
+
+    notes: list[str | None] = [None] * len(jobs)
+    try:
+        data = input_storage.get(video)
+    except StorageError as error:
+        return [f"no pictures: {error}"] * len(jobs)
+    digest = hashlib.sha256(data).hexdigest()
+    wanted = {}  # frame index -> position in jobs
+    for position, (row, *_) in enumerate(jobs):
+        if row["input_sha256"] == digest:
+            wanted[split_frame_key(row["input_key"])[1]] = position
+        else:
+            notes[position] = f"no pictures: the original at {video!r} has changed since the manifest recorded it"
+    try:
+        for frame in iter_video_frames(data, min(wanted), max(wanted) + 1) if wanted else ():
+            position = wanted.pop(frame.index, None)
+            if position is not None:
+                notes[position] = _write_pictures(output_storage, prefix, max_pixels, *jobs[position], frame.pixels,
+                                                  1, None)
+    except FrameError as error:
+        notes = [note or f"no pictures: {error}" for note in notes]
+    for position in wanted.values():  # not yielded by the decoder
+        notes[position] = notes[position] or f"no pictures: the video {video!r} did not yield this frame"
+    return notes
+
+
+def _write_pictures(output_storage: Storage, prefix: str, max_pixels: int, row: dict, digest: str, thumbs: bool,
+                    preview: bool, original: np.ndarray, orientation: int, icc_profile: bytes | None) -> str | None:
+    """Decode the output and audit mask of a frame whose original is decoded, and write the picture sets asked for.
+    Returns why it could not."""
+    try:
         output = _read_checked(output_storage, row["output_key"], row["output_sha256"], "output")
         restored = decode_frame(output, max_pixels).pixels
         mask = decode_mask(output_storage.get(row["mask_key"]), max_pixels) if row["mask_key"] else None
     except (StorageError, FrameError) as error:
         return f"no pictures: {error}"
     # shown as a viewer shows the files (outputs keep the orientation tag); the audit mask lies on the stored pixels
-    original, restored = (as_displayed(pixels, source.orientation) for pixels in (source.pixels, restored))
-    mask = None if mask is None else as_displayed(mask, source.orientation)
+    original, restored = (as_displayed(pixels, orientation) for pixels in (original, restored))
+    mask = None if mask is None else as_displayed(mask, orientation)
     sets = (("previews", preview, PREVIEW_SIZE, 90), ("thumbs", thumbs, THUMB_SIZE, 85))
     try:
         for folder, wanted, long_side, quality in sets:
             if wanted:
-                for kind, data in picture_set(original, mask, restored, long_side, quality,
-                                              source.icc_profile).items():
+                for kind, data in picture_set(original, mask, restored, long_side, quality, icc_profile).items():
                     output_storage.put(f"{prefix}/{folder}/{digest}-{kind}.jpg", data, content_type="image/jpeg")
     except (StorageError, OSError) as error:  # a picture is a view of the job, never a reason to fail it
         return f"no pictures: {error}"

@@ -130,6 +130,15 @@ def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_
     context, plan = prepare(parse_spec(raw))
     assert plan.tasks == [] and plan.already_done == COUNT
 
+    from restore.report import REPORT_ROOT, _digest, write_report
+
+    report = write_report(parse_spec(raw))  # the video read once, each frame's pictures from its own frame
+    assert (report.pictures_made, report.pictures_unavailable) == (COUNT, 0)
+    for row in rows:
+        thumb = Image.open(tmp_path / "out" / REPORT_ROOT / "video" / "thumbs" / f"{_digest(row)}-o.jpg")
+        shown = VideoFrame(0, None, np.asarray(thumb.convert("RGB").resize((WIDTH, HEIGHT))))
+        assert shown_index(shown) == int(row["input_key"].rsplit("#", 1)[1])
+
 
 def test_a_broken_video_becomes_one_failed_row_with_the_reason_until_a_good_copy_replaces_it(tmp_path, ray_session):
     from restore.manifest import read_manifests, summarize
