@@ -167,7 +167,10 @@ MIN_LEVEL_SIDE = 16  # px: no coarser level is made of a crop shorter than twice
 
 def classical_fill(pixels: np.ndarray, mask: np.ndarray, method: str, radius: int = PREFILL_RADIUS) -> np.ndarray:
     """A classical fill of an integer (H, W, C) frame: OpenCV's inpainting (`telea` or `navier-stokes`, within
-    `radius`) or `harmonic_fill`; same dtype and shape."""
+    `radius`) or `harmonic_fill`; same dtype and shape. The holes are made white first: OpenCV's inpainting reads a
+    little of what they hold (up to 8 levels), which is the damage in a job and the ground truth in training, and
+    the generator learnt to refine fills of white holes."""
+    pixels = np.where(mask[..., None], np.iinfo(pixels.dtype).max, pixels).astype(pixels.dtype, copy=False)
     if method == "harmonic":
         return harmonic_fill(pixels, mask)
     import cv2

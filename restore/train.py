@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from restore.damage import MASK_CLASSES, archive_damage, hole_mask, hole_mask_window
-from restore.evaluate import HOLE_VALUE, gradient_energy, psnr, texture
+from restore.evaluate import gradient_energy, psnr, texture
 from restore.images import split_images
 from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
@@ -204,13 +204,12 @@ def generator_input(image: torch.Tensor, mask: torch.Tensor, prefill: str) -> to
 
 
 def prefilled(pixels: torch.Tensor, mask: torch.Tensor, prefill: str) -> torch.Tensor:
-    """(B, 3, H, W) uint8 images with their holes filled by the classical method `prefill`, on the CPU; with no
-    prefill, the images themselves. The holes are blanked first: OpenCV's inpainting reads a little of what a
-    hole holds, which in training is the ground truth (in jobs, the damage; in `restore eval`, blank)."""
+    """(B, 3, H, W) uint8 images with their holes filled by the classical method `prefill` (which never sees what
+    the holes hold: here, the ground truth), on the CPU; with no prefill, the images themselves."""
     if prefill == "none":
         return pixels
     pixels, holes = pixels.cpu(), mask.cpu().bool()
-    arrays = pixels.masked_fill(holes, HOLE_VALUE).permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
+    arrays = pixels.permute(0, 2, 3, 1).numpy()  # (B, H, W, C)
     fills = np.stack([classical_fill(a, m, prefill) for a, m in zip(arrays, holes[:, 0].numpy())])
     return torch.where(holes, torch.from_numpy(fills).permute(0, 3, 1, 2), pixels)
 
