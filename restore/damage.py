@@ -200,12 +200,6 @@ _ARCHIVE_MAKERS: dict[str, Callable[[np.random.Generator, int, int], tuple[np.nd
 }
 
 
-def archive_maker(kind: str) -> Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]:
-    """The maker for one archive damage kind; an unknown kind fails loudly."""
-    _check_kind(kind, ARCHIVE_KINDS, "archive damage kind")
-    return _ARCHIVE_MAKERS[kind]
-
-
 def _overlay(rng: np.random.Generator, height: int, width: int, overlay_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One real damage overlay (RGBA PNG, alpha = damage), randomly flipped, rotated, scaled and placed."""
     names = sorted(n for n in os.listdir(overlay_dir) if n.lower().endswith(".png"))

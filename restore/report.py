@@ -39,7 +39,6 @@ COMPARE_FRAMES = 9  # frames with the largest masked area get a compare view
 FAILURES_SHOWN = 50  # the rest are one filter away in the frame list
 RUNS_SHOWN = 20
 TINT = np.array([255, 0, 128], dtype=np.float32)  # masked pixels in the overlay: a colour no film stock has
-PICTURES = ("o", "m", "r")  # original, mask overlay, restored; "r" is written last and marks a complete set
 COLUMNS = ("key", "status", "error", "masked", "width", "height", "bits", "pictures", "has_mask", "output", "note",
            "run")  # the frame rows' fields in the page's JSON, one array per frame
 

@@ -182,10 +182,6 @@ class Storage(ABC):
             if not info.key.startswith(tuple(exclude_prefixes)) and key_matches(info.key, patterns):
                 yield info
 
-    def join(self, *parts: str) -> str:
-        """A key made of `parts` joined by "/" (a trailing "/" on a part is allowed); raises UnsafeKeyError."""
-        return safe_key("/".join(p.rstrip("/") for p in parts))
-
     @abstractmethod
     def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix`, sorted by key."""

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from restore.damage import ARCHIVE_KINDS, MASK_CLASSES, archive_damage, archive_maker, hole_mask, hole_mask_window
+from restore.damage import ARCHIVE_KINDS, MASK_CLASSES, archive_damage, hole_mask, hole_mask_window
 
 
 def rng(seed=0):
@@ -100,8 +100,6 @@ def test_scratches_are_near_vertical():
 def test_unknown_archive_kind_fails_loudly():
     with pytest.raises(ValueError, match="scratches, dust, blotches, tears"):
         archive_damage(rng(), np.zeros((32, 32), np.uint8), kinds=("mould",))
-    with pytest.raises(ValueError, match="scratches"):
-        archive_maker("mould")
     with pytest.raises(ValueError, match="dtype"):
         archive_damage(rng(), np.zeros((32, 32), np.int32))
 

@@ -10,7 +10,7 @@ from restore.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from restore.models.generator import Generator, GeneratorConfig, composite
 from restore.models.losses import (ADVERSARIAL_KINDS, LossConfig, discriminator_loss, generator_loss, hole_l1,
                                    hole_mse)
-from restore.models.tiling import _feather, _starts, damage_boxes, grid_tiles, inpaint_tiled, inpaint_tiled_batch
+from restore.models.tiling import _feather, _starts, damage_boxes, grid_tiles, inpaint_tiled_batch
 from restore.models.weights import WeightsError, load_generator, save_generator
 from restore.damage import archive_damage
 from restore.demo import clean_scene
@@ -28,6 +28,11 @@ def tiny_generator(config: GeneratorConfig = TINY, seed: int = 0) -> Generator:
 
 def random_mask(shape, fraction, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).random(shape) < fraction)
+
+
+def inpaint_one(generator, image, mask, **settings):
+    """`inpaint_tiled_batch` on one frame."""
+    return inpaint_tiled_batch(generator, [image], [mask], **settings)[0]
 
 
 @pytest.mark.parametrize("size", [(32, 32), (37, 53), (8, 8), (4, 4), (3, 5), (1, 1)])  # scans of a few pixels too
@@ -262,7 +267,7 @@ def test_tiled_empty_mask_passes_frame_through_without_the_model():
         def forward(self, *args):
             raise AssertionError("generator must not run for an empty mask")
 
-    out = inpaint_tiled(Exploding(), image, torch.zeros(40, 50, dtype=torch.bool), tile=32, overlap=8)
+    out = inpaint_one(Exploding(), image, torch.zeros(40, 50, dtype=torch.bool), tile=32, overlap=8)
     assert torch.equal(out, image)
 
 
@@ -271,7 +276,7 @@ def test_tiled_full_mask_and_tiny_frames(size):
     g = tiny_generator()
     image = torch.rand(3, *size)
     full = torch.ones(size, dtype=torch.bool)
-    out = inpaint_tiled(g, image, full, tile=48, overlap=16)
+    out = inpaint_one(g, image, full, tile=48, overlap=16)
     assert out.shape == image.shape and torch.isfinite(out).all()
     with torch.no_grad():
         whole = g(image[None], full[None, None])[0]
@@ -282,7 +287,7 @@ def test_tiled_full_mask_and_tiny_frames(size):
 def test_tiled_keeps_unmasked_pixels_bit_identical():
     image = torch.rand(3, 70, 90)
     mask = random_mask((70, 90), 0.05)
-    out = inpaint_tiled(tiny_generator(), image, mask, tile=32, overlap=8, batch_size=3)
+    out = inpaint_one(tiny_generator(), image, mask, tile=32, overlap=8, batch_size=3)
     assert torch.equal(out[:, ~mask], image[:, ~mask])
     assert not torch.equal(out[:, mask], image[:, mask])
 
@@ -293,7 +298,7 @@ def test_tiled_matches_untiled_away_from_seams():
     torch.manual_seed(1)
     image = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 160, 224), 5, 1, 2)[0]  # smooth-ish content
     mask = random_mask((160, 224), 0.1, seed=2)
-    tiled = inpaint_tiled(g, image, mask, tile=96, overlap=32, batch_size=4)  # origins 0, 64, 128
+    tiled = inpaint_one(g, image, mask, tile=96, overlap=32, batch_size=4)  # origins 0, 64, 128
     with torch.no_grad():
         whole = composite(g(image[None], mask[None, None]), image[None], mask[None, None])[0]
     diff = (tiled - whole).abs()[:, mask]
@@ -337,17 +342,17 @@ def test_batched_frames_equal_one_by_one():
     masks[1][:] = False
     batched = inpaint_tiled_batch(g, images, masks, tile=32, overlap=8, batch_size=5)
     for image, mask, out in zip(images, masks, batched):
-        assert torch.allclose(out, inpaint_tiled(g, image, mask, tile=32, overlap=8, batch_size=1), atol=1e-6)
+        assert torch.allclose(out, inpaint_one(g, image, mask, tile=32, overlap=8, batch_size=1), atol=1e-6)
 
 
 def test_tiling_rejects_bad_inputs():
     g = tiny_generator()
     with pytest.raises(ValueError, match="3, H, W"):
-        inpaint_tiled(g, torch.rand(1, 16, 16), torch.zeros(16, 16, dtype=torch.bool))
+        inpaint_one(g, torch.rand(1, 16, 16), torch.zeros(16, 16, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask"):
-        inpaint_tiled(g, torch.rand(3, 16, 16), torch.zeros(16, 17, dtype=torch.bool))
+        inpaint_one(g, torch.rand(3, 16, 16), torch.zeros(16, 17, dtype=torch.bool))
     with pytest.raises(ValueError, match="overlap"):
-        inpaint_tiled(g, torch.rand(3, 16, 16), torch.zeros(16, 16, dtype=torch.bool), tile=16, overlap=16)
+        inpaint_one(g, torch.rand(3, 16, 16), torch.zeros(16, 16, dtype=torch.bool), tile=16, overlap=16)
 
 
 def _covered(boxes, shape):
@@ -432,9 +437,9 @@ def test_grid_runs_scattered_damage_in_fewer_calls_and_fills_as_if_the_whole_fra
     mask = torch.zeros(300, 400, dtype=torch.bool)
     for k, (y, x) in enumerate(torch.randint(0, 290, (40, 2), generator=torch.Generator().manual_seed(0)).tolist()):
         mask[y:y + 2 + k % 7, x:x + 3 + k % 5] = True  # dust of many sizes
-    gridded = inpaint_tiled(g, image, mask, tile=96, overlap=32, batch_size=4, grid=True)
+    gridded = inpaint_one(g, image, mask, tile=96, overlap=32, batch_size=4, grid=True)
     grid_calls, shapes[:] = list(shapes), []
-    inpaint_tiled(g, image, mask, tile=96, overlap=32, batch_size=4)
+    inpaint_one(g, image, mask, tile=96, overlap=32, batch_size=4)
     assert {s[2:] for s in grid_calls} == {(96, 96)} and all(s[0] == 4 for s in grid_calls[:-1])
     assert len(grid_calls) < len(shapes)
     assert torch.equal(gridded[:, ~mask], image[:, ~mask])

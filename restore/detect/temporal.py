@@ -59,6 +59,9 @@ def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previ
     return frame, _warp_to(frame_luma, to_float(previous)), _warp_to(frame_luma, to_float(following))
 
 
+NEIGHBOURS_AGREE = 6.0  # noise sigmas within which the two neighbours agree: beyond, occlusion or missed motion
+
+
 def _robust_sigma(x: np.ndarray) -> float:
     return max(1.4826 * float(np.median(np.abs(x - np.median(x)))), 1.0 / 1024)
 
@@ -75,7 +78,8 @@ class TemporalDetector(Detector):
     name = "temporal"
     temporal = True
 
-    def __init__(self, threshold: float = 5.0, grow: float = 2.0, agree: float = 6.0, motion_error: float = 0.5):
+    def __init__(self, threshold: float = 5.0, grow: float = 2.0, agree: float = NEIGHBOURS_AGREE,
+                 motion_error: float = 0.5):
         self.threshold = float(threshold)
         self.motion_error = float(motion_error)
         self.grow = float(grow)
@@ -109,11 +113,11 @@ class TemporalDetector(Detector):
         return keep[labels]
 
 
-def temporal_fill(pixels: np.ndarray, mask: np.ndarray, frames: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-                  agree: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+def temporal_fill(pixels: np.ndarray, mask: np.ndarray, frames: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(pixels with masked pixels copied from the motion-compensated neighbours where those agree, mask left).
 
-    The copy is the mean of the previous and next frames; where they differ by more than `agree` noise sigmas
+    The copy is the mean of the previous and next frames; where they differ by more than `NEIGHBOURS_AGREE` noise sigmas
     (motion the flow missed, or damage on a neighbour) the pixel stays in the returned mask for the restorer.
     `frames` is `compensated(pixels, ...)`; without both neighbours (None) nothing is filled. Pixels outside the mask
     are returned unchanged.
@@ -123,7 +127,7 @@ def temporal_fill(pixels: np.ndarray, mask: np.ndarray, frames: tuple[np.ndarray
     _, previous, following = frames
     disagreement = luma_of(previous) - luma_of(following)
     sigma = _robust_sigma(disagreement[~mask]) if (~mask).any() else 1.0 / 1024
-    fill = mask & (np.abs(disagreement) <= agree * sigma)
+    fill = mask & (np.abs(disagreement) <= NEIGHBOURS_AGREE * sigma)
     scale = 255.0 if pixels.dtype == np.uint8 else 65535.0
     mean = np.round((previous + following) / 2 * scale).astype(pixels.dtype)  # (H, W, C')
     out = pixels.copy()

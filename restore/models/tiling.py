@@ -215,9 +215,3 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
         pred = (total / weight.clamp(min=1e-12)).to(image.device)  # (3, H, W); every hole pixel has weight > 0
         out.append(composite(pred, image, mask[None]))
     return out
-
-
-def inpaint_tiled(generator: Generator, image: torch.Tensor, mask: torch.Tensor, tile: int = 512,
-                  overlap: int = 64, context: int = 32, batch_size: int = 8, grid: bool = False) -> torch.Tensor:
-    """Inpaint one frame: image float (3, H, W) in [0, 1], mask bool (H, W) -> composited (3, H, W)."""
-    return inpaint_tiled_batch(generator, [image], [mask], tile, overlap, context, batch_size, grid)[0]

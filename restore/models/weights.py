@@ -71,8 +71,7 @@ def _unpickling_reason(error: Exception) -> str:
     return causes[0] if causes else type(error).__name__
 
 
-def load_net(path: str | os.PathLike, fmt: str, net_class, config_class,
-             map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+def load_net(path: str | os.PathLike, fmt: str, net_class, config_class) -> tuple[torch.nn.Module, dict]:
     """(net in eval mode, info) from a file `save_net` wrote with format tag `fmt`; info holds the stored info plus
     `sha256`, `path` and `config`. Anything else (missing, corrupt, edited, foreign, NaN) raises WeightsError."""
     path = Path(path)
@@ -81,7 +80,7 @@ def load_net(path: str | os.PathLike, fmt: str, net_class, config_class,
         raise WeightsError(f"{kind} weights file not found: {path}")
     data = path.read_bytes()  # hashed and loaded from the same bytes: the sha256 reported is that of these weights
     try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # any unpickling failure means the file is not what we wrote
         raise WeightsError(f"cannot read {kind} weights {path}: {_unpickling_reason(e)} (only tensors and plain "
                            "values are loaded from a weights file: nothing in it runs)") from e
@@ -110,6 +109,6 @@ def save_generator(generator: Generator, path: str | os.PathLike, info: dict | N
     return save_net(generator, path, FORMAT, info)
 
 
-def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Generator, dict]:
+def load_generator(path: str | os.PathLike) -> tuple[Generator, dict]:
     """(generator in eval mode, info) where info holds the stored info plus `sha256`, `path` and `config`."""
-    return load_net(path, FORMAT, Generator, GeneratorConfig, map_location)
+    return load_net(path, FORMAT, Generator, GeneratorConfig)
