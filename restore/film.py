@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .frames import Frame, FrameError, check_pixel_limit
+from .frames import PROVENANCE_KEY, Frame, FrameError, check_pixel_limit
 
 DPX_MAGIC = (b"SDPX", b"XPDS")  # big- and little-endian
 EXR_MAGIC = b"v/1\x01"
-PROVENANCE_KEY = "restore:provenance"
 # SMPTE 268M user data opens with a 32-byte user identification; ours marks the block as provenance.
 USER_DATA_ID = PROVENANCE_KEY.encode().ljust(32, b"\0")
 # Cineon printing density: 0.002 density per 10-bit code, negative gamma 0.6, reference black 95, white 685.

@@ -39,13 +39,14 @@ from .spec import DEFAULT_MAX_PIXELS
 # decoding; Pillow's global check would refuse large scans even when a job raises max_pixels, so it is switched off.
 Image.MAX_IMAGE_PIXELS = None
 
+PROVENANCE_KEY = "restore:provenance"  # the text field of every output that links it to its manifest row
 OUTPUT_FORMATS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "dpx": ".dpx", "exr": ".exr"}  # dpx/exr: film.py
 _FORMAT_ALIASES = {"tif": "tiff", "jpg": "jpeg"}
 # stored with outputs, so a browser shows them (an S3 static site, the report's links) instead of downloading them
 CONTENT_TYPES = {"png": "image/png", "tiff": "image/tiff", "jpeg": "image/jpeg", "dpx": "image/x-dpx",
                  "exr": "image/x-exr"}
 _INPUT_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")  # no plugin that runs external programs (EPS)
-_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, either byte order
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, either byte order
 _MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "TIFF",
           b"MM\x00+": "TIFF", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WEBP"}
 ZLIB_LEVEL = 1  # PNG and TIFF deflate level: encoding is often the pipeline's bottleneck; 1 is ~3x faster than 6, ~5% bigger
@@ -130,7 +131,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     try:
         image = _open(data)
     except FrameError:
-        if data.startswith(_TIFF_MAGICS):  # layouts Pillow cannot open (uncompressed planar, float): tifffile alone
+        if data.startswith(TIFF_MAGICS):  # layouts Pillow cannot open (uncompressed planar, float): tifffile alone
             return _decode_tiff_alone(data, max_pixels)
         raise
     width, height = image.size

@@ -25,9 +25,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 
+from .manifest import MANIFEST_ROOT
 from .storage import Storage, StorageError
 
-LEASE_ROOT = "_manifests"
+LEASE_ROOT = MANIFEST_ROOT  # beside the job's manifests, which `verify --unknown` and listings of frames leave out
 DEFAULT_TTL_S = 120.0  # a crashed run blocks the job this long at most; renewed every third of it
 TOKEN_DIGITS = 12  # zero-padded, so keys sort in token order
 

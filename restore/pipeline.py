@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .film import FilmFrame
-from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, Frame, FrameError, as_stored, check_encodable, check_pixel_limit,
-                     decode_frame, decode_mask, encode_frame, encode_mask, extension_for)
+from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, FrameError, as_stored, check_encodable,
+                     check_pixel_limit, decode_frame, decode_mask, encode_frame, encode_mask, extension_for)
 from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, ManifestWriter, compact, history,
                        is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
@@ -790,7 +790,7 @@ def provenance(context: JobContext, row: dict) -> dict[str, str]:
     """Deterministic, timestamp-free metadata linking an output to its manifest row."""
     return {
         "Software": SOFTWARE,
-        "restore:provenance": json.dumps({
+        PROVENANCE_KEY: json.dumps({
             "id": provenance_id(row["input_key"], row["input_etag"], context.config_hash),
             "input_key": row["input_key"],
             "input_sha256": row["input_sha256"],

@@ -16,14 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests, split_frame_key
-from .report import REPORT_ROOT
+from .frames import PROVENANCE_KEY, TIFF_MAGICS
+from .report import REPORT_KEY, REPORT_ROOT
 from .storage import Storage, StorageError, open_storage
 
-PROVENANCE_KEY = "restore:provenance"
 # Objects the tools themselves keep under an output besides frames and masks: manifests and leases, and the
 # HTML report with its pictures. They are never "unknown".
 _OWN_PREFIXES = (f"{MANIFEST_ROOT}/", f"{REPORT_ROOT}/")
-_OWN_KEYS = ("report.html",)
+_OWN_KEYS = (REPORT_KEY,)
 
 
 FRAME_PROBLEMS = ("missing_output", "checksum", "provenance", "missing_mask", "mask_checksum")  # `run --repair` redoes
@@ -169,11 +169,11 @@ def read_provenance(data: bytes) -> dict[str, str] | None:
     """The provenance text fields an output carries: PNG iTXt, TIFF ImageDescription, JPEG comment, DPX/EXR header."""
     from PIL import Image
 
-    if data[:4] in (b"SDPX", b"XPDS", b"v/1\x01"):
-        from .film import read_film_provenance
+    from .film import is_film, read_film_provenance
 
+    if is_film(data):
         return read_film_provenance(data)
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if data[:4] in TIFF_MAGICS:
         import tifffile
 
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
