@@ -215,14 +215,10 @@ def compact(storage: Storage, job: str, run_id: str, lease=None, min_parts: int 
     snapshot, parts, every_part = _manifest_keys(storage, job)
     if len(parts) < max(1, min_parts):
         return None
-    table = _read_tables(storage, ([snapshot] if snapshot else []) + parts)
-    ordered = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
-    index = pa.array(range(ordered.num_rows), pa.int64())
-    ordered = ordered.append_column("_row", index)
-    newest = ordered.group_by(["input_key", "input_etag", "config_hash"], use_threads=False).aggregate([("_row", "max")])
-    keep = pc.is_in(index, value_set=newest["_row_max"])
-    keep = pc.or_(keep, pc.equal(ordered["status"], "failed"))
-    data = _parquet_bytes(ordered.filter(keep).drop_columns(["_row"]))
+    ordered, newest = _newest(_read_tables(storage, ([snapshot] if snapshot else []) + parts),
+                              ["input_key", "input_etag", "config_hash"])
+    keep = pc.is_in(pa.array(range(ordered.num_rows), pa.int64()), value_set=newest)
+    data = _parquet_bytes(ordered.filter(pc.or_(keep, pc.equal(ordered["status"], "failed"))))
     if lease is not None:
         lease.check()
     key = f"{MANIFEST_ROOT}/{job}/{SNAPSHOTS}/{run_id}.parquet"
@@ -231,13 +227,19 @@ def compact(storage: Storage, job: str, run_id: str, lease=None, min_parts: int 
     return key
 
 
+def _newest(table: pa.Table, keys: list[str]) -> tuple[pa.Table, pa.Array]:
+    """(the rows in the order they were written: by run id, then finish time; the positions there of the newest row
+    of each `keys` group). Column-wise: a collection's history is millions of rows."""
+    ordered = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
+    positions = ordered.select(keys).append_column("_row", pa.array(range(ordered.num_rows), pa.int64()))
+    return ordered, positions.group_by(keys, use_threads=False).aggregate([("_row", "max")])["_row_max"]
+
+
 def latest(table: pa.Table) -> pa.Table:
     """The newest row per input key, sorted by key: what the archive looks like now. A whole video's failure is
-    gone once a later run restores its frames. Column-wise: a collection's history is millions of rows."""
-    ordered = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
-    ordered = ordered.append_column("_row", pa.array(range(ordered.num_rows), pa.int64()))
-    newest = ordered.group_by("input_key", use_threads=False).aggregate([("_row", "max")])
-    rows = ordered.take(newest["_row_max"]).drop_columns(["_row"])
+    gone once a later run restores its frames."""
+    ordered, newest = _newest(table, ["input_key"])
+    rows = ordered.take(newest)
     keys = rows["input_key"]
     frames = rows.filter(pc.match_substring_regex(keys, r"#\d+$"))
     videos = frames.append_column("_video", pc.replace_substring_regex(frames["input_key"], r"#\d+$", ""))
@@ -272,19 +274,16 @@ def history(table: pa.Table, config_hash: str) -> History:
     The output holds whatever the newest run wrote: after a run with another restorer, going back to the first
     config must restore the frame again, although an older `ok` row under that config exists.
     """
-    rows = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
-    newest_value = pc.ScalarAggregateOptions(skip_nulls=False)  # the newest row's value, null included
-    newest = rows.group_by("input_key", use_threads=False).aggregate(
-        [(column, "last", newest_value)
-         for column in ("status", "input_etag", "config_hash", "mask_etag", "protect_etag")])
+    rows, positions = _newest(table, ["input_key"])
+    newest = rows.take(positions)
     failed = rows.filter(pc.and_(pc.equal(rows["status"], "failed"), pc.equal(rows["config_hash"], config_hash)))
     attempts = failed.group_by(["input_key", "input_etag"]).aggregate([("status", "count")])
     counts = dict(zip(zip(attempts["input_key"].to_pylist(), attempts["input_etag"].to_pylist()),
                       attempts["status_count"].to_pylist()))
     done, failures, mask_etags, etags = set(), {}, {}, {}
     for key, status, etag, config, mask_etag, protect_etag in zip(
-            *(newest[column].to_pylist() for column in ("input_key", "status_last", "input_etag_last",
-                                                        "config_hash_last", "mask_etag_last", "protect_etag_last"))):
+            *(newest[column].to_pylist() for column in ("input_key", "status", "input_etag", "config_hash",
+                                                        "mask_etag", "protect_etag"))):
         if config != config_hash:
             continue
         mask_etags[key], etags[key] = (mask_etag, protect_etag), etag
