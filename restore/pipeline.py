@@ -267,6 +267,19 @@ def check_output_is_the_jobs(output_storage: Storage, job: str) -> None:
             f"back to its old name or move {MANIFEST_ROOT}/{others[0]}/ to {MANIFEST_ROOT}/{job}/")
 
 
+def check_no_other_job_runs_there(output_storage: Storage, job: str) -> None:
+    """Under this job's lease: a job started in the same output moments before has no manifests yet, only its live
+    lease, and the two would write over each other's outputs. Two that start together both stop here."""
+    from .lease import run_in_progress
+
+    leases = output_storage.list(("*.json",), prefix=f"{MANIFEST_ROOT}/")
+    for other in sorted({info.key.split("/")[1] for info in leases if info.key.split("/")[2:3] == ["_lease"]} - {job}):
+        holder = run_in_progress(output_storage, other)
+        if holder:
+            raise JobError(f"output: job {other!r} is running in {output_storage.uri} ({holder}), and each job needs "
+                           "an output of its own: give this one another output")
+
+
 def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
     check_no_overlap(spec.input, spec.output)
     input_storage = open_storage(spec.input, spec.endpoint_url)
@@ -1073,6 +1086,7 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
 
     context = open_job(spec)
     with acquire(context.output_storage, spec.name, run_id=context.run_id) as lease:
+        check_no_other_job_runs_there(context.output_storage, spec.name)
         # before planning, which then reads one snapshot instead of every part; and so also after nights that
         # were stopped part-way, which never reach a run's end
         compact(context.output_storage, spec.name, context.run_id, lease, min_parts=COMPACT_AFTER_PARTS)

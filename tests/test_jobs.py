@@ -569,6 +569,20 @@ def test_a_second_job_is_refused_an_output_that_holds_another_jobs_manifests(tmp
         check_output_is_the_jobs(output, "reel-3")
 
 
+def test_a_job_is_refused_an_output_where_another_job_runs_before_its_first_commit(tmp_path, ray_session):
+    """Started moments apart, two jobs would write over each other's outputs and both report ok."""
+    from restore.lease import acquire
+    from restore.pipeline import JobError, run as run_with_lease
+
+    write_collection(tmp_path / "in", 2)
+    output = open_storage(str(tmp_path / "out"))
+    with acquire(output, "reel-1"):  # reel-1 is restoring its first batch: no manifest yet
+        with pytest.raises(JobError, match="job 'reel-1' is running in .* each job needs an output of its own"):
+            run_with_lease(parse_spec(job(tmp_path, name="reel-2")))
+    assert not list((tmp_path / "out").glob("reel/*"))  # reel-2 wrote nothing
+    assert run_with_lease(parse_spec(job(tmp_path, name="reel-2")))[2].counts == {"ok": 2}  # reel-1 never committed
+
+
 def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, capsys):
     import json
 
