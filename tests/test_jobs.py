@@ -583,6 +583,22 @@ def test_a_job_is_refused_an_output_where_another_job_runs_before_its_first_comm
     assert run_with_lease(parse_spec(job(tmp_path, name="reel-2")))[2].counts == {"ok": 2}  # reel-1 never committed
 
 
+def test_a_run_from_a_machine_whose_clock_is_behind_is_refused_before_it_writes(tmp_path, ray_session, monkeypatch):
+    """Rows are ordered by run id, a start time: a run a day behind would be taken for older than the last one, its
+    fixes hidden from status, verify and resume."""
+    import restore.pipeline
+    from restore.pipeline import JobError
+
+    write_collection(tmp_path / "in", 2)
+    assert run(job(tmp_path)).counts == {"ok": 2}
+    before = tree_digest(tmp_path / "out")
+    yesterday = time.strftime("%Y%m%dT%H%M%S000Z-abcdef", time.gmtime(time.time() - 86_400))
+    monkeypatch.setattr(restore.pipeline, "new_run_id", lambda: yesterday)
+    with pytest.raises(JobError, match="clock is behind"):
+        run(job(tmp_path, restorer={"name": "navier-stokes"}))
+    assert tree_digest(tmp_path / "out") == before
+
+
 def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, capsys):
     import json
 
