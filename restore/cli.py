@@ -219,16 +219,20 @@ def cmd_status(args) -> int:
     print(f"job {job}: {summary.total} frames: {counts or 'none done'} ({summary.runs} runs, last {summary.last_run})")
     for key, error in summary.failures[: args.show]:
         print(f"  not restored {printable(key)}: {printable(error)}")
+    running = run_in_progress(storage, job)
     interrupted = last["run_id"] if last and last["status"] == "interrupted" else None
     if interrupted:  # its committed rows are all ok: without this, a stopped job would read as finished
         print(f"  run {interrupted} was stopped after {sum(last['counts'].values())} of its {last['planned']} "
               "frames: run the job again to finish it")
-    running = run_in_progress(storage, job)
+    unfinished = last["run_id"] if last and last["status"] == "started" and not running else None
+    if unfinished:  # killed, its machine lost, or failed (exit 2): it never wrote how it ended
+        print(f"  run {unfinished} set out to restore {last['planned']} frames and never finished (killed, or it "
+              "failed: its log says why): run the job again to finish it")
     if running:
         print(f"  a run is in progress: lease {running}")
     _write_json(args.json, {"job": job, "output": output, **summary.as_dict(), "interrupted_run": interrupted,
-                            "in_progress": running})
-    return EXIT_FRAMES_FAILED if summary.failures or interrupted else EXIT_OK
+                            "unfinished_run": unfinished, "in_progress": running})
+    return EXIT_FRAMES_FAILED if summary.failures or interrupted or unfinished else EXIT_OK
 
 
 def cmd_demo(args) -> int:

@@ -1096,6 +1096,10 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
         # were stopped part-way, which never reach a run's end
         compact(context.output_storage, spec.name, context.run_id, lease, min_parts=COMPACT_AFTER_PARTS)
         plan = plan_job(context, frames_to_repair(spec) if repair else frozenset())
+        if plan.tasks:  # replaced when the run ends; left as it is, it tells `status` the run was killed or failed
+            write_run_summary(context, plan, RunResult(run_id=context.run_id, planned=plan.frames,
+                                                       manifest_prefix=run_prefix(spec.name, context.run_id),
+                                                       already_done=plan.already_done), status="started")
         try:
             result = run_job(context, plan, progress, lease)
         except RunInterrupted as stop:  # `status` tells the job is not done, though every committed row is ok
@@ -1114,14 +1118,15 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
 
 def _last_run_was_stopped(context: JobContext) -> bool:
     last = last_run_summary(context.output_storage, context.spec.name)
-    return last is not None and last["status"] == "interrupted"
+    return last is not None and last["status"] in ("interrupted", "started")
 
 
-def run_summary(context: JobContext, plan: Plan, result: RunResult) -> dict:
+def run_summary(context: JobContext, plan: Plan, result: RunResult, status: str | None = None) -> dict:
     """What a run did, for `_summary.json` and `restore run --json`; `status` is failed while any frame is not
-    restored (failed or skipped in this run, or given up before it), interrupted when the run was stopped."""
+    restored (failed or skipped in this run, or given up before it), interrupted when the run was stopped, and
+    started until the run ends."""
     not_restored = any(result.counts.get(status) for status in NOT_RESTORED) or plan.given_up
-    status = "interrupted" if result.interrupted else "failed" if not_restored else "ok"
+    status = status or ("interrupted" if result.interrupted else "failed" if not_restored else "ok")
     return {
         "job": context.spec.name, "run_id": result.run_id, "status": status,
         "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
@@ -1132,9 +1137,9 @@ def run_summary(context: JobContext, plan: Plan, result: RunResult) -> dict:
     }
 
 
-def write_run_summary(context: JobContext, plan: Plan, result: RunResult) -> str:
+def write_run_summary(context: JobContext, plan: Plan, result: RunResult, status: str | None = None) -> str:
     """`_summary.json` beside the run's manifest parts, for schedulers and alerting."""
     key = f"{result.manifest_prefix}/{RUN_SUMMARY}"
-    context.output_storage.put(key, json.dumps(run_summary(context, plan, result), indent=2).encode(),
+    context.output_storage.put(key, json.dumps(run_summary(context, plan, result, status), indent=2).encode(),
                                content_type="application/json")
     return key

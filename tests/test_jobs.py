@@ -599,6 +599,30 @@ def test_a_run_from_a_machine_whose_clock_is_behind_is_refused_before_it_writes(
     assert tree_digest(tmp_path / "out") == before
 
 
+def test_status_tells_a_run_that_never_finished_until_a_run_ends_well(tmp_path, ray_session, capsys, monkeypatch):
+    """A run killed or failed (exit 2) writes no end of its own; its committed rows are all ok, so without its start
+    on record `status` would call the job whole."""
+    import restore.pipeline
+
+    write_collection(tmp_path / "in", 3)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+    real_run_job = restore.pipeline.run_job
+
+    def fails_after_one_commit(context, plan, progress=None, lease=None):
+        real_run_job(context, type(plan)(**{**vars(plan), "tasks": plan.tasks[:1]}), progress, lease)
+        raise OSError("the machine's disk went away")
+
+    monkeypatch.setattr(restore.pipeline, "run_job", fails_after_one_commit)
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 2
+    capsys.readouterr()
+    assert restore_main(["status", str(spec_file)]) == 1
+    assert "set out to restore 3 frames and never finished" in capsys.readouterr().out
+    monkeypatch.setattr(restore.pipeline, "run_job", real_run_job)
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 0
+    assert restore_main(["status", str(spec_file)]) == 0
+
+
 def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, capsys):
     import json
 
