@@ -1041,6 +1041,7 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     writer = ManifestWriter(context.output_storage, spec.name, context.run_id, lease)
     pending: list[dict] = []
     done = failed = 0
+    parts = writer.parts_written
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
@@ -1049,11 +1050,14 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
                 done += 1
                 failed += row["status"] == "failed"
             if len(pending) >= spec.commit_every:
-                rows, pending = pending, []  # a stop while they are committed must not commit them twice
-                writer.commit(rows)
+                parts = writer.parts_written
+                writer.commit(pending)
+                pending = []
             if progress:
                 progress(done, result.planned, failed)  # counted once, when the result was made
     except BaseException as error:
+        if writer.parts_written > parts:  # stopped just after a commit, before its rows were let go
+            pending = []  # else a stop during a commit leaves them pending: committed below, once
         if not is_stop(error):
             _commit_before_failing(writer, pending)
             raise

@@ -599,6 +599,27 @@ def test_a_run_from_a_machine_whose_clock_is_behind_is_refused_before_it_writes(
     assert tree_digest(tmp_path / "out") == before
 
 
+def test_a_stop_while_a_part_is_committed_keeps_its_rows(tmp_path, ray_session, monkeypatch):
+    """Ctrl-C may land while a part is being written: its frames are done, and a rerun must not redo them."""
+    from restore.manifest import ManifestWriter
+    from restore.pipeline import RunInterrupted
+
+    write_collection(tmp_path / "in", 6)
+    real_commit, calls = ManifestWriter.commit, []
+
+    def stopped_in_the_second(writer, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # before the part was written
+        return real_commit(writer, rows)
+
+    monkeypatch.setattr(ManifestWriter, "commit", stopped_in_the_second)
+    with pytest.raises(RunInterrupted) as stopped:
+        run(job(tmp_path, batch_size=2, commit_every=2))
+    committed = read_manifests(open_storage(str(tmp_path / "out")), "t")
+    assert committed.num_rows == sum(stopped.value.result.counts.values()) >= 4
+
+
 def test_status_tells_a_run_that_never_finished_until_a_run_ends_well(tmp_path, ray_session, capsys, monkeypatch):
     """A run killed or failed (exit 2) writes no end of its own; its committed rows are all ok, so without its start
     on record `status` would call the job whole."""
