@@ -30,6 +30,7 @@ from .storage import Storage, StorageError
 
 LEASE_ROOT = MANIFEST_ROOT  # beside the job's manifests, which `verify --unknown` and listings of frames leave out
 DEFAULT_TTL_S = 120.0  # a crashed run blocks the job this long at most; renewed every third of it
+RETRY_S = 5.0  # after a renewal failed, the next try
 TOKEN_DIGITS = 12  # zero-padded, so keys sort in token order
 
 log = logging.getLogger(__name__)
@@ -183,19 +184,26 @@ class Lease:
         self.record, self._valid_until = record, started + self.ttl_s
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
+        wait = self.ttl_s / 3
+        while not self._stop.wait(wait):
             try:
                 self.renew()
+                wait = self.ttl_s / 3
             except LeaseLostError:
                 return
-            except StorageError:
-                continue  # maybe transient; check() refuses commits once our own expiry has passed
+            except StorageError:  # maybe a short outage: try again soon, not a third of the TTL later
+                wait = min(self.ttl_s / 3, RETRY_S)
 
     def check(self) -> None:
         """Raise LeaseLostError unless this run still holds the job: call it before every manifest commit."""
         if self._lost:
             raise LeaseLostError(self._lost)
         if time.monotonic() >= self._valid_until:
+            try:  # storage may be back before the heartbeat's next try: a lease no run took over is still ours
+                self.renew()
+                return
+            except StorageError:
+                pass
             self._lost = (f"job {self.record.job!r}: this run's lease (token {self.token}) expired at "
                           f"{self.record.expires_at:%Y-%m-%d %H:%M:%S} UTC without renewal (storage unreachable?)")
             raise LeaseLostError(self._lost)

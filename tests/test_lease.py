@@ -142,6 +142,18 @@ def test_partitioned_holder_stops_committing_and_loses_the_lease(storage):
     new.release()
 
 
+def test_a_holder_cut_off_past_its_ttl_keeps_the_lease_when_storage_returns_and_no_run_took_over(storage):
+    """An outage shorter than a night must not end a run that nothing else wanted to take over."""
+    cut = Partitioned(storage)
+    held = acquire(cut, JOB, ttl_s=1.0)
+    cut.down = True
+    time.sleep(1.2)
+    cut.down = False
+    held.check()  # renewed there and then
+    assert newest_lease(storage, JOB).token == held.token and not newest_lease(storage, JOB).released
+    held.release()
+
+
 def test_old_holder_cannot_commit_once_a_newer_token_exists(storage):
     """Fencing: even while its own clock says the lease is valid, a newer token ends the old holder's run."""
     old = acquire(storage, JOB, ttl_s=30, run_id="old-run")
