@@ -53,6 +53,7 @@ class Progress:
 
 
 def cmd_run(args) -> int:
+    from .manifest import WITHDRAWN
     from .pipeline import prepare, run, run_summary
     from .report import write_report
     from .spec import load_spec
@@ -66,6 +67,7 @@ def cmd_run(args) -> int:
         summary = {"job": spec.name, "in_progress": running, "listed": plan.listed, "already_done": plan.already_done,
                    "orphan_masks": plan.orphan_masks,
                    "to_process": plan.frames, "given_up": plan.given_up, "repairing": plan.repairing,
+                   "withdrawn": plan.withdrawn,
                    "bytes_to_read": plan.bytes_to_read,
                    "keys": list(dict.fromkeys(task["input_key"] for task in plan.tasks))}  # a video's chunks: once
         print(f"job {spec.name}: {plan.listed} frames listed, {plan.already_done} already done, "
@@ -74,7 +76,9 @@ def cmd_run(args) -> int:
               + (f"; {len(plan.given_up)} left failed after max_attempts (a run exits 1 for them)"
                  if plan.given_up else "")
               + (f"; {len(plan.orphan_masks)} files in mask folders left alone: masks whose frames are gone"
-                 if plan.orphan_masks else ""))
+                 if plan.orphan_masks else "")
+              + (f"; {len(plan.withdrawn)} frames not restored are gone from the input: their failures would be "
+                 "closed" if plan.withdrawn else ""))
         for key in summary["keys"][: args.show]:
             print(f"  {printable(key)}")
         for task in [task for task in plan.tasks if task.get("plan_error")][: args.show]:
@@ -93,6 +97,9 @@ def cmd_run(args) -> int:
     if args.repair:
         print(f"job {spec.name}: {len(plan.repairing)} frames whose outputs failed verification restored again")
     given_up = f" ({len(plan.given_up)} left failed after {spec.max_attempts} attempts)" if plan.given_up else ""
+    if plan.withdrawn:
+        print(f"job {spec.name}: {len(plan.withdrawn)} frames not restored are gone from the input: their failures "
+              f"are closed ({WITHDRAWN} in the manifest)")
     if not result.planned:
         print(f"job {spec.name}: nothing to do, {result.already_done} frames already restored{given_up}")
         if not plan.given_up:

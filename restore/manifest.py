@@ -23,6 +23,7 @@ from .storage import NoSuchObjectError, Storage, StorageError
 
 MANIFEST_ROOT = "_manifests"
 NOT_RESTORED = ("failed", "skipped")  # the statuses of a frame whose output is not (or no longer) what it should be
+WITHDRAWN = "withdrawn"  # the status that closes a frame not restored whose original has left the input
 SNAPSHOTS = "_snapshots"  # compacted snapshots: _manifests/<job>/_snapshots/<run_id>.parquet
 
 MANIFEST_SCHEMA = pa.schema([
@@ -55,6 +56,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("config_hash", pa.string()),
     ("software", pa.string()),  # `restore <version>` that wrote the row: outputs of one config differ across versions
     ("status", pa.string()),  # ok | failed | skipped (storage could not serve it: tried again every run)
+    #                           | withdrawn (not restored, and its original has left the input)
     ("error", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
@@ -266,6 +268,7 @@ class History:
     failures: dict[tuple[str, str], int]  # (input key, ETag) whose newest row failed → failed attempts so far
     mask_etags: dict[str, tuple[str | None, str | None]]  # input key → (mask_etag, protect_etag) of its newest row
     etags: dict[str, str]  # input key → the input ETag its newest row read
+    not_restored: set[str]  # input keys whose newest row of all (any config) is failed or skipped
 
 
 def history(table: pa.Table, config_hash: str) -> History:
@@ -281,6 +284,8 @@ def history(table: pa.Table, config_hash: str) -> History:
     counts = dict(zip(zip(attempts["input_key"].to_pylist(), attempts["input_etag"].to_pylist()),
                       attempts["status_count"].to_pylist()))
     done, failures, mask_etags, etags = set(), {}, {}, {}
+    broken = newest.filter(pc.is_in(newest["status"], value_set=pa.array(NOT_RESTORED)))
+    not_restored = set(broken["input_key"].to_pylist())
     for key, status, etag, config, mask_etag, protect_etag in zip(
             *(newest[column].to_pylist() for column in ("input_key", "status", "input_etag", "config_hash",
                                                         "mask_etag", "protect_etag"))):
@@ -291,7 +296,7 @@ def history(table: pa.Table, config_hash: str) -> History:
             done.add((key, etag))
         elif status == "failed":
             failures[(key, etag)] = counts.get((key, etag), 0)
-    return History(done=done, failures=failures, mask_etags=mask_etags, etags=etags)
+    return History(done=done, failures=failures, mask_etags=mask_etags, etags=etags, not_restored=not_restored)
 
 
 @dataclass

@@ -33,8 +33,8 @@ from . import __version__
 from .film import FilmFrame
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, FrameError, as_stored, check_encodable,
                      check_pixel_limit, decode_frame, decode_mask, encode_frame, encode_mask, extension_for)
-from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, ManifestWriter, compact, history,
-                       is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
+from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, ManifestWriter, compact,
+                       history, is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
 from .report import REPORT_ROOT
 from .restorers import RestorerError, build_restorer, check_weights
@@ -126,6 +126,7 @@ class Plan:
     given_up: list[str] = field(default_factory=list)  # frames that failed max_attempts times: not retried
     repairing: list[str] = field(default_factory=list)  # frames restored again because their outputs failed verify
     orphan_masks: list[str] = field(default_factory=list)  # files in mask folders whose frames are gone: not frames
+    withdrawn: list[str] = field(default_factory=list)  # frames not restored whose originals left the input
 
     @property
     def frames(self) -> int:
@@ -483,9 +484,11 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     given_up = sorted(key for key, etag in exhausted
                       if listed_etags.get(split_frame_key(key)[0]) == etag and masks_unchanged(key))
     repairing = sorted(redo.intersection(key for task in tasks for key in _frame_keys(task)))
+    # a corrupt scan deleted, or replaced under another name: its failure must not keep an alert on for good
+    withdrawn = sorted(key for key in past.not_restored if split_frame_key(key)[0] not in listed_etags)
     return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up),
                 bytes_to_read=sum({task["input_key"]: task["input_size"] for task in tasks}.values()),  # a video once
-                given_up=given_up, repairing=repairing, orphan_masks=orphan_masks)
+                given_up=given_up, repairing=repairing, orphan_masks=orphan_masks, withdrawn=withdrawn)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -1018,6 +1021,12 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
                        planned=plan.frames, already_done=plan.already_done)
     started = time.perf_counter()
     context.output_storage.remove_orphaned_temp_files()
+    writer = ManifestWriter(context.output_storage, spec.name, context.run_id, lease)
+    if plan.withdrawn:
+        now = datetime.now(timezone.utc)
+        writer.commit([{"job": spec.name, "run_id": context.run_id, "input_key": key, "status": WITHDRAWN,
+                        "error": "its original is no longer in the input", "config_hash": context.config_hash,
+                        "software": SOFTWARE, "finished_at": now} for key in plan.withdrawn])
     if not plan.tasks:
         return result
     start_ray()
@@ -1038,7 +1047,6 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
         .map_batches(write_outputs, fn_kwargs={"context": context}, batch_size=spec.batch_size,
                      batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
     )
-    writer = ManifestWriter(context.output_storage, spec.name, context.run_id, lease)
     pending: list[dict] = []
     done = failed = 0
     parts = writer.parts_written
@@ -1134,6 +1142,7 @@ def run_summary(context: JobContext, plan: Plan, result: RunResult, status: str 
     return {
         "job": context.spec.name, "run_id": result.run_id, "status": status,
         "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
+        "withdrawn": plan.withdrawn,
         "repairing": plan.repairing, "counts": result.counts, "seconds": round(result.seconds, 3),
         "frames_per_second": round(result.frames_per_second, 3), "input": context.spec.input,
         "output": context.spec.output, "restorer": context.spec.restorer.name,

@@ -162,6 +162,27 @@ def test_rerun_processes_only_new_changed_and_failed_frames(tmp_path, ray_sessio
     assert {row["restorer"] for row in rows} == {"telea"}
 
 
+def test_a_failed_frame_whose_original_is_deleted_is_closed_not_reported_for_ever(tmp_path, ray_session, capsys):
+    """Deleting a corrupt scan is how an archive deals with it: the alert must clear, and come back with the file."""
+    write_collection(tmp_path / "in", 2)
+    (tmp_path / "in" / "broken.png").write_bytes(b"garbage")
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 1
+    assert restore_main(["status", str(spec_file)]) == 1
+
+    (tmp_path / "in" / "broken.png").unlink()
+    capsys.readouterr()
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 0
+    assert "1 frames not restored are gone from the input" in capsys.readouterr().out
+    assert restore_main(["status", str(spec_file)]) == 0
+    assert "3 frames: 2 ok, 1 withdrawn" in capsys.readouterr().out
+    assert run(job(tmp_path)).planned == 0  # closed once
+
+    (tmp_path / "in" / "broken.png").write_bytes(png_bytes(scene(7)))  # a good copy is put back
+    assert run(job(tmp_path)).counts == {"ok": 1}
+
+
 def test_a_mask_added_edited_or_removed_later_restores_the_frame_again(tmp_path, ray_session):
     write_collection(tmp_path / "in", 2)
     masks = tmp_path / "in" / "reel" / "masks"
