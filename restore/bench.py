@@ -404,7 +404,7 @@ def train_speed(config_path: str, steps: int = 16) -> dict:
     import cv2
     import torch
 
-    from .train import PRECISIONS, _new_state, load_train_config, prepare_batch, train_step
+    from .train import PRECISIONS, new_state, load_train_config, prepare_batch, train_step
 
     if steps < 1:
         raise ValueError(f"--steps: time at least one step, got {steps}")
@@ -431,7 +431,7 @@ def train_speed(config_path: str, steps: int = 16) -> dict:
               "prepare_seconds_per_batch": prepare_seconds}
     for precision in PRECISIONS:
         config = replace(base, precision=precision, adv_start_step=0)
-        state = _new_state(config, rank=0, device=device, fresh=False)  # fresh weights: speed is all we need
+        state = new_state(config, rank=0, device=device, fresh=False)  # fresh weights: speed is all we need
         for batch in warm_ups:
             train_step(state, config, batch, device)
         state.step = 0  # the timed steps count from 0, so both precisions run R1 on the same ones

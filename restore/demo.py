@@ -40,8 +40,8 @@ def clean_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 def make_demo_frames(spec: JobSpec, count: int = 12, seed: int = 0, height: int = 384, width: int = 512) -> int:
     """Write `count` damaged frames and their masks where the spec reads them; returns how many were written."""
-    # Imported here so that clean_scene, which `restore bench --scaling` draws its frames with, needs no storage
-    # client: that benchmark then runs where torch and OpenCV alone are installed.
+    # Imported here, as the pipeline (and with it Ray and pyarrow) is not needed by clean_scene, which
+    # `restore bench --scaling` draws its frames with.
     from .frames import CONTENT_TYPES
     from .pipeline import mask_key_for, put_or_adopt
     from .storage import open_storage

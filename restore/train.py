@@ -294,7 +294,7 @@ class State:
     started_from: dict | None = None  # the info of the init_weights file this run began from (its lineage)
 
 
-def _new_state(config: TrainConfig, rank: int, device: torch.device, fresh: bool = True) -> State:
+def new_state(config: TrainConfig, rank: int, device: torch.device, fresh: bool = True) -> State:
     """A run's state; `fresh` starts the generator from `init_weights`, which a resumed run (`fresh=False`, its
     weights and lineage coming from the checkpoint) no longer needs."""
     torch.manual_seed(config.seed)  # same initial weights on every worker
@@ -505,7 +505,7 @@ def _run(config: TrainConfig, resume: bool, rank: int = 0, world_size: int = 1) 
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log.jsonl"
     resuming = resume and checkpoint_path(out_dir).exists()
-    state = _new_state(config, rank, device, fresh=not resuming)
+    state = new_state(config, rank, device, fresh=not resuming)
     if resuming:
         _load_checkpoint(state, config, checkpoint_path(out_dir), device, rank)
     lead = rank == 0

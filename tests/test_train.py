@@ -16,7 +16,7 @@ from restore.models.generator import GeneratorConfig
 from restore.models.losses import LossConfig, hole_l1
 from restore.models.weights import load_generator
 from restore.evaluate import PSNR_CAP
-from restore.train import (TrainConfig, _load_checkpoint, _new_state, checkpoint_path, export_generator,
+from restore.train import (TrainConfig, _load_checkpoint, new_state, checkpoint_path, export_generator,
                            generator_input, load_train_config, prepare_batch, sample_batch, save_checkpoint,
                            prefilled, score_fills, train,
                            train_step, training_batches, validation_set)
@@ -128,7 +128,7 @@ def test_batches_are_crops_with_masks(tiny_data, tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_few_steps_lower_the_reconstruction_loss(tiny_data, tmp_path, precision):
     config = tiny_config(tiny_data, tmp_path, loss=LossConfig(adversarial="none"), precision=precision)
-    state = _new_state(config, 0, torch.device("cpu"))
+    state = new_state(config, 0, torch.device("cpu"))
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
     real, mask = sample_batch(np.random.default_rng(123), images, dataclasses.replace(config, batch_size=16), 32)
     real = real.float() / 255
@@ -147,7 +147,7 @@ def test_bf16_runs_the_forward_passes_in_bf16_and_r1_in_fp32(tiny_data, tmp_path
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
     for precision, forward in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         config = tiny_config(tiny_data, tmp_path, precision=precision, adv_start_step=0, loss=LossConfig(r1_every=1))
-        state = _new_state(config, 0, torch.device("cpu"))
+        state = new_state(config, 0, torch.device("cpu"))
         seen = set()
         state.generator.stem.register_forward_hook(lambda module, inputs, out: seen.add(("generator", out.dtype)))
         state.discriminator.register_forward_hook(lambda module, inputs, out: seen.add(("discriminator", out[0].dtype)))
@@ -204,8 +204,8 @@ def test_rescaled_crops_cover_more_of_the_image(tiny_data, tmp_path):
 def test_loader_workers_each_draw_their_own_batches(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path, generator=GeneratorConfig(width=8, n_down=2, n_blocks=1, prefill="telea"))
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
-    in_loop, _, _ = prepare_batch(_new_state(config, 0, torch.device("cpu")).rng, images, config)
-    state = _new_state(config, 0, torch.device("cpu"))
+    in_loop, _, _ = prepare_batch(new_state(config, 0, torch.device("cpu")).rng, images, config)
+    state = new_state(config, 0, torch.device("cpu"))
     seed = int(copy.deepcopy(state.rng).integers(2 ** 63))  # what training_batches draws for its loaders
     batches = training_batches(state, dataclasses.replace(config, loader_workers=2), images, torch.device("cpu"))
     (real_a, mask_a, seen_a), (real_b, mask_b, _) = next(batches), next(batches)  # one from each worker
@@ -284,10 +284,10 @@ def test_export_and_restart_from_shipped_weights(tiny_data, tmp_path):
     ema = torch.load(checkpoint_path(out), weights_only=True)["ema"]
     assert all(torch.equal(generator.state_dict()[k], v) for k, v in ema.items())
     config = tiny_config(tiny_data, tmp_path / "fresh", init_weights=str(tmp_path / "generator.pt"))
-    state = _new_state(config, 0, torch.device("cpu"))
+    state = new_state(config, 0, torch.device("cpu"))
     assert all(torch.equal(state.generator.state_dict()[k], v) for k, v in ema.items())
     with pytest.raises(ValueError, match="init_weights"):
-        _new_state(dataclasses.replace(config, generator=GeneratorConfig(width=4, n_down=2, n_blocks=1)), 0, "cpu")
+        new_state(dataclasses.replace(config, generator=GeneratorConfig(width=4, n_down=2, n_blocks=1)), 0, "cpu")
 
 
 def test_weights_say_which_weights_they_were_trained_from_and_a_resume_no_longer_needs_those(tiny_data, tmp_path):
@@ -339,14 +339,14 @@ def test_ray_train_two_workers_stay_identical(tiny_data, tmp_path, ray_session, 
 def test_after_a_resume_each_worker_draws_its_own_batches_and_the_lead_continues_its_stream(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path)
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(tiny_data).glob("*.png"))]
-    lead = _new_state(config, 0, torch.device("cpu"))
+    lead = new_state(config, 0, torch.device("cpu"))
     prepare_batch(lead.rng, images, config)
     lead.step = 1
     save_checkpoint(lead, config)
     expected = prepare_batch(copy.deepcopy(lead.rng), images, config)[0]  # what an unbroken lead draws next
     drawn = []
     for rank in (0, 1):
-        resumed = _new_state(config, rank, torch.device("cpu"), fresh=False)
+        resumed = new_state(config, rank, torch.device("cpu"), fresh=False)
         _load_checkpoint(resumed, config, checkpoint_path(tmp_path), torch.device("cpu"), rank)
         drawn.append(prepare_batch(resumed.rng, images, config)[0])
     assert torch.equal(drawn[0], expected)

@@ -2,7 +2,8 @@
 
 Every detector is called as `detector(pixels, neighbours=None, n_previous=None)` with `pixels` (H, W) or (H, W, C)
 uint8/uint16 and returns a bool mask (H, W), True = damage. Temporal detectors also take the frame's neighbours
-in its sequence (same shape; `n_previous` of them come before it, the rest after). An infrared detector is called
+in its sequence (same shape; `n_previous` of them come before it, the rest after); jobs call their `detect` with
+the motion-compensated neighbours, estimated once for detection and temporal fill. An infrared detector is called
 with a scan's infrared plane (H, W) instead of its colour pixels. `build_detector(name)` is the one way to get a
 detector by name; an unknown name or setting fails loudly.
 """

@@ -19,7 +19,7 @@ _BINS = 16  # brightness bins of the noise estimate
 EXACT_DISC_UP_TO = 25  # speck elements up to this width are discs; wider ones, on large scans, regular octagons
 
 
-def _odd(x: float) -> int:
+def odd_size(x: float) -> int:
     return max(3, int(round(x)) // 2 * 2 + 1)
 
 
@@ -71,7 +71,7 @@ def _local_level(z: np.ndarray, window: int) -> np.ndarray:
     return np.maximum(cv2.medianBlur(quantised, window).astype(np.float32) / 8, 1.0)
 
 
-def _hysteresis(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
+def hysteresis(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
     """Pixels of `weak` connected (8-neighbourhood) to at least one pixel of `strong`."""
     count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
     keep = np.zeros(count, bool)
@@ -106,21 +106,21 @@ class ClassicalDetector(Detector):
         image = luma(pixels)
         height, width = image.shape
         side = float(np.sqrt(height * width))
-        size = _odd(self.size or max(7.0, 0.015 * side))
-        length = _odd(self.scratch_length or max(21.0, 0.08 * side))
+        size = odd_size(self.size or max(7.0, 0.015 * side))
+        length = odd_size(self.scratch_length or max(21.0, 0.08 * side))
         # 1. a lightly smoothed view (single grains count less, specks survive), noise per brightness for units
         smooth = cv2.GaussianBlur(image, (0, 0), 0.7)
         sigma = noise_by_brightness(image, size)
         # 2. specks, hairs and tears: bright and dark top-hats
-        window = _odd(3 * size)
+        window = odd_size(3 * size)
         mask = np.zeros((height, width), bool)
         for top_hat in (smooth - round_opening_or_closing(smooth, cv2.MORPH_OPEN, size),
                         round_opening_or_closing(smooth, cv2.MORPH_CLOSE, size) - smooth):
             response = top_hat / sigma
             level = _local_level(response, window)
-            mask |= _hysteresis(response > self.threshold * level, response > self.grow * level)
+            mask |= hysteresis(response > self.threshold * level, response > self.grow * level)
         # 3. near-vertical scratches: horizontal top-hat, averaged down the column
-        row = cv2.getStructuringElement(cv2.MORPH_RECT, (_odd(size / 2), 1))
+        row = cv2.getStructuringElement(cv2.MORPH_RECT, (odd_size(size / 2), 1))
         column = (1, length)
         for top_hat in (smooth - cv2.morphologyEx(smooth, cv2.MORPH_OPEN, row),
                         cv2.morphologyEx(smooth, cv2.MORPH_CLOSE, row) - smooth):

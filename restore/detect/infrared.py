@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from . import Detector, to_float
-from .classical import _hysteresis, _odd
+from .classical import hysteresis, odd_size
 
 
 class InfraredDetector(Detector):
@@ -33,7 +33,7 @@ class InfraredDetector(Detector):
     def __call__(self, pixels, neighbours=None, n_previous=None) -> np.ndarray:
         plane = to_float(pixels)[..., 0]
         height, width = plane.shape
-        window = _odd(self.window or max(31.0, 0.05 * np.sqrt(height * width)))
+        window = odd_size(self.window or max(31.0, 0.05 * np.sqrt(height * width)))
         # cv2's large medians need uint8: the clean plane's range in 255 steps (the darkest specks clip at 0)
         low, high = (float(v) for v in np.percentile(plane, (0.5, 99.5)))
         step = max(high - low, 1e-6) / 255
@@ -41,4 +41,4 @@ class InfraredDetector(Detector):
         level = low + cv2.medianBlur(quantised, window).astype(np.float32) * step
         below = level - plane
         sigma = max(1.4826 * float(np.median(np.abs(below - np.median(below)))), 1.0 / 4096)
-        return _hysteresis(below > self.threshold * sigma, below > self.grow * sigma)
+        return hysteresis(below > self.threshold * sigma, below > self.grow * sigma)
