@@ -287,7 +287,14 @@ class GanRestorer(Restorer):
             small = cv2.resize(np.ascontiguousarray(crop), half, interpolation=cv2.INTER_AREA)
             small = small.reshape(half[1], half[0], -1)  # OpenCV drops a single channel's axis
             small_hole = cv2.resize(hole.astype(np.float32), half, interpolation=cv2.INTER_AREA) > 0  # any hole
-            fill = self._fill_crops([small], [small_hole])[0]
+            # the generator runs at half size only around the holes deep enough to take its fill there: a scan's
+            # scratches and dust beside a blotch are left to this level
+            count, labels = cv2.connectedComponents(small_hole.astype(np.uint8), connectivity=8)
+            small_depth = cv2.distanceTransform(small_hole.astype(np.uint8), cv2.DIST_L2, 5)
+            deepest = np.zeros(count, np.float32)
+            np.maximum.at(deepest, labels.ravel(), small_depth.ravel())
+            deep = (deepest > DEEPEST_FILL / 4)[labels] & small_hole  # over DEEPEST_FILL / 2 here
+            fill = self._fill_crops([small], [small_hole], [hole_boxes(torch.from_numpy(deep), **self._tiling())])[0]
             fill = F.interpolate(fill[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
             weight = np.clip(depth / (DEEPEST_FILL / 2) - 1, 0, 1)  # 0 up to DEEPEST_FILL / 2 deep, 1 from it
             coarse[i] = fill.cpu(), torch.from_numpy(weight)

@@ -427,6 +427,16 @@ def _tile_whole_frame(g, image, mask, tile, overlap):
     return composite(total / weight, image, mask[None])
 
 
+def test_holes_outside_the_boxes_a_caller_gives_keep_the_input():
+    """A caller may fill only some holes (the restorer's coarser levels fill only the deep ones)."""
+    image = torch.rand(3, 96, 128)
+    mask = torch.zeros(96, 128, dtype=torch.bool)
+    mask[10:20, 10:20] = mask[70:80, 100:110] = True
+    out = inpaint_tiled_batch(tiny_generator(), [image], [mask], tile=64, overlap=16, boxes=[[(0, 0, 48, 48)]])[0]
+    assert not torch.equal(out[:, 10:20, 10:20], image[:, 10:20, 10:20])  # in the box: filled
+    assert torch.equal(out[:, 70:80, 100:110], image[:, 70:80, 100:110])  # no box: as it was, not black
+
+
 def test_grid_runs_scattered_damage_in_fewer_calls_and_fills_as_if_the_whole_frame_were_tiled():
     """What a GPU needs: every call a full batch of one tile size, and fewer calls than fitted boxes take; each
     hole pixel blended from every grid tile that holds it."""

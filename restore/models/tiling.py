@@ -170,7 +170,8 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
                         ) -> list[torch.Tensor]:
     """Inpaint several frames, pooling the boxes around their holes (or with `grid`, the grid tiles that hold
     them, which need no `context`: a tile's overlap with its neighbours is its context) into batches of `batch_size`.
-    `boxes`: each frame's boxes, when the caller has found them already (`hole_boxes`).
+    `boxes`: each frame's boxes, when the caller has found them already (`hole_boxes`), or wants only some holes
+    filled (the others keep the input).
 
     images: float (3, H, W) in [0, 1], sizes may differ; masks: bool (H, W), True = hole. Returns composited
     (3, H, W) tensors on the images' devices. Frames with an empty mask are returned unchanged without touching
@@ -212,6 +213,7 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
         if not mask.any():
             out.append(image.clone())
             continue
-        pred = (total / weight.clamp(min=1e-12)).to(image.device)  # (3, H, W); every hole pixel has weight > 0
-        out.append(composite(pred, image, mask[None]))
+        pred = (total / weight.clamp(min=1e-12)).to(image.device)  # (3, H, W)
+        # holes no box covers (a caller's `boxes` may leave some out) keep the input there
+        out.append(composite(pred, image, mask[None] & (weight > 0).to(image.device)))
     return out
