@@ -1049,7 +1049,7 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     )
     pending: list[dict] = []
     done = failed = 0
-    parts = writer.parts_written
+    committing = None  # the rows of the part being committed, until the commit returns
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
@@ -1058,14 +1058,14 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
                 done += 1
                 failed += row["status"] == "failed"
             if len(pending) >= spec.commit_every:
-                parts = writer.parts_written
-                writer.commit(pending)
-                pending = []
+                committing, parts = pending, writer.parts_written
+                writer.commit(committing)
+                pending, committing = [], None
             if progress:
                 progress(done, result.planned, failed)  # counted once, when the result was made
     except BaseException as error:
-        if writer.parts_written > parts:  # stopped just after a commit, before its rows were let go
-            pending = []  # else a stop during a commit leaves them pending: committed below, once
+        if committing is not None and writer.parts_written > parts:  # stopped as its commit returned
+            pending = []  # else a stop during a commit leaves its rows pending: committed below, once
         if not is_stop(error):
             _commit_before_failing(writer, pending)
             raise

@@ -640,6 +640,19 @@ def test_a_stop_while_a_part_is_committed_keeps_its_rows(tmp_path, ray_session, 
     committed = read_manifests(open_storage(str(tmp_path / "out")), "t")
     assert committed.num_rows == sum(stopped.value.result.counts.values()) >= 4
 
+    monkeypatch.setattr(ManifestWriter, "commit", real_commit)  # and a stop between commits, after the first
+
+    def stop_at_the_sixth(done, planned, failed):
+        if done >= 6:
+            raise KeyboardInterrupt
+
+    write_collection(tmp_path / "in2", 8)
+    context, plan = prepare(parse_spec(job(tmp_path, input=str(tmp_path / "in2"), output=str(tmp_path / "out2"),
+                                           batch_size=2, commit_every=4)))
+    with pytest.raises(RunInterrupted):
+        run_job(context, plan, progress=stop_at_the_sixth)
+    assert read_manifests(open_storage(str(tmp_path / "out2")), "t").num_rows == 6
+
 
 def test_status_tells_a_run_that_never_finished_until_a_run_ends_well(tmp_path, ray_session, capsys, monkeypatch):
     """A run killed or failed (exit 2) writes no end of its own; its committed rows are all ok, so without its start
