@@ -102,7 +102,7 @@ def cmd_run(args) -> int:
               f"are closed ({WITHDRAWN} in the manifest)")
     if not result.planned:
         print(f"job {spec.name}: nothing to do, {result.already_done} frames already restored{given_up}")
-        if not plan.given_up:
+        if not plan.given_up and not plan.withdrawn:
             summary["manifest"] = None  # no run folder was written
     else:
         waiting = f", {counts['skipped']} skipped: storage could not serve them (tried again every run)" \

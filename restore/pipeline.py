@@ -1123,7 +1123,7 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
             raise
         # frames left failed keep a scheduler's alert on, with the reason; and a run with nothing left to do after
         # a stopped one says the job is whole again
-        if result.planned or plan.given_up or _last_run_was_stopped(context):
+        if result.planned or plan.given_up or plan.withdrawn or _last_run_was_stopped(context):
             write_run_summary(context, plan, result)
     return context, plan, result
 

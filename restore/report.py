@@ -292,7 +292,8 @@ def run_stats(table: pa.Table) -> list[dict]:
         run["frames"] += 1
         run["status"][status] += 1
         run["finished"] = max(run["finished"], finished)
-        run["restorers"].add(restorer)
+        if restorer is not None:  # a withdrawn row restored nothing
+            run["restorers"].add(restorer)
         run["configs"].add(config)
     for run in runs.values():
         run["started"] = datetime.strptime(run["run_id"][:15], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
