@@ -440,7 +440,8 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     pending = {info.key for info in stills if not skip(info.key, info.etag)}
     if spec.uses_neighbours:  # what a frame became depends on its neighbours: one new or rescanned redoes them too
         rescanned = {info.key for info in stills if info.key in pending and past.etags.get(info.key) != info.etag}
-        pending |= {info.key for info in stills if rescanned.intersection(neighbours[info.key])}
+        pending |= {info.key for info in stills if rescanned.intersection(neighbours[info.key])
+                    and (info.key, info.etag) not in exhausted}  # one given up stays given up
     todo = [info for info in stills if info.key in pending]
     tasks = [{
         "input_key": info.key,

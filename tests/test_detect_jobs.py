@@ -39,10 +39,10 @@ def write(root, frames):
         (root / "reel" / f"f{index:03d}.png").write_bytes(png(frame))
 
 
-def job(tmp_path, **masks):
+def job(tmp_path, max_attempts=3, **masks):
     return parse_spec({"name": "detect", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
                        "masks": {"source": "detect", "detector": "temporal", **masks}, "sequence": {"window": 1},
-                       "restorer": {"name": "telea"}, "batch_size": 2})
+                       "restorer": {"name": "telea"}, "batch_size": 2, "max_attempts": max_attempts})
 
 
 def rows(tmp_path):
@@ -120,6 +120,12 @@ def test_a_rescanned_frame_redoes_its_neighbours_so_the_outputs_are_what_a_fresh
     assert sorted(task["input_key"] for task in prepare(job(tmp_path))[1].tasks) == ["reel/f003.png", "reel/f004.png"]
     run_job(*prepare(job(tmp_path)))
     assert [task["input_key"] for task in prepare(job(tmp_path))[1].tasks] == ["reel/f004.png"]  # a retry alone
+
+    given_up = job(tmp_path, max_attempts=1)  # f004 has failed: given up, and not redone for a neighbour
+    (tmp_path / "in" / "reel" / "f003.png").write_bytes(png(sequence(blotch_on=3)[3]))
+    plan = prepare(given_up)[1]
+    assert sorted(task["input_key"] for task in plan.tasks) == ["reel/f002.png", "reel/f003.png"]
+    assert plan.given_up == ["reel/f004.png"]
 
 
 def rgbi_scan(seed: int, height=64, width=80) -> tuple[bytes, np.ndarray, np.ndarray]:
