@@ -198,12 +198,7 @@ class Lease:
         """Raise LeaseLostError unless this run still holds the job: call it before every manifest commit."""
         if self._lost:
             raise LeaseLostError(self._lost)
-        if time.monotonic() >= self._valid_until:
-            try:  # storage may be back before the heartbeat's next try: a lease no run took over is still ours
-                self.renew()
-                return
-            except StorageError:
-                pass
+        if time.monotonic() >= self._valid_until:  # another run may take it over from now: never commit again
             self._lost = (f"job {self.record.job!r}: this run's lease (token {self.token}) expired at "
                           f"{self.record.expires_at:%Y-%m-%d %H:%M:%S} UTC without renewal (storage unreachable?)")
             raise LeaseLostError(self._lost)

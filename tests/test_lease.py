@@ -142,15 +142,20 @@ def test_partitioned_holder_stops_committing_and_loses_the_lease(storage):
     new.release()
 
 
-def test_a_holder_cut_off_past_its_ttl_keeps_the_lease_when_storage_returns_and_no_run_took_over(storage):
-    """An outage shorter than a night must not end a run that nothing else wanted to take over."""
+def test_a_failed_renewal_is_tried_again_within_seconds_not_a_third_of_the_ttl_later(storage, monkeypatch):
+    """An outage shorter than the lease must not end a run: once storage is back, the lease is renewed at once."""
+    import restore.lease
+
+    monkeypatch.setattr(restore.lease, "RETRY_S", 0.1)
     cut = Partitioned(storage)
-    held = acquire(cut, JOB, ttl_s=1.0)
+    held = acquire(cut, JOB, ttl_s=6.0)  # renewed every 2 s
+    first_expiry = newest_lease(storage, JOB).expires_at
     cut.down = True
-    time.sleep(1.2)
+    time.sleep(2.5)  # the renewal at 2 s failed
     cut.down = False
-    held.check()  # renewed there and then
-    assert newest_lease(storage, JOB).token == held.token and not newest_lease(storage, JOB).released
+    time.sleep(1.0)  # retried since; the next regular renewal would come at 4 s
+    assert newest_lease(storage, JOB).expires_at > first_expiry
+    held.check()
     held.release()
 
 
