@@ -273,8 +273,11 @@ def check_no_other_job_runs_there(output_storage: Storage, job: str) -> None:
     lease, and the two would write over each other's outputs. Two that start together both stop here."""
     from .lease import run_in_progress
 
-    leases = output_storage.list(("*.json",), prefix=f"{MANIFEST_ROOT}/")
-    for other in sorted({info.key.split("/")[1] for info in leases if info.key.split("/")[2:3] == ["_lease"]} - {job}):
+    keys = [info.key.split("/") for info in output_storage.list(prefix=f"{MANIFEST_ROOT}/")]
+    leased = {parts[1] for parts in keys if parts[2:3] == ["_lease"]}
+    recorded = {parts[1] for parts in keys if len(parts) > 2 and parts[-1].endswith(".parquet")}
+    sharing = recorded if job in recorded else set()  # jobs that shared the output before the one-job rule
+    for other in sorted(leased - {job} - sharing):
         holder = run_in_progress(output_storage, other)
         if holder:
             raise JobError(f"output: job {other!r} is running in {output_storage.uri} ({holder}), and each job needs "

@@ -604,6 +604,11 @@ def test_a_job_is_refused_an_output_where_another_job_runs_before_its_first_comm
     assert not list((tmp_path / "out").glob("reel/*"))  # reel-2 wrote nothing
     assert run_with_lease(parse_spec(job(tmp_path, name="reel-2")))[2].counts == {"ok": 2}  # reel-1 never committed
 
+    [part] = (tmp_path / "out" / "_manifests" / "reel-2").glob("*/part-*.parquet")
+    output.put("_manifests/reel-1/r/part-00000.parquet", part.read_bytes())  # they shared it before this rule
+    with acquire(output, "reel-1"):
+        assert run_with_lease(parse_spec(job(tmp_path, name="reel-2")))[2].planned == 0  # and still may
+
 
 def test_a_run_from_a_machine_whose_clock_is_behind_is_refused_before_it_writes(tmp_path, ray_session, monkeypatch):
     """Rows are ordered by run id, a start time: a run a day behind would be taken for older than the last one, its
