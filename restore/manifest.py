@@ -269,6 +269,7 @@ class History:
     mask_etags: dict[str, tuple[str | None, str | None]]  # input key → (mask_etag, protect_etag) of its newest row
     etags: dict[str, str]  # input key → the input ETag its newest row read
     not_restored: set[str]  # input keys whose newest row of all (any config) is failed or skipped
+    audited: set[str]  # input keys whose newest ok row names an audit mask
 
 
 def history(table: pa.Table, config_hash: str) -> History:
@@ -286,6 +287,10 @@ def history(table: pa.Table, config_hash: str) -> History:
     done, failures, mask_etags, etags = set(), {}, {}, {}
     broken = newest.filter(pc.is_in(newest["status"], value_set=pa.array(NOT_RESTORED)))
     not_restored = set(broken["input_key"].to_pylist())
+    ok = rows.filter(pc.equal(rows["status"], "ok")).select(["input_key", "mask_key"])  # still in order
+    ok = ok.take(ok.append_column("_row", pa.array(range(ok.num_rows), pa.int64()))
+                 .group_by("input_key", use_threads=False).aggregate([("_row", "max")])["_row_max"])
+    audited = set(ok.filter(pc.is_valid(ok["mask_key"]))["input_key"].to_pylist())
     for key, status, etag, config, mask_etag, protect_etag in zip(
             *(newest[column].to_pylist() for column in ("input_key", "status", "input_etag", "config_hash",
                                                         "mask_etag", "protect_etag"))):
@@ -296,7 +301,8 @@ def history(table: pa.Table, config_hash: str) -> History:
             done.add((key, etag))
         elif status == "failed":
             failures[(key, etag)] = counts.get((key, etag), 0)
-    return History(done=done, failures=failures, mask_etags=mask_etags, etags=etags, not_restored=not_restored)
+    return History(done=done, failures=failures, mask_etags=mask_etags, etags=etags, not_restored=not_restored,
+                   audited=audited)
 
 
 @dataclass

@@ -61,9 +61,9 @@ TASK_SCHEMA = pa.schema([
     ("frame_indices", pa.list_(pa.int32())),  # videos: the frames this task decodes; null for a still image
     ("neighbour_keys", pa.list_(pa.string())),
     ("plan_error", pa.string()),  # a frame planning already knows must fail, with the reason
-    # a row on record named an audit mask for this frame (a video: for one of its frames), so a fill that now
-    # changes nothing must remove it: `_masks/` shows what the outputs changed, not what an earlier run did
-    ("masked_on_record", pa.bool_()),
+    # the task's frames whose newest ok row names an audit mask: a fill that now changes nothing removes it, as
+    # `_masks/` shows what the outputs changed, not what an earlier run did
+    ("audited_frames", pa.list_(pa.string())),
 ])
 
 FRAME_FIELDS = [
@@ -295,7 +295,7 @@ def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
 
 
 def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, str], bool], table: pa.Table,
-                 window: int, masked_on_record: set[str]) -> tuple[list[dict], int, int]:
+                 window: int, audited: set[str]) -> tuple[list[dict], int, int]:
     """Chunk tasks for the frames of a video not yet done; returns (tasks, frames in the video, frames done)."""
     from .video import probe_video
 
@@ -306,7 +306,7 @@ def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, 
     if counts and all(skip(video_frame_key(info.key, i), info.etag) for i in range(counts[-1])):
         return [], counts[-1], counts[-1]  # known complete: no need to read the video again
     base = {"input_key": info.key, "input_size": info.size, "input_etag": info.etag,
-            "input_version_id": info.version_id, "neighbour_keys": [], "masked_on_record": info.key in masked_on_record}
+            "input_version_id": info.version_id, "neighbour_keys": []}
     try:
         count = probe_video(input_storage.get(info.key)).frames
     except Exception:  # noqa: BLE001 - the load stage reads it again and fails it with the reason
@@ -317,7 +317,9 @@ def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, 
         chunk = wanted[start:start + VIDEO_CHUNK]
         neighbours = sorted({j for i in chunk for j in range(i - window, i + window + 1) if 0 <= j < count} - set(chunk))
         tasks.append({**base, "frame_indices": chunk,
-                      "neighbour_keys": [video_frame_key(info.key, j) for j in neighbours]})
+                      "neighbour_keys": [video_frame_key(info.key, j) for j in neighbours],
+                      "audited_frames": [video_frame_key(info.key, i) for i in chunk
+                                         if video_frame_key(info.key, i) in audited]})
     return tasks, count, count - len(wanted)
 
 
@@ -435,8 +437,6 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     def skip(key: str, etag: str) -> bool:
         return (key, etag) in done and masks_unchanged(key) and key not in redo
 
-    audited = pc.unique(table.filter(pc.is_valid(table["mask_key"]))["input_key"]).to_pylist()
-    masked_on_record = {split_frame_key(key)[0] for key in audited}  # a video frame's: its video's
 
     stills = [info for info in listed if not is_video(info.key)]
     neighbours = neighbour_keys([info.key for info in stills], spec.sequence.window)
@@ -453,7 +453,7 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
         "input_version_id": info.version_id,
         "frame_indices": None,
         "neighbour_keys": neighbours[info.key],
-        "masked_on_record": info.key in masked_on_record,
+        "audited_frames": [info.key] if info.key in past.audited else [],
     } for info in todo]
     refused = [task for task in _refuse_shared_outputs(tasks, stills, spec.output_format)
                if (task["input_key"], task["input_etag"]) not in exhausted]  # given up: already failed on record
@@ -462,7 +462,7 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     for info in listed:
         if is_video(info.key):
             video_tasks, count, count_done = _video_tasks(info, input_storage, skip, table, spec.sequence.window,
-                                                          masked_on_record)
+                                                          past.audited)
             tasks += video_tasks
             frames, frames_done = frames + count, frames_done + count_done
     if spec.output_format in ("dpx", "exr"):  # film formats are written back into their own format only: say so
@@ -912,7 +912,7 @@ def _write_one(context: JobContext, row: dict) -> dict:
         encoded = encode_mask(mask)
         result.update(mask_key=mask_key, mask_sha256=hashlib.sha256(encoded).hexdigest())
         put_or_adopt(context.output_storage, mask_key, encoded, CONTENT_TYPES["png"])
-    elif row["masked_on_record"]:  # an earlier run's audit mask would say this output was repainted
+    elif row["input_key"] in (row["audited_frames"] or ()):  # the earlier audit mask would say it was repainted
         context.output_storage.delete(mask_key)
     return result
 

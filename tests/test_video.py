@@ -139,6 +139,12 @@ def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_
         shown = VideoFrame(0, None, np.asarray(thumb.convert("RGB").resize((WIDTH, HEIGHT))))
         assert shown_index(shown) == int(row["input_key"].rsplit("#", 1)[1])
 
+    audit = tmp_path / "out" / "_masks" / "clip.mkv#000005.png"
+    assert audit.is_file()
+    (tmp_path / "in" / "masks" / "clip" / "000005.png").unlink()  # the frame needs nothing after all
+    assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 1}
+    assert not audit.exists()
+
 
 def test_a_broken_video_becomes_one_failed_row_with_the_reason_until_a_good_copy_replaces_it(tmp_path, ray_session):
     from restore.manifest import read_manifests, summarize
