@@ -472,6 +472,7 @@ def planning(frames: int = 100_000, masked_every: int = 10, part_rows: int = 10_
         writer = ManifestWriter(context.output_storage, spec.name, context.run_id)
         for start in range(0, len(rows), part_rows):
             writer.commit(rows[start:start + part_rows])
+        context = open_job(spec)  # the next night's run
         started = time.perf_counter()
         plan = plan_job(context)
         seconds = time.perf_counter() - started

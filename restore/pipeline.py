@@ -417,8 +417,8 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     newest_run = pc.max(table["run_id"]).as_py()
     if newest_run is not None and newest_run >= context.run_id:  # rows are ordered by run id, which is a start time
         raise JobError(f"this run's id {context.run_id} does not sort after run {newest_run} of job {spec.name!r}: "
-                       "this machine's clock is behind the one that started that run; set it right (NTP) and run "
-                       "again, or this run's rows would be taken for older than that run's")
+                       "this machine's clock is behind the clock of the one that started that run (or that one's was "
+                       "ahead); set them right (NTP) and run again, or this run's rows would be taken for older")
     past = history(table, context.config_hash)
     exhausted = {frame for frame, attempts in past.failures.items() if 0 < spec.max_attempts <= attempts}
     done = past.done | exhausted  # a frame that failed too often is left alone until it changes (a new ETag)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests, split_frame_key
 from .frames import PROVENANCE_KEY, TIFF_MAGICS
 from .report import REPORT_KEY, REPORT_ROOT
-from .storage import Storage, StorageError, open_storage
+from .storage import NoSuchObjectError, Storage, StorageError, open_storage
 
 # Objects the tools themselves keep under an output besides frames and masks: manifests and leases, and the
 # HTML report with its pictures. They are never "unknown".
@@ -33,7 +33,7 @@ FRAME_PROBLEMS = ("missing_output", "checksum", "provenance", "missing_mask", "m
 class Problem:
     key: str  # the input key of the frame, or the object's key for an unknown object
     kind: str  # missing_output | checksum | provenance | missing_mask | mask_checksum | unknown_object | superseded
-    #            | original_changed | missing_original | no_manifest
+    #            | original_changed | missing_original | unreadable_original | no_manifest
     detail: str
 
     def as_dict(self) -> dict:
@@ -97,8 +97,10 @@ def changed_originals(storage: Storage, rows: list[dict], threads: int) -> list[
         key, sha256 = item
         try:
             digest = hashlib.sha256(storage.get(key)).hexdigest()
-        except StorageError as error:
+        except NoSuchObjectError as error:
             return Problem(key, "missing_original", f"original {key!r}: {error}")
+        except StorageError as error:  # in Glacier, throttled, denied: there, but not readable now
+            return Problem(key, "unreadable_original", f"original {key!r}: {error}")
         if digest != sha256:
             return Problem(key, "original_changed", f"original {key!r} has sha256 {digest}; its output was made "
                                                     f"from {sha256}")
