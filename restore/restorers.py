@@ -277,7 +277,7 @@ class GanRestorer(Restorer):
 
         from .models.tiling import hole_boxes, inpaint_tiled_batch
 
-        coarse = {}  # crop index -> ((3, h, w) coarser fill, (h, w) weight it takes)
+        deep, smalls, small_holes, small_boxes = {}, [], [], []  # the crops with holes too deep, at half size
         for i, (crop, hole) in enumerate(zip(crops, holes)):
             depth = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 5)
             height, width = hole.shape
@@ -285,18 +285,21 @@ class GanRestorer(Restorer):
                 continue
             half = ((width + 1) // 2, (height + 1) // 2)
             small = cv2.resize(np.ascontiguousarray(crop), half, interpolation=cv2.INTER_AREA)
-            small = small.reshape(half[1], half[0], -1)  # OpenCV drops a single channel's axis
+            smalls.append(small.reshape(half[1], half[0], -1))  # OpenCV drops a single channel's axis
             small_hole = cv2.resize(hole.astype(np.float32), half, interpolation=cv2.INTER_AREA) > 0  # any hole
+            small_holes.append(small_hole)
             # the generator runs at half size only around the holes deep enough to take its fill there: a scan's
             # scratches and dust beside a blotch are left to this level
             count, labels = cv2.connectedComponents(small_hole.astype(np.uint8), connectivity=8)
             small_depth = cv2.distanceTransform(small_hole.astype(np.uint8), cv2.DIST_L2, 5)
             deepest = np.zeros(count, np.float32)
             np.maximum.at(deepest, labels.ravel(), small_depth.ravel())
-            deep = (deepest > DEEPEST_FILL / 4)[labels] & small_hole  # over DEEPEST_FILL / 2 here
-            fill = self._fill_crops([small], [small_hole], [hole_boxes(torch.from_numpy(deep), **self._tiling())])[0]
-            fill = F.interpolate(fill[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
-            weight = np.clip(depth / (DEEPEST_FILL / 2) - 1, 0, 1)  # 0 up to DEEPEST_FILL / 2 deep, 1 from it
+            needed = (deepest > DEEPEST_FILL / 4)[labels] & small_hole  # over DEEPEST_FILL / 2 here
+            small_boxes.append(hole_boxes(torch.from_numpy(needed), **self._tiling()))
+            deep[i] = np.clip(depth / (DEEPEST_FILL / 2) - 1, 0, 1)  # weight: 0 up to DEEPEST_FILL / 2 deep, 1 from it
+        coarse = {}  # crop index -> ((3, h, w) coarser fill, (h, w) weight it takes); one call per level
+        for (i, weight), fill in zip(deep.items(), self._fill_crops(smalls, small_holes, small_boxes) if deep else []):
+            fill = F.interpolate(fill[None].float(), size=weight.shape, mode="bilinear", align_corners=False)[0]
             coarse[i] = fill.cpu(), torch.from_numpy(weight)
 
         prefill = self.generator.config.prefill
