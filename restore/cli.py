@@ -200,7 +200,7 @@ def cmd_verify(args) -> int:
         if not Path(args.target).is_file():
             raise ValueError("--originals needs the job spec (JOB.yaml): it names the input")
         originals = load_spec(args.target).input
-    report = verify(output, job, endpoint_url, unknown=args.unknown, originals=originals)
+    report = verify(output, job, endpoint_url, unknown=args.unknown, originals=originals, quick=args.quick)
     print(f"job {job}: {report.frames} frames, {report.verified} verified, {len(report.failed)} recorded as failed, "
           f"{len(report.problems)} problems")
     for problem in report.problems[: args.show]:
@@ -413,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_target(verify)
     verify.add_argument("--unknown", action="store_true", help="also report objects no manifest row accounts for, "
                         "and outputs only superseded rows name")
+    verify.add_argument("--quick", action="store_true", help="only check that every output and audit mask is "
+                        "there, from one listing: no object is read (checksums and provenance are not checked)")
     verify.add_argument("--originals", action="store_true", help="also re-read the originals (from JOB.yaml's input) "
                         "and check they still hash as when restored: bit rot, or a file replaced in place")
     verify.add_argument("--show", type=int, default=50, help="how many problems to print")

@@ -14,6 +14,7 @@ import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests, split_frame_key
 from .frames import PROVENANCE_KEY, TIFF_MAGICS
@@ -62,9 +63,10 @@ class VerifyReport:
 
 
 def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: bool = False,
-           threads: int = 8, originals: str | None = None) -> VerifyReport:
+           threads: int = 8, originals: str | None = None, quick: bool = False) -> VerifyReport:
     """Check every frame of `job` under `output_uri`; `unknown=True` also reports objects no row accounts for;
-    `originals` (the job's input) re-reads the originals of restored frames.
+    `originals` (the job's input) re-reads the originals of restored frames; `quick` only checks that outputs and
+    masks are there, from one listing, reading none of them.
 
     Objects are read in `threads` threads: on S3 the time goes into round trips, not hashing.
     """
@@ -78,8 +80,12 @@ def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: 
     report.frames = len(rows)
     report.failed = [(row["input_key"], row["error"]) for row in rows if row["status"] in NOT_RESTORED]
     ok_rows = [row for row in rows if row["status"] == "ok"]
+    if quick:  # a night's check of an archive of millions: a listing is thousands of requests, reading is millions
+        check = partial(present_problems, {info.key for info in storage.list(exclude_prefixes=_OWN_PREFIXES)})
+    else:
+        check = partial(check_row, storage)
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for problems in pool.map(lambda row: check_row(storage, row), ok_rows):
+        for problems in pool.map(check, ok_rows):
             report.problems.extend(problems)
             report.verified += not problems
     if unknown:
@@ -122,6 +128,16 @@ def _mask_problems(storage: Storage, row: dict) -> list[Problem]:
         return [Problem(key, "mask_checksum", f"mask {mask_key!r} has sha256 {digest}, "
                                               f"the manifest records {row['mask_sha256']}")]
     return []
+
+
+def present_problems(listed: set[str], row: dict) -> list[Problem]:
+    """An `ok` row's output and mask missing from a listing of the output."""
+    key = row["input_key"]
+    problems = [Problem(key, "missing_output", f"output {row['output_key']!r} is missing")
+                ] if row["output_key"] not in listed else []
+    if row["mask_key"] and row["mask_key"] not in listed:
+        problems.append(Problem(key, "missing_mask", f"mask {row['mask_key']!r} is missing"))
+    return problems
 
 
 def check_row(storage: Storage, row: dict) -> list[Problem]:

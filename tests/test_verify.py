@@ -91,6 +91,9 @@ def test_tampered_outputs_are_found(restored, tmp_path):
                      ("f2.png", "missing_mask")}
     assert not report.ok and report.verified == 2
     assert {(p.key, p.kind) for p in verify(str(out), "v", unknown=True).problems} == found | {("stray.png", "unknown_object")}
+    quick = verify(str(out), "v", quick=True)  # presence only, from one listing: the tampered output passes
+    assert {(p.key, p.kind) for p in quick.problems} == {("f1.png", "missing_output"), ("f2.png", "missing_mask")}
+    assert quick.verified == 3
 
 
 def test_outputs_an_earlier_run_wrote_in_another_format_are_reported_as_superseded(tmp_path, ray_session):
@@ -136,6 +139,7 @@ def test_originals_rotted_in_place_or_gone_are_found_when_asked(restored, tmp_pa
     spec.write_text(json.dumps({"name": "v", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
                                 "restorer": {"name": "telea"}, "include": ["*.png", "*.tif"]}))
     assert restore_main(["verify", str(spec), "--originals"]) == 1
+    assert restore_main(["verify", str(spec), "--quick"]) == 0  # the outputs are all there
     assert restore_main(["verify", str(tmp_path / "out"), "--originals"]) == 2  # the input is in the spec alone
 
 
