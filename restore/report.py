@@ -355,6 +355,9 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
     if status.get("skipped"):
         cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped", "storage could not serve them",
                            "skipped"))
+    if status.get("withdrawn"):
+        cards.append(_card("Withdrawn", f"{status['withdrawn']:,}", "count-withdrawn",
+                           "not restored, and their originals have left the input"))
     cards.append(_card("Frames with damage masked", f"{len(masked):,}", "count-masked",
                        f"mean masked area {100 * sum(masked) / len(masked):.2f} %" if masked else "none masked"))
     if runs:

@@ -178,6 +178,7 @@ def test_a_failed_frame_whose_original_is_deleted_is_closed_not_reported_for_eve
     assert restore_main(["status", str(spec_file)]) == 0
     assert "3 frames: 2 ok, 1 withdrawn" in capsys.readouterr().out
     assert restore_main(["report", str(spec_file)]) == 0
+    assert 'id="count-withdrawn">1<' in (tmp_path / "out" / "report.html").read_text()
     assert run(job(tmp_path)).planned == 0  # closed once
 
     (tmp_path / "in" / "broken.png").write_bytes(png_bytes(scene(7)))  # a good copy is put back
