@@ -233,8 +233,13 @@ def _newest(table: pa.Table, keys: list[str]) -> tuple[pa.Table, pa.Array]:
     """(the rows in the order they were written: by run id, then finish time; the positions there of the newest row
     of each `keys` group). Column-wise: a collection's history is millions of rows."""
     ordered = table.sort_by([("run_id", "ascending"), ("finished_at", "ascending")])
+    return ordered, _last_positions(ordered, keys)
+
+
+def _last_positions(ordered: pa.Table, keys: list[str]) -> pa.Array:
+    """The position of the last row of each `keys` group in rows already in written order."""
     positions = ordered.select(keys).append_column("_row", pa.array(range(ordered.num_rows), pa.int64()))
-    return ordered, positions.group_by(keys, use_threads=False).aggregate([("_row", "max")])["_row_max"]
+    return positions.group_by(keys, use_threads=False).aggregate([("_row", "max")])["_row_max"]
 
 
 def latest(table: pa.Table) -> pa.Table:
@@ -287,9 +292,8 @@ def history(table: pa.Table, config_hash: str) -> History:
     done, failures, mask_etags, etags = set(), {}, {}, {}
     broken = newest.filter(pc.is_in(newest["status"], value_set=pa.array(NOT_RESTORED)))
     not_restored = set(broken["input_key"].to_pylist())
-    ok = rows.filter(pc.equal(rows["status"], "ok")).select(["input_key", "mask_key"])  # still in order
-    ok = ok.take(ok.append_column("_row", pa.array(range(ok.num_rows), pa.int64()))
-                 .group_by("input_key", use_threads=False).aggregate([("_row", "max")])["_row_max"])
+    ok = rows.filter(pc.equal(rows["status"], "ok")).select(["input_key", "mask_key"])  # still in written order
+    ok = ok.take(_last_positions(ok, ["input_key"]))
     audited = set(ok.filter(pc.is_valid(ok["mask_key"]))["input_key"].to_pylist())
     for key, status, etag, config, mask_etag, protect_etag in zip(
             *(newest[column].to_pylist() for column in ("input_key", "status", "input_etag", "config_hash",

@@ -437,7 +437,6 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     def skip(key: str, etag: str) -> bool:
         return (key, etag) in done and masks_unchanged(key) and key not in redo
 
-
     stills = [info for info in listed if not is_video(info.key)]
     neighbours = neighbour_keys([info.key for info in stills], spec.sequence.window)
     pending = {info.key for info in stills if not skip(info.key, info.etag)}

@@ -19,7 +19,7 @@ from functools import partial
 from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests, split_frame_key
 from .frames import PROVENANCE_KEY, TIFF_MAGICS
 from .report import REPORT_KEY, REPORT_ROOT
-from .storage import NoSuchObjectError, Storage, StorageError, open_storage
+from .storage import NoSuchObjectError, ObjectInfo, Storage, StorageError, open_storage
 
 # Objects the tools themselves keep under an output besides frames and masks: manifests and leases, and the
 # HTML report with its pictures. They are never "unknown".
@@ -80,8 +80,9 @@ def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: 
     report.frames = len(rows)
     report.failed = [(row["input_key"], row["error"]) for row in rows if row["status"] in NOT_RESTORED]
     ok_rows = [row for row in rows if row["status"] == "ok"]
+    listing = list(storage.list(exclude_prefixes=_OWN_PREFIXES)) if quick or unknown else []  # once for both
     if quick:  # a night's check of an archive of millions: a listing is thousands of requests, reading is millions
-        check = partial(present_problems, {info.key for info in storage.list(exclude_prefixes=_OWN_PREFIXES)})
+        check = partial(present_problems, {info.key for info in listing})
     else:
         check = partial(check_row, storage)
     with ThreadPoolExecutor(max(1, threads)) as pool:
@@ -89,7 +90,8 @@ def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: 
             report.problems.extend(problems)
             report.verified += not problems
     if unknown:
-        report.problems.extend(unknown_objects(storage, table.to_pylist(), rows))
+        named = table.select(["input_key", "run_id", "output_key", "mask_key"]).to_pylist()
+        report.problems.extend(unknown_objects(listing, named, rows))
     if originals is not None:
         report.problems.extend(changed_originals(open_storage(originals, endpoint_url), ok_rows, threads))
     return report
@@ -204,10 +206,11 @@ def read_provenance(data: bytes) -> dict[str, str] | None:
     return json.loads(comment) if comment else None
 
 
-def unknown_objects(storage: Storage, rows: list[dict], newest: list[dict]) -> list[Problem]:
-    """Objects under the output that no row of the job (any run) names as its output or mask, and those that only
-    older rows of frames since restored name (`newest`: each frame's newest row): left beside the output a frame has
-    now, they would pass for a derivative of the collection. A frame not restored now keeps its last outputs."""
+def unknown_objects(listing: list[ObjectInfo], rows: list[dict], newest: list[dict]) -> list[Problem]:
+    """Objects of the output's `listing` that no row of the job (any run) names as its output or mask, and those
+    that only older rows of frames since restored name (`newest`: each frame's newest row): left beside the output
+    a frame has now, they would pass for a derivative of the collection. A frame not restored now keeps its last
+    outputs."""
     restored_now = {row["input_key"] for row in newest if row["status"] == "ok"}
     current = {row[name] for row in newest for name in ("output_key", "mask_key") if row[name]}
     known, superseded = set(current), {}
@@ -220,7 +223,7 @@ def unknown_objects(storage: Storage, rows: list[dict], newest: list[dict]) -> l
                 else:
                     known.add(key)
     problems = []
-    for info in storage.list(exclude_prefixes=_OWN_PREFIXES):
+    for info in listing:
         if info.key in known or info.key in _OWN_KEYS:
             continue
         if info.key in superseded:
