@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -598,21 +597,13 @@ def _stop(signum, frame):
 
 
 def console() -> None:
-    """The installed `restore` command. After a stop, threads Ray leaves behind can abort the interpreter as it
-    exits, even once Ray is shut down (exit 134, which schedulers read as a crash); so a command that started Ray
-    ends without the interpreter's teardown, once its output is flushed."""
-    ray_started = False
+    """The installed `restore` command. After a stop, Ray's threads abort the interpreter as it exits (exit 134,
+    which schedulers read as a crash) unless Ray is shut down first."""
     try:
         code = main()
     finally:
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            ray_started = True
             sys.modules["ray"].shutdown()
-    if ray_started:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
     sys.exit(code)
 
 
