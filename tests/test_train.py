@@ -60,7 +60,7 @@ def test_shipped_configs_load():
              ("refine-gpu.yaml", "refine-l1-gpu.yaml"), ("refine-more-cpu.yaml", "refine-l1-more-cpu.yaml"),
              ("refine-mse-cpu.yaml", "refine-mse-ablation-cpu.yaml"),
              ("refine-harmonic-cpu.yaml", "refine-harmonic-l1-cpu.yaml"),
-             ("refine-wide-gpu.yaml", "refine-wide-l1-gpu.yaml"))
+             ("refine-wide-gpu.yaml", "refine-wide-l1-gpu.yaml"), ("refine-deep-gpu.yaml", "refine-deep-l1-gpu.yaml"))
     for gan, ablation in pairs:
         gan, ablation = (load_train_config(CONFIGS / name, data="d", out_dir="same") for name in (gan, ablation))
         assert ablation.loss.adversarial == "none" and gan.loss.adversarial != "none"
