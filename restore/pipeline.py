@@ -33,8 +33,8 @@ from . import __version__
 from .film import FilmFrame
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, FrameError, as_stored, check_encodable,
                      check_pixel_limit, decode_frame, decode_mask, encode_frame, encode_mask, extension_for)
-from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, ManifestWriter, compact,
-                       history, is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
+from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, History, ManifestWriter,
+                       compact, history, is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
 from .report import REPORT_ROOT
 from .restorers import RestorerError, build_restorer, check_weights
@@ -370,13 +370,22 @@ def _mask_listing(patterns: list[str]) -> tuple[tuple[str, ...], str]:
     return globs, "" if folder == "." or climbs else folder + "/"
 
 
-def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
-    """What is new, changed or failed, plus the frames in `redo` (input keys: outputs that failed verification)."""
+@dataclass
+class InputListing:
+    """What one listing of the input found: its frames, the keys of each frame's mask files (given mask, protected
+    region), the ETag of every mask file listed, and files in mask folders whose frames are gone."""
+
+    frames: list[ObjectInfo]
+    mask_keys: dict[str, list[str]]
+    mask_etags: dict[str, str]
+    orphan_masks: list[str]
+
+
+def list_input(context: JobContext) -> InputListing:
+    """The job's frames and mask files, in one listing of the input where the masks lie there too."""
     spec, input_storage = context.spec, context.input_storage
-    # the mask files whose ETags a frame's rows record: given masks, and the protected regions
-    reads_given = spec.masks.source in ("given", "both")
-    patterns = [spec.masks.pattern] + ([spec.masks.protect] if spec.masks.protect else [])
-    mask_globs, mask_folder = _mask_listing(patterns[:1] * reads_given + patterns[1:])
+    patterns, read = spec.masks.file_patterns, spec.masks.read_patterns
+    mask_globs, mask_folder = _mask_listing(read)
     masks_with_input = same_location(spec.masks.uri or spec.input, spec.input)
     extra = tuple(glob for glob in mask_globs if glob not in spec.include) if masks_with_input else ()
     found = list(input_storage.list(spec.include + extra))  # frames and masks in one listing
@@ -388,63 +397,75 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
                           "job, `restore demo SPEC` makes it)"
                           if missing else ""))
     mask_keys = {info.key: [mask_key_for(pattern, info.key) for pattern in patterns] for info in listed}
-    if masks_with_input:
-        mask_files = {key for keys in mask_keys.values() for key in keys}
-        shapes = {_video_mask_shape(pattern, info.key) for info in listed if is_video(info.key) for pattern in patterns}
-
-        read = patterns[:1] * reads_given + patterns[1:]  # the patterns whose files this job reads as masks
-        mask_folders = [shape for shape in map(_mask_folder_shape, read) if shape is not None]
-        found_keys = {info.key for info in found}
-
-        def is_mask(key: str) -> bool:
-            return key in mask_files or (key, None) in shapes or any(split in shapes for split in _index_splits(key))
-
-        def is_orphan_mask(key: str) -> bool:
-            """In a folder of masks, and without a given mask of its own: a mask whose frame is gone."""
-            return (any(shape.fullmatch(key) for shape in mask_folders)
-                    and not (reads_given and mask_keys[key][0] in found_keys))
-
-        listed = [info for info in listed if not is_mask(info.key)]  # a mask is not a frame
-        orphans = {info.key for info in listed if is_orphan_mask(info.key)} if mask_folders else set()
-        listed = [info for info in listed if info.key not in orphans] if orphans else listed
-        orphan_masks = sorted(orphans)
-        mask_listing = found
-    else:  # the mask store is listed under the patterns' fixed folder only
+    if not masks_with_input:  # the mask store is listed under the patterns' fixed folder only
         mask_listing = list(context.mask_storage.list(mask_globs, prefix=mask_folder)) if mask_globs else []
-        orphan_masks = []
-    mask_etags = {info.key: info.etag for info in mask_listing}
-    table = read_manifests(context.output_storage, spec.name)
-    newest_run = pc.max(table["run_id"]).as_py()
-    if newest_run is not None and newest_run >= context.run_id:  # rows are ordered by run id, which is a start time
-        raise JobError(f"this run's id {context.run_id} does not sort after run {newest_run} of job {spec.name!r}: "
-                       "this machine's clock is behind the clock of the one that started that run (or that one's was "
-                       "ahead); set them right (NTP) and run again, or this run's rows would be taken for older")
-    past = history(table, context.config_hash)
-    exhausted = {frame for frame, attempts in past.failures.items() if 0 < spec.max_attempts <= attempts}
-    done = past.done | exhausted  # a frame that failed too often is left alone until it changes (a new ETag)
+        return InputListing(listed, mask_keys, {info.key: info.etag for info in mask_listing}, [])
+    mask_files = {key for keys in mask_keys.values() for key in keys}
+    shapes = {_video_mask_shape(pattern, info.key) for info in listed if is_video(info.key) for pattern in patterns}
+    mask_folders = [shape for shape in map(_mask_folder_shape, read) if shape is not None]
+    found_keys = {info.key for info in found}
 
-    def masks_unchanged(key: str) -> bool:
+    def is_mask(key: str) -> bool:
+        return key in mask_files or (key, None) in shapes or any(split in shapes for split in _index_splits(key))
+
+    def is_orphan_mask(key: str) -> bool:
+        """In a folder of masks, and without a given mask of its own: a mask whose frame is gone."""
+        return (any(shape.fullmatch(key) for shape in mask_folders)
+                and not (spec.masks.reads_given and mask_keys[key][0] in found_keys))
+
+    listed = [info for info in listed if not is_mask(info.key)]  # a mask is not a frame
+    orphans = {info.key for info in listed if is_orphan_mask(info.key)} if mask_folders else set()
+    return InputListing([info for info in listed if info.key not in orphans], mask_keys,
+                        {info.key: info.etag for info in found}, sorted(orphans))
+
+
+def check_run_is_newest(table: pa.Table, context: JobContext) -> None:
+    """Rows are ordered by run id, which is a start time: a run from a clock behind would be taken for older."""
+    newest_run = pc.max(table["run_id"]).as_py()
+    if newest_run is not None and newest_run >= context.run_id:
+        raise JobError(f"this run's id {context.run_id} does not sort after run {newest_run} of job "
+                       f"{context.spec.name!r}: this machine's clock is behind the clock of the one that started that "
+                       "run (or that one's was ahead); set them right (NTP) and run again, or this run's rows would "
+                       "be taken for older")
+
+
+@dataclass
+class FramesToLeave:
+    """Which frames a run leaves alone: done with this input, masks and config (or given up on), and not to redo."""
+
+    spec: JobSpec
+    listing: InputListing
+    past: History
+    exhausted: set[tuple[str, str]]  # (frame, ETag) failed max_attempts times: left alone until it changes
+    redo: frozenset[str]
+
+    def masks_unchanged(self, key: str) -> bool:
         """A mask added, edited or removed since the frame's newest row is a change (a row that read no mask
         file, or predates the ETag columns, records none: nothing to compare)."""
-        recorded = past.mask_etags.get(key, (None, None))
+        recorded = self.past.mask_etags.get(key, (None, None))
         if recorded == (None, None):
             return True
-        keys = mask_keys.get(key) or [mask_key_for(pattern, key) for pattern in patterns]  # a video frame's
-        current = (mask_etags.get(keys[0], "") if reads_given else None,
-                   mask_etags.get(keys[1], "") if spec.masks.protect else None)
+        masks, etags = self.spec.masks, self.listing.mask_etags
+        keys = self.listing.mask_keys.get(key) or [mask_key_for(pattern, key) for pattern in masks.file_patterns]
+        current = (etags.get(keys[0], "") if masks.reads_given else None,  # keys: a video frame's are not listed
+                   etags.get(keys[1], "") if masks.protect else None)
         return all(was is None or was == now for was, now in zip(recorded, current))
 
-    def skip(key: str, etag: str) -> bool:
-        return (key, etag) in done and masks_unchanged(key) and key not in redo
+    def skip(self, key: str, etag: str) -> bool:
+        return ((key, etag) in self.past.done or (key, etag) in self.exhausted) and self.masks_unchanged(key) \
+            and key not in self.redo
 
-    stills = [info for info in listed if not is_video(info.key)]
+
+def _still_tasks(stills: list[ObjectInfo], leave: FramesToLeave) -> tuple[list[dict], int]:
+    """Tasks for the stills to restore, and those that fail at once for another input's output name; returns
+    (tasks, frames left alone)."""
+    spec, past = leave.spec, leave.past
     neighbours = neighbour_keys([info.key for info in stills], spec.sequence.window)
-    pending = {info.key for info in stills if not skip(info.key, info.etag)}
+    pending = {info.key for info in stills if not leave.skip(info.key, info.etag)}
     if spec.uses_neighbours:  # what a frame became depends on its neighbours: one new or rescanned redoes them too
         rescanned = {info.key for info in stills if info.key in pending and past.etags.get(info.key) != info.etag}
         pending |= {info.key for info in stills if rescanned.intersection(neighbours[info.key])
-                    and (info.key, info.etag) not in exhausted}  # one given up stays given up
-    todo = [info for info in stills if info.key in pending]
+                    and (info.key, info.etag) not in leave.exhausted}  # one given up stays given up
     tasks = [{
         "input_key": info.key,
         "input_size": info.size,
@@ -453,26 +474,24 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
         "frame_indices": None,
         "neighbour_keys": neighbours[info.key],
         "audited_frames": [info.key] if info.key in past.audited else [],
-    } for info in todo]
+    } for info in stills if info.key in pending]
     refused = [task for task in _refuse_shared_outputs(tasks, stills, spec.output_format)
-               if (task["input_key"], task["input_etag"]) not in exhausted]  # given up: already failed on record
-    tasks += refused
-    frames, frames_done = len(stills), len(stills) - len(todo) - len(refused)
-    for info in listed:
-        if is_video(info.key):
-            video_tasks, count, count_done = _video_tasks(info, input_storage, skip, table, spec.sequence.window,
-                                                          past.audited)
-            tasks += video_tasks
-            frames, frames_done = frames + count, frames_done + count_done
-    if spec.output_format in ("dpx", "exr"):  # film formats are written back into their own format only: say so
-        wanted = spec.output_format.upper()  # before a frame of another one is decoded, detected and restored
+               if (task["input_key"], task["input_etag"]) not in leave.exhausted]  # given up: already on record
+    return tasks + refused, len(stills) - len(tasks) - len(refused)
+
+
+def _refuse_misplaced_inputs(tasks: list[dict], listed: list[ObjectInfo], output_format: str) -> None:
+    """Fail at once (`plan_error`) the frames a film format cannot be written from, and inputs that lie where the
+    job keeps its own files: outputs mirror input keys, so they would write over them."""
+    if output_format in ("dpx", "exr"):  # film formats are written back into their own format only: say so
+        wanted = output_format.upper()  # before a frame of another one is decoded, detected and restored
         for task in tasks:
             source = _FORMAT_BY_EXTENSION.get(posixpath.splitext(task["input_key"])[1].lower(), "")
             if source != wanted and not task.get("plan_error"):
-                task["plan_error"] = (f"{spec.output_format} output needs a {wanted} input (this frame is named as "
+                task["plan_error"] = (f"{output_format} output needs a {wanted} input (this frame is named as "
                                       f"{source or 'another format'}): write it as png or tiff")
     videos = {frames_folder(info.key): info.key for info in listed if is_video(info.key)}
-    for task in tasks:  # outputs mirror input keys, so an input must not lie where the job keeps its own files
+    for task in tasks:
         key, folder = task["input_key"], task["input_key"].split("/", 1)[0]
         if task.get("plan_error"):
             continue
@@ -483,15 +502,36 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
             folder = next(prefix for prefix in videos if key.startswith(prefix))
             task["plan_error"] = (f"the frames of the video {videos[folder]!r} are written to {folder}: an input "
                                   "there would write over one of them; rename the input's folder")
-    listed_etags = {info.key: info.etag for info in listed}
+
+
+def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
+    """What is new, changed or failed, plus the frames in `redo` (input keys: outputs that failed verification)."""
+    spec = context.spec
+    listing = list_input(context)
+    table = read_manifests(context.output_storage, spec.name)
+    check_run_is_newest(table, context)
+    past = history(table, context.config_hash)
+    exhausted = {frame for frame, attempts in past.failures.items() if 0 < spec.max_attempts <= attempts}
+    leave = FramesToLeave(spec, listing, past, exhausted, redo)
+    stills = [info for info in listing.frames if not is_video(info.key)]
+    tasks, frames_done = _still_tasks(stills, leave)
+    frames = len(stills)
+    for info in listing.frames:
+        if is_video(info.key):
+            video_tasks, count, count_done = _video_tasks(info, context.input_storage, leave.skip, table,
+                                                          spec.sequence.window, past.audited)
+            tasks += video_tasks
+            frames, frames_done = frames + count, frames_done + count_done
+    _refuse_misplaced_inputs(tasks, listing.frames, spec.output_format)
+    listed_etags = {info.key: info.etag for info in listing.frames}
     given_up = sorted(key for key, etag in exhausted
-                      if listed_etags.get(split_frame_key(key)[0]) == etag and masks_unchanged(key))
+                      if listed_etags.get(split_frame_key(key)[0]) == etag and leave.masks_unchanged(key))
     repairing = sorted(redo.intersection(key for task in tasks for key in _frame_keys(task)))
     # a corrupt scan deleted, or replaced under another name: its failure must not keep an alert on for good
     withdrawn = sorted(key for key in past.not_restored if split_frame_key(key)[0] not in listed_etags)
     return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up),
                 bytes_to_read=sum({task["input_key"]: task["input_size"] for task in tasks}.values()),  # a video once
-                given_up=given_up, repairing=repairing, orphan_masks=orphan_masks, withdrawn=withdrawn)
+                given_up=given_up, repairing=repairing, orphan_masks=listing.orphan_masks, withdrawn=withdrawn)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -602,7 +642,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     pixels = frame.pixels
     shape = pixels.shape[:2]
     mask = np.zeros(shape, dtype=bool)
-    if settings.source in ("given", "both"):
+    if settings.reads_given:
         given = _read_mask(context, settings.pattern, input_key, frame, settings.required, etags, "mask_etag")
         if given is not None:
             mask |= given

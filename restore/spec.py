@@ -59,6 +59,20 @@ class MaskSettings:
     # skipped until it is
     orientation: str | None = None
 
+    @property
+    def reads_given(self) -> bool:
+        return self.source in ("given", "both")
+
+    @property
+    def file_patterns(self) -> list[str]:
+        """The mask files whose ETags a frame's rows record: the given mask's, then the protected region's if any."""
+        return [self.pattern] + ([self.protect] if self.protect else [])
+
+    @property
+    def read_patterns(self) -> list[str]:
+        """Those of `file_patterns` whose files this job reads."""
+        return self.file_patterns[:1] * self.reads_given + self.file_patterns[1:]
+
 
 @dataclass(frozen=True)
 class RestorerSettings:
