@@ -66,7 +66,7 @@ def cmd_run(args) -> int:
         summary = {"job": spec.name, "in_progress": running, "listed": plan.listed, "already_done": plan.already_done,
                    "orphan_masks": plan.orphan_masks,
                    "to_process": plan.frames, "given_up": plan.given_up, "repairing": plan.repairing,
-                   "withdrawn": plan.withdrawn,
+                   "withdrawn": plan.withdrawn, "waiting_in_archive": [frame["input_key"] for frame in plan.archived],
                    "bytes_to_read": plan.bytes_to_read,
                    "keys": list(dict.fromkeys(task["input_key"] for task in plan.tasks))}  # a video's chunks: once
         print(f"job {spec.name}: {plan.listed} frames listed, {plan.already_done} already done, "
@@ -77,7 +77,9 @@ def cmd_run(args) -> int:
               + (f"; {len(plan.orphan_masks)} files in mask folders left alone: masks whose frames are gone"
                  if plan.orphan_masks else "")
               + (f"; {len(plan.withdrawn)} frames not restored are gone from the input: their failures would be "
-                 "closed" if plan.withdrawn else ""))
+                 "closed" if plan.withdrawn else "")
+              + (f"; {len(plan.archived)} wait in archival storage ({plan.being_restored} being restored): not read"
+                 if plan.archived else ""))
         for key in summary["keys"][: args.show]:
             print(f"  {printable(key)}")
         for task in [task for task in plan.tasks if task.get("plan_error")][: args.show]:
@@ -99,9 +101,13 @@ def cmd_run(args) -> int:
     if plan.withdrawn:
         print(f"job {spec.name}: {len(plan.withdrawn)} frames not restored are gone from the input: their failures "
               f"are closed ({WITHDRAWN} in the manifest)")
+    if plan.archived:
+        print(f"job {spec.name}: {len(plan.archived)} frames wait in archival storage, {plan.being_restored} of them "
+              "being restored: not read; restore them (S3 RestoreObject) and a later run reads them (`restore "
+              "status` lists them)")
     if not result.planned:
         print(f"job {spec.name}: nothing to do, {result.already_done} frames already restored{given_up}")
-        if not plan.given_up and not plan.withdrawn:
+        if not plan.given_up and not plan.withdrawn and not plan.archived:
             summary["manifest"] = None  # no run folder was written
     else:
         waiting = f", {counts['skipped']} skipped: storage could not serve them (tried again every run)" \
@@ -201,8 +207,10 @@ def cmd_verify(args) -> int:
         originals = load_spec(args.target).input
     report = verify(output, job, endpoint_url, unknown=args.unknown, originals=originals, quick=args.quick)
     print(f"job {job}: {report.frames} frames, {report.verified} verified, {len(report.failed)} recorded as failed, "
-          f"{len(report.problems)} problems")
-    for problem in report.problems[: args.show]:
+          f"{len(report.problems)} problems"
+          + (f", {len(report.not_read)} objects in archival storage not read (restore them, S3 RestoreObject, to "
+             "verify them; --quick checks that they are there)" if report.not_read else ""))
+    for problem in (report.problems + report.not_read)[: args.show]:
         print(f"  {problem.kind} {printable(problem.key)}: {printable(problem.detail)}")
     if any(problem.kind in FRAME_PROBLEMS for problem in report.problems):
         print("  `restore run JOB.yaml --repair` restores those frames again")

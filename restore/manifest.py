@@ -275,6 +275,7 @@ class History:
     etags: dict[str, str]  # input key → the input ETag its newest row read
     not_restored: set[str]  # input keys whose newest row of all (any config) is failed or skipped
     audited: set[str]  # input keys whose newest ok row names an audit mask
+    skipped: dict[str, tuple[str, str]]  # input key → (ETag, reason) of its newest row of all, when that is skipped
 
 
 def history(table: pa.Table, config_hash: str) -> History:
@@ -292,6 +293,9 @@ def history(table: pa.Table, config_hash: str) -> History:
     done, failures, mask_etags, etags = set(), {}, {}, {}
     broken = newest.filter(pc.is_in(newest["status"], value_set=pa.array(NOT_RESTORED)))
     not_restored = set(broken["input_key"].to_pylist())
+    waiting = broken.filter(pc.equal(broken["status"], "skipped"))
+    skipped = {key: (etag, error) for key, etag, error in zip(
+        *(waiting[column].to_pylist() for column in ("input_key", "input_etag", "error")))}
     ok = rows.filter(pc.equal(rows["status"], "ok")).select(["input_key", "mask_key"])  # still in written order
     ok = ok.take(_last_positions(ok, ["input_key"]))
     audited = set(ok.filter(pc.is_valid(ok["mask_key"]))["input_key"].to_pylist())
@@ -306,7 +310,7 @@ def history(table: pa.Table, config_hash: str) -> History:
         elif status == "failed":
             failures[(key, etag)] = counts.get((key, etag), 0)
     return History(done=done, failures=failures, mask_etags=mask_etags, etags=etags, not_restored=not_restored,
-                   audited=audited)
+                   audited=audited, skipped=skipped)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import re
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable
@@ -39,8 +40,8 @@ from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY
 from .report import REPORT_ROOT
 from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
-from .storage import (LocalStorage, NoSuchObjectError, ObjectInfo, Storage, StorageError, StorageUnavailableError,
-                      check_no_overlap, key_matches, open_storage, same_location)
+from .storage import (ARCHIVAL_CLASSES, ArchivedObjectError, LocalStorage, NoSuchObjectError, ObjectInfo, Storage,
+                      StorageError, StorageUnavailableError, check_no_overlap, key_matches, open_storage, same_location)
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,14 @@ class Plan:
     repairing: list[str] = field(default_factory=list)  # frames restored again because their outputs failed verify
     orphan_masks: list[str] = field(default_factory=list)  # files in mask folders whose frames are gone: not frames
     withdrawn: list[str] = field(default_factory=list)  # frames not restored whose originals left the input
+    # frames whose originals wait in archival storage: not read this run; each a task's input fields, its `error`,
+    # and whether its newest row already says so (`recorded`: no row is added every night)
+    archived: list[dict] = field(default_factory=list)
+
+    @property
+    def being_restored(self) -> int:
+        """Of the frames `archived`, those whose originals a restore (S3 RestoreObject) is bringing back now."""
+        return sum(RESTORE_UNDER_WAY in frame["error"] for frame in self.archived)
 
     @property
     def frames(self) -> int:
@@ -456,9 +465,8 @@ class FramesToLeave:
             and key not in self.redo
 
 
-def _still_tasks(stills: list[ObjectInfo], leave: FramesToLeave) -> tuple[list[dict], int]:
-    """Tasks for the stills to restore, and those that fail at once for another input's output name; returns
-    (tasks, frames left alone)."""
+def _still_tasks(stills: list[ObjectInfo], leave: FramesToLeave) -> list[dict]:
+    """Tasks for the stills to restore, and for those that fail at once for another input's output name."""
     spec, past = leave.spec, leave.past
     neighbours = neighbour_keys([info.key for info in stills], spec.sequence.window)
     pending = {info.key for info in stills if not leave.skip(info.key, info.etag)}
@@ -477,7 +485,34 @@ def _still_tasks(stills: list[ObjectInfo], leave: FramesToLeave) -> tuple[list[d
     } for info in stills if info.key in pending]
     refused = [task for task in _refuse_shared_outputs(tasks, stills, spec.output_format)
                if (task["input_key"], task["input_etag"]) not in leave.exhausted]  # given up: already on record
-    return tasks + refused, len(stills) - len(tasks) - len(refused)
+    return tasks + refused
+
+
+ARCHIVE_CHECKS = 32  # originals in an archival class checked at once when planning (one HEAD each)
+RESTORE_UNDER_WAY = "being restored"
+
+
+def waiting_in_archive(storage: Storage, originals: list[ObjectInfo]) -> dict[str, str]:
+    """Originals in an archival storage class that cannot be read now → why: planning leaves them out, so a night
+    spends one HEAD on each instead of a worker's GET (and Ray's start, when nothing else is to do). A reason names
+    a restore under way as `being restored`."""
+    archival = [info for info in originals if info.storage_class in ARCHIVAL_CLASSES]
+    if not archival:
+        return {}
+
+    def state(info: ObjectInfo) -> str | None:
+        try:
+            return storage.archive_state(info.key)
+        except StorageError:  # not known now: a worker's read records what storage says
+            return None
+
+    with ThreadPoolExecutor(ARCHIVE_CHECKS) as pool:
+        states = list(pool.map(state, archival))
+    return {info.key: (f"its original is in archival storage ({info.storage_class}) and not restored: restore it "
+                       "(S3 RestoreObject) and the next run reads it" if state == "archived" else
+                       f"its original is {RESTORE_UNDER_WAY} from archival storage ({info.storage_class}): the "
+                       "first run after the restore completes reads it")
+            for info, state in zip(archival, states) if state}
 
 
 def _refuse_misplaced_inputs(tasks: list[dict], listed: list[ObjectInfo], output_format: str) -> None:
@@ -513,11 +548,16 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     past = history(table, context.config_hash)
     exhausted = {frame for frame, attempts in past.failures.items() if 0 < spec.max_attempts <= attempts}
     leave = FramesToLeave(spec, listing, past, exhausted, redo)
+    waiting = waiting_in_archive(context.input_storage, [info for info in listing.frames
+                                                         if is_video(info.key) or not leave.skip(info.key, info.etag)])
     stills = [info for info in listing.frames if not is_video(info.key)]
-    tasks, frames_done = _still_tasks(stills, leave)
+    tasks = [task for task in _still_tasks(stills, leave) if task["input_key"] not in waiting]
     frames = len(stills)
+    frames_done = frames - len(tasks) - sum(info.key in waiting for info in stills)
     for info in listing.frames:
-        if is_video(info.key):
+        if info.key in waiting:  # a video in archival storage is not probed (a GET): one frame, as if unreadable
+            frames += 1
+        elif is_video(info.key):
             video_tasks, count, count_done = _video_tasks(info, context.input_storage, leave.skip, table,
                                                           spec.sequence.window, past.audited)
             tasks += video_tasks
@@ -529,9 +569,14 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     repairing = sorted(redo.intersection(key for task in tasks for key in _frame_keys(task)))
     # a corrupt scan deleted, or replaced under another name: its failure must not keep an alert on for good
     withdrawn = sorted(key for key in past.not_restored if split_frame_key(key)[0] not in listed_etags)
+    archived = [{"input_key": info.key, "input_size": info.size, "input_etag": info.etag,
+                 "input_version_id": info.version_id, "error": waiting[info.key],
+                 "recorded": past.skipped.get(info.key) == (info.etag, waiting[info.key])}
+                for info in listing.frames if info.key in waiting]
     return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up),
                 bytes_to_read=sum({task["input_key"]: task["input_size"] for task in tasks}.values()),  # a video once
-                given_up=given_up, repairing=repairing, orphan_masks=listing.orphan_masks, withdrawn=withdrawn)
+                given_up=given_up, repairing=repairing, orphan_masks=listing.orphan_masks, withdrawn=withdrawn,
+                archived=archived)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -867,12 +912,19 @@ def provenance(context: JobContext, row: dict) -> dict[str, str]:
 
 
 def put_or_adopt(storage: Storage, key: str, data: bytes, content_type: str) -> ObjectInfo:
-    """Outputs are deterministic: an identical object left by a crashed run is adopted, not rewritten."""
+    """Outputs are deterministic: an identical object already there (left by a crashed run, or moved to an archival
+    class by a lifecycle rule) is adopted, not rewritten. S3 names an object put whole by its MD5 (its ETag), which
+    tells without reading it back."""
     existing = storage.head(key)
-    if existing is not None and existing.size == len(data):
-        if hashlib.sha256(storage.get(key)).digest() == hashlib.sha256(data).digest():
-            return existing
-    return storage.put(key, data, content_type=content_type)
+    if existing is None or existing.size != len(data):
+        return storage.put(key, data, content_type=content_type)
+    if existing.etag == hashlib.md5(data, usedforsecurity=False).hexdigest():
+        return existing
+    try:
+        same = hashlib.sha256(storage.get(key)).digest() == hashlib.sha256(data).digest()
+    except ArchivedObjectError:  # archived, and its ETag is no MD5 (put in parts, or encrypted with KMS)
+        same = False
+    return existing if same else storage.put(key, data, content_type=content_type)
 
 
 def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
@@ -1065,11 +1117,15 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     started = time.perf_counter()
     context.output_storage.remove_orphaned_temp_files()
     writer = ManifestWriter(context.output_storage, spec.name, context.run_id, lease)
-    if plan.withdrawn:
-        now = datetime.now(timezone.utc)
-        writer.commit([{"job": spec.name, "run_id": context.run_id, "input_key": key, "status": WITHDRAWN,
-                        "error": "its original is no longer in the input", "config_hash": context.config_hash,
-                        "software": SOFTWARE, "finished_at": now} for key in plan.withdrawn])
+    base = {"job": spec.name, "run_id": context.run_id, "config_hash": context.config_hash, "software": SOFTWARE,
+            "finished_at": datetime.now(timezone.utc)}
+    planned_rows = [{**base, "input_key": key, "status": WITHDRAWN, "error": "its original is no longer in the input"}
+                    for key in plan.withdrawn]
+    planned_rows += [{**base, **{name: frame[name] for name in ("input_key", "input_size", "input_etag",
+                                                               "input_version_id", "error")}, "status": "skipped"}
+                     for frame in plan.archived if not frame["recorded"]]
+    if planned_rows:
+        writer.commit(planned_rows)
     if not plan.tasks:
         return result
     start_ray()
@@ -1166,7 +1222,7 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
             raise
         # frames left failed keep a scheduler's alert on, with the reason; and a run with nothing left to do after
         # a stopped one says the job is whole again
-        if result.planned or plan.given_up or plan.withdrawn or _last_run_was_stopped(context):
+        if result.planned or plan.given_up or plan.withdrawn or plan.archived or _last_run_was_stopped(context):
             write_run_summary(context, plan, result)
     return context, plan, result
 
@@ -1178,14 +1234,14 @@ def _last_run_was_stopped(context: JobContext) -> bool:
 
 def run_summary(context: JobContext, plan: Plan, result: RunResult, status: str | None = None) -> dict:
     """What a run did, for `_summary.json` and `restore run --json`; `status` is failed while any frame is not
-    restored (failed or skipped in this run, or given up before it), interrupted when the run was stopped, and
+    restored (failed or skipped in this run, given up before it, or waiting in archival storage), interrupted when the run was stopped, and
     started until the run ends."""
-    not_restored = any(result.counts.get(status) for status in NOT_RESTORED) or plan.given_up
+    not_restored = any(result.counts.get(status) for status in NOT_RESTORED) or plan.given_up or plan.archived
     status = status or ("interrupted" if result.interrupted else "failed" if not_restored else "ok")
     return {
         "job": context.spec.name, "run_id": result.run_id, "status": status,
         "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
-        "withdrawn": plan.withdrawn,
+        "withdrawn": plan.withdrawn, "waiting_in_archive": len(plan.archived),
         "repairing": plan.repairing, "counts": result.counts, "seconds": round(result.seconds, 3),
         "frames_per_second": round(result.frames_per_second, 3), "input": context.spec.input,
         "output": context.spec.output, "restorer": context.spec.restorer.name,

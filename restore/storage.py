@@ -34,6 +34,7 @@ TEMP_PREFIX = ".restore-tmp-"  # local atomic writes stage their bytes under thi
 # on average (66 s at most), and an endpoint that never answers is reported after about as long. Per request:
 # boto3's retry quota still cuts retries short when many requests of one client fail at once.
 S3_MAX_ATTEMPTS = 12
+S3_CONNECTIONS = 32  # per client: threads that check or verify many objects each hold one
 S3_BODY_ATTEMPTS = 3  # fetches of an object whose body broke off mid-transfer: boto3 retries requests, not bodies
 
 
@@ -63,6 +64,11 @@ class NoSuchObjectError(StorageError):
 class StorageUnavailableError(StorageError):
     """Storage could not serve the request now (throttled, failing, unreachable, out of space, or denying these
     credentials): no fault of the object, so the same request can succeed on another night."""
+
+
+# Storage classes whose objects are read only once restored (S3 RestoreObject): the restored copy expires again, and
+# a restored object lists with the class it had. GLACIER_IR is read at once, at a retrieval fee.
+ARCHIVAL_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
 
 
 class ArchivedObjectError(StorageUnavailableError):
@@ -196,6 +202,11 @@ class Storage(ABC):
     @abstractmethod
     def head(self, key: str) -> ObjectInfo | None:
         """The object's info, or None when it does not exist."""
+
+    def archive_state(self, key: str) -> str | None:
+        """Why an object of an archival storage class cannot be read now: "archived" (not restored, or its restored
+        copy expired) or "restoring" (a RestoreObject is under way); None when it can be, or is gone."""
+        return None
 
     @abstractmethod
     def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
@@ -392,7 +403,8 @@ class S3Storage(Storage):
             import boto3
             from botocore.config import Config
 
-            config = Config(retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS})
+            config = Config(retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
+                            max_pool_connections=S3_CONNECTIONS)
             self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
         return self._client
 
@@ -470,6 +482,20 @@ class S3Storage(Storage):
             raise self._error("inspect", key, e) from None
         # HEAD reports StorageClass only for non-STANDARD objects
         return ObjectInfo(key, r["ContentLength"], r["ETag"].strip('"'), r.get("VersionId"), r.get("StorageClass"))
+
+    def archive_state(self, key: str) -> str | None:
+        try:
+            r = self.client.head_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise self._error("inspect", key, e) from None
+        except BotoCoreError as e:
+            raise self._error("inspect", key, e) from None
+        if r.get("StorageClass") not in ARCHIVAL_CLASSES:
+            return None
+        restore = r.get("Restore") or ""  # ongoing-request="false", expiry-date="…" once restored
+        return "restoring" if 'ongoing-request="true"' in restore else None if restore else "archived"
 
     def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
         extra = {"ContentType": content_type} if content_type else {}

@@ -19,7 +19,7 @@ from functools import partial
 from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests, split_frame_key
 from .frames import PROVENANCE_KEY, TIFF_MAGICS
 from .report import REPORT_KEY, REPORT_ROOT
-from .storage import NoSuchObjectError, ObjectInfo, Storage, StorageError, open_storage
+from .storage import ArchivedObjectError, NoSuchObjectError, ObjectInfo, Storage, StorageError, open_storage
 
 # Objects the tools themselves keep under an output besides frames and masks: manifests and leases, and the
 # HTML report with its pictures. They are never "unknown".
@@ -28,13 +28,15 @@ _OWN_KEYS = (REPORT_KEY,)
 
 
 FRAME_PROBLEMS = ("missing_output", "checksum", "provenance", "missing_mask", "mask_checksum")  # `run --repair` redoes
+# objects there but not readable until restored from an archival storage class: not checked, and not problems
+NOT_READ = ("archived_output", "archived_mask", "archived_original")
 
 
 @dataclass
 class Problem:
     key: str  # the input key of the frame, or the object's key for an unknown object
     kind: str  # missing_output | checksum | provenance | missing_mask | mask_checksum | unknown_object | superseded
-    #            | original_changed | missing_original | unreadable_original | no_manifest
+    #            | original_changed | missing_original | unreadable_original | no_manifest; or one of NOT_READ
     detail: str
 
     def as_dict(self) -> dict:
@@ -49,6 +51,11 @@ class VerifyReport:
     verified: int = 0  # ok rows whose output, checksum, provenance and mask all checked out
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input key, recorded error)
     problems: list[Problem] = field(default_factory=list)
+    not_read: list[Problem] = field(default_factory=list)  # in archival storage: there, but not checked
+
+    def add(self, problems: list[Problem]) -> None:
+        self.problems.extend(problem for problem in problems if problem.kind not in NOT_READ)
+        self.not_read.extend(problem for problem in problems if problem.kind in NOT_READ)
 
     @property
     def ok(self) -> bool:
@@ -58,7 +65,8 @@ class VerifyReport:
         return {
             "job": self.job, "output": self.output, "frames": self.frames, "verified": self.verified,
             "failed": [{"input_key": key, "error": error} for key, error in self.failed],
-            "problems": [problem.as_dict() for problem in self.problems], "ok": self.ok,
+            "problems": [problem.as_dict() for problem in self.problems],
+            "not_read": [problem.as_dict() for problem in self.not_read], "ok": self.ok,
         }
 
 
@@ -87,13 +95,13 @@ def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: 
         check = partial(check_row, storage)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for problems in pool.map(check, ok_rows):
-            report.problems.extend(problems)
+            report.add(problems)
             report.verified += not problems
     if unknown:
         named = table.select(["input_key", "run_id", "output_key", "mask_key"]).to_pylist()
-        report.problems.extend(unknown_objects(listing, named, rows))
+        report.add(unknown_objects(listing, named, rows))
     if originals is not None:
-        report.problems.extend(changed_originals(open_storage(originals, endpoint_url), ok_rows, threads))
+        report.add(changed_originals(open_storage(originals, endpoint_url), ok_rows, threads))
     return report
 
 
@@ -107,7 +115,9 @@ def changed_originals(storage: Storage, rows: list[dict], threads: int) -> list[
             digest = hashlib.sha256(storage.get(key)).hexdigest()
         except NoSuchObjectError as error:
             return Problem(key, "missing_original", f"original {key!r}: {error}")
-        except StorageError as error:  # in Glacier, throttled, denied: there, but not readable now
+        except ArchivedObjectError as error:
+            return Problem(key, "archived_original", f"original {key!r}: {error}")
+        except StorageError as error:  # throttled, denied: there, but not readable now
             return Problem(key, "unreadable_original", f"original {key!r}: {error}")
         if digest != sha256:
             return Problem(key, "original_changed", f"original {key!r} has sha256 {digest}; its output was made "
@@ -124,6 +134,8 @@ def _mask_problems(storage: Storage, row: dict) -> list[Problem]:
         return [] if storage.head(mask_key) is not None else [Problem(key, "missing_mask", f"mask {mask_key!r} is missing")]
     try:
         digest = hashlib.sha256(storage.get(mask_key)).hexdigest()
+    except ArchivedObjectError as error:
+        return [Problem(key, "archived_mask", f"mask {mask_key!r}: {error}")]
     except StorageError as error:
         return [Problem(key, "missing_mask", f"mask {mask_key!r}: {error}")]
     if digest != row["mask_sha256"]:
@@ -151,6 +163,8 @@ def check_row(storage: Storage, row: dict) -> list[Problem]:
         problems += _mask_problems(storage, row)
     try:
         data = storage.get(row["output_key"])
+    except ArchivedObjectError as error:
+        return problems + [Problem(key, "archived_output", f"output {row['output_key']!r}: {error}")]
     except StorageError as error:
         return problems + [Problem(key, "missing_output", f"output {row['output_key']!r}: {error}")]
     digest = hashlib.sha256(data).hexdigest()

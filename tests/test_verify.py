@@ -143,6 +143,40 @@ def test_originals_rotted_in_place_or_gone_are_found_when_asked(restored, tmp_pa
     assert restore_main(["verify", str(tmp_path / "out"), "--originals"]) == 2  # the input is in the spec alone
 
 
+def test_outputs_and_originals_a_lifecycle_rule_moved_to_glacier_are_not_read_nor_called_missing(
+        restored, s3_endpoint, s3_bucket, capsys):
+    """A lifecycle rule archives outputs and masters: verify cannot read them, which is no fault of theirs, and a
+    repair that restored them again would fail on them every night."""
+    import boto3
+
+    from restore.cli import main as restore_main
+    from restore.pipeline import frames_to_repair
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    archived = {"out/f0.png", "out/_masks/f1.png.png", "in/f2.png"}
+    for side in ("in", "out"):
+        for path in sorted((restored / side).rglob("*")):
+            if path.is_file():
+                key = f"{side}/{path.relative_to(restored / side).as_posix()}"
+                client.put_object(Bucket=s3_bucket, Key=key, Body=path.read_bytes(),
+                                  StorageClass="GLACIER" if key in archived else "STANDARD")
+    assert archived <= {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    output, originals = f"s3://{s3_bucket}/out", f"s3://{s3_bucket}/in"
+
+    report = verify(output, "v", s3_endpoint, unknown=True, originals=originals)
+    assert report.ok and report.problems == []
+    assert {(p.key, p.kind) for p in report.not_read} == {("f0.png", "archived_output"), ("f1.png", "archived_mask"),
+                                                          ("f2.png", "archived_original")}
+    assert report.verified == 3
+    raw = {"name": "v", "input": originals, "output": output, "endpoint_url": s3_endpoint,
+           "restorer": {"name": "telea"}, "include": ["*.png", "*.tif"]}
+    assert frames_to_repair(parse_spec(raw)) == frozenset()  # nothing for `run --repair` to redo
+    spec = restored / "s3-job.json"
+    spec.write_text(json.dumps(raw))
+    assert restore_main(["verify", str(spec), "--originals"]) == 0
+    assert "3 objects in archival storage not read" in capsys.readouterr().out
+
+
 def test_provenance_that_names_another_frame_is_found(restored, tmp_path):
     """A file copied over another output: its own provenance is intact but names the wrong input."""
     out = tmp_path / "out"
