@@ -34,6 +34,7 @@ USER_DATA_ID = PROVENANCE_KEY.encode().ljust(32, b"\0")
 # Cineon printing density: 0.002 density per 10-bit code, negative gamma 0.6, reference black 95, white 685.
 CINEON_BLACK, CINEON_WHITE, CINEON_SCALE = 95, 685, 0.002 / 0.6
 VIEW_WHITE = 0.9  # view value of linear 1.0 (diffuse white); the rest of the range is the highlight shoulder
+LOG_TOE = 0.02  # of the view of a log scan, below reference black: its codes under 95 (shadows, base, grain)
 SHOULDER_STOPS = 6  # the shoulder holds highlights up to 2**6 = 64 times diffuse white; brighter clips (in the view)
 # EXR compressions that lose nothing; any other (b44, dwaa, ...) is written as zip, since a lossy re-encode would
 # change pixels outside the mask. pxr24 is lossless for half only.
@@ -115,6 +116,25 @@ def _linear_to_log(linear: np.ndarray) -> np.ndarray:
     return CINEON_WHITE + np.log10(np.maximum(linear * (1 - black) + black, 1e-12)) / CINEON_SCALE
 
 
+def _log_floor() -> float:
+    """The light of code 0: negative, as every code under reference black is."""
+    return float(_log_to_linear(np.float64(0.0)))
+
+
+def _log_linear_to_view(linear: np.ndarray) -> np.ndarray:
+    """A log scan's light to the view: from reference black up as any other, and the negative light of the codes
+    under it onto the view's first LOG_TOE, so a fill in deep shadows can reach them."""
+    above = _linear_to_view(linear).astype(np.float64) / 65535
+    value = np.where(linear >= 0, LOG_TOE + (1 - LOG_TOE) * above, LOG_TOE * (1 - linear / _log_floor()))
+    return np.round(np.clip(value, 0, 1) * 65535).astype(np.uint16)
+
+
+def _view_to_log_linear(view: np.ndarray) -> np.ndarray:
+    value = view.astype(np.float64) / 65535
+    above = _view_to_linear(np.maximum(value - LOG_TOE, 0) / (1 - LOG_TOE) * 65535)
+    return np.where(value >= LOG_TOE, above, _log_floor() * (1 - value / LOG_TOE))
+
+
 def to_view(samples: np.ndarray, header: dict) -> np.ndarray:
     """Source samples (colour channels) → the uint16 view the restorer works on."""
     top = 2 ** header["bits"] - 1
@@ -122,7 +142,7 @@ def to_view(samples: np.ndarray, header: dict) -> np.ndarray:
     if transfer == "display":
         return np.round(samples.astype(np.float64) * (65535 / top)).astype(np.uint16)
     if transfer == "log":
-        return _linear_to_view(_log_to_linear(samples.astype(np.float64) * (1023 / top)))
+        return _log_linear_to_view(_log_to_linear(samples.astype(np.float64) * (1023 / top)))
     if header["dtype"] == "uint16":  # linear DPX
         return _linear_to_view(samples.astype(np.float64) / top)
     return _linear_to_view(samples)  # EXR
@@ -137,7 +157,7 @@ def from_view(view: np.ndarray, header: dict) -> np.ndarray:
     if transfer == "display":
         codes = view.astype(np.float64) * (top / 65535)
     elif transfer == "log":
-        codes = _linear_to_log(_view_to_linear(view)) * (top / 1023)
+        codes = _linear_to_log(_view_to_log_linear(view)) * (top / 1023)
     else:
         codes = _view_to_linear(view) * top
     return np.clip(np.round(codes), 0, top).astype(np.uint16)

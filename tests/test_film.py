@@ -98,6 +98,20 @@ def test_dpx_round_trips_exactly_outside_the_mask_with_its_header(oiio, tmp_path
     assert bytes.fromhex(decode_frame(rerun).header["user_data"]).count(b"restore:provenance") == 1
 
 
+def test_a_fill_in_the_shadows_of_a_log_scan_reaches_under_reference_black(oiio, tmp_path):
+    """A log scan keeps shadow, base and grain in the codes under 95: a fill there that cannot go below 95 leaves
+    a lifted patch in the blacks."""
+    codes = np.round(np.random.default_rng(3).normal(88, 6, (HEIGHT, WIDTH, 3))).clip(60, 130).astype(np.uint16)
+    data = write_film(oiio, tmp_path, "shadows.dpx", np.round(codes * (65535 / 1023)).astype(np.uint16), "uint16",
+                      ("R", "G", "B"), oiio__BitsPerSample=10, dpx__Transfer="Printing density")
+    frame = decode_frame(data)
+    restored = build_restorer(RestorerSettings(name="telea"))(frame.pixels, hole())
+    again = decode_frame(encode_frame(frame, restored, "dpx", text=PROVENANCE))
+    assert np.array_equal(again.source[~hole()], codes[~hole()])
+    fill = again.source[hole()].astype(float)
+    assert abs(fill.mean() - 88) < 3 and (fill < 95).mean() > 0.5  # the shadows' own level, not lifted to 95
+
+
 @pytest.mark.parametrize("pixel_type, compression", [("half", "zip"), ("half", "dwaa"), ("float", "piz")])
 def test_exr_round_trips_floats_bit_exactly_outside_the_mask(oiio, tmp_path, pixel_type, compression):
     linear = scene(3, 4).astype(np.float32) ** 2.2

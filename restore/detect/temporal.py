@@ -62,6 +62,29 @@ def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previ
 NEIGHBOURS_AGREE = 6.0  # noise sigmas within which the two neighbours agree: beyond, occlusion or missed motion
 
 
+COPY_CHANGES = 3.0  # noise sigmas (of the neighbours' disagreement) by which a copy must differ from the frame
+MOTION_ERROR = 0.5  # pixels: how far optical flow may be off, which on an edge of gradient g is a difference of g/2
+PERSISTENT_SHARE = 0.05  # of a mask region's copyable pixels: fewer changed by the copy, the damage is on the
+#                          neighbours too (a scratch or blotch through a still shot) and copying would put it back
+
+
+def _persistent(mask: np.ndarray, fill: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """The pixels of mask regions (8-connected) in which the copy from the neighbours (`fill`) would change under
+    PERSISTENT_SHARE of the pixels it covers (`change`). Film dirt sits on one frame: its neighbours differ
+    from it over the dirt itself, however much margin the mask adds around it."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    copied = np.bincount(labels[fill], minlength=count)
+    changed = np.bincount(labels[fill & change], minlength=count)
+    persistent = changed < PERSISTENT_SHARE * copied
+    persistent[0] = False
+    return persistent[labels]
+
+
+def _gradient(luma: np.ndarray) -> np.ndarray:
+    """Gradient magnitude per pixel (Sobel), in luma per pixel."""
+    return np.hypot(cv2.Sobel(luma, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=3)) / 8
+
+
 def _robust_sigma(x: np.ndarray) -> float:
     return max(1.4826 * float(np.median(np.abs(x - np.median(x)))), 1.0 / 1024)
 
@@ -79,7 +102,7 @@ class TemporalDetector(Detector):
     temporal = True
 
     def __init__(self, threshold: float = 5.0, grow: float = 2.0, agree: float = NEIGHBOURS_AGREE,
-                 motion_error: float = 0.5):
+                 motion_error: float = MOTION_ERROR):
         self.threshold = float(threshold)
         self.motion_error = float(motion_error)
         self.grow = float(grow)
@@ -102,8 +125,7 @@ class TemporalDetector(Detector):
         spike = np.where(to_previous * to_next > 0, np.minimum(np.abs(to_previous), np.abs(to_next)), 0)
         spike[np.abs(previous - following) / sigma > self.agree] = 0
         # 3. motion is only known to a fraction of a pixel: on a steep edge that alone makes a difference
-        gradient = np.hypot(cv2.Sobel(frame, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(frame, cv2.CV_32F, 0, 1, ksize=3)) / 8
-        spike = spike / (sigma + self.motion_error * gradient)
+        spike = spike / (sigma + self.motion_error * _gradient(frame))
         # 4. hysteresis: a region needs one strong pixel
         weak = (spike > self.grow).astype(np.uint8)
         count, labels = cv2.connectedComponents(weak, connectivity=8)
@@ -118,7 +140,8 @@ def temporal_fill(pixels: np.ndarray, mask: np.ndarray, frames: tuple[np.ndarray
     """(pixels with masked pixels copied from the motion-compensated neighbours where those agree, mask left).
 
     The copy is the mean of the previous and next frames; where they differ by more than `NEIGHBOURS_AGREE` noise sigmas
-    (motion the flow missed, or damage on a neighbour) the pixel stays in the returned mask for the restorer.
+    (motion the flow missed, or damage on a neighbour) the pixel stays in the returned mask for the restorer. So does
+    every pixel of a mask region that the neighbours show as the frame has it (`_persistent`): damage on them too.
     `frames` is `compensated(pixels, ...)`; without both neighbours (None) nothing is filled. Pixels outside the mask
     are returned unchanged.
     """
@@ -128,6 +151,10 @@ def temporal_fill(pixels: np.ndarray, mask: np.ndarray, frames: tuple[np.ndarray
     disagreement = luma_of(previous) - luma_of(following)
     sigma = _robust_sigma(disagreement[~mask]) if (~mask).any() else 1.0 / 1024
     fill = mask & (np.abs(disagreement) <= NEIGHBOURS_AGREE * sigma)
+    frame = luma_of(frames[0])
+    tolerance = sigma + MOTION_ERROR * _gradient(frame)  # the flow's error moves a steep edge by that much
+    change = np.abs((luma_of(previous) + luma_of(following)) / 2 - frame) > COPY_CHANGES * tolerance
+    fill &= ~_persistent(mask, fill, change)
     scale = 255.0 if pixels.dtype == np.uint8 else 65535.0
     mean = np.round((previous + following) / 2 * scale).astype(pixels.dtype)  # (H, W, C')
     out = pixels.copy()
