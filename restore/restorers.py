@@ -160,6 +160,8 @@ def _upsample(values: np.ndarray) -> np.ndarray:
     return cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
 
 
+FLAT_RING = 8  # px around a hole whose texture decides whether it lies in a smooth area
+FLAT_LAPLACIAN = 3 / 255  # of the frame's range: nine in ten of the ring's pixels under it, and the area is smooth
 PREFILL_RADIUS = 3  # of OpenCV's inpainting, as the generator's prefill (the radius it was trained with)
 DEEPEST_FILL = 32  # px from a hole's edge the generator fills at a frame's own scale (see `GanRestorer._fill_crops`)
 MIN_LEVEL_SIDE = 16  # px: no coarser level is made of a crop shorter than twice this
@@ -182,6 +184,26 @@ def classical_fill(pixels: np.ndarray, mask: np.ndarray, method: str, radius: in
     # OpenCV inpaints deeper frames only one channel at a time.
     channels = [cv2.inpaint(np.ascontiguousarray(pixels[:, :, c]), hole, radius, flag) for c in range(pixels.shape[2])]
     return np.stack(channels, axis=2)
+
+
+def smooth_holes(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The holes (8-connected) whose surroundings hold no texture: a grain-free sky, a studio backdrop, a print's
+    paper, a smooth gradient. There the smoothest fill is the truest, and a generator's invented texture shows as
+    soon as the contrast is stretched. Smooth means nine in ten pixels of the ring around the hole (kept clear of
+    every hole's edge) have a Laplacian under FLAT_LAPLACIAN: under half an 8-bit level of noise, or an edge."""
+    import cv2
+
+    luma = pixels.astype(np.float32).mean(axis=2) / np.iinfo(pixels.dtype).max
+    laplacian = np.abs(cv2.Laplacian(luma, cv2.CV_32F, ksize=1))
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FLAT_RING + 1,) * 2)
+    clear = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) == 0  # 2 px from any hole's edge
+    smooth = np.zeros(count, bool)
+    for label in range(1, count):
+        component = (labels == label).astype(np.uint8)
+        ring = (cv2.dilate(component, kernel) > 0) & clear
+        smooth[label] = ring.any() and np.quantile(laplacian[ring], 0.9) < FLAT_LAPLACIAN
+    return smooth[labels]
 
 
 class ClassicalRestorer(Restorer):
@@ -247,9 +269,14 @@ class GanRestorer(Restorer):
                    for crop, hole in zip(crops, holes)]
         restored = self._fill_crops(crops, holes, boxes)
         filled = []
-        for pixels, region, out, grey in zip(frames, regions, restored, neutral):
+        for pixels, region, out, grey, crop, hole in zip(frames, regions, restored, neutral, crops, holes):
             scale = float(np.iinfo(pixels.dtype).max)
             out = out.float().cpu()
+            smooth = smooth_holes(crop, hole)
+            if smooth.any():  # the harmonic fill there: the generator's texture would be invented
+                harmonic = classical_fill(crop, smooth, "harmonic").astype(np.float32) / scale
+                harmonic = torch.from_numpy(harmonic).permute(2, 0, 1).expand(out.shape[0], -1, -1)
+                out = torch.where(torch.from_numpy(smooth), harmonic, out)
             if pixels.shape[2] == 1 or grey:
                 out = out.mean(dim=0, keepdim=True).expand(pixels.shape[2], -1, -1)  # grey: the channel mean
             values = out.permute(1, 2, 0).numpy() * scale  # (h, w, C)

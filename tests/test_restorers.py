@@ -220,6 +220,23 @@ def test_a_large_hole_is_filled_without_the_generators_8_pixel_mesh():
     assert mesh < 35 * np.median(spectrum)  # 53 times the median with the generator alone, 24 level by level
 
 
+def test_a_hole_in_a_smooth_grain_free_area_gets_the_smoothest_fill_not_invented_texture():
+    """A sky, a studio backdrop, a print's paper: around such a hole there is no texture to continue, and the
+    generator's own (a faint 8-pixel mesh, a tint) shows as soon as a grade stretches the contrast."""
+    from restore.restorers import classical_fill
+
+    restorer = build_restorer(RestorerSettings(name="gan"))
+    y, x = np.mgrid[0:256, 0:320]
+    sky = np.dstack([18000 + 60 * x + 20 * y, 24000 + 40 * x + 30 * y, 40000 + 20 * x + 10 * y]).astype(np.uint16)
+    mask = np.zeros((256, 320), dtype=bool)
+    mask[70:190, 100:220] = True
+    error = np.abs(restorer(sky, mask)[mask].astype(int) - sky[mask].astype(int))
+    assert error.max() <= 2  # a plane is harmonic: its smoothest fill is the plane itself
+    grainy = (sky + np.random.default_rng(4).normal(0, 600, sky.shape)).clip(0, 65535).astype(np.uint16)
+    restored = restorer(grainy, mask)  # grain is texture to continue: the generator's
+    assert np.abs(restored[mask].astype(int) - classical_fill(grainy, mask, "harmonic")[mask].astype(int)).mean() > 100
+
+
 def test_a_grey_print_stored_as_colour_gets_grey_fills_and_a_colour_one_keeps_its_colour():
     """A scanner often saves a grey print as RGB (R = G = B), as does a grey palette expanded; the generator learnt
     on colour photographs and would tint its holes. Only a region neutral all around its holes is filled grey."""
