@@ -102,16 +102,16 @@ def cmd_run(args) -> int:
         print(f"job {spec.name}: {len(plan.withdrawn)} frames not restored are gone from the input: their failures "
               f"are closed ({WITHDRAWN} in the manifest)")
     if plan.archived:
-        print(f"job {spec.name}: {len(plan.archived)} frames wait in archival storage, {plan.being_restored} of them "
-              "being restored: not read; restore them (S3 RestoreObject) and a later run reads them (`restore "
+        print(f"job {spec.name}: frames waiting in archival storage: {len(plan.archived)}, of which being restored: "
+              f"{plan.being_restored}; not read: restore them (S3 RestoreObject) and a later run reads them (`restore "
               "status` lists them)")
     if not result.planned:
         print(f"job {spec.name}: nothing to do, {result.already_done} frames already restored{given_up}")
         if not plan.given_up and not plan.withdrawn and not plan.archived:
             summary["manifest"] = None  # no run folder was written
     else:
-        waiting = f", {counts['skipped']} skipped: storage could not serve them (tried again every run)" \
-            if counts.get("skipped") else ""
+        waiting = (f", {counts['skipped']} skipped: not restored yet, each for the reason `restore status` gives "
+                   "(tried again every run)") if counts.get("skipped") else ""
         print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed"
               f"{waiting}{given_up} in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "
               f"outputs in {spec.output}, manifest {summary['manifest']}")

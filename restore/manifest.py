@@ -55,7 +55,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("weights_sha256", pa.string()),
     ("config_hash", pa.string()),
     ("software", pa.string()),  # `restore <version>` that wrote the row: outputs of one config differ across versions
-    ("status", pa.string()),  # ok | failed | skipped (storage could not serve it: tried again every run)
+    ("status", pa.string()),  # ok | failed | skipped (no fault of the frame: storage could not serve it, it waits in
+    #                           archival storage, or the job must say more: tried again every run)
     #                           | withdrawn (not restored, and its original has left the input)
     ("error", pa.string()),
     ("width", pa.int32()),

@@ -27,7 +27,8 @@ import yaml
 from PIL import Image
 
 from .frames import FrameError, as_displayed, decode_frame, decode_mask
-from .manifest import is_video, jobs_in, latest_rows, read_manifests, split_frame_key, summarize
+from .manifest import (NOT_RESTORED, WITHDRAWN, is_video, jobs_in, latest_rows, read_manifests, split_frame_key,
+                       summarize)
 from .spec import JobSpec, parse_spec
 from .storage import Storage, StorageError, open_storage
 
@@ -353,8 +354,8 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
               "failed" if status.get("failed") else ""),
     ]
     if status.get("skipped"):
-        cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped", "storage could not serve them",
-                           "skipped"))
+        cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped",
+                           "not restored yet: reasons below; tried again every run", "skipped"))
     if status.get("withdrawn"):
         cards.append(_card("Withdrawn", f"{status['withdrawn']:,}", "count-withdrawn",
                            "not restored, and their originals have left the input"))
@@ -387,16 +388,21 @@ def _provenance(rows: list[dict]) -> str:
 
 
 def _failures(rows: list[dict]) -> str:
-    failed = [row for row in rows if row["status"] == "failed"]
+    """The frames not restored, failed or skipped, each with its own reason: a frame is skipped for a setting the
+    job must give as well as for storage, and only the reason tells which to mend."""
+    failed = [row for row in rows if row["status"] in NOT_RESTORED]
     if not failed:
         return ""
-    body = "".join(f'<tr><td class="key">{_e(row["input_key"])}</td><td class="reason">{_e(row["error"])}</td>'
-                   f'<td class="hash">{_e(row["run_id"])}</td></tr>' for row in failed[:FAILURES_SHOWN])
-    more = (f'<p class="more">… and {len(failed) - FAILURES_SHOWN:,} more: choose “failed” in the frame list.</p>'
-            if len(failed) > FAILURES_SHOWN else "")
-    return (f'<section><h2>Failures <span class="badge failed">{len(failed):,}</span></h2>'
-            '<table class="plain"><thead><tr><th>Frame</th><th>Reason</th><th>Run</th></tr></thead>'
-            f'<tbody id="failures">{body}</tbody></table>{more}</section>')
+    body = "".join(f'<tr><th scope="row" class="key">{_e(row["input_key"])}</th>'
+                   f'<td><span class="badge {row["status"]}">{row["status"]}</span></td>'
+                   f'<td class="reason">{_e(row["error"])}</td><td class="hash">{_e(row["run_id"])}</td></tr>'
+                   for row in failed[:FAILURES_SHOWN])
+    more = (f'<p class="more">… and {len(failed) - FAILURES_SHOWN:,} more: choose “failed” or “skipped” in the frame '
+            'list.</p>' if len(failed) > FAILURES_SHOWN else "")
+    return (f'<section><h2>Not restored <span class="badge failed">{len(failed):,}</span></h2>'
+            '<div class="scroll"><table class="plain"><thead><tr><th scope="col">Frame</th><th scope="col">Status</th>'
+            '<th scope="col">Reason</th><th scope="col">Run</th></tr></thead>'
+            f'<tbody id="failures">{body}</tbody></table></div>{more}</section>')
 
 
 def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix: str) -> str:
@@ -413,12 +419,12 @@ def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix:
 <figcaption><span class="key">{_e(row["input_key"])}</span>
 <span class="meta">{100 * row["masked_fraction"]:.2f} % masked · {row["width"]}×{row["height"]}, {row["bit_depth"]}-bit · {shown}</span></figcaption>
 <div class="viewport"><div class="compare" style="--pos:50%;max-width:{width}px">
-<img class="before" src="{picture}-o.jpg" data-plain="{picture}-o.jpg" data-mask="{picture}-m.jpg" alt="original" loading="lazy" width="{width}" height="{height}">
-<img class="after" src="{picture}-r.jpg" alt="restored" loading="lazy" width="{width}" height="{height}">
+<img class="before" src="{picture}-o.jpg" data-plain="{picture}-o.jpg" data-mask="{picture}-m.jpg" alt="original of {_e(row["input_key"])}" loading="lazy" width="{width}" height="{height}">
+<img class="after" src="{picture}-r.jpg" alt="restored {_e(row["input_key"])}" loading="lazy" width="{width}" height="{height}">
 <span class="tag left">original</span><span class="tag right">restored</span></div></div>
-<div class="controls"><input type="range" min="0" max="100" value="50" aria-label="divide original and restored">
+<div class="controls"><input type="range" min="0" max="100" value="50" aria-valuetext="50 % original shown" aria-label="divide original and restored of {_e(row["input_key"])}">
 <label><input type="checkbox" class="show-mask"> show mask</label>
-<label><input type="checkbox" class="actual"> 1:1</label>
+<label><input type="checkbox" class="actual"> actual size</label>
 <a href="{_href(row["output_key"])}">full-resolution output</a> · <a href="{_href(row["mask_key"])}">mask</a></div>
 </figure>""")
     return ('<section><h2>Largest damaged areas</h2><p class="hint">Drag the slider to compare; the original is on the '
@@ -432,14 +438,16 @@ def _runs(runs: list[dict]) -> str:
     body = "".join(
         f'<tr><td class="hash">{_e(run["run_id"])}</td><td>{run["started"]:%Y-%m-%d %H:%M:%S}</td>'
         f'<td class="num">{run["frames"]:,}</td><td class="num">{run["status"].get("ok", 0):,}</td>'
-        f'<td class="num">{run["status"].get("failed", 0):,}</td><td class="num">{_seconds(run["seconds"])}</td>'
+        f'<td class="num">{run["status"].get("failed", 0):,}</td><td class="num">{run["status"].get("skipped", 0):,}</td>'
+        f'<td class="num">{run["status"].get(WITHDRAWN, 0):,}</td><td class="num">{_seconds(run["seconds"])}</td>'
         f'<td class="num">{run["rate"]:.2f}</td><td>{_e(", ".join(sorted(run["restorers"])))}</td>'
         f'<td class="hash">{_e(", ".join(sorted(run["configs"])))}</td></tr>' for run in runs[:RUNS_SHOWN])
     more = f'<p class="more">… and {len(runs) - RUNS_SHOWN:,} earlier runs.</p>' if len(runs) > RUNS_SHOWN else ""
-    return ("<section><h2>Runs</h2><table class=\"plain\"><thead><tr><th>Run</th><th>Started (UTC)</th>"
-            "<th class=\"num\">Frames</th><th class=\"num\">OK</th><th class=\"num\">Failed</th><th class=\"num\">Wall time</th>"
+    return ("<section><h2>Runs</h2><div class=\"scroll\"><table class=\"plain\"><thead><tr><th>Run</th>"
+            "<th>Started (UTC)</th><th class=\"num\">Frames</th><th class=\"num\">OK</th><th class=\"num\">Failed</th>"
+            "<th class=\"num\">Skipped</th><th class=\"num\">Withdrawn</th><th class=\"num\">Wall time</th>"
             "<th class=\"num\">Frames/s</th><th>Restorer</th><th>Config hash</th></tr></thead>"
-            f"<tbody id=\"runs\">{body}</tbody></table>{more}</section>")
+            f"<tbody id=\"runs\">{body}</tbody></table></div>{more}</section>")
 
 
 def render_report(spec: JobSpec, table: pa.Table, rows: list[dict], notes: dict[str, str], compare: set[str],
@@ -465,8 +473,9 @@ def render_report(spec: JobSpec, table: pa.Table, rows: list[dict], notes: dict[
 <div class="toolbar"><label>Status <select id="status-filter"></select></label>
 <label>Frame <input id="search" type="search" placeholder="part of the name"></label>
 <label>Order <select id="order"><option value="key">by name</option><option value="masked">largest masked area first</option></select></label>
-<span class="pager"><button id="prev" type="button">‹ previous</button> <span id="page-info"></span> <button id="next" type="button">next ›</button></span></div>
-<table id="frame-table"><thead><tr><th>Frame</th><th>Status</th><th class="num">Masked</th><th>Original</th><th>Damage mask</th><th>Restored</th></tr></thead><tbody></tbody></table>
+<span class="pager"><button id="prev" type="button">‹ previous</button> <span id="page-info" role="status"></span> <button id="next" type="button">next ›</button></span></div>
+<noscript><p>The frame list needs JavaScript; every frame's record is in the manifests under <code>_manifests/</code>.</p></noscript>
+<div class="scroll"><table id="frame-table"><thead><tr><th>Frame</th><th>Status</th><th class="num">Masked</th><th>Original</th><th>Damage mask</th><th>Restored</th></tr></thead><tbody></tbody></table></div>
 </section>
 {_runs(runs)}
 <section><h2>Job configuration</h2><pre id="job-config">{_e(config)}</pre></section>
@@ -505,10 +514,11 @@ th{background:#eaecef;font-size:13px;font-weight:600}
 .key{font-weight:600;word-break:break-all}
 .reason{color:var(--failed)}
 .more,.hint{color:var(--muted);font-size:13px}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;background:#8c959f;vertical-align:middle}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;background:#59636e;vertical-align:middle}
 .badge.ok{background:var(--ok)}.badge.failed{background:var(--failed)}.badge.skipped{background:var(--skipped)}
 pre{background:#fff;border:1px solid var(--line);padding:12px;overflow:auto}
-.compare-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:16px}
+.compare-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(360px,100%),1fr));gap:16px}
+.scroll{overflow-x:auto}
 .compare-card{margin:0;background:#fff;border:1px solid var(--line);border-radius:6px;padding:10px}
 .compare-card figcaption{display:flex;flex-wrap:wrap;justify-content:space-between;gap:4px;margin-bottom:6px}
 .meta{color:var(--muted);font-size:13px}
@@ -617,8 +627,17 @@ JS = """
 
   document.querySelectorAll(".compare-card").forEach(function (card) {
     var compare = card.querySelector(".compare"), before = card.querySelector(".before");
-    card.querySelector("input[type=range]").oninput = function (event) { compare.style.setProperty("--pos", event.target.value + "%"); };
-    card.querySelector(".show-mask").onchange = function (event) { before.src = event.target.checked ? before.dataset.mask : before.dataset.plain; };
+    var name = card.querySelector(".key").textContent, tag = card.querySelector(".tag.left");
+    card.querySelector("input[type=range]").oninput = function (event) {
+      compare.style.setProperty("--pos", event.target.value + "%");
+      event.target.setAttribute("aria-valuetext", event.target.value + " % original shown");
+    };
+    card.querySelector(".show-mask").onchange = function (event) {
+      var masked = event.target.checked;
+      before.src = masked ? before.dataset.mask : before.dataset.plain;
+      before.alt = (masked ? "original with the restored pixels tinted, of " : "original of ") + name;
+      tag.textContent = masked ? "original + mask" : "original";
+    };
     card.querySelector(".actual").onchange = function (event) { card.querySelector(".viewport").classList.toggle("actual", event.target.checked); };
   });
 

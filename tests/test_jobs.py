@@ -291,7 +291,7 @@ def test_frames_in_archival_storage_wait_unread_until_restored(s3_endpoint, ray_
     output = open_storage("s3://cold-out/restored", s3_endpoint)
 
     assert restore_main(["run", str(spec_file), "--quiet"]) == 1  # a frame is not restored yet
-    assert "1 frames wait in archival storage, 0 of them being restored" in capsys.readouterr().out
+    assert "frames waiting in archival storage: 1, of which being restored: 0" in capsys.readouterr().out
     [waiting] = [row for row in read_manifests(output, "t").to_pylist() if row["status"] == "skipped"]
     assert waiting["input_key"] == "reel/f001.png" and "(DEEP_ARCHIVE) and not restored" in waiting["error"]
     _, plan = prepare(parse_spec(raw))
@@ -306,7 +306,7 @@ def test_frames_in_archival_storage_wait_unread_until_restored(s3_endpoint, ray_
         thawing = s3_backends["123456789012"]["aws"].buckets["cold-in"].keys["reel/f001.png"]
         thawing.status = "IN_PROGRESS"
         assert restore_main(["run", str(spec_file), "--quiet"]) == 1
-        assert "1 frames wait in archival storage, 1 of them being restored" in capsys.readouterr().out
+        assert "frames waiting in archival storage: 1, of which being restored: 1" in capsys.readouterr().out
         [waiting] = [row for row in latest_rows(read_manifests(output, "t")) if row["status"] == "skipped"]
         assert "being restored from archival storage (DEEP_ARCHIVE)" in waiting["error"]
         thawing.status = "RESTORED"  # the object reads now, though it still lists as DEEP_ARCHIVE

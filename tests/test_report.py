@@ -105,7 +105,7 @@ def test_report_lists_every_frame_with_its_pictures_and_the_manifest_figures(rep
     assert element_text(page, "count-failed") == "1"
     assert element_text(page, "count-masked") == "4"  # the clean frame had no mask
     failed = next(r for r in rows if r["status"] == "failed")
-    assert f'<td class="key">reel/f6-corrupt.png</td><td class="reason">{failed["error"]}</td>' in page
+    assert f'<th scope="row" class="key">reel/f6-corrupt.png</th><td><span class="badge failed">failed</span></td><td class="reason">{failed["error"]}</td>' in page
     assert "<b>" not in page and "f #4 &amp; &lt;b&gt;.png" in page  # escaped in the failure-free HTML parts too
 
     pictures = out / REPORT_ROOT / spec.name / "thumbs"
@@ -296,3 +296,34 @@ def test_pictures_carry_the_frames_rgb_icc_profile_so_a_browser_shows_its_colour
     grey_profile = wide[:16] + b"GRAY" + wide[20:]  # cannot describe the RGB pictures a grey frame becomes
     pictures = picture_set(frame[..., :1], mask, frame[..., :1], long_side=240, quality=90, icc_profile=grey_profile)
     assert all("icc_profile" not in Image.open(io.BytesIO(data)).info for data in pictures.values())
+
+
+def test_frames_not_restored_are_listed_with_their_reasons_and_the_page_speaks_to_assistive_technology():
+    """A skipped frame may wait on a setting the job must give, not on storage: its own reason says which. The
+    page announces the frame list's count as it changes, and labels each comparison with its frame."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from restore.manifest import MANIFEST_SCHEMA
+    from restore.report import render_report
+
+    now = datetime(2026, 11, 27, 12, tzinfo=timezone.utc)
+    base = {"job": "t", "run_id": "20261127T110000000Z-aaaaaa", "config_hash": "c", "finished_at": now}
+    table = pa.Table.from_pylist([
+        {**base, "input_key": "a.jpg", "status": "skipped",
+         "error": "masks.orientation: this frame is shown turned (EXIF Orientation 3); say how its mask was drawn"},
+        {**base, "input_key": "b.png", "status": "failed", "error": "empty file (0 bytes)"},
+        {**base, "input_key": "c.png", "status": "withdrawn", "error": "its original is no longer in the input"},
+    ], schema=MANIFEST_SCHEMA)
+    spec = parse_spec({"name": "t", "input": "in", "output": "out"})
+    page = render_report(spec, table, latest_rows(table), {}, set(), now)
+
+    assert "storage could not serve" not in page
+    failures = re.search(r'<tbody id="failures">(.*?)</tbody>', page, re.S).group(1)
+    assert re.findall(r'<th scope="row" class="key">([^<]*)</th><td><span class="badge (\w+)">', failures) == [
+        ("a.jpg", "skipped"), ("b.png", "failed")]
+    assert "say how its mask was drawn" in failures
+    runs = re.search(r'<tbody id="runs">(.*?)</tbody>', page, re.S).group(1)
+    assert re.findall(r'<td class="num">([\d,]+)</td>', runs)[:5] == ["3", "0", "1", "1", "1"]  # frames, ok…withdrawn
+    assert '<span id="page-info" role="status">' in page
