@@ -163,14 +163,24 @@ def from_view(view: np.ndarray, header: dict) -> np.ndarray:
     return np.clip(np.round(codes), 0, top).astype(np.uint16)
 
 
+def restore_codes(codes: np.ndarray, view: np.ndarray, header: dict) -> np.ndarray:
+    """`codes` with the changes a restorer made to their view: unchanged view values keep their exact code."""
+    changed = view != to_view(codes, header)
+    out = codes.copy()
+    out[changed] = from_view(view[changed], header)
+    return out
+
+
 def composite(frame: FilmFrame, pixels: np.ndarray) -> np.ndarray:
     """Source samples with the restorer's changes: unchanged view values keep their exact source sample."""
     colours = pixels.shape[2]
-    original = frame.source[..., :colours]
-    changed = pixels != to_view(original, frame.header)
     samples = frame.source.copy()
-    samples[..., :colours][changed] = from_view(pixels[changed], frame.header)
+    samples[..., :colours] = restore_codes(frame.source[..., :colours], pixels, frame.header)
     return samples
+
+
+# A log scan in a 16-bit PNG or TIFF (a job's `transfer: log`): printing density codes scaled to 16 bits.
+LOG_SCAN = {"bits": 16, "transfer": "log", "dtype": "uint16"}
 
 
 # ---------------------------------------------------------------------------------------------------- decode

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__
-from .film import FilmFrame
+from .film import LOG_SCAN, FilmFrame, restore_codes, to_view
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, FrameError, as_stored, check_encodable,
                      check_pixel_limit, decode_frame, decode_mask, encode_frame, encode_mask, extension_for)
 from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, History, ManifestWriter,
@@ -673,6 +673,12 @@ def _detector(name: str, weights: str | None = None):
     return build_detector(name, **({"weights": weights} if weights else {}))
 
 
+def _reads_log(context: JobContext, source_format: str) -> bool:
+    """Whether the frame's codes are log (`transfer: log`), seen by detectors and restorers through their view (a
+    DPX or EXR says its own transfer; a video is display)."""
+    return context.spec.transfer == "log" and source_format not in ("DPX", "EXR", "VIDEO")
+
+
 def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callable[[], tuple | None],
                etags: dict[str, str | None]) -> np.ndarray:
     """Given ∪ detected, grown by `dilate`, minus what the user protects: the exact set of pixels that may change.
@@ -684,7 +690,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     from .detect import refine_mask
 
     settings = context.spec.masks
-    pixels = frame.pixels
+    pixels = to_view(frame.pixels, LOG_SCAN) if _reads_log(context, frame.format) else frame.pixels
     shape = pixels.shape[:2]
     mask = np.zeros(shape, dtype=bool)
     if settings.reads_given:
@@ -840,6 +846,10 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
                        input_sha256=hashlib.sha256(data).hexdigest())
             if row["frame_indices"] is None:
                 frame = decode_frame(data, context.spec.max_pixels)
+                if _reads_log(context, frame.format) and frame.pixels.dtype != np.uint16:
+                    raise FrameError(f"transfer: log reads 16-bit scans (printing density codes scaled to 16 bits); "
+                                     f"this {frame.format} frame is {frame.bit_depth}-bit: give it its own job with "
+                                     "transfer: display")
                 decoded[row["input_key"]] = frame.pixels
                 check_encodable(frame, lossless_format(frame.format, context.spec.output_format))  # before restoring
                 loaded = [_frame_row(context, out, frame, *_still_neighbours(context, row, decoded))]
@@ -869,13 +879,15 @@ class RestoreFrames:
             raise RestorerError(f"workers.gpus is {context.spec.workers.gpus}, but this worker's torch sees no CUDA "
                                 "device (a CPU build of torch, or a GPU driver older than its CUDA)")
         self.worker = _worker_name()
+        self.context = context
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         todo = [row for row in rows if row["status"] == "ok"]
         started = time.perf_counter()
         try:
-            restored = self.restorer.restore_batch([_pixels(r) for r in todo], [_restore_mask(r) for r in todo])
+            views = self.restorer.restore_batch([self._view(r) for r in todo], [_restore_mask(r) for r in todo])
+            restored = [self._codes(row, view) for row, view in zip(todo, views)]
         except Exception:  # noqa: BLE001 - one bad frame must not fail its batch-mates: retry one by one
             restored = [self._restore_one(row) for row in todo]
         seconds = (time.perf_counter() - started) / max(1, len(todo))
@@ -888,9 +900,18 @@ class RestoreFrames:
             row["worker"] = self.worker
         return pa.Table.from_pylist(rows, schema=FRAME_SCHEMA)
 
+    def _view(self, row: dict) -> np.ndarray:
+        """What the restorer sees: a log scan's view, else the pixels themselves."""
+        return to_view(_pixels(row), LOG_SCAN) if _reads_log(self.context, row["source_format"]) else _pixels(row)
+
+    def _codes(self, row: dict, view: np.ndarray) -> np.ndarray:
+        if not _reads_log(self.context, row["source_format"]):
+            return view
+        return restore_codes(_pixels(row), view, LOG_SCAN)
+
     def _restore_one(self, row: dict) -> np.ndarray | str:
         try:
-            return self.restorer(_pixels(row), _restore_mask(row))
+            return self._codes(row, self.restorer(self._view(row), _restore_mask(row)))
         except Exception as error:  # noqa: BLE001 - recorded as the frame's failure reason
             return f"restorer {self.restorer.name} failed: {type(error).__name__}: {error}"
 

@@ -19,6 +19,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from functools import partial
+from typing import Callable
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -26,6 +28,7 @@ import pyarrow as pa
 import yaml
 from PIL import Image
 
+from .film import LOG_SCAN, to_view
 from .frames import FrameError, as_displayed, decode_frame, decode_mask
 from .manifest import (NOT_RESTORED, WITHDRAWN, is_video, jobs_in, latest_rows, read_manifests, split_frame_key,
                        summarize)
@@ -114,8 +117,8 @@ def build_report(spec: JobSpec, input_storage: Storage, output_storage: Storage,
         else:
             stills.append(job)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        made = [pool.submit(_make_pictures, input_storage, output_storage, prefix, spec.max_pixels, *job)
-                for job in stills]
+        made = [pool.submit(_make_pictures, input_storage, output_storage, prefix, spec.max_pixels, *job,
+                            log=spec.transfer == "log") for job in stills]
         made_videos = [pool.submit(_make_video_pictures, input_storage, output_storage, prefix, spec.max_pixels,
                                    video, video_jobs) for video, video_jobs in videos.items()]
         failures = [future.result() for future in made]
@@ -158,16 +161,18 @@ def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:
 
 
 def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str, max_pixels: int, row: dict,
-                   digest: str, thumbs: bool, preview: bool) -> str | None:
-    """Decode a still frame's original (within the job's `max_pixels`, as the run did) and make its pictures.
+                   digest: str, thumbs: bool, preview: bool, log: bool = False) -> str | None:
+    """Decode a still frame's original (within the job's `max_pixels`, as the run did) and make its pictures; a
+    log scan's (`log`: the job's `transfer: log`) through the view its restorer saw, not its flat codes.
     Returns why it could not."""
     try:
         source = decode_frame(_read_checked(input_storage, row["input_key"], row["input_sha256"], "original"),
                               max_pixels)
     except (StorageError, FrameError) as error:
         return f"no pictures: {error}"
+    view = partial(to_view, header=LOG_SCAN) if log and source.format not in ("DPX", "EXR") else None
     return _write_pictures(output_storage, prefix, max_pixels, row, digest, thumbs, preview, source.pixels,
-                           source.orientation, source.icc_profile)
+                           source.orientation, source.icc_profile, view)
 
 
 def _make_video_pictures(input_storage: Storage, output_storage: Storage, prefix: str, max_pixels: int, video: str,
@@ -202,15 +207,18 @@ def _make_video_pictures(input_storage: Storage, output_storage: Storage, prefix
 
 
 def _write_pictures(output_storage: Storage, prefix: str, max_pixels: int, row: dict, digest: str, thumbs: bool,
-                    preview: bool, original: np.ndarray, orientation: int, icc_profile: bytes | None) -> str | None:
-    """Decode the output and audit mask of a frame whose original is decoded, and write the picture sets asked for.
-    Returns why it could not."""
+                    preview: bool, original: np.ndarray, orientation: int, icc_profile: bytes | None,
+                    view: Callable[[np.ndarray], np.ndarray] | None = None) -> str | None:
+    """Decode the output and audit mask of a frame whose original is decoded, and write the picture sets asked for,
+    of both through `view` if given. Returns why it could not."""
     try:
         output = _read_checked(output_storage, row["output_key"], row["output_sha256"], "output")
         restored = decode_frame(output, max_pixels).pixels
         mask = decode_mask(output_storage.get(row["mask_key"]), max_pixels) if row["mask_key"] else None
     except (StorageError, FrameError) as error:
         return f"no pictures: {error}"
+    if view is not None:
+        original, restored = view(original), view(restored)
     # shown as a viewer shows the files (outputs keep the orientation tag); the audit mask lies on the stored pixels
     original, restored = (as_displayed(pixels, orientation) for pixels in (original, restored))
     mask = None if mask is None else as_displayed(mask, orientation)

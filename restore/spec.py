@@ -29,6 +29,9 @@ MAX_DILATE = 1000  # px a mask may grow by: more covers a whole scan, and the di
 MAX_RADIUS = 100  # px of the classical fills' neighbourhood
 MASK_ORIENTATIONS = ("displayed", "stored")  # how given masks of a frame with an EXIF Orientation were drawn
 OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")
+# How a PNG's or TIFF's code values relate to light: display (gamma-encoded, as photographs are) or log (Cineon
+# printing density scaled to 16 bits, as film scanners write log scans into TIFF). DPX and EXR say it themselves.
+TRANSFERS = ("display", "log")
 DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dpx", "*.exr")  # videos only when named
 DEFAULT_MAX_PIXELS = 180_000_000
 
@@ -111,6 +114,7 @@ class JobSpec:
     masks: MaskSettings = field(default_factory=MaskSettings)
     restorer: RestorerSettings = field(default_factory=RestorerSettings)
     output_format: str = "same"
+    transfer: str = "display"
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int = 4
     workers: WorkerSettings = field(default_factory=WorkerSettings)
@@ -154,6 +158,8 @@ class JobSpec:
             "masks": masks,
             "output_format": self.output_format,
         }
+        if self.transfer != "display":  # jobs from before the setting keep their hash
+            settings["transfer"] = self.transfer
         if self.uses_neighbours:
             settings["sequence"] = asdict(self.sequence)
         return settings
@@ -164,7 +170,7 @@ class JobSpec:
 
 
 _TOP_FIELDS = {
-    "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format",
+    "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format", "transfer",
     "max_pixels", "batch_size", "workers", "sequence", "commit_every", "max_attempts",
 }
 
@@ -357,6 +363,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
 
     spec_kwargs = dict(
         output_format=check.string(raw, "output_format", "output_format", "same", choices=OUTPUT_FORMATS),
+        transfer=check.string(raw, "transfer", "transfer", "display", choices=TRANSFERS),
         max_pixels=check.number(raw, "max_pixels", "max_pixels", DEFAULT_MAX_PIXELS, minimum=1),
         batch_size=check.number(raw, "batch_size", "batch_size", 4, minimum=1),
         commit_every=check.number(raw, "commit_every", "commit_every", 64, minimum=1),

@@ -335,6 +335,40 @@ def test_an_output_a_lifecycle_rule_archived_is_adopted_unread_when_written_agai
     assert client.get_object(Bucket=s3_bucket, Key="out/f.png")["Body"].read() == b"restored BYTES"
 
 
+def test_a_log_scan_is_detected_and_restored_through_its_view_and_written_back_as_log_codes(tmp_path, ray_session):
+    """A film scanner's log TIFF is flat and greenish as stored: a restorer trained on pictures fills it with a
+    cast. With `transfer: log` detectors and restorers see its view (as for a DPX), and the changes go back into
+    log codes; unmasked codes stay exact."""
+    import tifffile
+
+    from restore.film import LOG_SCAN, from_view, to_view
+    from restore.restorers import build_restorer
+    from restore.spec import RestorerSettings
+
+    view = np.repeat(np.repeat(scene(3).astype(np.uint16) * 257, 3, axis=0), 3, axis=1)  # 144 x 192, 16-bit
+    codes = from_view(view, LOG_SCAN)
+    mask = np.zeros(codes.shape[:2], bool)
+    mask[40:80, 60:110] = True
+    codes[mask] = 20000  # a blotch
+    (tmp_path / "in" / "masks").mkdir(parents=True)
+    tifffile.imwrite(tmp_path / "in" / "scan.tif", codes, photometric="rgb")
+    (tmp_path / "in" / "masks" / "scan.png").write_bytes(png_bytes(mask.astype(np.uint8) * 255))
+    (tmp_path / "in" / "proof.png").write_bytes(png_bytes(scene(4)))  # 8-bit: no log scan
+    (tmp_path / "in" / "masks" / "proof.png").write_bytes(png_bytes(box_mask()))
+    raw = job(tmp_path, transfer="log", include=["*.tif", "*.png"])
+
+    assert run(raw).counts == {"ok": 1, "failed": 1}
+    restored = tifffile.imread(tmp_path / "out" / "scan.tif")
+    assert np.array_equal(restored[~mask], codes[~mask])
+    fill = build_restorer(RestorerSettings(name="telea"))(to_view(codes, LOG_SCAN), mask)
+    expected = codes.copy()
+    expected[mask] = from_view(fill[mask], LOG_SCAN)
+    assert np.array_equal(restored, expected)  # the restorer saw the view, and its fill went back as log codes
+    failed = {row["input_key"]: row for row in latest_rows(read_manifests(open_storage(str(tmp_path / "out")), "t"))}
+    assert "transfer: log reads 16-bit scans" in failed["proof.png"]["error"]
+    assert parse_spec(raw).config_hash(None) != parse_spec({**raw, "transfer": "display"}).config_hash(None)
+
+
 def test_output_inside_input_is_refused_before_any_work(tmp_path, ray_session):
     write_collection(tmp_path / "in", 1)
     spec_file = tmp_path / "job.yaml"
