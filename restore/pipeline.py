@@ -129,13 +129,13 @@ class Plan:
     orphan_masks: list[str] = field(default_factory=list)  # files in mask folders whose frames are gone: not frames
     withdrawn: list[str] = field(default_factory=list)  # frames not restored whose originals left the input
     # frames whose originals wait in archival storage: not read this run; each a task's input fields, its `error`,
-    # and whether its newest row already says so (`recorded`: no row is added every night)
+    # whether a restore (S3 RestoreObject) is bringing it back (`restoring`), and whether its newest row already
+    # says so (`recorded`: no row is added every night)
     archived: list[dict] = field(default_factory=list)
 
     @property
     def being_restored(self) -> int:
-        """Of the frames `archived`, those whose originals a restore (S3 RestoreObject) is bringing back now."""
-        return sum(RESTORE_UNDER_WAY in frame["error"] for frame in self.archived)
+        return sum(frame["restoring"] for frame in self.archived)
 
     @property
     def frames(self) -> int:
@@ -303,17 +303,24 @@ def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
     return input_storage, output_storage, mask_storage
 
 
-def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, str], bool], table: pa.Table,
-                 window: int, audited: set[str]) -> tuple[list[dict], int, int]:
-    """Chunk tasks for the frames of a video not yet done; returns (tasks, frames in the video, frames done)."""
-    from .video import probe_video
-
-    if skip(info.key, info.etag):  # a video that could not be planned (or probed), given up after max_attempts
-        return [], 1, 1
+def _video_done(info: ObjectInfo, skip: Callable[[str, str], bool], table: pa.Table) -> int | None:
+    """The frames of a video that needs no reading: 1 when it was given up whole (it could not be planned or
+    probed), its count when every frame is done; None when it is to be read."""
+    if skip(info.key, info.etag):
+        return 1
     recorded = table.filter(pc.starts_with(table["input_key"], info.key + "#"))
     counts = [n for n in recorded["input_frames"].to_pylist() if n is not None]
     if counts and all(skip(video_frame_key(info.key, i), info.etag) for i in range(counts[-1])):
-        return [], counts[-1], counts[-1]  # known complete: no need to read the video again
+        return counts[-1]
+    return None
+
+
+def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, str], bool], window: int,
+                 audited: set[str]) -> tuple[list[dict], int, int]:
+    """Chunk tasks for the frames of a video to read (not `_video_done`); returns (tasks, frames in the video,
+    frames done)."""
+    from .video import probe_video
+
     base = {"input_key": info.key, "input_size": info.size, "input_etag": info.etag,
             "input_version_id": info.version_id, "neighbour_keys": []}
     try:
@@ -489,13 +496,12 @@ def _still_tasks(stills: list[ObjectInfo], leave: FramesToLeave) -> list[dict]:
 
 
 ARCHIVE_CHECKS = 32  # originals in an archival class checked at once when planning (one HEAD each)
-RESTORE_UNDER_WAY = "being restored"
 
 
 def waiting_in_archive(storage: Storage, originals: list[ObjectInfo]) -> dict[str, str]:
-    """Originals in an archival storage class that cannot be read now → why: planning leaves them out, so a night
-    spends one HEAD on each instead of a worker's GET (and Ray's start, when nothing else is to do). A reason names
-    a restore under way as `being restored`."""
+    """Originals in an archival storage class that cannot be read now → `archived` or `restoring` (see
+    `Storage.archive_state`): planning leaves them out, so a night spends one HEAD on each instead of a worker's GET
+    (and Ray's start, when nothing else is to do)."""
     archival = [info for info in originals if info.storage_class in ARCHIVAL_CLASSES]
     if not archival:
         return {}
@@ -508,11 +514,15 @@ def waiting_in_archive(storage: Storage, originals: list[ObjectInfo]) -> dict[st
 
     with ThreadPoolExecutor(ARCHIVE_CHECKS) as pool:
         states = list(pool.map(state, archival))
-    return {info.key: (f"its original is in archival storage ({info.storage_class}) and not restored: restore it "
-                       "(S3 RestoreObject) and the next run reads it" if state == "archived" else
-                       f"its original is {RESTORE_UNDER_WAY} from archival storage ({info.storage_class}): the "
-                       "first run after the restore completes reads it")
-            for info, state in zip(archival, states) if state}
+    return {info.key: state for info, state in zip(archival, states) if state}
+
+
+def _archive_reason(info: ObjectInfo, state: str) -> str:
+    if state == "restoring":
+        return (f"its original is being restored from archival storage ({info.storage_class}): the first run after "
+                "the restore completes reads it")
+    return (f"its original is in archival storage ({info.storage_class}) and not restored: restore it (S3 "
+            "RestoreObject) and the next run reads it")
 
 
 def _refuse_misplaced_inputs(tasks: list[dict], listed: list[ObjectInfo], output_format: str) -> None:
@@ -548,17 +558,23 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     past = history(table, context.config_hash)
     exhausted = {frame for frame, attempts in past.failures.items() if 0 < spec.max_attempts <= attempts}
     leave = FramesToLeave(spec, listing, past, exhausted, redo)
-    waiting = waiting_in_archive(context.input_storage, [info for info in listing.frames
-                                                         if is_video(info.key) or not leave.skip(info.key, info.etag)])
     stills = [info for info in listing.frames if not is_video(info.key)]
-    tasks = [task for task in _still_tasks(stills, leave) if task["input_key"] not in waiting]
+    tasks = _still_tasks(stills, leave)
+    videos_done = {info.key: _video_done(info, leave.skip, table) for info in listing.frames if is_video(info.key)}
+    to_read = {task["input_key"] for task in tasks if not task.get("plan_error")}
+    to_read |= {key for key, done in videos_done.items() if done is None}
+    waiting = waiting_in_archive(context.input_storage, [info for info in listing.frames if info.key in to_read])
+    tasks = [task for task in tasks if task["input_key"] not in waiting]
     frames = len(stills)
     frames_done = frames - len(tasks) - sum(info.key in waiting for info in stills)
     for info in listing.frames:
+        done = videos_done.get(info.key)
         if info.key in waiting:  # a video in archival storage is not probed (a GET): one frame, as if unreadable
             frames += 1
+        elif done is not None:  # given up, or known complete: not read again
+            frames, frames_done = frames + done, frames_done + done
         elif is_video(info.key):
-            video_tasks, count, count_done = _video_tasks(info, context.input_storage, leave.skip, table,
+            video_tasks, count, count_done = _video_tasks(info, context.input_storage, leave.skip,
                                                           spec.sequence.window, past.audited)
             tasks += video_tasks
             frames, frames_done = frames + count, frames_done + count_done
@@ -569,9 +585,11 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     repairing = sorted(redo.intersection(key for task in tasks for key in _frame_keys(task)))
     # a corrupt scan deleted, or replaced under another name: its failure must not keep an alert on for good
     withdrawn = sorted(key for key in past.not_restored if split_frame_key(key)[0] not in listed_etags)
+    reasons = {info.key: _archive_reason(info, waiting[info.key]) for info in listing.frames if info.key in waiting}
     archived = [{"input_key": info.key, "input_size": info.size, "input_etag": info.etag,
-                 "input_version_id": info.version_id, "error": waiting[info.key],
-                 "recorded": past.skipped.get(info.key) == (info.etag, waiting[info.key])}
+                 "input_version_id": info.version_id, "error": reasons[info.key],
+                 "restoring": waiting[info.key] == "restoring",
+                 "recorded": past.skipped.get(info.key) == (info.etag, reasons[info.key])}
                 for info in listing.frames if info.key in waiting]
     return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up),
                 bytes_to_read=sum({task["input_key"]: task["input_size"] for task in tasks}.values()),  # a video once
@@ -674,8 +692,9 @@ def _detector(name: str, weights: str | None = None):
 
 
 def _reads_log(context: JobContext, source_format: str) -> bool:
-    """Whether the frame's codes are log (`transfer: log`), seen by detectors and restorers through their view (a
-    DPX or EXR says its own transfer; a video is display)."""
+    """Whether the frame's codes are log (`transfer: log`), seen by single-frame detectors and restorers through
+    their view (a DPX or EXR says its own transfer; a video is display). The temporal detector and temporal fill
+    compare a frame with its neighbours in the codes themselves."""
     return context.spec.transfer == "log" and source_format not in ("DPX", "EXR", "VIDEO")
 
 

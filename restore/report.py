@@ -407,7 +407,8 @@ def _failures(rows: list[dict]) -> str:
                    for row in failed[:FAILURES_SHOWN])
     more = (f'<p class="more">… and {len(failed) - FAILURES_SHOWN:,} more: choose “failed” or “skipped” in the frame '
             'list.</p>' if len(failed) > FAILURES_SHOWN else "")
-    return (f'<section><h2>Not restored <span class="badge failed">{len(failed):,}</span></h2>'
+    badge = "failed" if any(row["status"] == "failed" for row in failed) else "skipped"
+    return (f'<section><h2>Not restored <span class="badge {badge}">{len(failed):,}</span></h2>'
             '<div class="scroll"><table class="plain"><thead><tr><th scope="col">Frame</th><th scope="col">Status</th>'
             '<th scope="col">Reason</th><th scope="col">Run</th></tr></thead>'
             f'<tbody id="failures">{body}</tbody></table></div>{more}</section>')

@@ -471,28 +471,27 @@ class S3Storage(Storage):
                 raise self._error("read", key, e) from None
         return data, ObjectInfo(key, len(data), r["ETag"].strip('"'), r.get("VersionId"), r.get("StorageClass"))
 
-    def head(self, key: str) -> ObjectInfo | None:
+    def _head(self, key: str) -> dict | None:
+        """The HEAD response, or None when there is no such object."""
         try:
-            r = self.client.head_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))
+            return self.client.head_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 return None
             raise self._error("inspect", key, e) from None
         except BotoCoreError as e:
             raise self._error("inspect", key, e) from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        r = self._head(key)
+        if r is None:
+            return None
         # HEAD reports StorageClass only for non-STANDARD objects
         return ObjectInfo(key, r["ContentLength"], r["ETag"].strip('"'), r.get("VersionId"), r.get("StorageClass"))
 
     def archive_state(self, key: str) -> str | None:
-        try:
-            r = self.client.head_object(Bucket=self.bucket, Key=self.prefix + safe_key(key))
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-                return None
-            raise self._error("inspect", key, e) from None
-        except BotoCoreError as e:
-            raise self._error("inspect", key, e) from None
-        if r.get("StorageClass") not in ARCHIVAL_CLASSES:
+        r = self._head(key)
+        if r is None or r.get("StorageClass") not in ARCHIVAL_CLASSES:
             return None
         restore = r.get("Restore") or ""  # ongoing-request="false", expiry-date="…" once restored
         return "restoring" if 'ongoing-request="true"' in restore else None if restore else "archived"

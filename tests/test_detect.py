@@ -162,7 +162,8 @@ def test_temporal_fill_copies_from_neighbours_where_they_agree():
 
 def test_temporal_fill_never_copies_damage_its_neighbours_show_too():
     """A scratch and a blotch through a still shot are on every frame: the neighbours agree, and would copy them
-    back. Only the speck on this frame alone, with the margin its mask adds, is theirs to fill."""
+    back. Only the speck on this frame alone is theirs to fill; the clean margin its mask adds, and dirt that
+    touches the scratch, change nothing."""
     frames = [scene(seed=20 + t) for t in range(3)]  # a still shot: grain differs, the picture does not
     for frame in frames:
         frame[20:180, 120:122] = 245  # the same scratch
@@ -171,12 +172,14 @@ def test_temporal_fill_never_copies_damage_its_neighbours_show_too():
     cv2.circle(mask, (60, 60), 14, 1, -1)
     mask[18:182, 118:124] = 1
     cv2.circle(frames[1], (150, 100), 2, (250, 250, 250), -1)  # a speck on this frame only
-    cv2.circle(mask, (150, 100), 5, 1, -1)  # masked with a margin: a sixth of its region is the speck itself
+    cv2.circle(mask, (150, 100), 12, 1, -1)  # masked with a wide margin: 3 % of its region is the speck itself
+    cv2.circle(frames[1], (125, 60), 2, (10, 10, 10), -1)  # and one touching the scratch
+    cv2.circle(mask, (125, 60), 4, 1, -1)
     mask = mask.astype(bool)
     filled, remaining = temporal_fill(frames[1], mask, compensated(frames[1], [frames[0], frames[2]], 1))
-    assert remaining[:, 118:124][mask[:, 118:124]].all()  # the scratch: for the restorer
+    assert remaining[20:180, 120:122].all()  # the scratch: for the restorer
     assert remaining[:, :100][mask[:, :100]].all()  # the blotch too
-    assert mask[:, 140:].any() and not remaining[:, 140:].any()  # the speck: copied
+    assert not remaining[99:102, 149:152].any() and not remaining[60, 124:127].any()  # the specks: copied
     assert np.abs(filled[98:103, 148:153].astype(int) - scene(seed=21)[98:103, 148:153].astype(int)).mean() < 12
 
 

@@ -227,3 +227,23 @@ def test_frame_masks_named_with_digits_after_the_index_are_not_planned_as_frames
            "include": ["*.mkv", "*.png"], "masks": {"pattern": "masks/{stem}.20240101.png"}}
     _, plan = prepare(parse_spec(raw))
     assert sorted({task["input_key"] for task in plan.tasks}) == ["clip.mkv", "still.png"]
+
+
+def test_a_restored_video_moved_to_glacier_is_not_checked_nor_held_as_waiting(s3_endpoint, s3_bucket, ray_session):
+    """Planning asks S3 about archived originals it would read; a video whose every frame is done is not read, so
+    a lifecycle rule moving it to Glacier afterwards must not turn it into a frame waiting for a restore."""
+    import boto3
+
+    from restore.pipeline import prepare, run_job
+    from restore.spec import parse_spec
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.put_object(Bucket=s3_bucket, Key="in/clip.mkv", Body=clip("ffv1", "matroska", "bgr0"))
+    raw = {"name": "video", "input": f"s3://{s3_bucket}/in", "output": f"s3://{s3_bucket}/out",
+           "endpoint_url": s3_endpoint, "include": ["*.mkv"], "restorer": {"name": "telea"}, "batch_size": 8}
+    assert run_job(*prepare(parse_spec(raw))).counts == {"ok": COUNT}
+    client.copy_object(Bucket=s3_bucket, Key="in/clip.mkv", CopySource={"Bucket": s3_bucket, "Key": "in/clip.mkv"},
+                       StorageClass="GLACIER")
+
+    _, plan = prepare(parse_spec(raw))
+    assert plan.archived == [] and plan.tasks == [] and plan.already_done == plan.listed == COUNT

@@ -64,20 +64,6 @@ NEIGHBOURS_AGREE = 6.0  # noise sigmas within which the two neighbours agree: be
 
 COPY_CHANGES = 3.0  # noise sigmas (of the neighbours' disagreement) by which a copy must differ from the frame
 MOTION_ERROR = 0.5  # pixels: how far optical flow may be off, which on an edge of gradient g is a difference of g/2
-PERSISTENT_SHARE = 0.05  # of a mask region's copyable pixels: fewer changed by the copy, the damage is on the
-#                          neighbours too (a scratch or blotch through a still shot) and copying would put it back
-
-
-def _persistent(mask: np.ndarray, fill: np.ndarray, change: np.ndarray) -> np.ndarray:
-    """The pixels of mask regions (8-connected) in which the copy from the neighbours (`fill`) would change under
-    PERSISTENT_SHARE of the pixels it covers (`change`). Film dirt sits on one frame: its neighbours differ
-    from it over the dirt itself, however much margin the mask adds around it."""
-    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    copied = np.bincount(labels[fill], minlength=count)
-    changed = np.bincount(labels[fill & change], minlength=count)
-    persistent = changed < PERSISTENT_SHARE * copied
-    persistent[0] = False
-    return persistent[labels]
 
 
 def _gradient(luma: np.ndarray) -> np.ndarray:
@@ -141,7 +127,9 @@ def temporal_fill(pixels: np.ndarray, mask: np.ndarray, frames: tuple[np.ndarray
 
     The copy is the mean of the previous and next frames; where they differ by more than `NEIGHBOURS_AGREE` noise sigmas
     (motion the flow missed, or damage on a neighbour) the pixel stays in the returned mask for the restorer. So does
-    every pixel of a mask region that the neighbours show as the frame has it (`_persistent`): damage on them too.
+    one where the copy would not change the frame beyond noise: damage there is on the neighbours too (a scratch
+    or blotch through a still shot), and copying would put it back; a mask's margin of clean picture goes to the
+    restorer too, as it would without neighbours.
     `frames` is `compensated(pixels, ...)`; without both neighbours (None) nothing is filled. Pixels outside the mask
     are returned unchanged.
     """
@@ -150,11 +138,10 @@ def temporal_fill(pixels: np.ndarray, mask: np.ndarray, frames: tuple[np.ndarray
     _, previous, following = frames
     disagreement = luma_of(previous) - luma_of(following)
     sigma = _robust_sigma(disagreement[~mask]) if (~mask).any() else 1.0 / 1024
-    fill = mask & (np.abs(disagreement) <= NEIGHBOURS_AGREE * sigma)
     frame = luma_of(frames[0])
     tolerance = sigma + MOTION_ERROR * _gradient(frame)  # the flow's error moves a steep edge by that much
     change = np.abs((luma_of(previous) + luma_of(following)) / 2 - frame) > COPY_CHANGES * tolerance
-    fill &= ~_persistent(mask, fill, change)
+    fill = mask & (np.abs(disagreement) <= NEIGHBOURS_AGREE * sigma) & change
     scale = 255.0 if pixels.dtype == np.uint8 else 65535.0
     mean = np.round((previous + following) / 2 * scale).astype(pixels.dtype)  # (H, W, C')
     out = pixels.copy()
