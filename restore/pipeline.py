@@ -951,20 +951,21 @@ def provenance(context: JobContext, row: dict) -> dict[str, str]:
     }
 
 
-def put_or_adopt(storage: Storage, key: str, data: bytes, content_type: str) -> ObjectInfo:
+def put_or_adopt(storage: Storage, key: str, data: bytes, content_type: str,
+                 storage_class: str | None = None) -> ObjectInfo:
     """Outputs are deterministic: an identical object already there (left by a crashed run, or moved to an archival
     class by a lifecycle rule) is adopted, not rewritten. S3 names an object put whole by its MD5 (its ETag), which
     tells without reading it back."""
     existing = storage.head(key)
     if existing is None or existing.size != len(data):
-        return storage.put(key, data, content_type=content_type)
+        return storage.put(key, data, content_type=content_type, storage_class=storage_class)
     if existing.etag == hashlib.md5(data, usedforsecurity=False).hexdigest():
         return existing
     try:
         same = hashlib.sha256(storage.get(key)).digest() == hashlib.sha256(data).digest()
     except ArchivedObjectError:  # archived, and its ETag is no MD5 (put in parts, or encrypted with KMS)
         same = False
-    return existing if same else storage.put(key, data, content_type=content_type)
+    return existing if same else storage.put(key, data, content_type=content_type, storage_class=storage_class)
 
 
 def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
@@ -1030,7 +1031,8 @@ def _write_one(context: JobContext, row: dict) -> dict:
         raise FrameError(f"it holds {row['source_format']} data, which its name does not say, so its output would "
                          f"be {output_key!r}, which is the name (and the output) of another input; rename it to say "
                          "its format, or set output_format")
-    stored = put_or_adopt(context.output_storage, output_key, data, CONTENT_TYPES[fmt])
+    stored = put_or_adopt(context.output_storage, output_key, data, CONTENT_TYPES[fmt],
+                          context.spec.output_storage_class)
     result = {
         "output_key": output_key, "output_sha256": hashlib.sha256(data).hexdigest(),
         "output_version_id": stored.version_id, "output_format": fmt, "bit_depth": frame.bit_depth,
@@ -1042,7 +1044,7 @@ def _write_one(context: JobContext, row: dict) -> dict:
     if mask.any():
         encoded = encode_mask(mask)
         result.update(mask_key=mask_key, mask_sha256=hashlib.sha256(encoded).hexdigest())
-        put_or_adopt(context.output_storage, mask_key, encoded, CONTENT_TYPES["png"])
+        put_or_adopt(context.output_storage, mask_key, encoded, CONTENT_TYPES["png"], context.spec.output_storage_class)
     elif row["input_key"] in (row["audited_frames"] or ()):  # the earlier audit mask would say it was repainted
         context.output_storage.delete(mask_key)
     return result

@@ -32,6 +32,8 @@ OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")
 # How a PNG's or TIFF's code values relate to light: display (gamma-encoded, as photographs are) or log (Cineon
 # printing density scaled to 16 bits, as film scanners write log scans into TIFF). DPX and EXR say it themselves.
 TRANSFERS = ("display", "log")
+# S3 storage classes outputs and audit masks may be written in: those read at once (verify and the report read them)
+OUTPUT_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR")
 DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dpx", "*.exr")  # videos only when named
 DEFAULT_MAX_PIXELS = 180_000_000
 
@@ -115,6 +117,7 @@ class JobSpec:
     restorer: RestorerSettings = field(default_factory=RestorerSettings)
     output_format: str = "same"
     transfer: str = "display"
+    output_storage_class: str | None = None  # S3: outputs and audit masks (not manifests); None = the bucket's default
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int = 4
     workers: WorkerSettings = field(default_factory=WorkerSettings)
@@ -170,7 +173,7 @@ class JobSpec:
 
 
 _TOP_FIELDS = {
-    "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format", "transfer",
+    "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format", "transfer", "output_storage_class",
     "max_pixels", "batch_size", "workers", "sequence", "commit_every", "max_attempts",
 }
 
@@ -364,11 +367,15 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     spec_kwargs = dict(
         output_format=check.string(raw, "output_format", "output_format", "same", choices=OUTPUT_FORMATS),
         transfer=check.string(raw, "transfer", "transfer", "display", choices=TRANSFERS),
+        output_storage_class=check.string(raw, "output_storage_class", "output_storage_class",
+                                          choices=OUTPUT_STORAGE_CLASSES),
         max_pixels=check.number(raw, "max_pixels", "max_pixels", DEFAULT_MAX_PIXELS, minimum=1),
         batch_size=check.number(raw, "batch_size", "batch_size", 4, minimum=1),
         commit_every=check.number(raw, "commit_every", "commit_every", 64, minimum=1),
         max_attempts=check.number(raw, "max_attempts", "max_attempts", 3),
     )
+    if spec_kwargs["output_storage_class"] and not (output_uri or "").startswith("s3://"):
+        problems.append("output_storage_class: only an s3:// output has storage classes")
     if problems:
         raise SpecError(source, problems)
     return JobSpec(

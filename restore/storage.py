@@ -209,8 +209,10 @@ class Storage(ABC):
         return None
 
     @abstractmethod
-    def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
-        """Write (or replace) the object atomically: readers see the old bytes or the new, never a part."""
+    def put(self, key: str, data: bytes, content_type: str | None = None,
+            storage_class: str | None = None) -> ObjectInfo:
+        """Write (or replace) the object atomically: readers see the old bytes or the new, never a part.
+        `storage_class`: S3's for the object (the bucket's default when None); a local folder has none."""
 
     @abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -335,7 +337,8 @@ class LocalStorage(Storage):
         finally:
             os.close(fd)
 
-    def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+    def put(self, key: str, data: bytes, content_type: str | None = None,
+            storage_class: str | None = None) -> ObjectInfo:
         path = self._writable_path(key)
         try:
             tmp = self._write_temp(path, data)
@@ -496,8 +499,11 @@ class S3Storage(Storage):
         restore = r.get("Restore") or ""  # ongoing-request="false", expiry-date="…" once restored
         return "restoring" if 'ongoing-request="true"' in restore else None if restore else "archived"
 
-    def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+    def put(self, key: str, data: bytes, content_type: str | None = None,
+            storage_class: str | None = None) -> ObjectInfo:
         extra = {"ContentType": content_type} if content_type else {}
+        if storage_class:
+            extra["StorageClass"] = storage_class
         try:
             r = self.client.put_object(Bucket=self.bucket, Key=self.prefix + safe_key(key), Body=data, **extra)
         except (BotoCoreError, ClientError) as e:

@@ -318,6 +318,27 @@ def test_frames_in_archival_storage_wait_unread_until_restored(s3_endpoint, ray_
     assert restore_main(["status", str(spec_file)]) == 0
 
 
+def test_outputs_and_masks_are_written_in_the_storage_class_the_job_names_and_manifests_stay_standard(
+        s3_endpoint, s3_bucket, ray_session, tmp_path):
+    """Millions of derivatives are cheaper in Infrequent Access or Glacier Instant Retrieval from the first write
+    than moved there by a lifecycle rule; manifests and the lease, read every run, stay in the default class."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.put_object(Bucket=s3_bucket, Key="in/reel/f0.png", Body=png_bytes(scene(0)))
+    client.put_object(Bucket=s3_bucket, Key="in/reel/masks/f0.png", Body=png_bytes(box_mask()))
+    raw = job(tmp_path, input=f"s3://{s3_bucket}/in", output=f"s3://{s3_bucket}/out",
+              endpoint_url=s3_endpoint, output_storage_class="STANDARD_IA")
+
+    assert run(raw).counts == {"ok": 1}
+    classes = {o["Key"]: o.get("StorageClass", "STANDARD")
+               for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="out/")["Contents"]}
+    assert classes["out/reel/f0.png"] == classes["out/_masks/reel/f0.png.png"] == "STANDARD_IA"
+    assert {cls for key, cls in classes.items() if key.startswith("out/_manifests/")} == {"STANDARD"}
+    with pytest.raises(ValueError, match="output_storage_class: only an s3:// output has storage classes"):
+        parse_spec({**raw, "output": str(tmp_path / "out")})
+
+
 def test_an_output_a_lifecycle_rule_archived_is_adopted_unread_when_written_again(s3_endpoint, s3_bucket):
     """Outputs are deterministic: the same bytes again are the object already there, even one in Glacier, which
     cannot be read back to compare (the frame would be skipped every night); S3's ETag, its MD5, tells."""

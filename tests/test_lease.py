@@ -49,8 +49,8 @@ class Partitioned(Storage):
     def head(self, key):
         return self._call("head", key)
 
-    def put(self, key, data, content_type=None):
-        return self._call("put", key, data, content_type)
+    def put(self, key, data, content_type=None, storage_class=None):
+        return self._call("put", key, data, content_type, storage_class)
 
     def put_if_absent(self, key, data):
         return self._call("put_if_absent", key, data)
