@@ -48,7 +48,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("protect_etag", pa.string()),  # the protected region (masks.protect)
     ("detector", pa.string()),  # the detector's name when masks were detected
     ("detector_sha256", pa.string()),  # the learned detector's weights, when they found the masks
-    ("masked_fraction", pa.float64()),
+    ("masked_fraction", pa.float64()),  # of the frame's pixels, those the mask allowed to change
+    ("changed_fraction", pa.float64()),  # of the frame's pixels, those whose values did change (copied or filled)
     ("temporal_fill_fraction", pa.float64()),  # of the frame, copied from neighbours (masks.temporal_fill); else null
     ("infrared", pa.string()),  # an RGBI scan's infrared plane: kept (TIFF output) | dropped (other formats) | null
     ("restorer", pa.string()),

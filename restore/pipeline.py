@@ -96,6 +96,7 @@ FRAME_FIELDS = [
     ("masked_fraction", pa.float64()),
     ("restore_mask", pa.large_binary()),  # the part of `mask` temporal fill left to the restorer; null = all of it
     ("temporal_fill_fraction", pa.float64()),
+    ("changed_fraction", pa.float64()),  # set by the restore stage
     ("read_seconds", pa.float64()),
     ("mask_seconds", pa.float64()),
     ("restore_seconds", pa.float64()),
@@ -914,6 +915,10 @@ class RestoreFrames:
             if isinstance(pixels, str):
                 row.update(status="failed", error=pixels, pixels=None)
             else:
+                # what the mask allowed is not what changed: a fill may keep a value, and a neighbour's copy is a
+                # change (temporal fill copies only where it changes the frame)
+                filled = (pixels != _pixels(row)).any(axis=2).mean()
+                row["changed_fraction"] = float(filled) + (row["temporal_fill_fraction"] or 0.0)
                 row["pixels"] = pixels.tobytes()
             row["restore_seconds"] = seconds
             row["worker"] = self.worker
@@ -980,6 +985,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "input_version_id": row["input_version_id"], "input_sha256": row["input_sha256"],
             "input_frames": row["input_frames"],
             "mask_source": spec.masks.source, "masked_fraction": row["masked_fraction"],
+            "changed_fraction": row["changed_fraction"],
             "mask_etag": row["mask_etag"], "protect_etag": row["protect_etag"],
             "temporal_fill_fraction": row["temporal_fill_fraction"],
             "detector": spec.masks.detector if spec.masks.source != "given" else None,

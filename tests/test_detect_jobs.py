@@ -196,6 +196,7 @@ def test_temporal_fill_copies_a_one_frame_blotch_from_its_neighbours(tmp_path, r
     row = manifest["reel/f002.png"]
     assert row["masked_fraction"] == blotch.mean()
     assert row["temporal_fill_fraction"] >= 0.9 * blotch.mean()
+    assert row["changed_fraction"] == row["temporal_fill_fraction"]  # the copy changed them; the restorer, nothing
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / row["mask_key"])) > 0, blotch)  # the whole mask
     restored = np.asarray(Image.open(tmp_path / "out" / "reel/f002.png"))
     assert np.array_equal(restored[~blotch], frames[2][~blotch])  # only masked pixels change

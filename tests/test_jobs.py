@@ -390,6 +390,25 @@ def test_a_log_scan_is_detected_and_restored_through_its_view_and_written_back_a
     assert parse_spec(raw).config_hash(None) != parse_spec({**raw, "transfer": "display"}).config_hash(None)
 
 
+def test_the_manifest_tells_the_pixels_that_changed_from_those_the_mask_allowed(tmp_path, ray_session):
+    """A mask says where pixels may change; QC wants where they did: a fill over clean, even paper keeps its
+    values, a fill over a blotch changes them all."""
+    flat = np.full((48, 64, 3), 128, np.uint8)
+    blotched = scene(1)
+    blotched[box_mask() > 0] = 255
+    (tmp_path / "in" / "reel" / "masks").mkdir(parents=True)
+    for name, pixels in (("flat", flat), ("blotched", blotched)):
+        (tmp_path / "in" / "reel" / f"{name}.png").write_bytes(png_bytes(pixels))
+        (tmp_path / "in" / "reel" / "masks" / f"{name}.png").write_bytes(png_bytes(box_mask()))
+
+    assert run(job(tmp_path)).counts == {"ok": 2}
+    rows = {row["input_key"]: row for row in latest_rows(read_manifests(open_storage(str(tmp_path / "out")), "t"))}
+    masked = (box_mask() > 0).mean()
+    assert rows["reel/flat.png"]["masked_fraction"] == rows["reel/blotched.png"]["masked_fraction"] == masked
+    assert rows["reel/flat.png"]["changed_fraction"] == 0.0
+    assert rows["reel/blotched.png"]["changed_fraction"] == masked
+
+
 def test_output_inside_input_is_refused_before_any_work(tmp_path, ray_session):
     write_collection(tmp_path / "in", 1)
     spec_file = tmp_path / "job.yaml"
