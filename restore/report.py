@@ -390,9 +390,12 @@ def _provenance(rows: list[dict]) -> str:
         f'<tr><td>{_e(restorer)}</td><td class="hash">{_e(weights or "none (classical restorer)")}</td>'
         f'<td>{_e(source or "")}</td><td class="hash">{_e(config)}</td><td class="num">{count:,}</td></tr>'
         for (restorer, weights, source, config), count in groups.most_common())
-    return ("<section><h2>How the frames were restored</h2><table class=\"plain\"><thead><tr><th>Restorer</th>"
+    return ("<section><h2>How the frames were restored</h2><p class=\"hint\">The restorer is the method that filled "
+            "the damage; the weights sha256 fingerprints the trained model file it used; the config hash fingerprints "
+            "every setting that shapes the output, so frames with the same one were restored alike.</p>"
+            "<div class=\"scroll\"><table class=\"plain\"><thead><tr><th>Restorer</th>"
             "<th>Weights sha256</th><th>Masks</th><th>Config hash</th><th class=\"num\">Frames</th></tr></thead>"
-            f"<tbody id=\"provenance\">{body}</tbody></table></section>")
+            f"<tbody id=\"provenance\">{body}</tbody></table></div></section>")
 
 
 def _failures(rows: list[dict]) -> str:
@@ -409,6 +412,9 @@ def _failures(rows: list[dict]) -> str:
             'list.</p>' if len(failed) > FAILURES_SHOWN else "")
     badge = "failed" if any(row["status"] == "failed" for row in failed) else "skipped"
     return (f'<section><h2>Not restored <span class="badge {badge}">{len(failed):,}</span></h2>'
+            '<p class="hint">Failed: the file itself could not be restored (damaged, unreadable, or its mask does not '
+            'fit); mend or replace it and run the job again. Skipped: no fault of the file (storage, a master waiting '
+            'in archival storage, or a setting the job must give): tried again on every run.</p>'
             '<div class="scroll"><table class="plain"><thead><tr><th scope="col">Frame</th><th scope="col">Status</th>'
             '<th scope="col">Reason</th><th scope="col">Run</th></tr></thead>'
             f'<tbody id="failures">{body}</tbody></table></div>{more}</section>')
@@ -452,7 +458,9 @@ def _runs(runs: list[dict]) -> str:
         f'<td class="num">{run["rate"]:.2f}</td><td>{_e(", ".join(sorted(run["restorers"])))}</td>'
         f'<td class="hash">{_e(", ".join(sorted(run["configs"])))}</td></tr>' for run in runs[:RUNS_SHOWN])
     more = f'<p class="more">… and {len(runs) - RUNS_SHOWN:,} earlier runs.</p>' if len(runs) > RUNS_SHOWN else ""
-    return ("<section><h2>Runs</h2><div class=\"scroll\"><table class=\"plain\"><thead><tr><th>Run</th>"
+    return ("<section><h2>Runs</h2><p class=\"hint\">Times are UTC. A run's id is the moment it started, and names "
+            "its records under <code>_manifests/</code>.</p><div class=\"scroll\"><table class=\"plain\"><thead><tr>"
+            "<th>Run</th>"
             "<th>Started (UTC)</th><th class=\"num\">Frames</th><th class=\"num\">OK</th><th class=\"num\">Failed</th>"
             "<th class=\"num\">Skipped</th><th class=\"num\">Withdrawn</th><th class=\"num\">Wall time</th>"
             "<th class=\"num\">Frames/s</th><th>Restorer</th><th>Config hash</th></tr></thead>"
