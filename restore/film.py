@@ -163,11 +163,12 @@ def from_view(view: np.ndarray, header: dict) -> np.ndarray:
     return np.clip(np.round(codes), 0, top).astype(np.uint16)
 
 
-def restore_codes(codes: np.ndarray, view: np.ndarray, header: dict) -> np.ndarray:
-    """`codes` with the changes a restorer made to their view: unchanged view values keep their exact code."""
-    changed = view != to_view(codes, header)
+def restore_codes(codes: np.ndarray, before: np.ndarray, after: np.ndarray, header: dict) -> np.ndarray:
+    """`codes` with the changes a restorer made to their view (`before`, `to_view(codes)`, became `after`):
+    unchanged view values keep their exact code."""
+    changed = after != before
     out = codes.copy()
-    out[changed] = from_view(view[changed], header)
+    out[changed] = from_view(after[changed], header)
     return out
 
 
@@ -175,7 +176,8 @@ def composite(frame: FilmFrame, pixels: np.ndarray) -> np.ndarray:
     """Source samples with the restorer's changes: unchanged view values keep their exact source sample."""
     colours = pixels.shape[2]
     samples = frame.source.copy()
-    samples[..., :colours] = restore_codes(frame.source[..., :colours], pixels, frame.header)
+    original = frame.source[..., :colours]
+    samples[..., :colours] = restore_codes(original, to_view(original, frame.header), pixels, frame.header)
     return samples
 
 

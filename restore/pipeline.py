@@ -692,13 +692,6 @@ def _detector(name: str, weights: str | None = None):
     return build_detector(name, **({"weights": weights} if weights else {}))
 
 
-def _reads_log(context: JobContext, source_format: str) -> bool:
-    """Whether the frame's codes are log (`transfer: log`), seen by single-frame detectors and restorers through
-    their view (a DPX or EXR says its own transfer; a video is display). The temporal detector and temporal fill
-    compare a frame with its neighbours in the codes themselves."""
-    return context.spec.transfer == "log" and source_format not in ("DPX", "EXR", "VIDEO")
-
-
 def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callable[[], tuple | None],
                etags: dict[str, str | None]) -> np.ndarray:
     """Given ∪ detected, grown by `dilate`, minus what the user protects: the exact set of pixels that may change.
@@ -710,7 +703,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     from .detect import refine_mask
 
     settings = context.spec.masks
-    pixels = to_view(frame.pixels, LOG_SCAN) if _reads_log(context, frame.format) else frame.pixels
+    pixels = to_view(frame.pixels, LOG_SCAN) if context.spec.reads_log(frame.format) else frame.pixels
     shape = pixels.shape[:2]
     mask = np.zeros(shape, dtype=bool)
     if settings.reads_given:
@@ -866,7 +859,7 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
                        input_sha256=hashlib.sha256(data).hexdigest())
             if row["frame_indices"] is None:
                 frame = decode_frame(data, context.spec.max_pixels)
-                if _reads_log(context, frame.format) and frame.pixels.dtype != np.uint16:
+                if context.spec.reads_log(frame.format) and frame.pixels.dtype != np.uint16:
                     raise FrameError(f"transfer: log reads 16-bit scans (printing density codes scaled to 16 bits); "
                                      f"this {frame.format} frame is {frame.bit_depth}-bit: give it its own job with "
                                      "transfer: display")
@@ -899,15 +892,16 @@ class RestoreFrames:
             raise RestorerError(f"workers.gpus is {context.spec.workers.gpus}, but this worker's torch sees no CUDA "
                                 "device (a CPU build of torch, or a GPU driver older than its CUDA)")
         self.worker = _worker_name()
-        self.context = context
+        self.spec = context.spec
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         todo = [row for row in rows if row["status"] == "ok"]
         started = time.perf_counter()
         try:
-            views = self.restorer.restore_batch([self._view(r) for r in todo], [_restore_mask(r) for r in todo])
-            restored = [self._codes(row, view) for row, view in zip(todo, views)]
+            views = [self._view(row) for row in todo]
+            filled = self.restorer.restore_batch(views, [_restore_mask(row) for row in todo])
+            restored = [self._codes(row, view, fill) for row, view, fill in zip(todo, views, filled)]
         except Exception:  # noqa: BLE001 - one bad frame must not fail its batch-mates: retry one by one
             restored = [self._restore_one(row) for row in todo]
         seconds = (time.perf_counter() - started) / max(1, len(todo))
@@ -926,16 +920,17 @@ class RestoreFrames:
 
     def _view(self, row: dict) -> np.ndarray:
         """What the restorer sees: a log scan's view, else the pixels themselves."""
-        return to_view(_pixels(row), LOG_SCAN) if _reads_log(self.context, row["source_format"]) else _pixels(row)
+        return to_view(_pixels(row), LOG_SCAN) if self.spec.reads_log(row["source_format"]) else _pixels(row)
 
-    def _codes(self, row: dict, view: np.ndarray) -> np.ndarray:
-        if not _reads_log(self.context, row["source_format"]):
-            return view
-        return restore_codes(_pixels(row), view, LOG_SCAN)
+    def _codes(self, row: dict, view: np.ndarray, filled: np.ndarray) -> np.ndarray:
+        """The frame's pixels with the restorer's changes to `view`, which `_view` gave it."""
+        return restore_codes(_pixels(row), view, filled, LOG_SCAN) if self.spec.reads_log(row["source_format"]) \
+            else filled
 
     def _restore_one(self, row: dict) -> np.ndarray | str:
         try:
-            return self._codes(row, self.restorer(self._view(row), _restore_mask(row)))
+            view = self._view(row)
+            return self._codes(row, view, self.restorer(view, _restore_mask(row)))
         except Exception as error:  # noqa: BLE001 - recorded as the frame's failure reason
             return f"restorer {self.restorer.name} failed: {type(error).__name__}: {error}"
 
@@ -1282,8 +1277,8 @@ def _last_run_was_stopped(context: JobContext) -> bool:
 
 def run_summary(context: JobContext, plan: Plan, result: RunResult, status: str | None = None) -> dict:
     """What a run did, for `_summary.json` and `restore run --json`; `status` is failed while any frame is not
-    restored (failed or skipped in this run, given up before it, or waiting in archival storage), interrupted when the run was stopped, and
-    started until the run ends."""
+    restored (failed or skipped in this run, given up before it, or waiting in archival storage), interrupted when
+    the run was stopped, and started until the run ends."""
     not_restored = any(result.counts.get(status) for status in NOT_RESTORED) or plan.given_up or plan.archived
     status = status or ("interrupted" if result.interrupted else "failed" if not_restored else "ok")
     return {

@@ -117,8 +117,7 @@ def build_report(spec: JobSpec, input_storage: Storage, output_storage: Storage,
         else:
             stills.append(job)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        made = [pool.submit(_make_pictures, input_storage, output_storage, prefix, spec.max_pixels, *job,
-                            log=spec.transfer == "log") for job in stills]
+        made = [pool.submit(_make_pictures, input_storage, output_storage, prefix, spec, *job) for job in stills]
         made_videos = [pool.submit(_make_video_pictures, input_storage, output_storage, prefix, spec.max_pixels,
                                    video, video_jobs) for video, video_jobs in videos.items()]
         failures = [future.result() for future in made]
@@ -160,18 +159,17 @@ def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:
     return data
 
 
-def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str, max_pixels: int, row: dict,
-                   digest: str, thumbs: bool, preview: bool, log: bool = False) -> str | None:
+def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str, spec: JobSpec, row: dict,
+                   digest: str, thumbs: bool, preview: bool) -> str | None:
     """Decode a still frame's original (within the job's `max_pixels`, as the run did) and make its pictures; a
-    log scan's (`log`: the job's `transfer: log`) through the view its restorer saw, not its flat codes.
-    Returns why it could not."""
+    log scan's through the view its restorer saw, not its flat codes. Returns why it could not."""
     try:
         source = decode_frame(_read_checked(input_storage, row["input_key"], row["input_sha256"], "original"),
-                              max_pixels)
+                              spec.max_pixels)
     except (StorageError, FrameError) as error:
         return f"no pictures: {error}"
-    view = partial(to_view, header=LOG_SCAN) if log and source.format not in ("DPX", "EXR") else None
-    return _write_pictures(output_storage, prefix, max_pixels, row, digest, thumbs, preview, source.pixels,
+    view = partial(to_view, header=LOG_SCAN) if spec.reads_log(source.format) else None
+    return _write_pictures(output_storage, prefix, spec.max_pixels, row, digest, thumbs, preview, source.pixels,
                            source.orientation, source.icc_profile, view)
 
 

@@ -271,16 +271,17 @@ class GanRestorer(Restorer):
         neutral = [crop.shape[2] == 3 and (~hole).any()
                    and all(np.array_equal(crop[..., 0][~hole], crop[..., c][~hole]) for c in (1, 2))
                    for crop, hole in zip(crops, holes)]
+        for i, (crop, hole) in enumerate(zip(crops, holes)):
+            smooth = smooth_holes(crop, hole)
+            if smooth.any():  # the harmonic fill there: the generator's texture would be invented, so it never runs
+                crops[i] = classical_fill(crop, smooth, "harmonic")
+                holes[i] = hole & ~smooth
+                boxes[i] = hole_boxes(torch.from_numpy(holes[i]), **self._tiling())
         restored = self._fill_crops(crops, holes, boxes)
         filled = []
-        for pixels, region, out, grey, crop, hole in zip(frames, regions, restored, neutral, crops, holes):
+        for pixels, region, out, grey in zip(frames, regions, restored, neutral):
             scale = float(np.iinfo(pixels.dtype).max)
             out = out.float().cpu()
-            smooth = smooth_holes(crop, hole)
-            if smooth.any():  # the harmonic fill there: the generator's texture would be invented
-                harmonic = classical_fill(crop, smooth, "harmonic").astype(np.float32) / scale
-                harmonic = torch.from_numpy(harmonic).permute(2, 0, 1).expand(out.shape[0], -1, -1)
-                out = torch.where(torch.from_numpy(smooth), harmonic, out)
             if pixels.shape[2] == 1 or grey:
                 out = out.mean(dim=0, keepdim=True).expand(pixels.shape[2], -1, -1)  # grey: the channel mean
             values = out.permute(1, 2, 0).numpy() * scale  # (h, w, C)

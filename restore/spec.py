@@ -130,6 +130,12 @@ class JobSpec:
         """A temporal detector or temporal fill: what a frame becomes depends on `sequence.window` frames each side."""
         return self.masks.temporal_fill or (self.masks.source != "given" and self.masks.detector == "temporal")
 
+    def reads_log(self, source_format: str) -> bool:
+        """Whether frames of this format hold log codes (`transfer: log`), which single-frame detectors, restorers
+        and the report see through the view a DPX gets (a DPX or EXR says its own transfer; a video is display).
+        The temporal detector and temporal fill compare a frame with its neighbours in the codes themselves."""
+        return self.transfer == "log" and source_format not in ("DPX", "EXR", "VIDEO")
+
     def output_settings(self, weights_sha256: str | None, detector_sha256: str | None = None) -> dict[str, Any]:
         """What changes the output bytes, and nothing else: worker counts must never reprocess an archive.
 
@@ -173,8 +179,8 @@ class JobSpec:
 
 
 _TOP_FIELDS = {
-    "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format", "transfer", "output_storage_class",
-    "max_pixels", "batch_size", "workers", "sequence", "commit_every", "max_attempts",
+    "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format", "transfer",
+    "output_storage_class", "max_pixels", "batch_size", "workers", "sequence", "commit_every", "max_attempts",
 }
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from restore.manifest import latest_rows, read_manifests, summarize
 from restore.pipeline import prepare, run_job
 from restore.report import COLUMNS, PREVIEW_SIZE, REPORT_ROOT, picture_set, rebuild_report, write_report
-from restore.spec import DEFAULT_MAX_PIXELS, parse_spec
+from restore.spec import parse_spec
 from restore.storage import open_storage
 
 TRICKY_KEY = "reel/f #4 & <b>.png"  # must show as text, never as markup, and its link must still resolve
@@ -216,7 +216,8 @@ def test_pictures_of_a_frame_shown_turned_are_turned_as_a_viewer_shows_it(tmp_pa
     digest = hashlib.sha256(data).hexdigest()
     row = {"input_key": "in.png", "input_sha256": digest, "output_key": "in.png", "output_sha256": digest,
            "mask_key": "mask.png"}
-    assert _make_pictures(storage, storage, "rep", DEFAULT_MAX_PIXELS, row, "d", thumbs=True, preview=False) is None
+    spec = parse_spec({"name": "t", "input": "in", "output": "out"})
+    assert _make_pictures(storage, storage, "rep", spec, row, "d", thumbs=True, preview=False) is None
     original, overlay = (np.asarray(Image.open(io.BytesIO(storage.get(f"rep/thumbs/d-{kind}.jpg"))), dtype=int)
                          for kind in ("o", "m"))
     assert original.shape[:2] == (THUMB_SIZE, THUMB_SIZE * 3 // 4)  # portrait, as shown
