@@ -52,11 +52,15 @@ _MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"II*\x00": "TIFF", b"MM\x00*"
 ZLIB_LEVEL = 1  # PNG and TIFF deflate level: encoding is often the pipeline's bottleneck; 1 is ~3x faster than 6, ~5% bigger
 JPEG_QUALITY = 95
 # Descriptive IFD0 tags a TIFF output carries over from EXIF (Orientation above all, so viewers rotate alike):
-# Orientation, Make, Model, DateTime, Artist, Copyright, DocumentName, PageName, HostComputer, with their TIFF
-# types (SHORT or ASCII). ImageDescription is read too; a TIFF output holds our provenance there, so the
-# original description moves into that JSON object, under its own name.
-_TIFF_EXIF_TAGS = {274: "H", 271: "s", 272: "s", 306: "s", 315: "s", 33432: "s", 269: "s", 285: "s", 316: "s"}
+# Orientation, ImageDescription, Make, Model, Software, DateTime, Artist, Copyright, DocumentName, PageName,
+# HostComputer, with their TIFF types (SHORT or ASCII). They describe the original (its caption, its scanner's
+# software), so our provenance goes into tags of their own, which archive tools read as processing history.
+_TIFF_EXIF_TAGS = {274: "H", 270: "s", 271: "s", 272: "s", 305: "s", 306: "s", 315: "s", 33432: "s", 269: "s",
+                   285: "s", 316: "s"}
 _IMAGE_DESCRIPTION = 270
+# Where a TIFF output holds each provenance field: ProcessingSoftware (tag 11: the software that processed the
+# image) and ImageHistory (TIFF/EP tag 37395: a record of what has been done to the image)
+TIFF_PROVENANCE_TAGS = {"Software": 11, PROVENANCE_KEY: 37395}
 _EXIF_IFDS = (0x8769, 0x8825)  # Exif and GPS sub-IFDs
 _XMP_TAG, _IPTC_TAG = 700, 33723
 _PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword of an XMP packet in a PNG
@@ -77,6 +81,7 @@ class Frame:
     icc_profile: bytes | None
     exif: bytes | None  # "Exif\0\0" + TIFF-structured EXIF, as in a JPEG APP1 segment
     dpi: tuple[float, float] | None = None
+    resolution_per_cm: bool = False  # a TIFF that states its resolution per centimetre (dpi is per inch all the same)
     infrared: np.ndarray | None = None  # (H, W), same dtype as pixels: an RGBI scan's infrared plane
     # Rights and descriptions archives keep (creator, rights, accession numbers), written back where the output
     # format holds them: XMP by PNG, TIFF and JPEG; IPTC by TIFF; PNG text chunks (Title, Author, ...) by PNG
@@ -172,6 +177,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         icc_profile=image.info.get("icc_profile") or None,
         exif=exif,
         dpi=_plausible_dpi(dpi),
+        resolution_per_cm=image.format == "TIFF" and image.tag_v2.get(296) == 3,
         infrared=infrared,
         xmp=xmp or None,
         iptc=_tiff_iptc(data) if image.format == "TIFF" else None,
@@ -254,12 +260,12 @@ def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
         raise
     except Exception as e:  # tifffile raises many types on corrupt input
         raise FrameError(f"corrupt or truncated TIFF: {e}") from None
-    dpi = None
+    dpi, per_cm = None, tags.get(296, 2) == 3
     if 282 in tags and 283 in tags and tags.get(296, 2) in (2, 3):  # X/YResolution in inches or centimetres
-        per_inch = 2.54 if tags.get(296, 2) == 3 else 1.0
+        per_inch = 2.54 if per_cm else 1.0
         dpi = _plausible_dpi([float(n) / float(d) * per_inch if d else 0.0 for n, d in (tags[282], tags[283])])
     return Frame(pixels=pixels, alpha=alpha, format="TIFF", mode=mode, icc_profile=tags.get(34675) or None,
-                 exif=None, dpi=dpi, infrared=infrared, xmp=_tag_bytes(tags, _XMP_TAG),
+                 exif=None, dpi=dpi, resolution_per_cm=per_cm, infrared=infrared, xmp=_tag_bytes(tags, _XMP_TAG),
                  iptc=_tag_bytes(tags, _IPTC_TAG), orientation=_orientation(tags.get(274)))
 
 
@@ -317,13 +323,30 @@ def _tiff_exif(image: Image.Image) -> bytes | None:
     """EXIF bytes from a TIFF: its descriptive IFD0 tags plus the Exif and GPS sub-IFDs (not the image structure)."""
     source = image.getexif()
     exif = Image.Exif()
-    for tag in (*_TIFF_EXIF_TAGS, _IMAGE_DESCRIPTION):
-        if tag in source:
-            exif[tag] = source[tag]
+    for tag in _TIFF_EXIF_TAGS:
+        value = source.get(tag)
+        if tag == _IMAGE_DESCRIPTION:
+            value = _input_caption(value)
+        if isinstance(value, str):  # the bytes the file held: Pillow reads them as Latin-1, and writes str as ASCII
+            value = value.encode("latin-1", "replace")
+        if value is not None:
+            exif[tag] = value
     for ifd in _EXIF_IFDS:
         if source.get_ifd(ifd):
             exif[ifd] = source.get_ifd(ifd)
     return exif.tobytes() if len(exif) else None
+
+
+def _input_caption(description):
+    """The input's own ImageDescription. Outputs of earlier versions held our provenance JSON there, with the
+    input's description (when it had one) inside: re-restoring one of them must not nest that JSON again."""
+    if not isinstance(description, str) or not description.startswith("{"):
+        return description
+    try:
+        written = json.loads(description)
+    except ValueError:
+        return description
+    return written.get("ImageDescription") if isinstance(written, dict) and PROVENANCE_KEY in written else description
 
 
 _PNG_COLOUR = (b"gAMA", b"cHRM", b"sRGB", b"sBIT")
@@ -412,8 +435,8 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
     """Encode `pixels` (shaped and typed like frame.pixels) with the frame's alpha and metadata.
 
     "png" and "tiff" are lossless; "jpeg" is a lossy opt-in for 8-bit frames without alpha. The bytes depend only
-    on the inputs (no timestamps), so a rerun reproduces them. `text` is provenance: PNG iTXt chunks, or a JSON
-    object in the TIFF ImageDescription / JPEG comment.
+    on the inputs (no timestamps), so a rerun reproduces them. `text` is provenance: PNG iTXt chunks, TIFF tags
+    (TIFF_PROVENANCE_TAGS), or a JSON object in the JPEG comment.
     """
     name = _format_name(fmt)
     if pixels.shape != frame.pixels.shape or pixels.dtype != frame.pixels.dtype:
@@ -583,7 +606,8 @@ def _encode_png16(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None)
 
 
 def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) -> bytes:
-    """Deflate with a horizontal predictor: lossless, widely readable, no timestamps or software tags.
+    """Deflate with a horizontal predictor: lossless, widely readable, no timestamps. Resolution keeps the unit
+    the input stated it in, as archives record the unit they scanned at.
 
     Alpha and an RGBI scan's infrared plane follow the colour samples, marked as alpha and "unspecified".
     """
@@ -605,10 +629,12 @@ def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
         exif.load(frame.exif)
         for tag, dtype in _TIFF_EXIF_TAGS.items():
             value = exif.get(tag)
-            if isinstance(value, int) or (isinstance(value, str) and value.isascii()):
-                tags.append((tag, dtype, 0 if dtype == "s" else 1, value, True))
-        if text and isinstance(exif.get(_IMAGE_DESCRIPTION), str) and exif[_IMAGE_DESCRIPTION].strip():
-            text = {**text, "ImageDescription": exif[_IMAGE_DESCRIPTION]}
+            if dtype == "s" and isinstance(value, str):  # Pillow reads TIFF text as Latin-1: the bytes it held
+                tags.append((tag, dtype, 0, value.encode("latin-1"), True))
+            elif dtype == "H" and isinstance(value, int):
+                tags.append((tag, dtype, 1, value, True))
+    tags += [(code, "s", 0, text[name], True) for name, code in TIFF_PROVENANCE_TAGS.items() if name in (text or {})]
+    unit, per_inch = ("CENTIMETER", 2.54) if frame.resolution_per_cm else ("INCH", 1.0)
     buffer = io.BytesIO()
     tifffile.imwrite(
         buffer,
@@ -620,9 +646,8 @@ def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
         predictor=True,
         metadata=None,
         software=False,
-        description=json.dumps(text, sort_keys=True) if text else None,
-        resolution=frame.dpi,
-        resolutionunit="INCH" if frame.dpi else None,
+        resolution=tuple(dpi / per_inch for dpi in frame.dpi) if frame.dpi else None,
+        resolutionunit=unit if frame.dpi else None,
         extratags=tags,
     )
     return buffer.getvalue()

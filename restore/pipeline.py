@@ -88,6 +88,7 @@ FRAME_FIELDS = [
     ("png_text", pa.string()),  # JSON object
     ("png_colour", pa.binary()),
     ("dpi", pa.list_(pa.float64())),
+    ("resolution_per_cm", pa.bool_()),
     ("film_header", pa.string()),  # DPX/EXR: how to write the samples back exactly (see film.py)
     ("film_source", pa.large_binary()),  # DPX/EXR: the samples as stored; `pixels` is their display view
     ("mask", pa.large_binary()),  # one byte per pixel, 1 = hole
@@ -623,6 +624,7 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "png_text": json.dumps(frame.png_text) if frame.png_text else None,
         "png_colour": frame.png_colour,
         "dpi": list(frame.dpi) if frame.dpi else None,
+        "resolution_per_cm": frame.resolution_per_cm,
         "mask": mask.astype(np.uint8).tobytes(),
         "masked_fraction": float(mask.mean()),
         **(frame.columns() if isinstance(frame, FilmFrame) else {"film_header": None, "film_source": None}),
@@ -1013,7 +1015,7 @@ def _write_one(context: JobContext, row: dict) -> dict:
         infrared = np.frombuffer(row["infrared"], dtype=pixels.dtype).reshape(row["height"], row["width"])
     frame = Frame(pixels=pixels, alpha=alpha, format=row["source_format"], mode=row["source_mode"],
                   icc_profile=row["icc_profile"], exif=row["exif"], dpi=tuple(row["dpi"]) if row["dpi"] else None,
-                  infrared=infrared, xmp=row["xmp"], iptc=row["iptc"],
+                  resolution_per_cm=row["resolution_per_cm"], infrared=infrared, xmp=row["xmp"], iptc=row["iptc"],
                   png_text=json.loads(row["png_text"]) if row["png_text"] else None, png_colour=row["png_colour"])
     mask = _mask(row)
     if frame.premultiplied and mask.any():  # a fill mixes neighbours' samples: one may not exceed its own alpha

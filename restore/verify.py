@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests, split_frame_key
-from .frames import PROVENANCE_KEY, TIFF_MAGICS
+from .frames import PROVENANCE_KEY, TIFF_MAGICS, TIFF_PROVENANCE_TAGS
 from .report import REPORT_KEY, REPORT_ROOT
 from .storage import ArchivedObjectError, NoSuchObjectError, ObjectInfo, Storage, StorageError, open_storage
 
@@ -200,7 +200,8 @@ def provenance_mismatch(data: bytes, row: dict) -> str | None:
 
 
 def read_provenance(data: bytes) -> dict[str, str] | None:
-    """The provenance text fields an output carries: PNG iTXt, TIFF ImageDescription, JPEG comment, DPX/EXR header."""
+    """The provenance text fields an output carries: PNG iTXt, TIFF ProcessingSoftware and ImageHistory, JPEG
+    comment, DPX/EXR header. TIFF outputs of earlier versions hold them as a JSON object in ImageDescription."""
     from PIL import Image
 
     from .film import is_film, read_film_provenance
@@ -211,7 +212,11 @@ def read_provenance(data: bytes) -> dict[str, str] | None:
         import tifffile
 
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            description = tif.pages.first.description
+            page = tif.pages.first
+            text = {name: page.tags[code].value for name, code in TIFF_PROVENANCE_TAGS.items() if code in page.tags}
+            description = page.description
+        if text:
+            return text
         return json.loads(description) if description.startswith("{") else None
     with Image.open(io.BytesIO(data)) as image:
         if image.format == "PNG":

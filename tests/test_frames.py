@@ -81,24 +81,57 @@ def test_encoding_is_deterministic_and_carries_provenance(fmt):
     image = Image.open(io.BytesIO(data))
     if fmt == "png":
         written = image.info
+    elif fmt == "tiff":  # ProcessingSoftware and ImageHistory
+        written = {"Software": image.tag_v2[11], "restore:provenance": image.tag_v2[37395]}
     else:
-        written = json.loads(image.tag_v2[270] if fmt == "tiff" else image.info["comment"])
+        written = json.loads(image.info["comment"])
     assert {key: written[key] for key in TEXT} == TEXT
 
 
-def test_a_tiffs_description_and_names_survive_beside_the_provenance():
+def tiff_tags(data: bytes) -> dict:
+    """A TIFF's first-page tags, by code, with ASCII values as the bytes the file holds."""
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        tags = {tag.code: tag.value for tag in tif.pages.first.tags.values()}
+    with Image.open(io.BytesIO(data)) as image:  # Pillow reads ASCII as Latin-1: each character one byte
+        tags.update({code: value.encode("latin-1") for code, value in image.tag_v2.items() if isinstance(value, str)})
+    return tags
+
+
+def scan(description: str = "Box 12, print 7", software: str | bool = "EPSON Scan 3.9") -> bytes:
     buffer = io.BytesIO()
     picture = np.random.default_rng(8).integers(0, 255, (6, 9, 3), dtype=np.uint8)
-    tifffile.imwrite(buffer, picture, photometric="rgb", description="Reel 42, Scanity HDR, neg, 2K",
+    tifffile.imwrite(buffer, picture, photometric="rgb", description=description.encode(), software=software,
                      extratags=[(269, "s", 0, "reel-42", True), (285, "s", 0, "frame 1003", True)])
-    frame = decode_frame(buffer.getvalue())
-    out = Image.open(io.BytesIO(encode_frame(frame, frame.pixels, "tiff", text=TEXT)))
-    assert out.tag_v2[269] == "reel-42" and out.tag_v2[285] == "frame 1003"
-    written = json.loads(out.tag_v2[270])
-    assert written["ImageDescription"] == "Reel 42, Scanity HDR, neg, 2K"
-    assert {key: written[key] for key in TEXT} == TEXT
-    png = Image.open(io.BytesIO(encode_frame(frame, frame.pixels, "png", text=TEXT)))
-    assert png.getexif()[270] == "Reel 42, Scanity HDR, neg, 2K" and png.getexif()[269] == "reel-42"
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("caption", ["Box 12, print 7", "Boîte 12, épreuve 7"])
+def test_a_tiffs_caption_and_software_stay_its_own_and_the_provenance_is_its_history(caption):
+    """Collection tools read ImageDescription as the caption and Software as the scanner's: both come back byte for
+    byte (UTF-8 too), and our provenance is in ProcessingSoftware and ImageHistory instead."""
+    frame = decode_frame(scan(caption))
+    tags = tiff_tags(encode_frame(frame, frame.pixels, "tiff", text=TEXT))
+    assert (tags[270], tags[305]) == (caption.encode(), b"EPSON Scan 3.9")
+    assert (tags[269], tags[285]) == (b"reel-42", b"frame 1003")
+    assert (tags[11].decode(), tags[37395].decode()) == (TEXT["Software"], TEXT["restore:provenance"])
+    png = decode_frame(encode_frame(frame, frame.pixels, "png", text=TEXT))
+    exif = Image.Exif()
+    exif.load(png.exif)
+    assert (exif[270].encode("latin-1"), exif[305], exif[269]) == (caption.encode(), "EPSON Scan 3.9", "reel-42")
+
+
+def test_re_restoring_an_output_keeps_the_caption_and_one_provenance():
+    """An output fed back as input, ours now or an earlier version's (provenance JSON in ImageDescription, the
+    input's description inside it): the caption comes back as the original's, the provenance is the new one only."""
+    frame = decode_frame(scan())
+    ours = encode_frame(frame, frame.pixels, "tiff", text=TEXT)
+    earlier = scan(json.dumps({**TEXT, "ImageDescription": "Box 12, print 7"}, sort_keys=True), software=False)
+    again = {"Software": "restore 0.2", "restore:provenance": json.dumps({"id": "def"})}
+    for output, software in ((ours, b"EPSON Scan 3.9"), (earlier, None)):
+        frame = decode_frame(output)
+        tags = tiff_tags(encode_frame(frame, frame.pixels, "tiff", text=again))
+        assert (tags[270], tags.get(305)) == (b"Box 12, print 7", software)
+        assert (tags[11], tags[37395]) == (b"restore 0.2", b'{"id": "def"}')
 
 
 XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
@@ -364,6 +397,20 @@ def test_a_planar_tiff_that_pillow_cannot_open_is_read_with_its_resolution(dtype
     frame = decode_frame(buffer.getvalue())
     np.testing.assert_array_equal(frame.pixels, np.moveaxis(planes, 0, -1))
     assert frame.format == "TIFF" and frame.dpi == pytest.approx((300, 300))
+
+
+@pytest.mark.parametrize("unit, planar", [("CENTIMETER", "contig"), ("CENTIMETER", "separate"), ("INCH", "contig")])
+def test_a_tiffs_resolution_keeps_its_unit_and_values(unit, planar):
+    """Archives record the unit they scanned at: 118.1 pixels per centimetre stays that, not 299.974 dpi."""
+    resolution = {"CENTIMETER": (1181, 10), "INCH": (300, 1)}[unit]
+    picture = np.zeros((3, 5, 7) if planar == "separate" else (5, 7, 3), np.uint8)  # separate: read by tifffile
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, picture, photometric="rgb", planarconfig=planar, resolution=(resolution, resolution),
+                     resolutionunit=unit)
+    frame = decode_frame(buffer.getvalue())
+    assert frame.dpi == pytest.approx((300, 300) if unit == "INCH" else (299.974, 299.974))
+    tags = tiff_tags(encode_frame(frame, frame.pixels, "tiff"))
+    assert (tags[282], tags[283], tags[296]) == (resolution, resolution, tifffile.RESUNIT[unit])
 
 
 def test_a_multi_page_tiff_is_refused_but_a_preview_page_is_not_a_page():

@@ -8,10 +8,11 @@ import tifffile
 from PIL import Image
 
 from restore.frames import decode_frame
+from restore.manifest import latest_rows, read_manifests
 from restore.pipeline import prepare, run_job
 from restore.spec import parse_spec
 from restore.storage import open_storage
-from restore.verify import read_provenance, verify
+from restore.verify import provenance_mismatch, read_provenance, verify
 
 HEIGHT, WIDTH = 48, 64
 
@@ -35,13 +36,15 @@ def box_mask() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def restored(tmp_path_factory, ray_session):
-    """One real job: 8-bit PNGs, a 16-bit TIFF and a 16-bit PNG gradient (all masked), and a broken file."""
+    """One real job: 8-bit PNGs, a 16-bit TIFF and a 16-bit PNG gradient (all masked), and a broken file. The TIFF
+    is a scan with a caption, its scanner's software and a resolution per centimetre."""
     root = tmp_path_factory.mktemp("verify")
     (root / "in" / "masks").mkdir(parents=True)
     rng = np.random.default_rng(0)
     for index in range(3):
         (root / "in" / f"f{index}.png").write_bytes(png_bytes(rng.integers(0, 256, (HEIGHT, WIDTH, 3), np.uint8)))
-    tifffile.imwrite(root / "in" / "ramp.tif", gradient16(), photometric="minisblack")
+    tifffile.imwrite(root / "in" / "ramp.tif", gradient16(), photometric="minisblack", description="Box 12, print 7",
+                     software="EPSON Scan 3.9", resolution=((1181, 10), (1181, 10)), resolutionunit="CENTIMETER")
     (root / "in" / "ramp16.png").write_bytes(png_bytes(gradient16()))
     for stem in ("f0", "f1", "f2", "ramp", "ramp16"):
         (root / "in" / "masks" / f"{stem}.png").write_bytes(png_bytes(box_mask()))
@@ -69,8 +72,41 @@ def test_16_bit_frames_keep_their_depth_and_levels_through_a_job(restored):
         assert np.array_equal(frame.pixels[..., 0][~hole], gradient16()[~hole])
         assert len(np.unique(frame.pixels)) > 256
         assert len(np.unique(frame.pixels[..., 0][hole])) > 1  # the hole was filled, not left flat
-    text = read_provenance((restored / "out" / "ramp.tif").read_bytes())  # TIFF ImageDescription
+    text = read_provenance((restored / "out" / "ramp.tif").read_bytes())  # TIFF ImageHistory
     assert json.loads(text["restore:provenance"])["input_key"] == "ramp.tif"
+
+
+def ramp_row(restored) -> dict:
+    return next(row for row in latest_rows(read_manifests(open_storage(str(restored / "out")), "v"))
+                if row["input_key"] == "ramp.tif")
+
+
+def test_a_restored_tiff_keeps_the_scans_caption_software_and_resolution_and_verifies(restored):
+    """Collection tools read ImageDescription as the caption, Software as the scanner's, and the unit the archive
+    scanned at: all come back as the scan had them, and the provenance is the output's processing history."""
+    data = (restored / "out" / "ramp.tif").read_bytes()
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        tags = {tag.code: tag.value for tag in tif.pages.first.tags.values()}
+    assert (tags[270], tags[305]) == ("Box 12, print 7", "EPSON Scan 3.9")
+    assert (tags[282], tags[283], tags[296]) == ((1181, 10), (1181, 10), tifffile.RESUNIT.CENTIMETER)
+    assert tags[11].startswith("restore ") and json.loads(tags[37395])["input_key"] == "ramp.tif"
+    assert provenance_mismatch(data, ramp_row(restored)) is None
+
+
+def test_a_tiff_output_of_an_earlier_version_still_verifies(restored):
+    """Earlier versions wrote both provenance fields as one JSON object in ImageDescription, without a Software tag;
+    a caption alone, with no provenance anywhere, is not taken for it."""
+    data = (restored / "out" / "ramp.tif").read_bytes()
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        pixels, tags = tif.asarray(), tif.pages.first.tags
+        fields = {"ImageDescription": "Box 12, print 7", "Software": tags[11].value,
+                  "restore:provenance": tags[37395].value}
+    earlier, captioned = io.BytesIO(), io.BytesIO()
+    tifffile.imwrite(earlier, pixels, photometric="minisblack", software=False,
+                     description=json.dumps(fields, sort_keys=True))
+    tifffile.imwrite(captioned, pixels, photometric="minisblack", software=False, description="Box 12, print 7")
+    assert provenance_mismatch(earlier.getvalue(), ramp_row(restored)) is None
+    assert provenance_mismatch(captioned.getvalue(), ramp_row(restored)) == "carries no restore provenance"
 
 
 def test_tampered_outputs_are_found(restored, tmp_path):
