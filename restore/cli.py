@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
+from .wording import plural
 
 EXIT_OK, EXIT_FRAMES_FAILED, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
@@ -44,7 +45,8 @@ class Progress:
             line = json.dumps({"done": done, "total": total, "failed": failed, "frames_per_second": round(rate, 3),
                                "eta_seconds": None if eta is None else round(eta, 1)})
         else:
-            line = f"{done}/{total} frames, {failed} failed, {rate:.2f} frames/s, ETA {eta or 0:.0f} s"
+            line = (f"{done}/{total} {plural(total, 'frame')}, {failed} failed, {rate:.2f} frames/s, "
+                    f"ETA {eta or 0:.0f} s")
         self.stream.write(("\r" + line + " " * 8) if self.live else line + "\n")
         if self.live and done == total:
             self.stream.write("\n")
@@ -69,17 +71,17 @@ def cmd_run(args) -> int:
                    "withdrawn": plan.withdrawn, "waiting_in_archive": [frame["input_key"] for frame in plan.archived],
                    "bytes_to_read": plan.bytes_to_read,
                    "keys": list(dict.fromkeys(task["input_key"] for task in plan.tasks))}  # a video's chunks: once
-        print(f"job {spec.name}: {plan.listed} frames listed, {plan.already_done} already done, "
-              f"{summary['to_process']} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)"
+        print(f"job {spec.name}: {plan.listed} {plural(plan.listed, 'frame')} listed, {plan.already_done} "
+              f"already done, {summary['to_process']} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)"
               + (f", {len(plan.repairing)} of them to repair" if args.repair else "")
               + (f"; {len(plan.given_up)} left failed after max_attempts (a run exits 1 for them)"
                  if plan.given_up else "")
-              + (f"; {len(plan.orphan_masks)} files in mask folders left alone: masks whose frames are gone"
-                 if plan.orphan_masks else "")
-              + (f"; {len(plan.withdrawn)} frames not restored are gone from the input: their failures would be "
-                 "closed" if plan.withdrawn else "")
-              + (f"; {len(plan.archived)} wait in archival storage ({plan.being_restored} being restored): not read"
-                 if plan.archived else ""))
+              + (f"; {len(plan.orphan_masks)} {plural(len(plan.orphan_masks), 'file')} in mask folders left alone: "
+                 "masks whose frames are gone" if plan.orphan_masks else "")
+              + (f"; the failures of {len(plan.withdrawn)} {plural(len(plan.withdrawn), 'frame')} not restored and "
+                 "gone from the input would be closed" if plan.withdrawn else "")
+              + (f"; waiting in archival storage: {len(plan.archived)} ({plan.being_restored} being restored), not "
+                 "read" if plan.archived else ""))
         for key in summary["keys"][: args.show]:
             print(f"  {printable(key)}")
         for task in [task for task in plan.tasks if task.get("plan_error")][: args.show]:
@@ -96,17 +98,21 @@ def cmd_run(args) -> int:
     summary = {**run_summary(context, plan, result),
                "manifest": f"{spec.output.rstrip('/')}/{result.manifest_prefix}"}
     if args.repair:
-        print(f"job {spec.name}: {len(plan.repairing)} frames whose outputs failed verification restored again")
-    given_up = f" ({len(plan.given_up)} left failed after {spec.max_attempts} attempts)" if plan.given_up else ""
+        repaired = len(plan.repairing)
+        print(f"job {spec.name}: {repaired} {plural(repaired, 'frame')} restored again after failing verification")
+    given_up = (f" ({len(plan.given_up)} left failed after {spec.max_attempts} "
+                f"{plural(spec.max_attempts, 'attempt')})" if plan.given_up else "")
     if plan.withdrawn:
-        print(f"job {spec.name}: {len(plan.withdrawn)} frames not restored are gone from the input: their failures "
-              f"are closed ({WITHDRAWN} in the manifest)")
+        withdrawn = len(plan.withdrawn)
+        print(f"job {spec.name}: the failures of {withdrawn} {plural(withdrawn, 'frame')} not restored and gone from "
+              f"the input are closed ({WITHDRAWN} in the manifest)")
     if plan.archived:
         print(f"job {spec.name}: frames waiting in archival storage: {len(plan.archived)}, of which being restored: "
               f"{plan.being_restored}; not read: restore them (S3 RestoreObject) and a later run reads them (`restore "
               "status` lists them)")
     if not result.planned:
-        print(f"job {spec.name}: nothing to do, {result.already_done} frames already restored{given_up}")
+        print(f"job {spec.name}: nothing to do, {result.already_done} {plural(result.already_done, 'frame')} "
+              f"already restored{given_up}")
         if not plan.given_up and not plan.withdrawn and not plan.archived:
             summary["manifest"] = None  # no run folder was written
     else:
@@ -167,7 +173,8 @@ def cmd_report(args) -> int:
         result = write_report(load_spec(args.target))
     else:
         result = rebuild_report(args.target, args.job, args.endpoint_url)
-    print(f"report: {result.uri} ({result.frames} frames, {result.pictures_made} new pictures)")
+    print(f"report: {result.uri} ({result.frames} {plural(result.frames, 'frame')}, {result.pictures_made} new "
+          f"{plural(result.pictures_made, 'picture')})")
     return EXIT_OK
 
 
@@ -189,8 +196,8 @@ def _output_target(args) -> tuple[str, str | None, str]:
     if not jobs:
         raise ValueError(f"no manifests under {args.target}: is the path right, and has a job run there?")
     if len(jobs) != 1:  # an output holds one job's manifests; an older one may hold several
-        raise ValueError(f"{args.target} holds the manifests of {len(jobs)} jobs ({', '.join(jobs)}): "
-                         "give a job spec, or the output location with --job NAME")
+        raise ValueError(f"{args.target} holds the manifests of {len(jobs)} {plural(len(jobs), 'job')} "
+                         f"({', '.join(jobs)}): give a job spec, or the output location with --job NAME")
     return args.target, args.endpoint_url, jobs[0]
 
 
@@ -206,10 +213,11 @@ def cmd_verify(args) -> int:
             raise ValueError("--originals needs the job spec (JOB.yaml): it names the input")
         originals = load_spec(args.target).input
     report = verify(output, job, endpoint_url, unknown=args.unknown, originals=originals, quick=args.quick)
-    print(f"job {job}: {report.frames} frames, {report.verified} verified, {len(report.failed)} recorded as failed, "
-          f"{len(report.problems)} problems"
-          + (f", {len(report.not_read)} objects in archival storage not read (restore them, S3 RestoreObject, to "
-             "verify them; --quick checks that they are there)" if report.not_read else ""))
+    print(f"job {job}: {report.frames} {plural(report.frames, 'frame')}, {report.verified} verified, "
+          f"{len(report.failed)} recorded as failed, {len(report.problems)} {plural(len(report.problems), 'problem')}"
+          + (f", {len(report.not_read)} {plural(len(report.not_read), 'object')} in archival storage not read "
+             "(restore them, S3 RestoreObject, to verify them; --quick checks that they are there)"
+             if report.not_read else ""))
     for problem in (report.problems + report.not_read)[: args.show]:
         print(f"  {problem.kind} {printable(problem.key)}: {printable(problem.detail)}")
     if any(problem.kind in FRAME_PROBLEMS for problem in report.problems):
@@ -231,18 +239,19 @@ def cmd_status(args) -> int:
     if summary.runs == 0 and last is None:  # a mistyped job or output: an error, not "all is well"
         raise JobError(f"job {job}: no manifests under {output} (has it run? is the job name right?)")
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.by_status.items()))
-    print(f"job {job}: {summary.total} frames: {counts or 'none done'} ({summary.runs} runs, last {summary.last_run})")
+    print(f"job {job}: {summary.total} {plural(summary.total, 'frame')}: {counts or 'none done'} ({summary.runs} "
+          f"{plural(summary.runs, 'run')}, last {summary.last_run})")
     for key, error in summary.failures[: args.show]:
         print(f"  not restored {printable(key)}: {printable(error)}")
     running = run_in_progress(storage, job)
     interrupted = last["run_id"] if last and last["status"] == "interrupted" else None
     if interrupted:  # its committed rows are all ok: without this, a stopped job would read as finished
         print(f"  run {interrupted} was stopped after {sum(last['counts'].values())} of its {last['planned']} "
-              "frames: run the job again to finish it")
+              f"{plural(last['planned'], 'frame')}: run the job again to finish it")
     unfinished = last["run_id"] if last and last["status"] == "started" and not running else None
     if unfinished:  # killed, its machine lost, or failed (exit 2): it never wrote how it ended
-        print(f"  run {unfinished} set out to restore {last['planned']} frames and never finished (killed, or it "
-              "failed: its log says why): run the job again to finish it")
+        print(f"  run {unfinished} set out to restore {last['planned']} {plural(last['planned'], 'frame')} and "
+              "never finished (killed, or it failed: its log says why): run the job again to finish it")
     if running:
         print(f"  a run is in progress: lease {running}")
     _write_json(args.json, {"job": job, "output": output, **summary.as_dict(), "interrupted_run": interrupted,
@@ -258,7 +267,7 @@ def cmd_demo(args) -> int:
         raise ValueError(f"{DEMO_SPEC} not found: run `restore demo` in the repository's folder, or give a job spec")
     spec = load_spec(args.spec)
     written = make_demo_frames(spec, count=args.frames, seed=args.seed)
-    print(f"demo: {written} damaged frames with masks in {spec.input}", file=sys.stderr)
+    print(f"demo: {written} damaged {plural(written, 'frame')} with masks in {spec.input}", file=sys.stderr)
     return cmd_run(argparse.Namespace(spec=args.spec, dry_run=False, quiet=args.quiet, json=args.json, show=0,
                                       progress_json=False, repair=False))
 

@@ -28,12 +28,14 @@ import pyarrow as pa
 import yaml
 from PIL import Image
 
+from .detect import refine_mask
 from .film import LOG_SCAN, to_view
 from .frames import FrameError, as_displayed, decode_frame, decode_mask
 from .manifest import (NOT_RESTORED, WITHDRAWN, is_video, jobs_in, latest_rows, read_manifests, split_frame_key,
                        summarize)
 from .spec import JobSpec, parse_spec
 from .storage import Storage, StorageError, open_storage
+from .wording import plural
 
 REPORT_KEY = "report.html"
 REPORT_ROOT = "_report"
@@ -43,6 +45,9 @@ COMPARE_FRAMES = 9  # frames with the largest masked area get a compare view
 FAILURES_SHOWN = 50  # the rest are one filter away in the frame list
 RUNS_SHOWN = 20
 TINT = np.array([255, 0, 128], dtype=np.float32)  # masked pixels in the overlay: a colour no film stock has
+OUTLINE_SPAN = 400  # the black and white dashes around masked areas are a pixel wide per this many pixels of the
+# picture's long side, so they stay visible when a 2K preview is shown in a card a fifth of its size
+DIFFERENCE_GAIN = 4  # the difference picture's brightness per level changed: a change of 64 levels (of 255) is white
 COLUMNS = ("key", "status", "error", "masked", "width", "height", "bits", "pictures", "has_mask", "output", "note",
            "run")  # the frame rows' fields in the page's JSON, one array per frame
 
@@ -139,8 +144,9 @@ def _spec_key(job: str) -> str:
     return f"{REPORT_ROOT}/{job}/job.json"
 
 
-PICTURES_VERSION = 2  # how pictures are made (2: turned as viewers show the frame, with its RGB ICC profile); a new
-# one remakes them once
+PICTURES_VERSION = 3  # how pictures are made (2: turned as viewers show the frame, with its RGB ICC profile; 3: the
+# mask outlined, the difference picture); a new one remakes them once, which a difference picture needs anyway: it
+# decodes both the original and the output
 
 
 def _digest(row: dict) -> str | None:
@@ -220,11 +226,12 @@ def _write_pictures(output_storage: Storage, prefix: str, max_pixels: int, row: 
     # shown as a viewer shows the files (outputs keep the orientation tag); the audit mask lies on the stored pixels
     original, restored = (as_displayed(pixels, orientation) for pixels in (original, restored))
     mask = None if mask is None else as_displayed(mask, orientation)
-    sets = (("previews", preview, PREVIEW_SIZE, 90), ("thumbs", thumbs, THUMB_SIZE, 85))
+    sets = (("previews", preview, PREVIEW_SIZE, 90, True), ("thumbs", thumbs, THUMB_SIZE, 85, False))
     try:
-        for folder, wanted, long_side, quality in sets:
+        for folder, wanted, long_side, quality, difference in sets:
             if wanted:
-                for kind, data in picture_set(original, mask, restored, long_side, quality, icc_profile).items():
+                for kind, data in picture_set(original, mask, restored, long_side, quality, icc_profile,
+                                              difference).items():
                     output_storage.put(f"{prefix}/{folder}/{digest}-{kind}.jpg", data, content_type="image/jpeg")
     except (StorageError, OSError) as error:  # a picture is a view of the job, never a reason to fail it
         return f"no pictures: {error}"
@@ -232,14 +239,15 @@ def _write_pictures(output_storage: Storage, prefix: str, max_pixels: int, row: 
 
 
 def picture_set(original: np.ndarray, mask: np.ndarray | None, restored: np.ndarray, long_side: int,
-                quality: int, icc_profile: bytes | None = None) -> dict[str, bytes]:
-    """JPEGs of the original, the mask overlay (only with a mask) and the restored frame, all at one size, with the
-    frame's RGB ICC profile, so that a browser shows an Adobe RGB or ProPhoto scan in its colours, not as sRGB.
+                quality: int, icc_profile: bytes | None = None, difference: bool = False) -> dict[str, bytes]:
+    """JPEGs of the original, the mask overlay (only with a mask), the difference (if asked) and the restored frame,
+    all at one size, with the frame's RGB ICC profile, so that a browser shows an Adobe RGB or ProPhoto scan in its
+    colours, not as sRGB. The difference has no profile: its greys are amounts of change, not colours.
 
     Ordered so that "r" comes last: its presence tells a later rebuild that the set is complete.
     """
     size = fit(original.shape[1], original.shape[0], long_side)
-    small = _resize(original, size)
+    small, small_restored = _resize(original, size), _resize(restored, size)
     # a grey frame's profile cannot describe these RGB pictures
     profile = icc_profile if icc_profile and icc_profile[16:20] == b"RGB " and original.shape[2] == 3 else None
     pictures = {"o": _jpeg(small, quality, profile)}
@@ -249,8 +257,18 @@ def picture_set(original: np.ndarray, mask: np.ndarray | None, restored: np.ndar
         share = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX),
                            dtype=np.float32)[..., None] / 255  # (h, w, 1)
         alpha = np.where(share > 0, np.clip(0.45 + share, 0, 0.85), 0)
-        pictures["m"] = _jpeg((small * (1 - alpha) + TINT * alpha).astype(np.uint8), quality, profile)
-    pictures["r"] = _jpeg(_resize(restored, size), quality, profile)
+        overlay = small * (1 - alpha) + TINT * alpha
+        # the tinted areas outlined in black and white dashes, as image editors draw a selection: the tint alone is
+        # lost on readers who do not see magenta and on grey prints, and one outline colour on some pictures
+        tinted = share[..., 0] > 0
+        thickness = max(1, max(size) // OUTLINE_SPAN)
+        rows, columns = np.nonzero(refine_mask(tinted, dilate=thickness) & ~tinted)  # the ring around them
+        overlay[rows, columns] = ((rows + columns) // (2 * thickness) % 2 * 255)[:, None]  # dashes along any edge
+        pictures["m"] = _jpeg(overlay.astype(np.uint8), quality, profile)
+    if difference:  # the largest change in any channel: black where the restorer left a pixel as it was
+        change = np.abs(small_restored.astype(np.int16) - small).max(axis=2)
+        pictures["d"] = _jpeg(np.minimum(change * DIFFERENCE_GAIN, 255).astype(np.uint8), quality)
+    pictures["r"] = _jpeg(small_restored, quality, profile)
     return pictures
 
 
@@ -268,12 +286,13 @@ def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0).convert("RGB"))
 
 
-def _jpeg(rgb: np.ndarray, quality: int, icc_profile: bytes | None = None) -> bytes:
+def _jpeg(pixels: np.ndarray, quality: int, icc_profile: bytes | None = None) -> bytes:
+    """(h, w, 3) RGB or (h, w) grey uint8 as a JPEG."""
     buffer = io.BytesIO()
     # 4:4:4: the default chroma subsampling would smear a one-pixel tinted scratch into its pale neighbours.
     # Not `optimize`: with 4:4:4 it fails on grainy pictures ("broken data stream").
-    Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, subsampling=0,
-                              **({"icc_profile": icc_profile} if icc_profile else {}))
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality, subsampling=0,
+                                 **({"icc_profile": icc_profile} if icc_profile else {}))
     return buffer.getvalue()
 
 
@@ -335,6 +354,12 @@ def _href(key: str) -> str:
     return quote(key, safe="/")
 
 
+def _time(moment: datetime, shown: str = "%Y-%m-%d %H:%M") -> str:
+    """A UTC time as the page states it, readable without JavaScript; the page's script adds the reader's local
+    time beside it."""
+    return f'<time datetime="{moment:%Y-%m-%dT%H:%M:%SZ}">{moment:{shown}} UTC</time>'
+
+
 def _seconds(value: float) -> str:
     if value < 120:
         return f"{value:.1f} s"
@@ -343,9 +368,10 @@ def _seconds(value: float) -> str:
     return f"{value / 3600:.1f} h"
 
 
-def _card(label: str, value: str, ident: str, detail: str = "", kind: str = "") -> str:
+def _card(label: str, value: str, ident: str, detail_html: str = "", kind: str = "") -> str:
+    """`detail_html` is markup (it may hold a time): what it shows from the job must come escaped."""
     return (f'<div class="card {kind}"><div class="label">{_e(label)}</div>'
-            f'<div class="value" id="{ident}">{_e(value)}</div><div class="detail">{_e(detail)}</div></div>')
+            f'<div class="value" id="{ident}">{_e(value)}</div><div class="detail">{detail_html}</div></div>')
 
 
 def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
@@ -353,7 +379,7 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
     status = summary.by_status
     masked = [row["masked_fraction"] for row in rows if row["status"] == "ok" and row["mask_key"]]
     cards = [
-        _card("Frames", f"{summary.total:,}", "count-total", f"{summary.runs} run{'s' * (summary.runs != 1)}"),
+        _card("Frames", f"{summary.total:,}", "count-total", f"{summary.runs:,} {plural(summary.runs, 'run')}"),
         _card("Restored", f"{status.get('ok', 0):,}", "count-ok", "status ok", "ok"),
         _card("Failed", f"{status.get('failed', 0):,}", "count-failed",
               "reasons below" if status.get("failed") else "none",
@@ -370,7 +396,7 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
     if runs:
         last = runs[0]
         cards.append(_card("Last run", _seconds(last["seconds"]), "last-run-seconds",
-                           f"{last['frames']:,} frames, started {last['started']:%Y-%m-%d %H:%M} UTC"))
+                           f"{last['frames']:,} {plural(last['frames'], 'frame')}, started {_time(last['started'])}"))
         cards.append(_card("Frames per second", f"{last['rate']:.2f}", "last-run-rate", "last run, wall time"))
     stage = {name: sum(row[f"{name}_seconds"] or 0.0 for row in rows)
              for name in ("read", "mask", "restore", "write")}
@@ -424,42 +450,59 @@ def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix:
     if not chosen:
         return ""
     cards = []
-    for row in chosen:
+    for index, row in enumerate(chosen):
         picture = f"{prefix}/previews/{_digest(row)}"
+        key = _e(row["input_key"])
+        # what the left of the line shows: (picture, choice's label, tag on the picture, the picture's alt text)
+        views = ((f"{picture}-o.jpg", "original", "original", f"original of {key}"),
+                 (f"{picture}-m.jpg", "mask", "original + mask",
+                  f"original with the restored pixels tinted magenta and outlined in black and white, of {key}"),
+                 (f"{picture}-d.jpg", f"difference ×{DIFFERENCE_GAIN}", f"difference ×{DIFFERENCE_GAIN}",
+                  f"difference between restored and original ×{DIFFERENCE_GAIN}, black where unchanged, of {key}"))
+        choices = "".join(
+            f'<label><input type="radio" name="left-{index}" value="{src}" data-tag="{tag}" data-alt="{alt}"'
+            f'{" checked" if position == 0 else ""}> {label}</label>'
+            for position, (src, label, tag, alt) in enumerate(views))
         width, height = fit(row["width"], row["height"], PREVIEW_SIZE)
         shown = "full resolution" if width == row["width"] else f"shown at {width}×{height}"
         cards.append(f"""<figure class="compare-card">
-<figcaption><span class="key">{_e(row["input_key"])}</span>
+<figcaption><span class="key">{key}</span>
 <span class="meta">{100 * row["masked_fraction"]:.2f} % masked · {row["width"]}×{row["height"]}, {row["bit_depth"]}-bit · {shown}</span></figcaption>
 <div class="viewport"><div class="compare" style="--pos:50%;max-width:{width}px">
-<img class="before" src="{picture}-o.jpg" data-plain="{picture}-o.jpg" data-mask="{picture}-m.jpg" alt="original of {_e(row["input_key"])}" loading="lazy" width="{width}" height="{height}">
-<img class="after" src="{picture}-r.jpg" alt="restored {_e(row["input_key"])}" loading="lazy" width="{width}" height="{height}">
+<img class="before" src="{picture}-o.jpg" alt="original of {key}" loading="lazy" width="{width}" height="{height}">
+<img class="after" src="{picture}-r.jpg" alt="restored {key}" loading="lazy" width="{width}" height="{height}">
 <span class="tag left">original</span><span class="tag right">restored</span></div></div>
-<div class="controls"><input type="range" min="0" max="100" value="50" aria-valuetext="50 % original shown" aria-label="divide original and restored of {_e(row["input_key"])}">
-<label><input type="checkbox" class="show-mask"> show mask</label>
+<div class="controls"><input type="range" min="0" max="100" value="50" aria-valuetext="50 % original shown"
+ aria-label="divide original and restored of {key}">
+<fieldset class="left-view"><legend>Left of the line</legend>{choices}</fieldset>
 <label><input type="checkbox" class="actual"> actual size</label>
-<a href="{_href(row["output_key"])}">full-resolution output</a> · <a href="{_href(row["mask_key"])}">mask</a></div>
+<span><a href="{_href(row["output_key"])}">full-resolution output</a> · <a href="{_href(row["mask_key"])}">mask</a> ·
+<a href="{picture}-d.jpg">difference picture</a></span></div>
 </figure>""")
     return ('<section><h2>Largest damaged areas</h2><p class="hint">Drag the slider to compare; the original is on the '
-            f'left of the line. “show mask” tints every restored pixel.</p><div class="compare-grid">{"".join(cards)}'
-            "</div></section>")
+            'left of the line. “mask” tints magenta every pixel the mask let the restorer change, and outlines '
+            'them in black and white dashes. “difference” shows how much each pixel did change, '
+            f'×{DIFFERENCE_GAIN}: black where it is unchanged, white where a value changed by '
+            f'{256 // DIFFERENCE_GAIN} levels (of 255) or more.</p>'
+            f'<div class="compare-grid">{"".join(cards)}</div></section>')
 
 
 def _runs(runs: list[dict]) -> str:
     if not runs:
         return ""
     body = "".join(
-        f'<tr><td class="hash">{_e(run["run_id"])}</td><td>{run["started"]:%Y-%m-%d %H:%M:%S}</td>'
+        f'<tr><td class="hash">{_e(run["run_id"])}</td><td>{_time(run["started"], "%Y-%m-%d %H:%M:%S")}</td>'
         f'<td class="num">{run["frames"]:,}</td><td class="num">{run["status"].get("ok", 0):,}</td>'
         f'<td class="num">{run["status"].get("failed", 0):,}</td><td class="num">{run["status"].get("skipped", 0):,}</td>'
         f'<td class="num">{run["status"].get(WITHDRAWN, 0):,}</td><td class="num">{_seconds(run["seconds"])}</td>'
         f'<td class="num">{run["rate"]:.2f}</td><td>{_e(", ".join(sorted(run["restorers"])))}</td>'
         f'<td class="hash">{_e(", ".join(sorted(run["configs"])))}</td></tr>' for run in runs[:RUNS_SHOWN])
-    more = f'<p class="more">… and {len(runs) - RUNS_SHOWN:,} earlier runs.</p>' if len(runs) > RUNS_SHOWN else ""
-    return ("<section><h2>Runs</h2><p class=\"hint\">Times are UTC. A run's id is the moment it started, and names "
-            "its records under <code>_manifests/</code>.</p><div class=\"scroll\"><table class=\"plain\"><thead><tr>"
-            "<th>Run</th>"
-            "<th>Started (UTC)</th><th class=\"num\">Frames</th><th class=\"num\">OK</th><th class=\"num\">Failed</th>"
+    earlier = len(runs) - RUNS_SHOWN
+    more = f'<p class="more">… and {earlier:,} earlier {plural(earlier, "run")}.</p>' if earlier > 0 else ""
+    return ("<section><h2>Runs</h2><p class=\"hint\">Times are UTC; where the page's script runs, each is followed "
+            "by your local time. A run's id is the moment it started, and names its records under "
+            "<code>_manifests/</code>.</p><div class=\"scroll\"><table class=\"plain\"><thead><tr><th>Run</th>"
+            "<th>Started</th><th class=\"num\">Frames</th><th class=\"num\">OK</th><th class=\"num\">Failed</th>"
             "<th class=\"num\">Skipped</th><th class=\"num\">Withdrawn</th><th class=\"num\">Wall time</th>"
             "<th class=\"num\">Frames/s</th><th>Restorer</th><th>Config hash</th></tr></thead>"
             f"<tbody id=\"runs\">{body}</tbody></table></div>{more}</section>")
@@ -478,7 +521,8 @@ def render_report(spec: JobSpec, table: pa.Table, rows: list[dict], notes: dict[
 <title>{_e(spec.name)} · restoration report</title><style>{CSS}</style></head>
 <body data-images-loaded="0" data-images-broken="0">
 <header><h1>Restoration report <span class="job">{_e(spec.name)}</span></h1>
-<p>Output <code>{_e(spec.output)}</code> · input <code>{_e(spec.input)}</code> · generated {generated:%Y-%m-%d %H:%M} UTC</p></header>
+<p>Output <code>{_e(spec.output)}</code> · input <code>{_e(spec.input)}</code> ·
+generated {_time(generated)}</p></header>
 <main>
 {_summary(table, rows, runs)}
 {_failures(rows)}
@@ -548,6 +592,9 @@ pre{background:#fff;border:1px solid var(--line);padding:12px;overflow:auto}
 .tag.left{left:6px}.tag.right{right:6px}
 .controls{display:flex;flex-wrap:wrap;align-items:center;gap:12px;margin-top:8px;font-size:13px}
 .controls input[type=range]{flex:1;min-width:160px}
+.left-view{display:flex;flex-wrap:wrap;gap:10px;border:0;margin:0;padding:0}
+.left-view legend{float:left;margin-right:4px;padding:0}
+td .local{display:block;color:var(--muted)}
 .toolbar{display:flex;flex-wrap:wrap;gap:16px;align-items:center;margin-bottom:10px;font-size:14px}
 .toolbar select,.toolbar input,.toolbar button{font:inherit;padding:3px 6px}
 .pager{margin-left:auto}
@@ -613,7 +660,7 @@ JS = """
     var start = page * PAGE, rows = shown.slice(start, start + PAGE);
     tbody.replaceChildren.apply(tbody, rows.map(frameRow));
     document.getElementById("page-info").textContent = shown.length
-      ? (start + 1) + "–" + (start + rows.length) + " of " + shown.length.toLocaleString("en") + " frames"
+      ? "frames " + (start + 1) + "–" + (start + rows.length) + " of " + shown.length.toLocaleString("en")
       : "no frames match";
     document.getElementById("prev").disabled = page === 0;
     document.getElementById("next").disabled = page >= pages - 1;
@@ -642,18 +689,30 @@ JS = """
 
   document.querySelectorAll(".compare-card").forEach(function (card) {
     var compare = card.querySelector(".compare"), before = card.querySelector(".before");
-    var name = card.querySelector(".key").textContent, tag = card.querySelector(".tag.left");
+    var tag = card.querySelector(".tag.left");
     card.querySelector("input[type=range]").oninput = function (event) {
       compare.style.setProperty("--pos", event.target.value + "%");
       event.target.setAttribute("aria-valuetext", event.target.value + " % original shown");
     };
-    card.querySelector(".show-mask").onchange = function (event) {
-      var masked = event.target.checked;
-      before.src = masked ? before.dataset.mask : before.dataset.plain;
-      before.alt = (masked ? "original with the restored pixels tinted, of " : "original of ") + name;
-      tag.textContent = masked ? "original + mask" : "original";
-    };
+    card.querySelectorAll(".left-view input").forEach(function (choice) {
+      choice.onchange = function () {
+        before.src = choice.value;
+        before.alt = choice.dataset.alt;
+        tag.textContent = choice.dataset.tag;
+      };
+      if (choice.checked) choice.onchange();  // a browser may keep the choice made before a reload
+    });
     card.querySelector(".actual").onchange = function (event) { card.querySelector(".viewport").classList.toggle("actual", event.target.checked); };
+  });
+
+  // Each UTC time also in the reader's own time zone; without this script the UTC time stands alone.
+  var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  function pad(number) { return (number < 10 ? "0" : "") + number; }
+  document.querySelectorAll("time[datetime]").forEach(function (time) {
+    var at = new Date(time.getAttribute("datetime"));
+    var local = at.getFullYear() + "-" + pad(at.getMonth() + 1) + "-" + pad(at.getDate()) + " " + pad(at.getHours())
+      + ":" + pad(at.getMinutes());
+    time.after(el("span", {"class": "local"}, " (" + local + " your time, " + zone + ")"));
   });
 
   function countImages() {

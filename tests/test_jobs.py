@@ -174,7 +174,7 @@ def test_a_failed_frame_whose_original_is_deleted_is_closed_not_reported_for_eve
     (tmp_path / "in" / "broken.png").unlink()
     capsys.readouterr()
     assert restore_main(["run", str(spec_file), "--quiet"]) == 0
-    assert "1 frames not restored are gone from the input" in capsys.readouterr().out
+    assert "the failures of 1 frame not restored and gone from the input are closed" in capsys.readouterr().out
     assert restore_main(["status", str(spec_file)]) == 0
     assert "3 frames: 2 ok, 1 withdrawn" in capsys.readouterr().out
     assert restore_main(["report", str(spec_file)]) == 0

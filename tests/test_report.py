@@ -6,13 +6,16 @@ import os
 import re
 import shutil
 import subprocess
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from restore import report as report_module
 from restore.manifest import latest_rows, read_manifests, summarize
 from restore.pipeline import prepare, run_job
 from restore.report import COLUMNS, PREVIEW_SIZE, REPORT_ROOT, picture_set, rebuild_report, write_report
@@ -20,6 +23,7 @@ from restore.spec import parse_spec
 from restore.storage import open_storage
 
 TRICKY_KEY = "reel/f #4 & <b>.png"  # must show as text, never as markup, and its link must still resolve
+READER_ZONE = "Australia/Adelaide"  # the browser's time zone: half an hour off whole hours, so no rounding hides it
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -61,6 +65,17 @@ def read_blob(page: str) -> list[dict]:
 
 def element_text(page: str, ident: str) -> str:
     return re.search(rf'id="{ident}"[^>]*>([^<]*)<', page).group(1)
+
+
+def missing_pictures(output: Path) -> list[str]:
+    """The pictures report.html names (shown, offered by a control, linked, or in the frame list) that are not there:
+    each would be a broken image."""
+    page = (output / "report.html").read_text()
+    named = set(re.findall(rf'"({REPORT_ROOT}/[^"]+\.jpg)"', page))
+    thumbs = re.search(r'"pictures":"([^"]+)"', page).group(1)
+    named |= {f"{thumbs}{row['pictures']}-{kind}.jpg" for row in read_blob(page) if row["pictures"]
+              for kind in ("omr" if row["has_mask"] else "or")}
+    return sorted(key for key in named if not (output / key).is_file())
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +122,7 @@ def test_report_lists_every_frame_with_its_pictures_and_the_manifest_figures(rep
     failed = next(r for r in rows if r["status"] == "failed")
     assert f'<th scope="row" class="key">reel/f6-corrupt.png</th><td><span class="badge failed">failed</span></td><td class="reason">{failed["error"]}</td>' in page
     assert "<b>" not in page and "f #4 &amp; &lt;b&gt;.png" in page  # escaped in the failure-free HTML parts too
+    assert missing_pictures(out) == []
 
     pictures = out / REPORT_ROOT / spec.name / "thumbs"
     for row in shown:
@@ -131,6 +147,49 @@ def test_rebuilding_keeps_pictures_and_needs_only_the_output(report):
     result = rebuild_report(spec.output)  # the job's name and input come from what the first report saved
     assert (result.frames, result.pictures_made, result.pictures_kept) == (6, 0, 5)
     assert {p: p.stat().st_mtime_ns for p in pictures.rglob("*.jpg")} == before
+
+
+def test_the_difference_view_is_black_where_nothing_changed_and_bright_where_the_fill_changed_pixels(report):
+    """Conservation QA sees what the restorer changed, not only where the mask let it: |restored - original| x4."""
+    spec, _ = report
+    out = Path(spec.output)
+    page = (out / "report.html").read_text()
+    row = next(r for r in read_blob(page) if r["key"] == "reel/f0.png")
+    difference = f"{REPORT_ROOT}/{spec.name}/previews/{row['pictures']}-d.jpg"
+    assert f'value="{difference}"' in page  # a choice of its compare view
+    assert f'<a href="{difference}">' in page  # and a link, for a reader without JavaScript
+    original = np.asarray(Image.open(Path(spec.input) / row["key"]), dtype=int)
+    restored = np.asarray(Image.open(out / (row["output"] or row["key"])), dtype=int)
+    changed = np.abs(restored - original).max(axis=2)
+    shown = np.asarray(Image.open(out / difference), dtype=int)
+    assert shown.shape == changed.shape  # a 320x240 frame is shown at full resolution
+    assert (changed >= 64).sum() > 500  # the fill replaced the white damage
+    assert shown[changed >= 64].min() >= 230  # white: every change of 64 levels or more, amplified 4 times
+    assert shown[changed == 0].max() <= 8  # black wherever the restorer left the pixel as it was
+
+
+def test_a_report_built_before_the_difference_view_gets_it_on_rebuild(report, tmp_path, monkeypatch):
+    """An output whose report an earlier version built (its pictures named by that version, none a difference) is
+    rebuilt with every frame's new pictures, counted as made, and names no picture that is not there."""
+    spec, _ = report
+    for side in ("in", "out"):
+        shutil.copytree(Path(spec.output).parent / side, tmp_path / side)
+    shutil.rmtree(tmp_path / "out" / REPORT_ROOT)
+    copy = parse_spec({"name": spec.name, "input": str(tmp_path / "in"), "output": str(tmp_path / "out")})
+    earlier_set = report_module.picture_set
+    monkeypatch.setattr(report_module, "PICTURES_VERSION", 2)
+    monkeypatch.setattr(report_module, "picture_set", lambda *args: {
+        kind: data for kind, data in earlier_set(*args).items() if kind != "d"})
+    assert write_report(copy).pictures_made == 5
+    assert not list((tmp_path / "out" / REPORT_ROOT).rglob("*-d.jpg"))
+    monkeypatch.undo()
+
+    result = rebuild_report(copy.output)
+    assert (result.pictures_made, result.pictures_kept, result.pictures_unavailable) == (5, 0, 0)
+    assert len(list((tmp_path / "out" / REPORT_ROOT).rglob("*-d.jpg"))) == 4  # one per compare view
+    assert missing_pictures(tmp_path / "out") == []
+    again = rebuild_report(copy.output)
+    assert (again.pictures_made, again.pictures_kept) == (0, 5)
 
 
 def test_a_changed_original_is_shown_without_pictures_and_says_why(report, tmp_path):
@@ -196,6 +255,20 @@ def test_overlay_shows_a_one_pixel_scratch_on_a_downscaled_16_bit_scan():
     assert abs(overlay[:, :100] - plain[:, :100]).max() <= 3  # and nothing far from it
 
 
+def test_the_mask_view_outlines_masked_areas_so_it_shows_without_colour():
+    """The magenta tint is a colour some reviewers do not see, and grey prints lose: black and white dashes around
+    each masked area show it in grey too, against a light frame and a dark one."""
+    for tone in (40, 128, 220):
+        frame = np.full((200, 300, 3), tone, dtype=np.uint8)
+        mask = np.zeros((200, 300), dtype=bool)
+        mask[60:140, 100:200] = True
+        pictures = picture_set(frame, mask, frame, long_side=300, quality=95)
+        grey = np.asarray(Image.open(io.BytesIO(pictures["m"])).convert("L"), dtype=int)
+        edge = np.concatenate([grey[59, 102:198], grey[62:138, 200]])  # just outside the top and the right edges
+        assert edge.max() - edge.min() > 150, tone  # black and white along the edge, whatever the frame's tone
+        assert abs(grey[:40] - tone).max() <= 3  # and nothing away from it
+
+
 def test_pictures_of_a_frame_shown_turned_are_turned_as_a_viewer_shows_it(tmp_path):
     """The output keeps the input's EXIF orientation, so a viewer shows both turned; so must the report, with the
     audit mask (on the stored pixels) turned alike."""
@@ -238,7 +311,7 @@ def test_previews_of_a_grainy_frame_are_made():
 
 def chromium(*args: str, user_data: Path) -> str:
     run = subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={user_data}", *args],
-                         capture_output=True, text=True, timeout=180)
+                         capture_output=True, text=True, timeout=180, env={**os.environ, "TZ": READER_ZONE})
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout
 
@@ -260,7 +333,13 @@ def test_report_opens_in_headless_chromium_with_every_image(report, tmp_path):
     assert body["data-rows-rendered"] == "6"
     table = read_manifests(open_storage(spec.output), spec.name)
     assert element_text(dom, "count-ok") == str(summarize(table).by_status["ok"])
-    assert element_text(dom, "page-info") == "1–6 of 6 frames"
+    assert element_text(dom, "page-info") == "frames 1–6 of 6"
+    times = re.findall(r'<time datetime="([^"]+)">([^<]+)</time><span class="local">([^<]+)</span>', dom)
+    assert len(times) == 3  # generated, the last run's start on its card and in the runs table
+    for moment, utc, local in times:  # UTC as written, then the reader's own time
+        at = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        assert utc.startswith(f"{at:%Y-%m-%d %H:%M}") and utc.endswith(" UTC")
+        assert local == f" ({at.astimezone(ZoneInfo(READER_ZONE)):%Y-%m-%d %H:%M} your time, {READER_ZONE})"
     rendered_keys = re.findall(r'<tr><td><div class="key">([^<]*)</div>', dom)
     assert rendered_keys == [escape(r["input_key"], quote=False) for r in latest_rows(table)]
     links = [unquote(href) for href in re.findall(r'<a href="([^"]+)"', dom)]
@@ -275,6 +354,28 @@ def test_report_opens_in_headless_chromium_with_every_image(report, tmp_path):
         target = Path(os.environ["RESTORE_TEST_ARTEFACTS"])
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(screenshot, target / "report.png")
+
+
+def test_choosing_the_difference_view_shows_it_and_says_so(report, tmp_path):
+    """A compare view's "difference" choice (a radio button: reached and chosen by keyboard like the others) puts the
+    difference picture left of the line, and its alt text and tag say what it shows."""
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium package is not installed: the browser check of the report cannot run")
+    spec, _ = report
+    out = Path(spec.output)
+    chosen = out / "chosen.html"  # beside report.html, so its pictures resolve alike
+    chosen.write_text((out / "report.html").read_text().replace(
+        "</body>", '<script>document.querySelector(\'.left-view input[value$="-d.jpg"]\').click();</script></body>'))
+    dom = chromium("--window-size=1280,12000", "--virtual-time-budget=10000", "--dump-dom", chosen.as_uri(),
+                   user_data=tmp_path / "profile")
+    card = re.search(r'<figure class="compare-card">.*?</figure>', dom, re.S).group(0)
+    before = re.search(r'<img class="before" ([^>]*)>', card).group(1)
+    key = re.search(r'<span class="key">([^<]*)</span>', card).group(1)
+    assert re.search(r'src="([^"]*)"', before).group(1).endswith("-d.jpg")
+    assert f'alt="difference between restored and original ×4, black where unchanged, of {key}"' in before
+    assert '<span class="tag left">difference ×4</span>' in card
+    body = dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', re.search(r"<body([^>]*)>", dom).group(1)))
+    assert body["data-images-broken"] == "0"
 
 
 def test_the_published_spec_keeps_an_ipv6_endpoint_and_drops_credentials_and_tokens():

@@ -1,0 +1,8 @@
+"""How counts are worded in messages and in the report: "1 frame", "2 frames", one rule everywhere."""
+from __future__ import annotations
+
+
+def plural(count: int, noun: str) -> str:
+    """`noun` as it follows `count`: the callers' nouns all take a plain "s", and each writes the number its own way
+    (the report groups thousands, the command's lines do not)."""
+    return noun if count == 1 else f"{noun}s"
