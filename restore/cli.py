@@ -81,7 +81,9 @@ def cmd_run(args) -> int:
               + (f"; the failures of {len(plan.withdrawn)} {plural(len(plan.withdrawn), 'frame')} not restored and "
                  "gone from the input would be closed" if plan.withdrawn else "")
               + (f"; waiting in archival storage: {len(plan.archived)} ({plan.being_restored} being restored), not "
-                 "read" if plan.archived else ""))
+                 "read" if plan.archived else "")
+              + (f"; {len(plan.archived) - plan.being_restored} would be asked back (archive_restore)"
+                 if spec.archive_restore and len(plan.archived) > plan.being_restored else ""))
         for key in summary["keys"][: args.show]:
             print(f"  {printable(key)}")
         for task in [task for task in plan.tasks if task.get("plan_error")][: args.show]:
@@ -107,9 +109,14 @@ def cmd_run(args) -> int:
         print(f"job {spec.name}: the failures of {withdrawn} {plural(withdrawn, 'frame')} not restored and gone from "
               f"the input are closed ({WITHDRAWN} in the manifest)")
     if plan.archived:
+        asked = (f"asked back now: {plan.asked_back} (RestoreObject, {spec.archive_restore.tier} tier, kept "
+                 f"{spec.archive_restore.days} {plural(spec.archive_restore.days, 'day')}); a later run reads them"
+                 if spec.archive_restore else "restore them (S3 RestoreObject, or set archive_restore) and a later "
+                 "run reads them")
         print(f"job {spec.name}: frames waiting in archival storage: {len(plan.archived)}, of which being restored: "
-              f"{plan.being_restored}; not read: restore them (S3 RestoreObject) and a later run reads them (`restore "
-              "status` lists them)")
+              f"{plan.being_restored}; not read: {asked} (`restore status` lists them)")
+        for error in plan.not_asked_back[: args.show]:
+            print(f"  could not ask back: {printable(error)}")
     if not result.planned:
         print(f"job {spec.name}: nothing to do, {result.already_done} {plural(result.already_done, 'frame')} "
               f"already restored{given_up}")

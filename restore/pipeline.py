@@ -134,6 +134,8 @@ class Plan:
     # whether a restore (S3 RestoreObject) is bringing it back (`restoring`), and whether its newest row already
     # says so (`recorded`: no row is added every night)
     archived: list[dict] = field(default_factory=list)
+    asked_back: int = 0  # archived originals this run asked back (`archive_restore`)
+    not_asked_back: list[str] = field(default_factory=list)  # why asking some back failed, one line each
 
     @property
     def being_restored(self) -> int:
@@ -519,12 +521,36 @@ def waiting_in_archive(storage: Storage, originals: list[ObjectInfo]) -> dict[st
     return {info.key: state for info, state in zip(archival, states) if state}
 
 
-def _archive_reason(info: ObjectInfo, state: str) -> str:
+def _archive_reason(storage_class: str, state: str) -> str:
     if state == "restoring":
-        return (f"its original is being restored from archival storage ({info.storage_class}): the first run after "
+        return (f"its original is being restored from archival storage ({storage_class}): the first run after "
                 "the restore completes reads it")
-    return (f"its original is in archival storage ({info.storage_class}) and not restored: restore it (S3 "
-            "RestoreObject) and the next run reads it")
+    return (f"its original is in archival storage ({storage_class}) and not restored: restore it (S3 "
+            "RestoreObject, or the job's archive_restore) and the next run reads it")
+
+
+def ask_back_archived(context: JobContext, plan: Plan) -> None:
+    """Ask the plan's archived originals back (`archive_restore`), so the first run after their restore completes
+    reads them; each asked one counts as being restored from now on, and one that could not be asked stays
+    archived, with the reason in `plan.not_asked_back`."""
+    settings = context.spec.archive_restore
+    waiting = [frame for frame in plan.archived if not frame["restoring"]]
+
+    def ask(frame: dict) -> str | None:
+        try:
+            context.input_storage.request_restore(frame["input_key"], frame["input_version_id"], settings.days,
+                                                  settings.tier)
+        except StorageError as error:
+            return str(error)
+        return None
+
+    with ThreadPoolExecutor(ARCHIVE_CHECKS) as pool:
+        errors = list(pool.map(ask, waiting))
+    for frame, error in zip(waiting, errors):
+        if error is None:
+            frame.update(restoring=True, error=_archive_reason(frame["storage_class"], "restoring"), recorded=False)
+    plan.asked_back = errors.count(None)
+    plan.not_asked_back = [error for error in errors if error is not None]
 
 
 def _refuse_misplaced_inputs(tasks: list[dict], listed: list[ObjectInfo], output_format: str) -> None:
@@ -587,9 +613,10 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     repairing = sorted(redo.intersection(key for task in tasks for key in _frame_keys(task)))
     # a corrupt scan deleted, or replaced under another name: its failure must not keep an alert on for good
     withdrawn = sorted(key for key in past.not_restored if split_frame_key(key)[0] not in listed_etags)
-    reasons = {info.key: _archive_reason(info, waiting[info.key]) for info in listing.frames if info.key in waiting}
+    reasons = {info.key: _archive_reason(info.storage_class, waiting[info.key])
+               for info in listing.frames if info.key in waiting}
     archived = [{"input_key": info.key, "input_size": info.size, "input_etag": info.etag,
-                 "input_version_id": info.version_id, "error": reasons[info.key],
+                 "input_version_id": info.version_id, "storage_class": info.storage_class, "error": reasons[info.key],
                  "restoring": waiting[info.key] == "restoring",
                  "recorded": past.skipped.get(info.key) == (info.etag, reasons[info.key])}
                 for info in listing.frames if info.key in waiting]
@@ -1252,6 +1279,8 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
         # were stopped part-way, which never reach a run's end
         compact(context.output_storage, spec.name, context.run_id, lease, min_parts=COMPACT_AFTER_PARTS)
         plan = plan_job(context, frames_to_repair(spec) if repair else frozenset())
+        if spec.archive_restore and plan.archived:
+            ask_back_archived(context, plan)
         if plan.tasks:  # replaced when the run ends; left as it is, it tells `status` the run was killed or failed
             write_run_summary(context, plan, RunResult(run_id=context.run_id, planned=plan.frames,
                                                        manifest_prefix=run_prefix(spec.name, context.run_id),
@@ -1286,7 +1315,7 @@ def run_summary(context: JobContext, plan: Plan, result: RunResult, status: str 
     return {
         "job": context.spec.name, "run_id": result.run_id, "status": status,
         "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
-        "withdrawn": plan.withdrawn, "waiting_in_archive": len(plan.archived),
+        "withdrawn": plan.withdrawn, "waiting_in_archive": len(plan.archived), "asked_back": plan.asked_back,
         "repairing": plan.repairing, "counts": result.counts, "seconds": round(result.seconds, 3),
         "frames_per_second": round(result.frames_per_second, 3), "input": context.spec.input,
         "output": context.spec.output, "restorer": context.spec.restorer.name,

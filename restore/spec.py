@@ -34,6 +34,9 @@ OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")
 TRANSFERS = ("display", "log")
 # S3 storage classes outputs and audit masks may be written in: those read at once (verify and the report read them)
 OUTPUT_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR")
+# S3 retrieval tiers a job may ask archived originals back with: Bulk is the cheapest (hours; up to 48 from Deep
+# Archive), Expedited the dearest (minutes; Glacier Flexible Retrieval only)
+RESTORE_TIERS = ("Bulk", "Standard", "Expedited")
 DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dpx", "*.exr")  # videos only when named
 DEFAULT_MAX_PIXELS = 180_000_000
 
@@ -100,6 +103,15 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ArchiveRestoreSettings:
+    """Originals in Glacier or Deep Archive that a run would read are asked back (S3 RestoreObject), so a later run
+    restores them: the restored copy stays `days` days; `tier` sets the price and the wait."""
+
+    days: int = 7
+    tier: str = "Bulk"
+
+
+@dataclass(frozen=True)
 class SequenceSettings:
     """Frames under one folder form an ordered sequence; stages that need neighbours see `window` frames each side."""
 
@@ -118,6 +130,7 @@ class JobSpec:
     output_format: str = "same"
     transfer: str = "display"
     output_storage_class: str | None = None  # S3: outputs and audit masks (not manifests); None = the bucket's default
+    archive_restore: ArchiveRestoreSettings | None = None  # S3 input: ask archived originals back; None = never
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int = 4
     workers: WorkerSettings = field(default_factory=WorkerSettings)
@@ -180,7 +193,7 @@ class JobSpec:
 
 _TOP_FIELDS = {
     "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format", "transfer",
-    "output_storage_class", "max_pixels", "batch_size", "workers", "sequence", "commit_every", "max_attempts",
+    "output_storage_class", "archive_restore", "max_pixels", "batch_size", "workers", "sequence", "commit_every", "max_attempts",
 }
 
 
@@ -370,6 +383,17 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     if masks.temporal_fill and sequence.window < 1:
         problems.append("sequence.window: expected 1 or more with masks.temporal_fill (it copies from neighbours)")
 
+    archive_restore = None
+    if raw.get("archive_restore") is not None:
+        restore_raw = check.section(raw, "archive_restore", set(ArchiveRestoreSettings.__dataclass_fields__))
+        archive_restore = ArchiveRestoreSettings(
+            days=check.number(restore_raw, "days", "archive_restore.days", ArchiveRestoreSettings.days, minimum=1),
+            tier=check.string(restore_raw, "tier", "archive_restore.tier", ArchiveRestoreSettings.tier,
+                              choices=RESTORE_TIERS),
+        )
+        if not (input_uri or "").startswith("s3://"):
+            problems.append("archive_restore: only an s3:// input has archival storage classes")
+
     spec_kwargs = dict(
         output_format=check.string(raw, "output_format", "output_format", "same", choices=OUTPUT_FORMATS),
         transfer=check.string(raw, "transfer", "transfer", "display", choices=TRANSFERS),
@@ -395,6 +419,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         restorer=RestorerSettings(**{**asdict(restorer), "weights": _resolve_uri(restorer.weights, base)}),
         workers=workers,
         sequence=sequence,
+        archive_restore=archive_restore,
         **spec_kwargs,
     )
 

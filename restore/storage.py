@@ -208,6 +208,11 @@ class Storage(ABC):
         copy expired) or "restoring" (a RestoreObject is under way); None when it can be, or is gone."""
         return None
 
+    def request_restore(self, key: str, version_id: str | None, days: int, tier: str) -> None:
+        """Ask an archived object back (S3 RestoreObject) for `days` days at retrieval `tier`; one already being
+        restored is no error. Only storage with archival classes can."""
+        raise StorageError(f"cannot restore {key!r}: {self.uri} has no archival storage")
+
     @abstractmethod
     def put(self, key: str, data: bytes, content_type: str | None = None,
             storage_class: str | None = None) -> ObjectInfo:
@@ -498,6 +503,17 @@ class S3Storage(Storage):
             return None
         restore = r.get("Restore") or ""  # ongoing-request="false", expiry-date="…" once restored
         return "restoring" if 'ongoing-request="true"' in restore else None if restore else "archived"
+
+    def request_restore(self, key: str, version_id: str | None, days: int, tier: str) -> None:
+        extra = {"VersionId": version_id} if version_id else {}
+        try:
+            self.client.restore_object(Bucket=self.bucket, Key=self.prefix + safe_key(key), **extra,
+                                       RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}})
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "RestoreAlreadyInProgress":
+                raise self._error("restore", key, e) from None
+        except BotoCoreError as e:
+            raise self._error("restore", key, e) from None
 
     def put(self, key: str, data: bytes, content_type: str | None = None,
             storage_class: str | None = None) -> ObjectInfo:

@@ -318,6 +318,39 @@ def test_frames_in_archival_storage_wait_unread_until_restored(s3_endpoint, ray_
     assert restore_main(["status", str(spec_file)]) == 0
 
 
+def test_a_job_with_archive_restore_asks_its_archived_masters_back_and_a_later_run_restores_them(
+        s3_endpoint, ray_session, tmp_path, capsys):
+    """Asking S3 for each master by hand does not scale to an archive: with `archive_restore` the nightly run that
+    finds a master in Deep Archive asks it back (once: not again while it is being restored), a dry run asks
+    nothing, and the run after S3 has restored it restores the frame."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    for bucket in ("thaw-in", "thaw-out"):
+        client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket="thaw-in", Key="reel/f000.png", Body=png_bytes(scene(0)))
+    client.put_object(Bucket="thaw-in", Key="reel/f001.png", Body=png_bytes(scene(1)), StorageClass="DEEP_ARCHIVE")
+    raw = job(tmp_path, input="s3://thaw-in", output="s3://thaw-out/restored", endpoint_url=s3_endpoint,
+              archive_restore={"days": 2, "tier": "Bulk"})
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    output = open_storage("s3://thaw-out/restored", s3_endpoint)
+
+    assert restore_main(["run", str(spec_file), "--dry-run"]) == 0
+    assert "1 would be asked back (archive_restore)" in capsys.readouterr().out
+    assert "Restore" not in client.head_object(Bucket="thaw-in", Key="reel/f001.png")  # a dry run asks nothing
+
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 1  # the master is not read this run
+    assert "asked back now: 1 (RestoreObject, Bulk tier, kept 2 days)" in capsys.readouterr().out
+    assert "Restore" in client.head_object(Bucket="thaw-in", Key="reel/f001.png")
+    [waiting] = [row for row in latest_rows(read_manifests(output, "t")) if row["status"] == "skipped"]
+    assert waiting["input_key"] == "reel/f001.png" and "being restored" in waiting["error"]
+
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 0  # S3 has restored it (moto at once)
+    assert {row["input_key"]: row["status"] for row in latest_rows(read_manifests(output, "t"))} == {
+        "reel/f000.png": "ok", "reel/f001.png": "ok"}
+
+
 def test_outputs_and_masks_are_written_in_the_storage_class_the_job_names_and_manifests_stay_standard(
         s3_endpoint, s3_bucket, ray_session, tmp_path):
     """Millions of derivatives are cheaper in Infrequent Access or Glacier Instant Retrieval from the first write

@@ -147,3 +147,13 @@ def test_infrared_is_a_mask_detector_by_name():
 def test_shipped_demo_spec_validates():
     spec = load_spec(Path(__file__).parent.parent / "jobs" / "demo.yaml")
     assert spec.name == "demo"
+
+
+def test_archive_restore_is_refused_where_it_could_not_work():
+    """A setting that would silently do nothing (a local input) or be refused by S3 at night is refused up front."""
+    with pytest.raises(SpecError) as error:
+        parse_spec({"name": "t", "input": "in", "output": "out", "archive_restore": {"tier": "Fast", "days": 0}})
+    assert set(error.value.problems) == {
+        "archive_restore.tier: expected one of Bulk, Standard, Expedited, got 'Fast'",
+        "archive_restore.days: expected an integer >= 1, got 0",
+        "archive_restore: only an s3:// input has archival storage classes"}
