@@ -3,7 +3,7 @@
     plan (list inputs, drop what the manifests say is done)
       → load: read + checksum + decode + mask            (tasks)
       → restore: the restorer, loaded once per actor     (actor pool, CPUs/GPUs from the spec)
-      → write: encode + put output and mask              (tasks)
+      → write: encode + put output, mask and thumbnails (tasks; see _write_thumbs)
       → driver: manifest parts, block by block
 
 Frames travel between stages as raw pixel buffers in Arrow binary columns: no re-encoding, and numpy views
@@ -32,12 +32,14 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .film import LOG_SCAN, FilmFrame, restore_codes, to_view
-from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, FrameError, as_stored, check_encodable,
-                     check_pixel_limit, decode_frame, decode_mask, encode_frame, encode_mask, extension_for)
+from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, FrameError, as_displayed, as_stored,
+                     check_encodable, check_pixel_limit, decode_frame, decode_mask, encode_frame, encode_mask,
+                     extension_for)
 from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, History, ManifestWriter,
                        compact, history, is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
-from .report import REPORT_ROOT
+from .pictures import (REPORT_ROOT, THUMB_QUALITY, THUMB_SIZE, as_shown, fit, picture_set, pictures_name,
+                       pictures_prefix, shrink, store_pictures)
 from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
 from .storage import (ARCHIVAL_CLASSES, ArchivedObjectError, LocalStorage, NoSuchObjectError, ObjectInfo, Storage,
@@ -89,6 +91,8 @@ FRAME_FIELDS = [
     ("png_colour", pa.binary()),
     ("dpi", pa.list_(pa.float64())),
     ("resolution_per_cm", pa.bool_()),
+    ("orientation", pa.int8()),  # EXIF/TIFF Orientation: how viewers turn the frame, and so its thumbnails
+    ("original_thumb", pa.binary()),  # (h, w, 3) uint8: the original as its thumbnail shows it (`_original_thumb`)
     ("film_header", pa.string()),  # DPX/EXR: how to write the samples back exactly (see film.py)
     ("film_source", pa.large_binary()),  # DPX/EXR: the samples as stored; `pixels` is their display view
     ("mask", pa.large_binary()),  # one byte per pixel, 1 = hole
@@ -652,6 +656,7 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "png_colour": frame.png_colour,
         "dpi": list(frame.dpi) if frame.dpi else None,
         "resolution_per_cm": frame.resolution_per_cm,
+        "orientation": frame.orientation,
         "mask": mask.astype(np.uint8).tobytes(),
         "masked_fraction": float(mask.mean()),
         **(frame.columns() if isinstance(frame, FilmFrame) else {"film_header": None, "film_source": None}),
@@ -788,6 +793,7 @@ def not_restored(error: Exception) -> dict:
 def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np.ndarray] = (),
                n_previous: int = 0) -> dict:
     """The row of one decoded frame with its mask; a frame-level problem (its mask) fails only this frame."""
+    thumb = _original_thumb(context, row["input_key"], frame)  # timed as reading: made from the decoded original
     started = time.perf_counter()
     motion = _motion(frame.pixels, list(neighbours), n_previous)
     etags = {"mask_etag": None, "protect_etag": None}
@@ -798,7 +804,19 @@ def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np
     columns = _frame_columns(frame, mask)
     if context.spec.masks.temporal_fill:
         columns.update(_fill_from_neighbours(frame.pixels, mask, motion() if mask.any() else None))
-    return {**row, **columns, **etags, "mask_seconds": time.perf_counter() - started}
+    return {**row, **columns, **etags, "original_thumb": thumb, "mask_seconds": time.perf_counter() - started}
+
+
+def _original_thumb(context: JobContext, key: str, frame: Frame) -> bytes | None:
+    """The original brought down to the report's thumbnails, as they show it: here, before temporal fill and the
+    restorer replace its pixels, is the last stage that holds it; the write stage makes the thumbnails. None when
+    it cannot be made: the report then makes that frame's from the input."""
+    try:
+        return shrink(as_shown(frame.pixels, frame.orientation, context.spec.reads_log(frame.format)),
+                      THUMB_SIZE).tobytes()
+    except Exception as error:  # noqa: BLE001 - a picture is never a reason to fail a frame
+        logger.warning("%s: its thumbnails are left to the report: %s", key, error)
+        return None
 
 
 def _motion(pixels: np.ndarray, neighbours: list[np.ndarray], n_previous: int) -> Callable[[], tuple | None]:
@@ -1032,6 +1050,9 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
+EXACT_FORMATS = ("png", "tiff")  # outputs that decode to the very pixels encoded
+
+
 def _write_one(context: JobContext, row: dict) -> dict:
     pixels = _pixels(row)
     alpha = None
@@ -1077,7 +1098,32 @@ def _write_one(context: JobContext, row: dict) -> dict:
         put_or_adopt(context.output_storage, mask_key, encoded, CONTENT_TYPES["png"], context.spec.output_storage_class)
     elif row["input_key"] in (row["audited_frames"] or ()):  # the earlier audit mask would say it was repainted
         context.output_storage.delete(mask_key)
+    _write_thumbs(context, row, pixels if fmt in EXACT_FORMATS else None, data, mask, result["output_sha256"])
     return result
+
+
+def _write_thumbs(context: JobContext, row: dict, pixels: np.ndarray | None, data: bytes, mask: np.ndarray,
+                  output_sha256: str) -> None:
+    """The frame's report thumbnails, the same as the report would make from the files just written, made while
+    they are in memory: the report then reads no original, output or mask again for them. `pixels`: the restored
+    pixels, None where the output format does not hold them as they are (jpeg loses some; dpx and exr store codes
+    whose view is taken again): then the output's bytes are decoded, as the report would, with no read. Video
+    frames and film scans are handled alike: their original is the one the load stage decoded, as the report's.
+    A picture is never a reason to fail a frame: one not made here is left to the report, which makes it."""
+    if row["original_thumb"] is None:
+        return
+    try:
+        restored = pixels if pixels is not None else decode_frame(data, context.spec.max_pixels).pixels
+        orientation = row["orientation"]
+        restored = as_shown(restored, orientation, context.spec.reads_log(row["source_format"]))
+        width, height = fit(restored.shape[1], restored.shape[0], THUMB_SIZE)  # the size `_original_thumb` made
+        original = np.frombuffer(row["original_thumb"], dtype=np.uint8).reshape(height, width, 3)
+        shown_mask = as_displayed(mask, orientation) if mask.any() else None  # the audit mask, when one is written
+        store_pictures(context.output_storage, pictures_prefix(context.spec.name), "thumbs",
+                       pictures_name(row["input_sha256"], output_sha256),
+                       picture_set(original, shown_mask, restored, THUMB_QUALITY, row["icc_profile"]))
+    except Exception as error:  # noqa: BLE001 - a picture is never a reason to fail a frame
+        logger.warning("%s: its thumbnails are left to the report: %s", row["input_key"], error)
 
 
 # ---------------------------------------------------------------------------------------------- driver

@@ -2,9 +2,11 @@
 
 `report.html` sits at the output root, beside the restored frames it links to, so it opens the same from a folder
 or an S3 static site. It needs nothing from the network: CSS, JS and the frame rows (as JSON) are inline, and the
-pictures are small JPEGs under `_report/<job>/`, named by a digest of the input and output they show. A picture is
-made once; rebuilding the report over 50,000 frames makes only the pictures of new or changed frames. The page
-renders its frame list 100 rows at a time with lazily loaded images, so it opens quickly whatever the job's size.
+pictures are small JPEGs under `_report/<job>/`, named by a digest of the input and output they show (see
+pictures.py). A picture is made once: a run makes each frame's thumbnails as it writes the frame, so the report
+reads originals and outputs again only for the few compare previews, and for thumbnails no run made (outputs of
+older versions); rebuilding the report over 50,000 frames makes only the pictures of new or changed frames. The
+page renders its frame list 100 rows at a time with lazily loaded images, so it opens quickly whatever the job's size.
 
 Everything shown comes from the manifests (the source of truth) and the job spec; the spec is saved beside the
 pictures so `rebuild_report(output)` can redo the report without the YAML file.
@@ -13,41 +15,30 @@ from __future__ import annotations
 
 import hashlib
 import html
-import io
 import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from functools import partial
-from typing import Callable
 from urllib.parse import quote, urlsplit
 
 import numpy as np
 import pyarrow as pa
 import yaml
-from PIL import Image
 
-from .detect import refine_mask
-from .film import LOG_SCAN, to_view
 from .frames import FrameError, as_displayed, decode_frame, decode_mask
 from .manifest import (NOT_RESTORED, WITHDRAWN, is_video, jobs_in, latest_rows, read_manifests, split_frame_key,
                        summarize)
+from .pictures import (DIFFERENCE_GAIN, PREVIEW_QUALITY, PREVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, as_shown, fit,
+                       picture_set, pictures_name, pictures_prefix, shrink, store_pictures)
 from .spec import JobSpec, parse_spec
 from .storage import Storage, StorageError, open_storage
 from .wording import plural
 
 REPORT_KEY = "report.html"
-REPORT_ROOT = "_report"
-THUMB_SIZE = 240  # long side of the thumbnails in the frame list (shown at 160 px, sharp on high-density screens)
-PREVIEW_SIZE = 2048  # long side of the compare views: film frames up to 2K are shown at full resolution
 COMPARE_FRAMES = 9  # frames with the largest masked area get a compare view
 FAILURES_SHOWN = 50  # the rest are one filter away in the frame list
 RUNS_SHOWN = 20
-TINT = np.array([255, 0, 128], dtype=np.float32)  # masked pixels in the overlay: a colour no film stock has
-OUTLINE_SPAN = 400  # the black and white dashes around masked areas are a pixel wide per this many pixels of the
-# picture's long side, so they stay visible when a 2K preview is shown in a card a fifth of its size
-DIFFERENCE_GAIN = 4  # the difference picture's brightness per level changed: a change of 64 levels (of 255) is white
 COLUMNS = ("key", "status", "error", "masked", "width", "height", "bits", "pictures", "has_mask", "output", "note",
            "run")  # the frame rows' fields in the page's JSON, one array per frame
 
@@ -97,7 +88,7 @@ def build_report(spec: JobSpec, input_storage: Storage, output_storage: Storage,
     """Pictures first, then the spec, then report.html, so the page never names a picture that is not there yet."""
     table = read_manifests(output_storage, spec.name)
     rows = latest_rows(table)
-    prefix = f"{REPORT_ROOT}/{spec.name}"
+    prefix = pictures_prefix(spec.name)
     existing = {info.key for info in output_storage.list(("*.jpg",), prefix=f"{prefix}/")}
     compare = {row["input_key"] for row in sorted(
         (row for row in rows if _digest(row) and row["mask_key"]), key=lambda row: -row["masked_fraction"]
@@ -141,21 +132,14 @@ def build_report(spec: JobSpec, input_storage: Storage, output_storage: Storage,
 # ---------------------------------------------------------------------------------------------- pictures
 
 def _spec_key(job: str) -> str:
-    return f"{REPORT_ROOT}/{job}/job.json"
-
-
-PICTURES_VERSION = 3  # how pictures are made (2: turned as viewers show the frame, with its RGB ICC profile; 3: the
-# mask outlined, the difference picture); a new one remakes them once, which a difference picture needs anyway: it
-# decodes both the original and the output
+    return f"{pictures_prefix(job)}/job.json"
 
 
 def _digest(row: dict) -> str | None:
-    """Names a frame's pictures by what they show (input and output bytes) and how they are made: a changed frame
-    gets new ones."""
+    """The name of a restored frame's pictures (`pictures_name`); None for a frame that has none."""
     if row["status"] != "ok" or not row["output_key"] or not row["input_sha256"]:
         return None
-    made = f"{row['input_sha256']}:{row['output_sha256']}:{PICTURES_VERSION}"
-    return hashlib.sha256(made.encode()).hexdigest()[:20]
+    return pictures_name(row["input_sha256"], row["output_sha256"])
 
 
 def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:
@@ -174,9 +158,8 @@ def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str,
                               spec.max_pixels)
     except (StorageError, FrameError) as error:
         return f"no pictures: {error}"
-    view = partial(to_view, header=LOG_SCAN) if spec.reads_log(source.format) else None
     return _write_pictures(output_storage, prefix, spec.max_pixels, row, digest, thumbs, preview, source.pixels,
-                           source.orientation, source.icc_profile, view)
+                           source.orientation, source.icc_profile, spec.reads_log(source.format))
 
 
 def _make_video_pictures(input_storage: Storage, output_storage: Storage, prefix: str, max_pixels: int, video: str,
@@ -212,88 +195,27 @@ def _make_video_pictures(input_storage: Storage, output_storage: Storage, prefix
 
 def _write_pictures(output_storage: Storage, prefix: str, max_pixels: int, row: dict, digest: str, thumbs: bool,
                     preview: bool, original: np.ndarray, orientation: int, icc_profile: bytes | None,
-                    view: Callable[[np.ndarray], np.ndarray] | None = None) -> str | None:
+                    log: bool = False) -> str | None:
     """Decode the output and audit mask of a frame whose original is decoded, and write the picture sets asked for,
-    of both through `view` if given. Returns why it could not."""
+    of both as shown (`as_shown`). Returns why it could not."""
     try:
         output = _read_checked(output_storage, row["output_key"], row["output_sha256"], "output")
         restored = decode_frame(output, max_pixels).pixels
         mask = decode_mask(output_storage.get(row["mask_key"]), max_pixels) if row["mask_key"] else None
     except (StorageError, FrameError) as error:
         return f"no pictures: {error}"
-    if view is not None:
-        original, restored = view(original), view(restored)
-    # shown as a viewer shows the files (outputs keep the orientation tag); the audit mask lies on the stored pixels
-    original, restored = (as_displayed(pixels, orientation) for pixels in (original, restored))
-    mask = None if mask is None else as_displayed(mask, orientation)
-    sets = (("previews", preview, PREVIEW_SIZE, 90, True), ("thumbs", thumbs, THUMB_SIZE, 85, False))
+    original, restored = (as_shown(pixels, orientation, log) for pixels in (original, restored))
+    mask = None if mask is None else as_displayed(mask, orientation)  # the audit mask lies on the stored pixels
+    sets = (("previews", preview, PREVIEW_SIZE, PREVIEW_QUALITY, True),
+            ("thumbs", thumbs, THUMB_SIZE, THUMB_QUALITY, False))
     try:
         for folder, wanted, long_side, quality, difference in sets:
             if wanted:
-                for kind, data in picture_set(original, mask, restored, long_side, quality, icc_profile,
-                                              difference).items():
-                    output_storage.put(f"{prefix}/{folder}/{digest}-{kind}.jpg", data, content_type="image/jpeg")
+                store_pictures(output_storage, prefix, folder, digest, picture_set(
+                    shrink(original, long_side), mask, restored, quality, icc_profile, difference))
     except (StorageError, OSError) as error:  # a picture is a view of the job, never a reason to fail it
         return f"no pictures: {error}"
     return None
-
-
-def picture_set(original: np.ndarray, mask: np.ndarray | None, restored: np.ndarray, long_side: int,
-                quality: int, icc_profile: bytes | None = None, difference: bool = False) -> dict[str, bytes]:
-    """JPEGs of the original, the mask overlay (only with a mask), the difference (if asked) and the restored frame,
-    all at one size, with the frame's RGB ICC profile, so that a browser shows an Adobe RGB or ProPhoto scan in its
-    colours, not as sRGB. The difference has no profile: its greys are amounts of change, not colours.
-
-    Ordered so that "r" comes last: its presence tells a later rebuild that the set is complete.
-    """
-    size = fit(original.shape[1], original.shape[0], long_side)
-    small, small_restored = _resize(original, size), _resize(restored, size)
-    # a grey frame's profile cannot describe these RGB pictures
-    profile = icc_profile if icc_profile and icc_profile[16:20] == b"RGB " and original.shape[2] == 3 else None
-    pictures = {"o": _jpeg(small, quality, profile)}
-    if mask is not None:
-        # BOX averaging gives the masked share of each output pixel; any share at all tints it at least 45 %, so a
-        # one-pixel scratch on a 6K scan still shows in a thumbnail.
-        share = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX),
-                           dtype=np.float32)[..., None] / 255  # (h, w, 1)
-        alpha = np.where(share > 0, np.clip(0.45 + share, 0, 0.85), 0)
-        overlay = small * (1 - alpha) + TINT * alpha
-        # the tinted areas outlined in black and white dashes, as image editors draw a selection: the tint alone is
-        # lost on readers who do not see magenta and on grey prints, and one outline colour on some pictures
-        tinted = share[..., 0] > 0
-        thickness = max(1, max(size) // OUTLINE_SPAN)
-        rows, columns = np.nonzero(refine_mask(tinted, dilate=thickness) & ~tinted)  # the ring around them
-        overlay[rows, columns] = ((rows + columns) // (2 * thickness) % 2 * 255)[:, None]  # dashes along any edge
-        pictures["m"] = _jpeg(overlay.astype(np.uint8), quality, profile)
-    if difference:  # the largest change in any channel: black where the restorer left a pixel as it was
-        change = np.abs(small_restored.astype(np.int16) - small).max(axis=2)
-        pictures["d"] = _jpeg(np.minimum(change * DIFFERENCE_GAIN, 255).astype(np.uint8), quality)
-    pictures["r"] = _jpeg(small_restored, quality, profile)
-    return pictures
-
-
-def fit(width: int, height: int, long_side: int) -> tuple[int, int]:
-    """(width, height) scaled down, never up, so the long side is at most `long_side`."""
-    scale = min(1.0, long_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, C) uint8/uint16 → (h, w, 3) uint8; gray stays gray, 16-bit keeps its top 8 bits."""
-    if pixels.dtype == np.uint16:
-        pixels = (pixels >> 8).astype(np.uint8)
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
-    return np.asarray(image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0).convert("RGB"))
-
-
-def _jpeg(pixels: np.ndarray, quality: int, icc_profile: bytes | None = None) -> bytes:
-    """(h, w, 3) RGB or (h, w) grey uint8 as a JPEG."""
-    buffer = io.BytesIO()
-    # 4:4:4: the default chroma subsampling would smear a one-pixel tinted scratch into its pale neighbours.
-    # Not `optimize`: with 4:4:4 it fails on grainy pictures ("broken data stream").
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality, subsampling=0,
-                                 **({"icc_profile": icc_profile} if icc_profile else {}))
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -511,7 +433,7 @@ def _runs(runs: list[dict]) -> str:
 def render_report(spec: JobSpec, table: pa.Table, rows: list[dict], notes: dict[str, str], compare: set[str],
                   generated: datetime) -> str:
     """The whole page as one string; pure, so tests can render it without storage."""
-    prefix = f"{REPORT_ROOT}/{spec.name}"
+    prefix = pictures_prefix(spec.name)
     runs = run_stats(table)
     data = json.dumps({"columns": COLUMNS, "rows": _frame_rows(rows, notes), "pictures": f"{prefix}/thumbs/"},
                       separators=(",", ":")).replace("<", "\\u003c")  # no "</script>" can end the blob early

@@ -18,7 +18,8 @@ from functools import partial
 
 from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests, split_frame_key
 from .frames import PROVENANCE_KEY, TIFF_MAGICS, TIFF_PROVENANCE_TAGS
-from .report import REPORT_KEY, REPORT_ROOT
+from .pictures import REPORT_ROOT
+from .report import REPORT_KEY
 from .storage import ArchivedObjectError, NoSuchObjectError, ObjectInfo, Storage, StorageError, open_storage
 
 # Objects the tools themselves keep under an output besides frames and masks: manifests and leases, and the

@@ -4,9 +4,10 @@
 
 Not collected by pytest (no test_ prefix) and asserts nothing. It writes N small distinct frames with masks, their
 restored outputs and manifest rows without running Ray (setup, not timed; one frame in 100 failed, one in 10 with
-nothing masked), then times the first build (every picture made), a rebuild (every picture kept, the cost after
-each nightly run), and Chromium opening the page (the page's own `data-first-page-ms`, navigation start to the
-first 100 rows rendered, and the whole headless run against a blank page's).
+nothing masked), then times the first build (every picture made, as for an output an earlier version restored:
+runs make each frame's thumbnails as they write it, and no run made these), a rebuild (every picture kept, the cost
+after each nightly run), and Chromium opening the page (the page's own `data-first-page-ms`, navigation start to
+the first 100 rows rendered, and the whole headless run against a blank page's).
 """
 from __future__ import annotations
 

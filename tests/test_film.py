@@ -1,5 +1,6 @@
 """DPX and EXR film scans: generated frames restored and written back, exact outside the mask, headers kept."""
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -204,7 +205,9 @@ def test_without_openimageio_film_files_fail_with_the_extra_to_install(monkeypat
 
 def test_a_dpx_scan_goes_through_a_job_and_comes_back_as_dpx_exact_outside_the_mask(oiio, tmp_path, ray_session):
     from restore.frames import encode_mask
+    from restore.pictures import REPORT_ROOT
     from restore.pipeline import prepare, run_job
+    from restore.report import write_report
     from restore.spec import parse_spec
 
     samples = (scene(3, 3) * 65535).astype(np.uint16)
@@ -220,3 +223,11 @@ def test_a_dpx_scan_goes_through_a_job_and_comes_back_as_dpx_exact_outside_the_m
     assert restored.format == "DPX" and restored.bit_depth == original.bit_depth == 10
     assert np.array_equal(restored.source[~hole()], original.source[~hole()])
     assert not np.array_equal(restored.source[hole()], original.source[hole()])
+
+    # its thumbnails, made in the run from the view the output decodes to, are those the report makes from the files
+    thumbs = tmp_path / "out" / REPORT_ROOT / "film" / "thumbs"
+    made_in_run = {path.name: path.read_bytes() for path in thumbs.iterdir()}
+    assert len(made_in_run) == 3
+    shutil.rmtree(thumbs)
+    assert write_report(spec).pictures_made == 1
+    assert {path.name: path.read_bytes() for path in thumbs.iterdir()} == made_in_run

@@ -1,4 +1,5 @@
 """The HTML report, from a real small job run through Ray, checked as data and in headless Chromium."""
+from collections import Counter
 from html import escape
 import io
 import json
@@ -13,12 +14,15 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from restore import report as report_module
 from restore.manifest import latest_rows, read_manifests, summarize
 from restore.pipeline import prepare, run_job
-from restore.report import COLUMNS, PREVIEW_SIZE, REPORT_ROOT, picture_set, rebuild_report, write_report
+from restore import pictures as pictures_module
+from restore.pictures import PREVIEW_SIZE, REPORT_ROOT, picture_set, shrink
+from restore.report import COLUMNS, rebuild_report, write_report
 from restore.spec import parse_spec
 from restore.storage import open_storage
 
@@ -109,7 +113,8 @@ def test_report_lists_every_frame_with_its_pictures_and_the_manifest_figures(rep
     table = read_manifests(open_storage(spec.output), spec.name)
     rows, summary = latest_rows(table), summarize(table)
     assert summary.by_status == {"ok": 5, "failed": 1}
-    assert (result.frames, result.pictures_made, result.pictures_kept, result.pictures_unavailable) == (6, 5, 0, 0)
+    # the run made every frame's thumbnails: the report made the compare previews of the 4 masked frames
+    assert (result.frames, result.pictures_made, result.pictures_kept, result.pictures_unavailable) == (6, 4, 1, 0)
     assert result.uri == str(out / "report.html")
 
     page = (out / "report.html").read_text()
@@ -177,7 +182,7 @@ def test_a_report_built_before_the_difference_view_gets_it_on_rebuild(report, tm
     shutil.rmtree(tmp_path / "out" / REPORT_ROOT)
     copy = parse_spec({"name": spec.name, "input": str(tmp_path / "in"), "output": str(tmp_path / "out")})
     earlier_set = report_module.picture_set
-    monkeypatch.setattr(report_module, "PICTURES_VERSION", 2)
+    monkeypatch.setattr(pictures_module, "PICTURES_VERSION", 2)
     monkeypatch.setattr(report_module, "picture_set", lambda *args: {
         kind: data for kind, data in earlier_set(*args).items() if kind != "d"})
     assert write_report(copy).pictures_made == 5
@@ -190,6 +195,115 @@ def test_a_report_built_before_the_difference_view_gets_it_on_rebuild(report, tm
     assert missing_pictures(tmp_path / "out") == []
     again = rebuild_report(copy.output)
     assert (again.pictures_made, again.pictures_kept) == (0, 5)
+
+
+def thumbs_made(spec) -> dict[str, bytes]:
+    """The job's thumbnails in its local output, by file name."""
+    return {path.name: path.read_bytes() for path in (Path(spec.output) / REPORT_ROOT / spec.name / "thumbs").iterdir()}
+
+
+def varied_frames(root: Path) -> dict[str, np.ndarray]:
+    """Frames whose thumbnails take each step of the way: 8-bit RGB, one shown turned (EXIF orientation 6), one
+    with alpha, a 16-bit RGB TIFF with an RGB ICC profile, a 16-bit grey one; all masked but the last."""
+    import tifffile
+    from PIL import ImageCms
+
+    (root / "masks").mkdir(parents=True)
+    turned = Image.Exif()
+    turned[274] = 6
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    wide = (np.concatenate([scene(2)] * 2, axis=1).astype(np.uint16) << 8) + 77  # 640 px: shrunk for a thumbnail
+    Image.fromarray(scene(0)).save(root / "a-rgb.png")
+    Image.fromarray(scene(1)).save(root / "b-turned.png", exif=turned.tobytes())
+    Image.fromarray(np.dstack([scene(3), np.full((240, 320), 200, np.uint8)])).save(root / "c-alpha.png")
+    tifffile.imwrite(root / "d-wide16.tif", wide, photometric="rgb", extratags=[(34675, 7, len(srgb), srgb, True)])
+    Image.fromarray(scene(4)[..., 0].astype(np.uint16) * 257).save(root / "e-grey16.png")
+    for stem, width in (("a-rgb", 320), ("b-turned", 320), ("c-alpha", 320), ("d-wide16", 640)):
+        (root / "masks" / f"{stem}.png").write_bytes(png_bytes(scratch_mask(1, width=width)))
+
+
+@pytest.mark.parametrize("settings, restored", [
+    ({}, 5),
+    ({"output_format": "jpeg"}, 2),  # lossy: the thumbnails show what the output holds (16-bit and alpha fail)
+    ({"transfer": "log"}, 2),  # 16-bit log scans, shown through their view (the 8-bit frames fail)
+])
+def test_the_thumbnails_a_run_makes_are_those_the_report_would_make(tmp_path, ray_session, settings, restored):
+    """A run makes each frame's thumbnails as it writes it, byte for byte the ones the report makes from the files:
+    the same pictures whichever made them, and no original, output or mask read again for them."""
+    varied_frames(tmp_path / "in")
+    spec = parse_spec({"name": "varied", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                       "restorer": {"name": "telea"}, "masks": {"orientation": "stored"}, **settings})
+    assert run_job(*prepare(spec)).counts.get("ok") == restored
+    made_in_run = thumbs_made(spec)
+    rows = [row for row in latest_rows(read_manifests(open_storage(spec.output), spec.name)) if row["status"] == "ok"]
+    assert sorted(made_in_run) == sorted(f"{report_module._digest(row)}-{kind}.jpg" for row in rows
+                                         for kind in ("omr" if row["mask_key"] else "or"))
+    shutil.rmtree(Path(spec.output) / REPORT_ROOT)
+    assert write_report(spec).pictures_made == restored  # the report's own way, from the files
+    assert thumbs_made(spec) == made_in_run
+
+
+@pytest.fixture
+def s3_proxy(s3_endpoint):
+    """A proxy in front of the S3 server that logs every request (tests/faults.py)."""
+    import faults
+
+    proxy = faults.FaultProxy(s3_endpoint).start()
+    yield proxy
+    proxy.stop()
+
+
+def s3_job(s3_endpoint: str, bucket: str, endpoint_url: str, tmp_path: Path) -> Path:
+    """Three frames on S3, the first with damage masked (so the one compare view), and the spec of a job over them
+    through `endpoint_url`."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    for index in range(3):
+        damage = scratch_mask(index) if index == 0 else np.zeros((240, 320), np.uint8)
+        client.put_object(Bucket=bucket, Key=f"in/reel/f{index}.png", Body=png_bytes(damaged(scene(index), damage)))
+    client.put_object(Bucket=bucket, Key="in/reel/masks/f0.png", Body=png_bytes(scratch_mask(0)))
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "nightly", "input": f"s3://{bucket}/in",
+                                         "output": f"s3://{bucket}/out", "endpoint_url": endpoint_url,
+                                         "restorer": {"name": "telea"}}))
+    return spec_file
+
+
+def test_a_run_on_s3_reads_each_original_once_and_its_report_only_those_of_the_compare_views(
+        s3_endpoint, s3_bucket, s3_proxy, ray_session, tmp_path):
+    """`restore run` ends with the report. The run made every frame's thumbnails as it wrote the frame, so the report
+    step fetches no original, output or mask again but those of its compare views (the largest damaged areas): a
+    nightly run does not pay twice for its masters' GETs (nor a second retrieval fee on Glacier Instant Retrieval)."""
+    from restore.cli import main as restore_main
+
+    assert restore_main(["run", str(s3_job(s3_endpoint, s3_bucket, s3_proxy.url, tmp_path)), "--quiet"]) == 0
+    gets = Counter(key for method, bucket, key in s3_proxy.requests if method == "GET" and bucket == s3_bucket)
+    frames = [f"reel/f{index}.png" for index in range(3)]
+    assert [gets[f"in/{key}"] for key in frames] == [2, 1, 1]  # f0, the compare view, is read again for its preview
+    assert [gets[f"out/{key}"] for key in frames] == [1, 0, 0]
+    assert gets["out/_masks/reel/f0.png.png"] == 1
+    output = open_storage(f"s3://{s3_bucket}/out", s3_endpoint)
+    thumbs = sorted(info.key.rsplit("-", 1)[1] for info in output.list(prefix=f"{REPORT_ROOT}/nightly/thumbs/"))
+    assert thumbs == ["m.jpg"] + ["o.jpg"] * 3 + ["r.jpg"] * 3  # every frame's, the overlay where it has a mask
+
+
+def test_a_thumbnail_storage_refuses_leaves_its_frame_restored_and_the_report_makes_it(
+        s3_endpoint, s3_bucket, s3_proxy, ray_session, tmp_path):
+    """A picture is never a reason to fail a frame: a thumbnail the output refuses (a bucket policy, a full disk)
+    leaves the frame ok, and the report makes the set that is missing from the files, as for an older run's."""
+    spec = parse_spec(yaml.safe_load(s3_job(s3_endpoint, s3_bucket, s3_proxy.url, tmp_path).read_text()))
+    s3_proxy.hook = lambda request: "deny" if request.method == "PUT" and request.key.endswith("-m.jpg") else None
+    try:  # the masked frame's overlay is refused: its set stops before the restored picture that completes it
+        assert run_job(*prepare(spec)).counts == {"ok": 3}
+    finally:
+        s3_proxy.hook = None
+    output = open_storage(spec.output, s3_endpoint)
+    thumbs = f"{REPORT_ROOT}/nightly/thumbs/"
+    assert len([info for info in output.list(prefix=thumbs) if info.key.endswith("-r.jpg")]) == 2  # the unmasked
+    result = write_report(spec)
+    assert (result.pictures_made, result.pictures_kept, result.pictures_unavailable) == (1, 2, 0)
+    assert len(list(output.list(prefix=thumbs))) == 2 * 2 + 3
 
 
 def test_a_changed_original_is_shown_without_pictures_and_says_why(report, tmp_path):
@@ -245,7 +359,7 @@ def test_overlay_shows_a_one_pixel_scratch_on_a_downscaled_16_bit_scan():
     original = np.full((1200, 1600, 1), 30000, dtype=np.uint16)
     mask = np.zeros((1200, 1600), dtype=bool)
     mask[:, 801] = True  # one pixel wide: a tenth of a thumbnail pixel
-    pictures = picture_set(original, mask, original, long_side=240, quality=95)
+    pictures = picture_set(shrink(original, 240), mask, original, quality=95)
     assert list(pictures) == ["o", "m", "r"]
     overlay = np.asarray(Image.open(io.BytesIO(pictures["m"])).convert("RGB")).astype(int)
     plain = np.asarray(Image.open(io.BytesIO(pictures["o"])).convert("RGB")).astype(int)
@@ -262,7 +376,7 @@ def test_the_mask_view_outlines_masked_areas_so_it_shows_without_colour():
         frame = np.full((200, 300, 3), tone, dtype=np.uint8)
         mask = np.zeros((200, 300), dtype=bool)
         mask[60:140, 100:200] = True
-        pictures = picture_set(frame, mask, frame, long_side=300, quality=95)
+        pictures = picture_set(shrink(frame, 300), mask, frame, quality=95)
         grey = np.asarray(Image.open(io.BytesIO(pictures["m"])).convert("L"), dtype=int)
         edge = np.concatenate([grey[59, 102:198], grey[62:138, 200]])  # just outside the top and the right edges
         assert edge.max() - edge.min() > 150, tone  # black and white along the edge, whatever the frame's tone
@@ -274,7 +388,8 @@ def test_pictures_of_a_frame_shown_turned_are_turned_as_a_viewer_shows_it(tmp_pa
     audit mask (on the stored pixels) turned alike."""
     import hashlib
 
-    from restore.report import THUMB_SIZE, _make_pictures
+    from restore.pictures import THUMB_SIZE
+    from restore.report import _make_pictures
 
     mask = np.zeros((240, 320), np.uint8)
     mask[10:40, 250:310] = 255  # the stored picture's top right corner: its bottom right once turned 90° clockwise
@@ -305,7 +420,7 @@ def test_previews_of_a_grainy_frame_are_made():
     grain = np.clip(128 + np.random.default_rng(0).normal(0, 40, (1080, 1440, 3)), 0, 255).astype(np.uint8)
     mask = np.zeros((1080, 1440), dtype=bool)
     mask[500:520, 700:720] = True
-    pictures = picture_set(grain, mask, grain, long_side=PREVIEW_SIZE, quality=90)
+    pictures = picture_set(shrink(grain, PREVIEW_SIZE), mask, grain, quality=90)
     assert Image.open(io.BytesIO(pictures["r"])).size == (1440, 1080)
 
 
@@ -393,10 +508,11 @@ def test_pictures_carry_the_frames_rgb_icc_profile_so_a_browser_shows_its_colour
     adobe_like = wide[:16] + b"RGB " + wide[20:]
     frame = scene(2)
     mask = scratch_mask(2) > 0
-    for kind, data in picture_set(frame, mask, frame, long_side=240, quality=90, icc_profile=adobe_like).items():
+    for kind, data in picture_set(shrink(frame, 240), mask, frame, quality=90, icc_profile=adobe_like).items():
         assert Image.open(io.BytesIO(data)).info.get("icc_profile") == adobe_like, kind
     grey_profile = wide[:16] + b"GRAY" + wide[20:]  # cannot describe the RGB pictures a grey frame becomes
-    pictures = picture_set(frame[..., :1], mask, frame[..., :1], long_side=240, quality=90, icc_profile=grey_profile)
+    pictures = picture_set(shrink(frame[..., :1], 240), mask, frame[..., :1], quality=90,
+                           icc_profile=grey_profile)
     assert all("icc_profile" not in Image.open(io.BytesIO(data)).info for data in pictures.values())
 
 

@@ -1,5 +1,6 @@
 """Video inputs: generated clips decoded in order and in chunks, and restored by a job as image sequences."""
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -130,10 +131,16 @@ def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_
     context, plan = prepare(parse_spec(raw))
     assert plan.tasks == [] and plan.already_done == COUNT
 
-    from restore.report import REPORT_ROOT, _digest, write_report
+    from restore.pictures import REPORT_ROOT
+    from restore.report import _digest, write_report
 
+    thumbs = tmp_path / "out" / REPORT_ROOT / "video" / "thumbs"
+    made_in_run = {path.name: path.read_bytes() for path in thumbs.iterdir()}  # as each frame was written
+    assert len(made_in_run) == 2 * COUNT + 1  # original and restored of every frame, the mask over frame 5
+    shutil.rmtree(thumbs)
     report = write_report(parse_spec(raw))  # the video read once, each frame's pictures from its own frame
     assert (report.pictures_made, report.pictures_unavailable) == (COUNT, 0)
+    assert {path.name: path.read_bytes() for path in thumbs.iterdir()} == made_in_run  # the same either way
     for row in rows:
         thumb = Image.open(tmp_path / "out" / REPORT_ROOT / "video" / "thumbs" / f"{_digest(row)}-o.jpg")
         shown = VideoFrame(0, None, np.asarray(thumb.convert("RGB").resize((WIDTH, HEIGHT))))
