@@ -756,14 +756,30 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
             detected = detector.detect(pixels, motion())
         else:
             detected = detector(frame.infrared if detector.infrared else pixels)
-        mask |= refine_mask(detected, min_area=settings.min_area)
+        detected = refine_mask(detected, min_area=settings.min_area)
+        mask |= detected
     if settings.dilate:
         mask = refine_mask(mask, dilate=settings.dilate)
     if settings.protect:
         protected = _read_mask(context, settings.protect, input_key, frame, False, etags, "protect_etag")
         if protected is not None:
             mask &= ~protected
+    if settings.source in ("detect", "both"):
+        _check_detected_share(detected & mask, settings.max_detected)  # what protect leaves of it
     return mask
+
+
+def _check_detected_share(detected: np.ndarray, limit: float) -> None:
+    """Hold a frame whose detected damage covers more than `limit` of it: archive damage covers a few percent of a
+    frame, and far more is most likely content the detector takes for damage (a book cover's lettering, a night
+    sky's stars, a fence's pickets), which a restore would paint out. A person looks first; the spec says what then."""
+    share = float(detected.mean())
+    if share > limit:
+        raise SettingNeededError(
+            f"the detector flagged {100 * share:.1f} % of the frame, more than masks.max_detected "
+            f"({100 * limit:g} %): more likely lettering, stars or fine lines than damage, so it is held unchanged "
+            "for review; if it is damage, raise masks.max_detected, else give its mask (masks.source: given) or "
+            "protect what must stay (masks.protect)")
 
 
 MAX_REASON = 2000  # characters of a failure reason kept in the manifest: some errors quote a whole input

@@ -59,6 +59,9 @@ class MaskSettings:
     detector: str = "classical"  # with source detect|both; "temporal" compares neighbours (needs sequence.window >= 1),
     # "infrared" reads the infrared plane of RGBI TIFF scans (a frame without one fails)
     min_area: int = 0  # detected regions smaller than this (pixels) are dropped
+    # a frame whose detected damage covers more than this share of it is held (skipped, nothing written): so much is
+    # more likely content a detector mistakes for damage (lettering, stars, fine lines) than damage; 1.0 = never held
+    max_detected: float = 0.05
     protect: str | None = None  # pattern like pattern: regions never to change (stamps, signatures), overriding all
     temporal_fill: bool = False  # copy masked pixels from the motion-compensated neighbours where they agree first
     detector_weights: str | None = None  # learned: a file from `restore train-detector`; None = the shipped one
@@ -165,6 +168,7 @@ class JobSpec:
         masks = asdict(self.masks)
         masks.pop("uri")
         masks.pop("detector_weights")
+        masks.pop("max_detected")  # holds frames back, changes no output
         if detector_sha256:
             masks["detector_sha256"] = detector_sha256
         if self.masks.source == "given":
@@ -334,6 +338,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         required=check.boolean(masks_raw, "required", "masks.required", False),
         detector=check.string(masks_raw, "detector", "masks.detector", "classical", choices=MASK_DETECTORS),
         min_area=check.number(masks_raw, "min_area", "masks.min_area", 0),
+        max_detected=check.number(masks_raw, "max_detected", "masks.max_detected", MaskSettings.max_detected,
+                                  kind=float, minimum=0.0, maximum=1.0),
         protect=check.string(masks_raw, "protect", "masks.protect"),
         temporal_fill=check.boolean(masks_raw, "temporal_fill", "masks.temporal_fill", False),
         detector_weights=check.string(masks_raw, "detector_weights", "masks.detector_weights"),
@@ -342,7 +348,9 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     if masks.source == "given":  # a detector asked for but never run: most likely a forgotten `source: detect`
         problems += [f"masks.{name}: only used with masks.source detect or both (source is given)"
                      for name, value, default in (("detector", masks.detector, "classical"),
-                                                  ("min_area", masks.min_area, 0)) if value != default]
+                                                  ("min_area", masks.min_area, 0),
+                                                  ("max_detected", masks.max_detected, MaskSettings.max_detected))
+                     if value != default]
     if masks.orientation and masks.source == "detect" and not masks.protect:
         problems.append("masks.orientation: says how given and protect masks are drawn; this job reads neither")
     if masks.detector_weights and (masks.detector != "learned" or masks.source == "given"):

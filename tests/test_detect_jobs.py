@@ -209,3 +209,38 @@ def test_a_neighbour_of_another_size_is_left_out_not_compared(tmp_path, ray_sess
     frames[2] = frames[2][:64, :64]  # another shot, another size
     write(tmp_path / "in", frames)
     assert run_job(*prepare(job(tmp_path, temporal_fill=True))).counts == {"ok": 3}
+
+
+def starry_sky(seed=0, height=160, width=200, stars=700) -> np.ndarray:
+    """A dark sky with many small bright stars: to a single-frame detector, each is a speck of dust."""
+    rng = np.random.default_rng(seed)
+    sky = np.clip(rng.normal(18, 2, (height, width, 3)), 0, 255).astype(np.uint8)
+    for y, x in zip(rng.integers(2, height - 2, stars), rng.integers(2, width - 2, stars)):
+        sky[y - 1:y + 1, x - 1:x + 1] = 235
+    return sky
+
+
+def test_a_frame_whose_detected_damage_is_implausibly_large_is_held_unchanged_until_the_spec_says_more(
+        tmp_path, ray_session):
+    """A night sky's stars or a book cover's lettering are damage to a single-frame detector, and a restore would
+    paint them out: such a frame is held (skipped, nothing written) with the reason and what to do, and restored
+    once the spec raises the limit; a frame with ordinary damage is not held."""
+    sky, dusty = starry_sky(), sequence(count=1)[0]
+    dusty[40:44, 60:64] = 250  # one speck of dust
+    (tmp_path / "in" / "reel").mkdir(parents=True)
+    (tmp_path / "in" / "reel" / "sky.png").write_bytes(png(sky))
+    (tmp_path / "in" / "reel" / "dusty.png").write_bytes(png(dusty))
+
+    def spec(**masks):
+        return parse_spec({"name": "detect", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                           "masks": {"source": "detect", **masks}, "restorer": {"name": "telea"}})
+
+    assert run_job(*prepare(spec())).counts == {"ok": 1, "skipped": 1}
+    held = rows(tmp_path)["reel/sky.png"]
+    assert held["status"] == "skipped" and "more than masks.max_detected (5 %)" in held["error"]
+    assert "held unchanged for review" in held["error"] and held["output_key"] is None
+    assert not (tmp_path / "out" / "reel" / "sky.png").exists()
+    assert rows(tmp_path)["reel/dusty.png"]["masked_fraction"] > 0
+
+    assert run_job(*prepare(spec(max_detected=1.0))).counts == {"ok": 1}  # the spec now says it is damage
+    assert rows(tmp_path)["reel/sky.png"]["status"] == "ok"
