@@ -128,6 +128,8 @@ def cmd_run(args) -> int:
         print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed"
               f"{waiting}{given_up} in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "
               f"outputs in {spec.output}, manifest {summary['manifest']}")
+        if result.nothing_masked:
+            print(_nothing_masked(spec, result.nothing_masked, result.no_mask_file))
         summary["report"] = write_report(spec).uri
         if not args.quiet:
             print(f"report: {summary['report']}")
@@ -170,6 +172,15 @@ def cmd_jobs(args) -> int:
         print(f"{state.submission_id}: {state.status} {state.message or ''}".rstrip())
         _write_json(args.json, dataclasses.asdict(state))
     return EXIT_OK
+
+
+def _nothing_masked(spec, count: int, no_mask_file: int) -> str:
+    """Frames copied unchanged read as restored ("ok"): say so, and why, for a first job whose masks are elsewhere."""
+    line = f"job {spec.name}: {count} of them came back unchanged, as nothing was masked"
+    if no_mask_file:
+        line += (f" ({no_mask_file} had no mask file where masks.pattern {spec.masks.pattern!r} looks: give masks there,"
+                 " or set masks.source: detect to find the damage)")
+    return line
 
 
 def cmd_report(args) -> int:

@@ -160,6 +160,8 @@ class RunResult:
     planned: int = 0
     already_done: int = 0
     interrupted: bool = False  # stopped (Ctrl-C, SIGTERM) before every planned frame came back
+    nothing_masked: int = 0  # frames ok with nothing masked: copied as they were
+    no_mask_file: int = 0  # of those, frames whose given mask file was not there
 
     @property
     def frames_per_second(self) -> float:
@@ -1288,6 +1290,9 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
             for row in batch.to_pylist():
                 pending.append(row)
                 result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
+                if row["status"] == "ok" and not row["masked_fraction"]:
+                    result.nothing_masked += 1
+                    result.no_mask_file += row["mask_etag"] == ""
                 done += 1
                 failed += row["status"] == "failed"
             if len(pending) >= spec.commit_every:
@@ -1378,7 +1383,7 @@ def run_summary(context: JobContext, plan: Plan, result: RunResult, status: str 
         "job": context.spec.name, "run_id": result.run_id, "status": status,
         "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
         "withdrawn": plan.withdrawn, "waiting_in_archive": len(plan.archived), "asked_back": plan.asked_back,
-        "repairing": plan.repairing, "counts": result.counts, "seconds": round(result.seconds, 3),
+        "repairing": plan.repairing, "counts": result.counts, "nothing_masked": result.nothing_masked, "seconds": round(result.seconds, 3),
         "frames_per_second": round(result.frames_per_second, 3), "input": context.spec.input,
         "output": context.spec.output, "restorer": context.spec.restorer.name,
         "weights_sha256": context.weights_sha256, "config_hash": context.config_hash,

@@ -318,6 +318,26 @@ def test_frames_in_archival_storage_wait_unread_until_restored(s3_endpoint, ray_
     assert restore_main(["status", str(spec_file)]) == 0
 
 
+def test_a_first_job_whose_masks_are_elsewhere_says_its_frames_came_back_unchanged(tmp_path, ray_session, capsys):
+    """A first job over scans with no mask files changes nothing: "3 ok" alone reads as "3 cleaned", so the run,
+    its summary and the report say that nothing was masked, and where the masks were looked for."""
+    (tmp_path / "in" / "box").mkdir(parents=True)
+    for index in range(3):
+        (tmp_path / "in" / "box" / f"p{index}.png").write_bytes(png_bytes(scene(index)))
+    (tmp_path / "in" / "box" / "masks").mkdir()
+    (tmp_path / "in" / "box" / "masks" / "p0.png").write_bytes(png_bytes(box_mask()))  # one frame has its mask
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+
+    assert restore_main(["run", str(spec_file), "--json", str(tmp_path / "run.json")]) == 0
+    out = capsys.readouterr().out
+    assert ("2 of them came back unchanged, as nothing was masked (2 had no mask file where masks.pattern "
+            "'{dir}/masks/{stem}.png' looks") in out
+    assert json.loads((tmp_path / "run.json").read_text())["nothing_masked"] == 2
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "status ok; 2 of them unchanged, as nothing was masked" in page
+
+
 def test_a_job_with_archive_restore_asks_its_archived_masters_back_and_a_later_run_restores_them(
         s3_endpoint, ray_session, tmp_path, capsys):
     """Asking S3 for each master by hand does not scale to an archive: with `archive_restore` the nightly run that
