@@ -35,6 +35,7 @@ from .film import LOG_SCAN, FilmFrame, restore_codes, to_view
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, FrameError, as_displayed, as_stored,
                      check_encodable, check_pixel_limit, decode_frame, decode_mask, encode_frame, encode_mask,
                      extension_for)
+from .grain import regrain
 from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, History, ManifestWriter,
                        compact, history, is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
@@ -966,7 +967,8 @@ class RestoreFrames:
         try:
             views = [self._view(row) for row in todo]
             filled = self.restorer.restore_batch(views, [_restore_mask(row) for row in todo])
-            restored = [self._codes(row, view, fill) for row, view, fill in zip(todo, views, filled)]
+            restored = [self._codes(row, view, self._grained(row, fill))
+                        for row, view, fill in zip(todo, views, filled)]
         except Exception:  # noqa: BLE001 - one bad frame must not fail its batch-mates: retry one by one
             restored = [self._restore_one(row) for row in todo]
         seconds = (time.perf_counter() - started) / max(1, len(todo))
@@ -992,10 +994,18 @@ class RestoreFrames:
         return restore_codes(_pixels(row), view, filled, LOG_SCAN) if self.spec.reads_log(row["source_format"]) \
             else filled
 
+    def _grained(self, row: dict, filled: np.ndarray) -> np.ndarray:
+        """The restorer's output with the frame's film grain in its fill, where the job asks for it: not in what
+        temporal fill copied from neighbours, which carries their real grain. Seeded by the frame's key, so a rerun
+        writes the same bytes."""
+        if not self.spec.regrains(row["source_format"]):
+            return filled
+        return regrain(filled, _restore_mask(row), seed=row["input_key"])
+
     def _restore_one(self, row: dict) -> np.ndarray | str:
         try:
             view = self._view(row)
-            return self._codes(row, view, self.restorer(view, _restore_mask(row)))
+            return self._codes(row, view, self._grained(row, self.restorer(view, _restore_mask(row))))
         except Exception as error:  # noqa: BLE001 - recorded as the frame's failure reason
             return f"restorer {self.restorer.name} failed: {type(error).__name__}: {error}"
 

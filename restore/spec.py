@@ -21,6 +21,8 @@ from .storage import UnsafeKeyError, safe_key
 CLASSICAL_RESTORERS = ("telea", "navier-stokes", "harmonic")  # fills without a model
 RESTORERS = ("gan",) + CLASSICAL_RESTORERS  # the inpainting methods
 RESTORER_NAMES = RESTORERS + ("none",)  # "none" copies frames through unchanged: the pipeline's I/O-bound ceiling
+GRAIN = ("auto", "match", "none")  # restorer.grain: fills get the frame's grain in film scans, every frame, or none
+GRAINY_FORMATS = ("DPX", "EXR", "VIDEO")  # film scans, with a log job's stills; other stills are mostly prints
 MASK_SOURCES = ("given", "detect", "both")  # both = the union of the given mask and the detected one
 DETECTOR_NAMES = ("classical", "temporal", "learned")  # learned: the U-Net shipped in restore/weights
 # A job may also take its mask from the infrared plane of RGBI film scans, which eval-detect's pictures lack.
@@ -96,6 +98,7 @@ class RestorerSettings:
     tile: int = 512  # GAN tile size
     overlap: int = 64  # GAN tile overlap
     context: int = 32  # GAN: pixels of surroundings every hole gets at least (thick holes get more)
+    grain: str = "auto"  # one of GRAIN: see JobSpec.regrains
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,15 @@ class JobSpec:
         The temporal detector and temporal fill compare a frame with its neighbours in the codes themselves."""
         return self.transfer == "log" and source_format not in ("DPX", "EXR", "VIDEO")
 
+    def regrains(self, source_format: str) -> bool:
+        """Whether the restorer's fills in frames of this format get the frame's film grain (restore.grain): a
+        fill is the plausible mean, grain-free, and on a grainy scan it shows as a smooth stripe or smudge."""
+        if self.restorer.name == "none":  # nothing is filled
+            return False
+        if self.restorer.grain == "auto":
+            return source_format in GRAINY_FORMATS or self.transfer == "log"
+        return self.restorer.grain == "match"
+
     def output_settings(self, weights_sha256: str | None, detector_sha256: str | None = None) -> dict[str, Any]:
         """What changes the output bytes, and nothing else: worker counts must never reprocess an archive.
 
@@ -161,6 +173,11 @@ class JobSpec:
         restorer = asdict(self.restorer)
         restorer.pop("weights")
         restorer.pop("weights_sha256")
+        # auto, the default, hashes as before the setting existed, so jobs that never set it keep their hash; so
+        # does any value where nothing is filled, and match where every frame read is a film scan (transfer: log)
+        grain = restorer.pop("grain")
+        if self.restorer.name != "none" and grain != "auto" and not (grain == "match" and self.transfer == "log"):
+            restorer["grain"] = grain
         if self.restorer.name != "gan":
             restorer.pop("tile")
             restorer.pop("overlap")
@@ -371,7 +388,10 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         tile=check.number(restorer_raw, "tile", "restorer.tile", 512, minimum=32),
         overlap=check.number(restorer_raw, "overlap", "restorer.overlap", 64),
         context=check.number(restorer_raw, "context", "restorer.context", RestorerSettings.context),
+        grain=check.string(restorer_raw, "grain", "restorer.grain", RestorerSettings.grain, choices=GRAIN),
     )
+    if restorer.name == "none" and restorer.grain == "match":
+        problems.append("restorer.grain: match re-grains the restorer's fills, and restorer none fills nothing")
     if restorer.weights_sha256 and (len(restorer.weights_sha256) != 64 or not all(c in "0123456789abcdef" for c in restorer.weights_sha256)):
         problems.append("restorer.weights_sha256: expected 64 lowercase hex digits, got "
                         f"{shown(restorer.weights_sha256)}")

@@ -16,6 +16,7 @@ import numpy as np
 from . import Detector, luma
 
 _BINS = 16  # brightness bins of the noise estimate
+NOISE_FLOOR = 1.0 / 1024  # the least noise sigma measured: a synthetic flat frame has no noise at all
 EXACT_DISC_UP_TO = 25  # speck elements up to this width are discs; wider ones, on large scans, regular octagons
 
 
@@ -23,25 +24,37 @@ def odd_size(x: float) -> int:
     return max(3, int(round(x)) // 2 * 2 + 1)
 
 
-def noise_by_brightness(image: np.ndarray, window: int) -> np.ndarray:
+def high_pass(image: np.ndarray) -> np.ndarray:
+    """What a 5x5 median leaves of a float image: grain and fine damage; edges and smooth gradients pass it."""
+    return image - cv2.medianBlur(image, 5).reshape(image.shape)  # OpenCV drops a single channel's axis
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """Noise sigma of zero-centred values (a high-pass) from their median absolute value: damage, texture and edges
+    among them move it little."""
+    return 1.4826 * float(np.median(np.abs(values)))
+
+
+def noise_by_brightness(image: np.ndarray, window: int, where: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel noise sigma (H, W): MAD of a 5x5 median high-pass within each brightness bin.
 
     Grain is strongest in the midtones; the median is robust to the damage and texture in a bin. A pixel is binned
     by the brightness of its surroundings (a median over `window`, wider than the damage), not its own: a long
     scratch or a blotch has enough pixels to fill a bin of its own brightness, and would then set the noise it is
     measured against, and go unseen. Bins with too few pixels take the frame's value. Clumped grain reads small at
-    this scale, so thresholds in these units are high numbers.
+    this scale, so thresholds in these units are high numbers. `where` (H, W) bool: measure only those pixels (the
+    value of all of them stands in for a bin with too few); the result still covers every pixel, by its bin.
     """
-    high_pass = image - cv2.medianBlur(image, 5)
+    residual = high_pass(image)
     surroundings = cv2.medianBlur(np.clip(image * 255, 0, 255).astype(np.uint8), window)  # large medians: uint8
     bins = np.clip(surroundings.astype(np.int32) * _BINS // 256, 0, _BINS - 1)
-    overall = 1.4826 * float(np.median(np.abs(high_pass)))
-    sigma = np.full(_BINS, overall, np.float32)
+    measured, measured_bins = (residual, bins) if where is None else (residual[where], bins[where])
+    sigma = np.full(_BINS, robust_sigma(measured), np.float32)
     for b in range(_BINS):
-        values = high_pass[bins == b]
+        values = measured[measured_bins == b]
         if values.size >= 500:
-            sigma[b] = 1.4826 * float(np.median(np.abs(values)))
-    return np.maximum(sigma, 1.0 / 1024)[bins]  # a floor: a synthetic flat frame has no noise at all
+            sigma[b] = robust_sigma(values)
+    return np.maximum(sigma, NOISE_FLOOR)[bins]
 
 
 def round_opening_or_closing(image: np.ndarray, operation: int, size: int) -> np.ndarray:
