@@ -35,26 +35,31 @@ def robust_sigma(values: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(values)))
 
 
-def noise_by_brightness(image: np.ndarray, window: int, where: np.ndarray | None = None) -> np.ndarray:
-    """Per-pixel noise sigma (H, W): MAD of a 5x5 median high-pass within each brightness bin.
-
-    Grain is strongest in the midtones; the median is robust to the damage and texture in a bin. A pixel is binned
-    by the brightness of its surroundings (a median over `window`, wider than the damage), not its own: a long
-    scratch or a blotch has enough pixels to fill a bin of its own brightness, and would then set the noise it is
-    measured against, and go unseen. Bins with too few pixels take the frame's value. Clumped grain reads small at
-    this scale, so thresholds in these units are high numbers. `where` (H, W) bool: measure only those pixels (the
-    value of all of them stands in for a bin with too few); the result still covers every pixel, by its bin.
-    """
-    residual = high_pass(image)
+def brightness_bins(image: np.ndarray, window: int) -> np.ndarray:
+    """Each pixel's brightness bin (H, W) for `sigma_by_bin`: that of its surroundings (a median over `window`, wider
+    than the damage), not its own: a long scratch or a blotch has enough pixels to fill a bin of its own brightness,
+    and would then set the noise it is measured against, and go unseen."""
     surroundings = cv2.medianBlur(np.clip(image * 255, 0, 255).astype(np.uint8), window)  # large medians: uint8
-    bins = np.clip(surroundings.astype(np.int32) * _BINS // 256, 0, _BINS - 1)
-    measured, measured_bins = (residual, bins) if where is None else (residual[where], bins[where])
-    sigma = np.full(_BINS, robust_sigma(measured), np.float32)
+    return np.clip(surroundings.astype(np.int32) * _BINS // 256, 0, _BINS - 1)
+
+
+def sigma_by_bin(residual: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Noise sigma (_BINS,) of high-pass values in each of their brightness bins: grain is strongest in the
+    midtones; the median is robust to the damage and texture in a bin. Bins with too few values take the value of
+    all of them."""
+    sigma = np.full(_BINS, robust_sigma(residual), np.float32)
     for b in range(_BINS):
-        values = measured[measured_bins == b]
+        values = residual[bins == b]
         if values.size >= 500:
             sigma[b] = robust_sigma(values)
-    return np.maximum(sigma, NOISE_FLOOR)[bins]
+    return np.maximum(sigma, NOISE_FLOOR)
+
+
+def noise_by_brightness(image: np.ndarray, window: int) -> np.ndarray:
+    """Per-pixel noise sigma (H, W): MAD of a 5x5 median high-pass within each brightness bin (`brightness_bins`,
+    `sigma_by_bin`). Clumped grain reads small at this scale, so thresholds in these units are high numbers."""
+    bins = brightness_bins(image, window)
+    return sigma_by_bin(high_pass(image), bins)[bins]
 
 
 def round_opening_or_closing(image: np.ndarray, operation: int, size: int) -> np.ndarray:
