@@ -229,7 +229,8 @@ class _Checker:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.problems.append(f"{name}: expected a mapping, got {type(value).__name__}")
+            hint = f" (write `{name}: {{name: {value}}}`)" if isinstance(value, str) and "name" in allowed else ""
+            self.problems.append(f"{name}: expected a mapping, got {type(value).__name__}{hint}")
             return {}
         for unknown in sorted(set(value) - allowed):
             self.problems.append(f"{name}.{unknown}: unknown field (expected one of {', '.join(sorted(allowed))})")

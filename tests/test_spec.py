@@ -177,3 +177,10 @@ def test_archive_restore_is_refused_where_it_could_not_work():
         "archive_restore.tier: expected one of Bulk, Standard, Expedited, got 'Fast'",
         "archive_restore.days: expected an integer >= 1, got 0",
         "archive_restore: only an s3:// input has archival storage classes"}
+
+
+def test_a_restorer_named_where_a_mapping_belongs_gets_the_spelling_that_works():
+    """`restorer: telea` is the natural first guess; the error shows how to write it."""
+    with pytest.raises(SpecError) as error:
+        parse_spec({"name": "t", "input": "in", "output": "out", "restorer": "telea"})
+    assert error.value.problems == ["restorer: expected a mapping, got str (write `restorer: {name: telea}`)"]
