@@ -178,8 +178,9 @@ def _nothing_masked(spec, count: int, no_mask_file: int) -> str:
     """Frames copied unchanged read as restored ("ok"): say so, and why, for a first job whose masks are elsewhere."""
     line = f"job {spec.name}: {count} of them came back unchanged, as nothing was masked"
     if no_mask_file:
-        line += (f" ({no_mask_file} had no mask file where masks.pattern {spec.masks.pattern!r} looks: give masks there,"
-                 " or set masks.source: detect to find the damage)")
+        line += f" ({no_mask_file} had no mask file where masks.pattern {spec.masks.pattern!r} looks"
+        line += ", and the detector found nothing in them)" if spec.masks.source == "both" else \
+            ": give masks there, or set masks.source: detect to find the damage)"
     return line
 
 

@@ -27,6 +27,7 @@ GRAIN_SIZES = np.arange(0.3, 3.01, 0.15)  # Gaussian sigmas (px) of the grain th
 SAMPLE = 50_000  # residual values a statistic reads, at most: a robust sigma of them is good to about 0.5 %
 LUMA_WEIGHTS = {1: np.array([1.0]), 3: np.array([0.299, 0.587, 0.114])}  # as `luma_of`
 MARGIN = 32  # px of surroundings around every hole that the grain is measured on: thousands of pixels per hole
+MIN_SURROUNDINGS = 500  # known pixels around the holes, at least, to measure the grain on (as per brightness bin)
 CELL = 16  # px: holes are boxed on a grid of cells this wide (a cell's row of mask pixels packs into a uint16)
 
 
@@ -42,6 +43,8 @@ def regrain(filled: np.ndarray, mask: np.ndarray, seed: str) -> np.ndarray:
     bins = [brightness_bins(luma, BRIGHTNESS_WINDOW) for luma in lumas]
     holes = [own & mask[box] for box, own in boxes]
     arounds = [own & ~mask[box] for box, own in boxes]
+    if sum(map(np.count_nonzero, arounds)) < MIN_SURROUNDINGS:  # too little grain to measure: add none
+        return filled
     wanted = sigma_by_bin(*_pooled([(r[around], b[around]) for r, b, around in zip(residuals, bins, arounds)]))
     hole_bins = [b[hole] for b, hole in zip(bins, holes)]
     present = sigma_by_bin(*_pooled([(r[hole], b) for r, hole, b in zip(residuals, holes, hole_bins)]))
@@ -49,7 +52,10 @@ def regrain(filled: np.ndarray, mask: np.ndarray, seed: str) -> np.ndarray:
     if not any(missing[b].any() for b in hole_bins):
         return filled
     lag1s, unit_sigmas = _unit_grain_residuals()
-    size = float(np.interp(_lag1(list(zip(residuals, arounds))), lag1s, GRAIN_SIZES))
+    lag1 = _lag1(list(zip(residuals, arounds)))
+    if not np.isfinite(lag1):  # a frame a pixel high or wide has no neighbour pairs across it
+        return filled
+    size = float(np.interp(lag1, lag1s, GRAIN_SIZES))
     channels = [residual[..., None] if image.shape[2] == 1 else high_pass(image)  # a grey frame's: its luma's
                 for image, residual in zip(images, residuals)]
     step = max(1, sum(map(np.count_nonzero, arounds)) // SAMPLE)  # read at a sample's pixels: (n, C) rows are slow
@@ -131,8 +137,12 @@ def _channel_mixing(residuals: np.ndarray) -> np.ndarray:
     correlations = np.eye(residuals.shape[1])
     for i, j in zip(*np.triu_indices(residuals.shape[1], 1)):
         correlations[i, j] = correlations[j, i] = _correlation(residuals[:, i], residuals[:, j])
+    # the nearest valid covariance (robust correlations need not make one), then its Cholesky factor: unlike the
+    # eigenvectors, whose signs a linear-algebra library may choose either way, it is unique, so every machine
+    # draws the same grain for a frame
     values, vectors = np.linalg.eigh(correlations * np.outer(sigmas, sigmas))
-    return vectors * np.sqrt(np.maximum(values, 0))
+    covariance = (vectors * np.maximum(values, 0)) @ vectors.T
+    return np.linalg.cholesky(covariance + np.eye(len(sigmas)) * 1e-9 * np.trace(covariance))
 
 
 def _correlation(u: np.ndarray, v: np.ndarray) -> float:

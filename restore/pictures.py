@@ -25,9 +25,11 @@ TINT = np.array([255, 0, 128], dtype=np.float32)  # masked pixels in the overlay
 OUTLINE_SPAN = 400  # the black and white dashes around masked areas are a pixel wide per this many pixels of the
 # picture's long side, so they stay visible when a 2K preview is shown in a card a fifth of its size
 DIFFERENCE_GAIN = 4  # the difference picture's brightness per level changed: a change of 64 levels (of 255) is white
-PICTURES_VERSION = 3  # how pictures are made (2: turned as viewers show the frame, with its RGB ICC profile; 3: the
-# mask outlined, the difference picture); a new one remakes them once, which a difference picture needs anyway: it
-# decodes both the original and the output
+# How each folder's pictures are made; a new version remakes them once, reading every original and output again.
+# Thumbnails: 2, turned as viewers show the frame, with its RGB ICC profile (the mask's outline, since, is not worth
+# reading a whole archive again, nor losing the thumbnails of originals no longer readable). Previews: 3, the mask
+# outlined and the difference picture added.
+PICTURE_VERSIONS = {"thumbs": 2, "previews": 3}
 
 
 def pictures_prefix(job: str) -> str:
@@ -35,10 +37,10 @@ def pictures_prefix(job: str) -> str:
     return f"{REPORT_ROOT}/{job}"
 
 
-def pictures_name(input_sha256: str, output_sha256: str) -> str:
-    """Names a frame's pictures by what they show (input and output bytes) and how they are made: a changed frame
-    gets new ones."""
-    made = f"{input_sha256}:{output_sha256}:{PICTURES_VERSION}"
+def pictures_name(input_sha256: str, output_sha256: str, folder: str) -> str:
+    """Names a frame's pictures in `folder` by what they show (input and output bytes) and how they are made: a
+    changed frame gets new ones."""
+    made = f"{input_sha256}:{output_sha256}:{PICTURE_VERSIONS[folder]}"
     return hashlib.sha256(made.encode()).hexdigest()[:20]
 
 

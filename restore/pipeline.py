@@ -1148,7 +1148,7 @@ def _write_thumbs(context: JobContext, row: dict, pixels: np.ndarray | None, dat
         original = np.frombuffer(row["original_thumb"], dtype=np.uint8).reshape(height, width, 3)
         shown_mask = as_displayed(mask, orientation) if mask.any() else None  # the audit mask, when one is written
         store_pictures(context.output_storage, pictures_prefix(context.spec.name), "thumbs",
-                       pictures_name(row["input_sha256"], output_sha256),
+                       pictures_name(row["input_sha256"], output_sha256, "thumbs"),
                        picture_set(original, shown_mask, restored, THUMB_QUALITY, row["icc_profile"]))
     except Exception as error:  # noqa: BLE001 - a picture is never a reason to fail a frame
         logger.warning("%s: its thumbnails are left to the report: %s", row["input_key"], error)

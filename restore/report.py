@@ -96,13 +96,13 @@ def build_report(spec: JobSpec, input_storage: Storage, output_storage: Storage,
 
     jobs, kept = [], 0
     for row in rows:
-        digest = _digest(row)
-        if digest is None:
+        if _digest(row) is None:
             continue
-        need_thumbs = f"{prefix}/thumbs/{digest}-r.jpg" not in existing
-        need_preview = row["input_key"] in compare and f"{prefix}/previews/{digest}-r.jpg" not in existing
+        need_thumbs = f"{prefix}/thumbs/{_digest(row)}-r.jpg" not in existing
+        need_preview = row["input_key"] in compare and f"{prefix}/previews/{_digest(row, 'previews')}-r.jpg" \
+            not in existing
         if need_thumbs or need_preview:
-            jobs.append((row, digest, need_thumbs, need_preview))
+            jobs.append((row, need_thumbs, need_preview))
         else:
             kept += 1
     stills, videos = [], {}  # a video is read and decoded once for all its frames' pictures
@@ -135,11 +135,11 @@ def _spec_key(job: str) -> str:
     return f"{pictures_prefix(job)}/job.json"
 
 
-def _digest(row: dict) -> str | None:
-    """The name of a restored frame's pictures (`pictures_name`); None for a frame that has none."""
+def _digest(row: dict, folder: str = "thumbs") -> str | None:
+    """The name of a restored frame's pictures in `folder` (`pictures_name`); None for a frame that has none."""
     if row["status"] != "ok" or not row["output_key"] or not row["input_sha256"]:
         return None
-    return pictures_name(row["input_sha256"], row["output_sha256"])
+    return pictures_name(row["input_sha256"], row["output_sha256"], folder)
 
 
 def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:
@@ -150,7 +150,7 @@ def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:
 
 
 def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str, spec: JobSpec, row: dict,
-                   digest: str, thumbs: bool, preview: bool) -> str | None:
+                   thumbs: bool, preview: bool) -> str | None:
     """Decode a still frame's original (within the job's `max_pixels`, as the run did) and make its pictures; a
     log scan's through the view its restorer saw, not its flat codes. Returns why it could not."""
     try:
@@ -158,7 +158,7 @@ def _make_pictures(input_storage: Storage, output_storage: Storage, prefix: str,
                               spec.max_pixels)
     except (StorageError, FrameError) as error:
         return f"no pictures: {error}"
-    return _write_pictures(output_storage, prefix, spec.max_pixels, row, digest, thumbs, preview, source.pixels,
+    return _write_pictures(output_storage, prefix, spec.max_pixels, row, thumbs, preview, source.pixels,
                            source.orientation, source.icc_profile, spec.reads_log(source.format))
 
 
@@ -193,7 +193,7 @@ def _make_video_pictures(input_storage: Storage, output_storage: Storage, prefix
     return notes
 
 
-def _write_pictures(output_storage: Storage, prefix: str, max_pixels: int, row: dict, digest: str, thumbs: bool,
+def _write_pictures(output_storage: Storage, prefix: str, max_pixels: int, row: dict, thumbs: bool,
                     preview: bool, original: np.ndarray, orientation: int, icc_profile: bytes | None,
                     log: bool = False) -> str | None:
     """Decode the output and audit mask of a frame whose original is decoded, and write the picture sets asked for,
@@ -211,7 +211,7 @@ def _write_pictures(output_storage: Storage, prefix: str, max_pixels: int, row: 
     try:
         for folder, wanted, long_side, quality, difference in sets:
             if wanted:
-                store_pictures(output_storage, prefix, folder, digest, picture_set(
+                store_pictures(output_storage, prefix, folder, _digest(row, folder), picture_set(
                     shrink(original, long_side), mask, restored, quality, icc_profile, difference))
     except (StorageError, OSError) as error:  # a picture is a view of the job, never a reason to fail it
         return f"no pictures: {error}"
@@ -380,7 +380,7 @@ def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix:
         return ""
     cards = []
     for index, row in enumerate(chosen):
-        picture = f"{prefix}/previews/{_digest(row)}"
+        picture = f"{prefix}/previews/{_digest(row, 'previews')}"
         key = _e(row["input_key"])
         # what the left of the line shows: (picture, choice's label, tag on the picture, the picture's alt text)
         views = ((f"{picture}-o.jpg", "original", "original", f"original of {key}"),

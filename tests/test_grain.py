@@ -178,3 +178,14 @@ def test_a_jobs_fills_of_a_dpx_scan_get_its_grain_the_same_on_every_run_and_phot
     assert np.array_equal(decode_frame(plain["scan.dpx"]).source, composite(original, restorers_fill))
 
     assert np.array_equal(decode_frame(first["photo.png"]).pixels, harmonic_fill(photo, mask))  # not a film scan
+
+
+def test_a_frame_too_small_to_measure_grain_on_gets_none_and_no_error():
+    """A strip a pixel high has no vertical neighbours and a few dozen known pixels: its fill is left as the
+    restorer made it rather than the frame failing (and its batch-mates being restored again one by one)."""
+    rng = np.random.default_rng(1)
+    for shape in [(1, 50, 3), (1, 4000, 3), (40, 1, 1), (5, 5, 3)]:
+        filled = np.clip((0.5 + rng.normal(0, 0.03, shape)) * 255, 0, 255).astype(np.uint8)
+        mask = np.zeros(shape[:2], bool)
+        mask[shape[0] // 2, shape[1] // 2] = True
+        assert np.array_equal(regrain(filled, mask, "strip"), filled)

@@ -160,7 +160,9 @@ def test_the_difference_view_is_black_where_nothing_changed_and_bright_where_the
     out = Path(spec.output)
     page = (out / "report.html").read_text()
     row = next(r for r in read_blob(page) if r["key"] == "reel/f0.png")
-    difference = f"{REPORT_ROOT}/{spec.name}/previews/{row['pictures']}-d.jpg"
+    manifest_row = next(r for r in latest_rows(read_manifests(open_storage(spec.output), spec.name))
+                        if r["input_key"] == "reel/f0.png")
+    difference = f"{REPORT_ROOT}/{spec.name}/previews/{report_module._digest(manifest_row, 'previews')}-d.jpg"
     assert f'value="{difference}"' in page  # a choice of its compare view
     assert f'<a href="{difference}">' in page  # and a link, for a reader without JavaScript
     original = np.asarray(Image.open(Path(spec.input) / row["key"]), dtype=int)
@@ -173,26 +175,35 @@ def test_the_difference_view_is_black_where_nothing_changed_and_bright_where_the
     assert shown[changed == 0].max() <= 8  # black wherever the restorer left the pixel as it was
 
 
-def test_a_report_built_before_the_difference_view_gets_it_on_rebuild(report, tmp_path, monkeypatch):
-    """An output whose report an earlier version built (its pictures named by that version, none a difference) is
-    rebuilt with every frame's new pictures, counted as made, and names no picture that is not there."""
+def test_a_report_built_before_the_difference_view_gets_it_on_rebuild_and_keeps_its_thumbnails(
+        report, tmp_path, monkeypatch):
+    """An output whose report an earlier version built (its previews named by that version, none a difference) is
+    rebuilt with new previews for its compare views, counted as made, and names no picture that is not there. Its
+    thumbnails are kept as they were: remaking them would read every original again, and lose the thumbnails of
+    originals no longer readable (deleted, or moved to Glacier)."""
     spec, _ = report
     for side in ("in", "out"):
         shutil.copytree(Path(spec.output).parent / side, tmp_path / side)
     shutil.rmtree(tmp_path / "out" / REPORT_ROOT)
     copy = parse_spec({"name": spec.name, "input": str(tmp_path / "in"), "output": str(tmp_path / "out")})
     earlier_set = report_module.picture_set
-    monkeypatch.setattr(pictures_module, "PICTURES_VERSION", 2)
+    monkeypatch.setattr(pictures_module, "PICTURE_VERSIONS", {"thumbs": 2, "previews": 2})
     monkeypatch.setattr(report_module, "picture_set", lambda *args: {
         kind: data for kind, data in earlier_set(*args).items() if kind != "d"})
     assert write_report(copy).pictures_made == 5
     assert not list((tmp_path / "out" / REPORT_ROOT).rglob("*-d.jpg"))
+    previews = {path.name for path in (tmp_path / "out" / REPORT_ROOT / spec.name / "previews").iterdir()}
+    [plain] = [row for row in latest_rows(read_manifests(open_storage(copy.output), spec.name)) if row["output_key"]
+               and f"{report_module._digest(row, 'previews')}-r.jpg" not in previews]  # no compare view
     monkeypatch.undo()
+    (tmp_path / "in" / plain["input_key"]).unlink()  # its original is gone: its thumbnails must stay
 
     result = rebuild_report(copy.output)
-    assert (result.pictures_made, result.pictures_kept, result.pictures_unavailable) == (5, 0, 0)
+    assert (result.pictures_made, result.pictures_kept, result.pictures_unavailable) == (4, 1, 0)
     assert len(list((tmp_path / "out" / REPORT_ROOT).rglob("*-d.jpg"))) == 4  # one per compare view
     assert missing_pictures(tmp_path / "out") == []
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert next(row for row in read_blob(page) if row["key"] == plain["input_key"])["pictures"]
     again = rebuild_report(copy.output)
     assert (again.pictures_made, again.pictures_kept) == (0, 5)
 
@@ -403,10 +414,11 @@ def test_pictures_of_a_frame_shown_turned_are_turned_as_a_viewer_shows_it(tmp_pa
     storage.put("mask.png", png_bytes(mask))
     digest = hashlib.sha256(data).hexdigest()
     row = {"input_key": "in.png", "input_sha256": digest, "output_key": "in.png", "output_sha256": digest,
-           "mask_key": "mask.png"}
+           "mask_key": "mask.png", "status": "ok"}
     spec = parse_spec({"name": "t", "input": "in", "output": "out"})
-    assert _make_pictures(storage, storage, "rep", spec, row, "d", thumbs=True, preview=False) is None
-    original, overlay = (np.asarray(Image.open(io.BytesIO(storage.get(f"rep/thumbs/d-{kind}.jpg"))), dtype=int)
+    assert _make_pictures(storage, storage, "rep", spec, row, thumbs=True, preview=False) is None
+    name = report_module._digest(row)
+    original, overlay = (np.asarray(Image.open(io.BytesIO(storage.get(f"rep/thumbs/{name}-{kind}.jpg"))), dtype=int)
                          for kind in ("o", "m"))
     assert original.shape[:2] == (THUMB_SIZE, THUMB_SIZE * 3 // 4)  # portrait, as shown
     tinted = np.abs(overlay - original).sum(axis=2) > 60
