@@ -7,6 +7,9 @@ noise):
   colour    how strong each channel's residual is, and how much the channels share it.
 The fill's own residual is measured the same way (a generator's fill carries some texture) and only the missing
 part is added, so that the fill's residual matches its surroundings'. Surroundings without grain get none.
+What it cannot tell apart: fine detail around a hole reads as grain (the fill then gets too much), one measure
+serves the whole frame, and in a log scan's view the highlights' and sub-black grain is flattened (fills there get
+almost none); so jobs ask for it (`restorer.grain`), it is not the default.
 Cost follows the damage, as the restorer's does: all of it is measured and drawn within boxes around the holes,
 each hole with MARGIN px of its surroundings (holes whose surroundings meet share a box); each residual is computed
 once, and statistics read a sample of at most SAMPLE values.

@@ -98,7 +98,7 @@ class RestorerSettings:
     tile: int = 512  # GAN tile size
     overlap: int = 64  # GAN tile overlap
     context: int = 32  # GAN: pixels of surroundings every hole gets at least (thick holes get more)
-    grain: str = "auto"  # one of GRAIN: see JobSpec.regrains
+    grain: str = "none"  # one of GRAIN: see JobSpec.regrains
 
 
 @dataclass(frozen=True)
@@ -173,10 +173,10 @@ class JobSpec:
         restorer = asdict(self.restorer)
         restorer.pop("weights")
         restorer.pop("weights_sha256")
-        # auto, the default, hashes as before the setting existed, so jobs that never set it keep their hash; so
-        # does any value where nothing is filled, and match where every frame read is a film scan (transfer: log)
+        # none, the default, hashes as before the setting existed, so jobs that never set it keep their hash; so
+        # does any value where nothing is filled
         grain = restorer.pop("grain")
-        if self.restorer.name != "none" and grain != "auto" and not (grain == "match" and self.transfer == "log"):
+        if self.restorer.name != "none" and grain != "none":
             restorer["grain"] = grain
         if self.restorer.name != "gan":
             restorer.pop("tile")

@@ -130,8 +130,8 @@ def test_an_empty_mask_or_a_frame_without_surroundings_is_left_as_it_is():
 
 def test_a_jobs_fills_of_a_dpx_scan_get_its_grain_the_same_on_every_run_and_photographs_keep_the_restorers(
         tmp_path, ray_session):
-    """grain: auto (the default) re-grains film scans and leaves other stills as the restorer filled them; only the
-    fill changes (unmasked samples and alpha exact), a rerun writes the same bytes, and grain: none leaves the
+    """grain: auto re-grains film scans and leaves other stills as the restorer filled them; only the fill changes
+    (unmasked samples and alpha exact), a rerun writes the same bytes, and grain: none (the default) leaves the
     restorer's fill as it was."""
     oiio = pytest.importorskip("OpenImageIO", reason="film formats need the film extra (OpenImageIO)")
     from restore.film import composite
@@ -163,7 +163,7 @@ def test_a_jobs_fills_of_a_dpx_scan_get_its_grain_the_same_on_every_run_and_phot
         assert run_job(*prepare(spec)).counts == {"ok": 2}
         return {name: (tmp_path / output / name).read_bytes() for name in ("scan.dpx", "photo.png")}
 
-    first, again, plain = run("out"), run("again"), run("plain", grain="none")
+    first, again, plain = run("out", grain="auto"), run("again", grain="auto"), run("plain")
     assert first == again  # a rerun writes the same bytes
 
     original = decode_frame((tmp_path / "in" / "scan.dpx").read_bytes())

@@ -90,20 +90,19 @@ def test_how_masks_of_turned_frames_were_drawn_is_checked_and_jobs_that_never_sa
         parse_spec({**base, "masks": {"source": "detect", "orientation": "displayed"}})
 
 
-def test_grain_re_grains_film_scans_by_default_and_changes_the_config_hash_only_where_it_changes_outputs():
+def test_grain_is_asked_for_re_grains_film_scans_or_every_frame_and_enters_the_config_hash_only_then():
     base = {"name": "j", "input": "s3://in/a", "output": "s3://out/b"}
 
     def spec(grain=None, name="telea", **fields):
         return parse_spec({**base, "restorer": {"name": name, "grain": grain}, **fields})
 
-    auto, match, none = spec(), spec("match"), spec("none")
+    default, auto, match, none = spec(), spec("auto"), spec("match"), spec("none")
     assert [auto.regrains(fmt) for fmt in ("DPX", "EXR", "VIDEO", "PNG", "TIFF", "JPEG")] == [True] * 3 + [False] * 3
-    assert spec(transfer="log").regrains("TIFF") and match.regrains("PNG")  # a log scan is a film scan
-    assert not none.regrains("DPX") and not spec(name="none").regrains("DPX")  # restorer none fills nothing
-    assert auto.config_hash(None) == "0056dca39461f36a"  # as before the setting existed: nothing is redone
-    assert len({auto.config_hash(None), match.config_hash(None), none.config_hash(None)}) == 3
-    assert spec("match", transfer="log").config_hash(None) == spec(transfer="log").config_hash(None)  # same outputs
-    assert spec("none", "none").config_hash(None) == spec(name="none").config_hash(None)
+    assert spec("auto", transfer="log").regrains("TIFF") and match.regrains("PNG")  # a log scan is a film scan
+    assert not default.regrains("DPX") and not spec("auto", name="none").regrains("DPX")  # none fills nothing
+    assert default.config_hash(None) == none.config_hash(None) == "0056dca39461f36a"  # as before the setting
+    assert len({none.config_hash(None), auto.config_hash(None), match.config_hash(None)}) == 3
+    assert spec("auto", "none").config_hash(None) == spec(name="none").config_hash(None)
     with pytest.raises(SpecError, match="restorer.grain: expected one of auto, match, none, got 'film'"):
         spec("film")
     with pytest.raises(SpecError, match="restorer.grain: match re-grains the restorer's fills, and restorer none"):
