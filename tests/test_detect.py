@@ -6,6 +6,7 @@ import pytest
 from restore.damage import film_grain
 from restore.detect import build_detector, refine_mask
 from restore.detect.temporal import compensated, temporal_fill
+from restore.restorers import classical_fill
 from restore.spec import DETECTOR_NAMES
 
 
@@ -99,6 +100,39 @@ def test_classical_takes_16_bit_and_gray():
     gray = detector(cv2.cvtColor(damaged, cv2.COLOR_RGB2GRAY))
     for mask in (wide, gray):
         assert all(mask[y - 2:y + 3, x - 2:x + 3].any() for x, y in spots)
+
+
+def soft_specks(seed):
+    """(clean grainy frame, the same with four soft-edged bright specks blended on, their opacity (H, W)): discs
+    blurred as dust out of focus is, so each has an anti-aliased rim that stands out less than its core."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:160, 0:160].astype(np.float32)
+    base = 0.4 + 0.1 * np.sin(x / 29) * np.cos(y / 37)
+    clean = film_grain(rng, np.clip(np.repeat(base[..., None], 3, 2) * 255, 0, 255).astype(np.uint8), 0.01, 0.004)
+    discs = np.zeros((160, 160), np.float32)
+    for centre in [(40, 40), (120, 50), (60, 120), (125, 125)]:
+        cv2.circle(discs, centre, 2, 1.0, -1)
+    opacity = cv2.GaussianBlur(discs, (0, 0), 1.0)
+    opacity /= opacity.max()
+    damaged = np.round(clean * (1 - opacity[..., None]) + 245 * opacity[..., None]).astype(np.uint8)
+    return clean, damaged, opacity
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_classical_covers_the_soft_rim_of_a_speck_so_its_fill_leaves_no_ghost(seed):
+    """Detection thresholds used to leave a speck's soft rim out of the mask; the fill took its colour from that
+    bright rim and left a pale speck-shaped ghost. Growing each region over the rim, not blindly, fixes that."""
+    clean, damaged, opacity = soft_specks(seed)
+    detector = build_detector("classical")
+    mask = detector(damaged)
+    rim = opacity > 0.2  # pixels a fifth of the speck's contrast or more away from the picture
+    assert mask[rim].all()
+    filled = classical_fill(damaged, mask, "telea")
+    ghost = filled.astype(float).mean(2) - clean.astype(float).mean(2)
+    contrast = 245 - clean.astype(float).mean()
+    assert ghost[rim].mean() < 0.1 * contrast  # it was over 0.17
+    assert not (mask & (opacity < 0.01)).any()  # no clean picture beside them
+    assert not detector(clean).any()
 
 
 def sequence_with_blotch():

@@ -21,6 +21,7 @@ from restore.models.detector import DetectorConfig, DetectorNet
 from restore.models.weights import load_net, save_net
 
 from . import Detector, to_float
+from .classical import contrast_of, cover_halo
 from .scoring import match_counts, scores
 from .synthetic import OVERLAYS, film_scan, panning_frames
 
@@ -59,7 +60,8 @@ def damage_probability(net: DetectorNet, pixels: np.ndarray, tile: int = 1024, m
 
 
 class LearnedDetector(Detector):
-    """Damage where the net's probability exceeds `threshold` (default: the one calibrated when it was trained)."""
+    """Damage where the net's probability exceeds `threshold` (default: the one calibrated when it was trained),
+    with the soft rims around it that still stand out from their surroundings (`classical.cover_halo`)."""
 
     name = "learned"
 
@@ -71,7 +73,7 @@ class LearnedDetector(Detector):
         self.tile = int(tile)
 
     def __call__(self, pixels, neighbours=None, n_previous=None) -> np.ndarray:
-        return damage_probability(self.net, pixels, self.tile) > self.threshold
+        return cover_halo(damage_probability(self.net, pixels, self.tile) > self.threshold, *contrast_of(pixels))
 
 
 def _batch(rng: np.random.Generator, images: list[np.ndarray], sources: int, crops: int, crop: int,
