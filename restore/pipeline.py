@@ -779,7 +779,7 @@ def _check_detected_share(detected: np.ndarray, limit: float) -> None:
     share = float(detected.mean())
     if share > limit:
         raise SettingNeededError(
-            f"the detector flagged {100 * share:.1f} % of the frame, more than masks.max_detected "
+            f"the detector flagged {100 * share:.2f} % of the frame, more than masks.max_detected "
             f"({100 * limit:g} %): more likely lettering, stars or fine lines than damage, so it is held unchanged "
             "for review; if it is damage, raise masks.max_detected, else give its mask (masks.source: given) or "
             "protect what must stay (masks.protect)")
