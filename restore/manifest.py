@@ -50,6 +50,9 @@ MANIFEST_SCHEMA = pa.schema([
     ("detector_sha256", pa.string()),  # the learned detector's weights, when they found the masks
     ("masked_fraction", pa.float64()),  # of the frame's pixels, those the mask allowed to change
     ("changed_fraction", pa.float64()),  # of the frame's pixels, those whose values did change (copied or filled)
+    # how deep the restorer had to reconstruct: the largest distance in pixels from a filled pixel to the nearest
+    # kept one (half the widest hole's width); null where it filled nothing, and in rows from before the column
+    ("deepest_fill_px", pa.float64()),
     ("temporal_fill_fraction", pa.float64()),  # of the frame, copied from neighbours (masks.temporal_fill); else null
     ("infrared", pa.string()),  # an RGBI scan's infrared plane: kept (TIFF output) | dropped (other formats) | null
     ("restorer", pa.string()),

@@ -103,6 +103,7 @@ FRAME_FIELDS = [
     ("restore_mask", pa.large_binary()),  # the part of `mask` temporal fill left to the restorer; null = all of it
     ("temporal_fill_fraction", pa.float64()),
     ("changed_fraction", pa.float64()),  # set by the restore stage
+    ("deepest_fill_px", pa.float64()),  # set by the restore stage (see the manifest's column)
     ("read_seconds", pa.float64()),
     ("mask_seconds", pa.float64()),
     ("restore_seconds", pa.float64()),
@@ -945,6 +946,19 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=FRAME_SCHEMA)
 
 
+def deepest_fill(mask: np.ndarray) -> float | None:
+    """How deep the restorer reconstructs: the largest distance from a filled pixel to the nearest kept one (a
+    scratch's fill is a pixel or two from the picture; a tear's, tens). Where it is large, the fill is invented
+    rather than continued, and a person should look; None where nothing is filled."""
+    import cv2
+
+    if not mask.any():
+        return None
+    if mask.all():  # nothing kept to measure from: the whole frame is invented
+        return float(max(mask.shape))
+    return float(cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5).max())
+
+
 class RestoreFrames:
     """One per actor: the restorer (and its weights) is loaded once and serves every batch."""
 
@@ -980,6 +994,7 @@ class RestoreFrames:
                 # change (temporal fill copies only where it changes the frame)
                 filled = (pixels != _pixels(row)).any(axis=2).mean()
                 row["changed_fraction"] = float(filled) + (row["temporal_fill_fraction"] or 0.0)
+                row["deepest_fill_px"] = deepest_fill(_restore_mask(row))
                 row["pixels"] = pixels.tobytes()
             row["restore_seconds"] = seconds
             row["worker"] = self.worker
@@ -1055,7 +1070,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "input_version_id": row["input_version_id"], "input_sha256": row["input_sha256"],
             "input_frames": row["input_frames"],
             "mask_source": spec.masks.source, "masked_fraction": row["masked_fraction"],
-            "changed_fraction": row["changed_fraction"],
+            "changed_fraction": row["changed_fraction"], "deepest_fill_px": row["deepest_fill_px"],
             "mask_etag": row["mask_etag"], "protect_etag": row["protect_etag"],
             "temporal_fill_fraction": row["temporal_fill_fraction"],
             "detector": spec.masks.detector if spec.masks.source != "given" else None,

@@ -36,6 +36,7 @@ from .storage import Storage, StorageError, open_storage
 from .wording import plural
 
 REPORT_KEY = "report.html"
+DEEP_FILL_PX = 16  # fills this far from the nearest kept pixel (holes over 32 px wide) are flagged for a look
 COMPARE_FRAMES = 9  # frames with the largest masked area get a compare view
 FAILURES_SHOWN = 50  # the rest are one filter away in the frame list
 RUNS_SHOWN = 20
@@ -315,6 +316,11 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
                            "not restored, and their originals have left the input"))
     cards.append(_card("Frames with damage masked", f"{len(masked):,}", "count-masked",
                        f"mean masked area {100 * sum(masked) / len(masked):.2f} %" if masked else "none masked"))
+    deep = sum(row["status"] == "ok" and (row["deepest_fill_px"] or 0) > DEEP_FILL_PX for row in rows)
+    if deep:
+        cards.append(_card("Deep fills", f"{deep:,}", "count-deep-fills",
+                           f"filled more than {DEEP_FILL_PX} px from the picture: reconstructed, not continued; "
+                           "look at them", "skipped"))
     if runs:
         last = runs[0]
         cards.append(_card("Last run", _seconds(last["seconds"]), "last-run-seconds",
@@ -392,11 +398,12 @@ def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix:
             f'<label><input type="radio" name="left-{index}" value="{src}" data-tag="{tag}" data-alt="{alt}"'
             f'{" checked" if position == 0 else ""}> {label}</label>'
             for position, (src, label, tag, alt) in enumerate(views))
+        deepest = f", filled up to {row['deepest_fill_px']:.0f} px deep" if row["deepest_fill_px"] else ""
         width, height = fit(row["width"], row["height"], PREVIEW_SIZE)
         shown = "full resolution" if width == row["width"] else f"shown at {width}×{height}"
         cards.append(f"""<figure class="compare-card">
 <figcaption><span class="key">{key}</span>
-<span class="meta">{100 * row["masked_fraction"]:.2f} % masked · {row["width"]}×{row["height"]}, {row["bit_depth"]}-bit · {shown}</span></figcaption>
+<span class="meta">{100 * row["masked_fraction"]:.2f} % masked{deepest} · {row["width"]}×{row["height"]} px, {row["bit_depth"]}-bit · {shown}</span></figcaption>
 <div class="viewport"><div class="compare" style="--pos:50%;max-width:{width}px">
 <img class="before" src="{picture}-o.jpg" alt="original of {key}" loading="lazy" width="{width}" height="{height}">
 <img class="after" src="{picture}-r.jpg" alt="restored {key}" loading="lazy" width="{width}" height="{height}">

@@ -154,6 +154,20 @@ def test_rebuilding_keeps_pictures_and_needs_only_the_output(report):
     assert {p: p.stat().st_mtime_ns for p in pictures.rglob("*.jpg")} == before
 
 
+def test_fills_deep_enough_to_be_reconstructions_are_measured_and_flagged_for_a_look(report):
+    """A scratch's fill is a pixel or two from the picture; a blotch's, tens, and there the restorer invents rather
+    than continues: the manifest says how deep each frame's fill went, and the report counts those to look at."""
+    spec, _ = report
+    rows = {row["input_key"]: row for row in latest_rows(read_manifests(open_storage(spec.output), spec.name))}
+    # each frame's deepest hole is its blotch, 20, 36, 52 and 68 px tall: half of that from the picture
+    for key, half_height in (("reel/f0.png", 10), ("reel/f1.png", 18), ("reel/f2.png", 26), (TRICKY_KEY, 34)):
+        assert rows[key]["deepest_fill_px"] == pytest.approx(half_height, abs=1.5)
+    assert rows["reel/f5-clean.png"]["deepest_fill_px"] is None  # nothing filled
+    page = (Path(spec.output) / "report.html").read_text()
+    assert element_text(page, "count-deep-fills") == "3"  # deeper than 16 px: all but f0
+    assert "filled up to 34 px deep" in page
+
+
 def test_the_difference_view_is_black_where_nothing_changed_and_bright_where_the_fill_changed_pixels(report):
     """Conservation QA sees what the restorer changed, not only where the mask let it: |restored - original| x4."""
     spec, _ = report
