@@ -994,7 +994,7 @@ class RestoreFrames:
                 # change (temporal fill copies only where it changes the frame)
                 filled = (pixels != _pixels(row)).any(axis=2).mean()
                 row["changed_fraction"] = float(filled) + (row["temporal_fill_fraction"] or 0.0)
-                row["deepest_fill_px"] = deepest_fill(_restore_mask(row))
+                row["deepest_fill_px"] = deepest_fill(_restore_mask(row)) if filled else None  # none filled
                 row["pixels"] = pixels.tobytes()
             row["restore_seconds"] = seconds
             row["worker"] = self.worker
