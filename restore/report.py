@@ -403,7 +403,8 @@ def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix:
         shown = "full resolution" if width == row["width"] else f"shown at {width}×{height}"
         cards.append(f"""<figure class="compare-card">
 <figcaption><span class="key">{key}</span>
-<span class="meta">{100 * row["masked_fraction"]:.2f} % masked{deepest} · {row["width"]}×{row["height"]} px, {row["bit_depth"]}-bit · {shown}</span></figcaption>
+<span class="meta">{100 * row["masked_fraction"]:.2f} % masked{deepest} · {row["width"]}×{row["height"]} px,
+{row["bit_depth"]}-bit · {shown}</span></figcaption>
 <div class="viewport"><div class="compare" style="--pos:50%;max-width:{width}px">
 <img class="before" src="{picture}-o.jpg" alt="original of {key}" loading="lazy" width="{width}" height="{height}">
 <img class="after" src="{picture}-r.jpg" alt="restored {key}" loading="lazy" width="{width}" height="{height}">
@@ -429,7 +430,8 @@ def _runs(runs: list[dict]) -> str:
     body = "".join(
         f'<tr><td class="hash">{_e(run["run_id"])}</td><td>{_time(run["started"], "%Y-%m-%d %H:%M:%S")}</td>'
         f'<td class="num">{run["frames"]:,}</td><td class="num">{run["status"].get("ok", 0):,}</td>'
-        f'<td class="num">{run["status"].get("failed", 0):,}</td><td class="num">{run["status"].get("skipped", 0):,}</td>'
+        f'<td class="num">{run["status"].get("failed", 0):,}</td>'
+        f'<td class="num">{run["status"].get("skipped", 0):,}</td>'
         f'<td class="num">{run["status"].get(WITHDRAWN, 0):,}</td><td class="num">{_seconds(run["seconds"])}</td>'
         f'<td class="num">{run["rate"]:.2f}</td><td>{_e(", ".join(sorted(run["restorers"])))}</td>'
         f'<td class="hash">{_e(", ".join(sorted(run["configs"])))}</td></tr>' for run in runs[:RUNS_SHOWN])

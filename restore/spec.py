@@ -214,7 +214,8 @@ class JobSpec:
 
 _TOP_FIELDS = {
     "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format", "transfer",
-    "output_storage_class", "archive_restore", "max_pixels", "batch_size", "workers", "sequence", "commit_every", "max_attempts",
+    "output_storage_class", "archive_restore", "max_pixels", "batch_size", "workers", "sequence", "commit_every",
+    "max_attempts",
 }
 
 

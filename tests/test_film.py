@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from restore.film import LOG_SCAN, _computed_view, to_view
 from restore.frames import Frame, FrameError, decode_frame, encode_frame
 from restore.restorers import build_restorer
 from restore.spec import RestorerSettings
@@ -231,3 +232,15 @@ def test_a_dpx_scan_goes_through_a_job_and_comes_back_as_dpx_exact_outside_the_m
     shutil.rmtree(thumbs)
     assert write_report(spec).pictures_made == 1
     assert {path.name: path.read_bytes() for path in thumbs.iterdir()} == made_in_run
+
+
+@pytest.mark.parametrize("header", [LOG_SCAN, {"bits": 10, "transfer": "log", "dtype": "uint16"},
+                                    {"bits": 12, "transfer": "linear", "dtype": "uint16"},
+                                    {"bits": 10, "transfer": "display", "dtype": "uint16"}])
+def test_the_view_of_integer_samples_is_the_curves_own_for_every_code(header):
+    """Integer samples take their view from a table built once per curve: it must give every code the very value
+    the curve computes, or unmasked samples would no longer round-trip to their exact codes."""
+    codes = np.random.default_rng(0).integers(0, 65536, (64, 1024, 3)).astype(np.uint16)
+    codes[0, :, 0] = np.arange(1024)  # the low codes a 10-bit scan holds, every one
+    assert np.array_equal(to_view(codes, header), _computed_view(codes, header))
+    assert to_view(codes, header).dtype == np.uint16
