@@ -246,6 +246,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from .condition import describe
     from .lease import run_in_progress
     from .manifest import last_run_summary, read_manifests, summarize
     from .pipeline import JobError
@@ -260,6 +261,9 @@ def cmd_status(args) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.by_status.items()))
     print(f"job {job}: {summary.total} {plural(summary.total, 'frame')}: {counts or 'none done'} ({summary.runs} "
           f"{plural(summary.runs, 'run')}, last {summary.last_run})")
+    damage = describe({kind: found["regions"] for kind, found in summary.damage.items()}, explain=True)
+    if damage:  # what the masks of the frames restored hold, as a condition report counts it
+        print(f"  damage masked in the frames restored: {damage}")
     for key, error in summary.failures[: args.show]:
         print(f"  not restored {printable(key)}: {printable(error)}")
     running = run_in_progress(storage, job)

@@ -19,12 +19,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .condition import KINDS
 from .storage import NoSuchObjectError, Storage, StorageError
 
 MANIFEST_ROOT = "_manifests"
 NOT_RESTORED = ("failed", "skipped")  # the statuses of a frame whose output is not (or no longer) what it should be
 WITHDRAWN = "withdrawn"  # the status that closes a frame not restored whose original has left the input
 SNAPSHOTS = "_snapshots"  # compacted snapshots: _manifests/<job>/_snapshots/<run_id>.parquet
+
+# What kinds of damage a frame's mask held (restore/condition.py): its regions of each kind, and the share of the
+# frame they cover; null where no mask was made (a frame that failed first), and in rows from before these columns
+CENSUS_FIELDS = pa.schema([(f"{kind}_{measure}", pa.int32() if measure == "count" else pa.float64())
+                           for kind in KINDS for measure in ("count", "fraction")])
 
 MANIFEST_SCHEMA = pa.schema([
     ("job", pa.string()),
@@ -53,6 +59,7 @@ MANIFEST_SCHEMA = pa.schema([
     # how deep the restorer had to reconstruct: the largest distance in pixels from a filled pixel to the nearest
     # kept one (half the widest hole's width); null where it filled nothing, and in rows from before the column
     ("deepest_fill_px", pa.float64()),
+    *CENSUS_FIELDS,
     ("temporal_fill_fraction", pa.float64()),  # of the frame, copied from neighbours (masks.temporal_fill); else null
     ("infrared", pa.string()),  # an RGBI scan's infrared plane: kept (TIFF output) | dropped (other formats) | null
     ("restorer", pa.string()),
@@ -325,6 +332,7 @@ class JobSummary:
     failures: list[tuple[str, str]]  # (input key, reason) of every frame not restored: failed or skipped
     runs: int
     last_run: str | None
+    damage: dict[str, dict[str, int]]  # by kind (restore/condition.py): regions, and frames holding any, of frames ok
 
     def as_dict(self) -> dict:
         return {
@@ -333,17 +341,24 @@ class JobSummary:
             "failures": [{"input_key": key, "error": error} for key, error in self.failures],
             "runs": self.runs,
             "last_run": self.last_run,
+            "damage": self.damage,
         }
 
 
 def summarize(table: pa.Table) -> JobSummary:
-    rows = latest(table.select(["input_key", "run_id", "finished_at", "status", "error"]))
+    counted = [f"{kind}_count" for kind in KINDS]
+    rows = latest(table.select(["input_key", "run_id", "finished_at", "status", "error", *counted]))
     runs = pc.unique(table["run_id"]).to_pylist()
     failed = rows.filter(pc.is_in(rows["status"], value_set=pa.array(sorted(NOT_RESTORED))))
+    restored = rows.filter(pc.equal(rows["status"], "ok"))
+    damage = {kind: {"regions": pc.sum(restored[column]).as_py() or 0,
+                     "frames": pc.sum(pc.greater(restored[column], 0)).as_py() or 0}
+              for kind, column in zip(KINDS, counted)}
     return JobSummary(
         total=rows.num_rows,
         by_status={item["values"]: item["counts"] for item in pc.value_counts(rows["status"]).to_pylist()},
         failures=list(zip(failed["input_key"].to_pylist(), failed["error"].to_pylist())),
         runs=len(runs),
         last_run=max(runs) if runs else None,
+        damage=damage,
     )

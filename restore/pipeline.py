@@ -31,13 +31,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__
+from .condition import census
 from .film import LOG_SCAN, FilmFrame, restore_codes, to_view
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, FrameError, as_displayed, as_stored,
                      check_encodable, check_pixel_limit, decode_frame, decode_mask, encode_frame, encode_mask,
                      extension_for)
 from .grain import regrain
-from .manifest import (MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, History, ManifestWriter,
-                       compact, history, is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
+from .manifest import (CENSUS_FIELDS, MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, History,
+                       ManifestWriter, compact, history, is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
 from .pictures import (REPORT_ROOT, THUMB_QUALITY, THUMB_SIZE, as_shown, fit, picture_set, pictures_name,
                        pictures_prefix, shrink, store_pictures)
@@ -100,6 +101,7 @@ FRAME_FIELDS = [
     ("mask_etag", pa.string()),  # the mask files read: see MANIFEST_SCHEMA
     ("protect_etag", pa.string()),
     ("masked_fraction", pa.float64()),
+    *CENSUS_FIELDS,  # what kinds of damage the mask holds (restore/condition.py)
     ("restore_mask", pa.large_binary()),  # the part of `mask` temporal fill left to the restorer; null = all of it
     ("temporal_fill_fraction", pa.float64()),
     ("changed_fraction", pa.float64()),  # set by the restore stage
@@ -663,6 +665,7 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "orientation": frame.orientation,
         "mask": mask.astype(np.uint8).tobytes(),
         "masked_fraction": float(mask.mean()),
+        **census(mask),
         **(frame.columns() if isinstance(frame, FilmFrame) else {"film_header": None, "film_source": None}),
     }
 
@@ -1071,6 +1074,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "input_frames": row["input_frames"],
             "mask_source": spec.masks.source, "masked_fraction": row["masked_fraction"],
             "changed_fraction": row["changed_fraction"], "deepest_fill_px": row["deepest_fill_px"],
+            **{name: row[name] for name in CENSUS_FIELDS.names},
             "mask_etag": row["mask_etag"], "protect_etag": row["protect_etag"],
             "temporal_fill_fraction": row["temporal_fill_fraction"],
             "detector": spec.masks.detector if spec.masks.source != "given" else None,

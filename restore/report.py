@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
+from .condition import KINDS, describe
 from .frames import FrameError, as_displayed, decode_frame, decode_mask
 from .manifest import (NOT_RESTORED, WITHDRAWN, is_video, jobs_in, latest_rows, read_manifests, split_frame_key,
                        summarize)
@@ -41,7 +42,7 @@ COMPARE_FRAMES = 9  # frames with the largest masked area get a compare view
 FAILURES_SHOWN = 50  # the rest are one filter away in the frame list
 RUNS_SHOWN = 20
 COLUMNS = ("key", "status", "error", "masked", "width", "height", "bits", "pictures", "has_mask", "output", "note",
-           "run")  # the frame rows' fields in the page's JSON, one array per frame
+           "run", "damage")  # the frame rows' fields in the page's JSON, one array per frame
 
 
 class ReportError(Exception):
@@ -261,7 +262,7 @@ def _frame_rows(rows: list[dict], notes: dict[str, str]) -> list[list]:
             row["input_key"], row["status"], row["error"], round(row["masked_fraction"] or 0.0, 6),
             row["width"], row["height"], row["bit_depth"], None if note or not digest else digest,
             int(bool(row["mask_key"])), None if row["output_key"] == row["input_key"] else row["output_key"],
-            note, row["run_id"],
+            note, row["run_id"], _damage(row),
         ])
     return out
 
@@ -316,6 +317,8 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
                            "not restored, and their originals have left the input"))
     cards.append(_card("Frames with damage masked", f"{len(masked):,}", "count-masked",
                        f"mean masked area {100 * sum(masked) / len(masked):.2f} %" if masked else "none masked"))
+    if any(found["regions"] for found in summary.damage.values()):
+        cards.append(_damage_card(summary.damage))
     deep = sum(row["status"] == "ok" and (row["deepest_fill_px"] or 0) > DEEP_FILL_PX for row in rows)
     if deep:
         cards.append(_card("Deep fills", f"{deep:,}", "count-deep-fills",
@@ -331,6 +334,21 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
     cards.append(_card("Worker time", _seconds(sum(stage.values())), "worker-seconds",
                        " · ".join(f"{name} {_seconds(value)}" for name, value in stage.items())))
     return f'<section class="cards">{"".join(cards)}</section>'
+
+
+def _damage(row: dict) -> str:
+    """"14 specks, 2 lines": the kinds of damage a frame's mask held (restore/condition.py); empty for a row from
+    before the census, or a frame that failed before its mask was made."""
+    return describe({kind: row[f"{kind}_count"] or 0 for kind in KINDS})
+
+
+def _damage_card(damage: dict[str, dict[str, int]]) -> str:
+    """The job's condition, as a conservator's report counts it: regions of each kind of damage, and in how many of
+    the restored frames (`JobSummary.damage`)."""
+    regions = sum(found["regions"] for found in damage.values())
+    detail = " · ".join(f'{describe({kind: found["regions"]}, explain=True)} in {found["frames"]:,} '
+                        f'{plural(found["frames"], "frame")}' for kind, found in damage.items() if found["regions"])
+    return _card("Damage masked", f"{regions:,}", "count-damage", _e(detail))
 
 
 def _restored_detail(rows: list[dict]) -> str:
@@ -399,11 +417,12 @@ def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix:
             f'{" checked" if position == 0 else ""}> {label}</label>'
             for position, (src, label, tag, alt) in enumerate(views))
         deepest = f", filled up to {row['deepest_fill_px']:.0f} px deep" if row["deepest_fill_px"] else ""
+        damage = f" ({_damage(row)})" if _damage(row) else ""
         width, height = fit(row["width"], row["height"], PREVIEW_SIZE)
         shown = "full resolution" if width == row["width"] else f"shown at {width}×{height}"
         cards.append(f"""<figure class="compare-card">
 <figcaption><span class="key">{key}</span>
-<span class="meta">{100 * row["masked_fraction"]:.2f} % masked{deepest} · {row["width"]}×{row["height"]} px,
+<span class="meta">{100 * row["masked_fraction"]:.2f} % masked{damage}{deepest} · {row["width"]}×{row["height"]} px,
 {row["bit_depth"]}-bit · {shown}</span></figcaption>
 <div class="viewport"><div class="compare" style="--pos:50%;max-width:{width}px">
 <img class="before" src="{picture}-o.jpg" alt="original of {key}" loading="lazy" width="{width}" height="{height}">
@@ -581,7 +600,9 @@ JS = """
     var status = el("td");
     status.appendChild(el("span", {"class": "badge " + row[C.status]}, row[C.status]));
     tr.appendChild(status);
-    tr.appendChild(el("td", {"class": "num"}, row[C.status] === "ok" ? (100 * row[C.masked]).toFixed(2) + " %" : "–"));
+    var masked = el("td", {"class": "num"}, row[C.status] === "ok" ? (100 * row[C.masked]).toFixed(2) + " %" : "–");
+    if (row[C.damage]) masked.appendChild(el("div", {"class": "sub"}, row[C.damage]));
+    tr.appendChild(masked);
     if (row[C.pictures]) {
       tr.appendChild(picture(row, "o", "original"));
       if (row[C.has_mask]) tr.appendChild(picture(row, "m", "mask over"));

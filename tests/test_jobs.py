@@ -891,8 +891,12 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["by_status"] == {"ok": 3, "failed": 1}
     assert status["failures"][0]["input_key"] == "bad.png"
+    assert status["damage"] == {"speck": {"regions": 0, "frames": 0}, "line": {"regions": 0, "frames": 0},
+                                "area": {"regions": 3, "frames": 3}}  # each restored frame's mask is one box
     assert restore_main(["status", str(tmp_path / "out")]) == 1  # the output's one job, found there
-    assert "job t: 4 frames: 1 failed, 3 ok" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "job t: 4 frames: 1 failed, 3 ok" in printed
+    assert "damage masked in the frames restored: 3 areas (blotches, stains, tears, losses)" in printed
     assert restore_main(["status", str(tmp_path / "typo")]) == 2
     assert "no manifests under" in capsys.readouterr().err
     assert restore_main(["status", str(tmp_path / "out"), "--job", "tt"]) == 2  # a mistyped job is no "all well"

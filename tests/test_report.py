@@ -168,6 +168,28 @@ def test_fills_deep_enough_to_be_reconstructions_are_measured_and_flagged_for_a_
     assert "filled up to 34 px deep" in page
 
 
+def test_damage_is_counted_by_kind_for_the_job_and_for_each_frame(report):
+    """A condition report counts damage by kind: each masked frame here has a scratch (a line) and a blotch (an
+    area), and in the last the scratch runs into the blotch, which makes them one area; the clean frame has none,
+    and the corrupt one was never masked."""
+    spec, _ = report
+    rows = {row["input_key"]: row for row in latest_rows(read_manifests(open_storage(spec.output), spec.name))}
+    for key in ("reel/f0.png", "reel/f1.png", "reel/f2.png"):
+        assert (rows[key]["speck_count"], rows[key]["line_count"], rows[key]["area_count"]) == (0, 1, 1), key
+        assert rows[key]["line_fraction"] == pytest.approx(3 / 320, rel=0.01)  # 3 px wide, the frame's height
+    assert (rows[TRICKY_KEY]["line_count"], rows[TRICKY_KEY]["area_count"]) == (0, 1)
+    assert rows[TRICKY_KEY]["area_fraction"] == pytest.approx(rows[TRICKY_KEY]["masked_fraction"])
+    assert rows["reel/f5-clean.png"]["area_count"] == 0
+    assert rows["reel/f6-corrupt.png"]["area_count"] is None  # failed before a mask was made: not known
+    page = (Path(spec.output) / "report.html").read_text()
+    assert element_text(page, "count-damage") == "7"
+    assert ("3 lines (scratches, hairs) in 3 frames · 4 areas (blotches, stains, tears, losses) in 4 frames"
+            in page)
+    shown = {row["key"]: row["damage"] for row in read_blob(page)}
+    assert shown["reel/f0.png"] == "1 line, 1 area" and shown["reel/f5-clean.png"] == ""
+    assert "% masked (1 line, 1 area), filled up to" in page  # in each compare view's caption
+
+
 def test_the_difference_view_is_black_where_nothing_changed_and_bright_where_the_fill_changed_pixels(report):
     """Conservation QA sees what the restorer changed, not only where the mask let it: |restored - original| x4."""
     spec, _ = report
