@@ -67,7 +67,8 @@ def cmd_run(args) -> int:
         running = run_in_progress(context.output_storage, spec.name)
         summary = {"job": spec.name, "in_progress": running, "listed": plan.listed, "already_done": plan.already_done,
                    "orphan_masks": plan.orphan_masks,
-                   "to_process": plan.frames, "given_up": plan.given_up, "repairing": plan.repairing,
+                   "to_process": plan.frames, "given_up": plan.given_up, "held": plan.held,
+                   "repairing": plan.repairing,
                    "withdrawn": plan.withdrawn, "waiting_in_archive": [frame["input_key"] for frame in plan.archived],
                    "bytes_to_read": plan.bytes_to_read,
                    "keys": list(dict.fromkeys(task["input_key"] for task in plan.tasks))}  # a video's chunks: once
@@ -76,6 +77,7 @@ def cmd_run(args) -> int:
               + (f", {len(plan.repairing)} of them to repair" if args.repair else "")
               + (f"; {len(plan.given_up)} left failed after max_attempts (a run exits 1 for them)"
                  if plan.given_up else "")
+              + (f"; {_held(plan.held)}" if plan.held else "")
               + (f"; {len(plan.orphan_masks)} {plural(len(plan.orphan_masks), 'file')} in mask folders left alone: "
                  "masks whose frames are gone" if plan.orphan_masks else "")
               + (f"; the failures of {len(plan.withdrawn)} {plural(len(plan.withdrawn), 'frame')} not restored and "
@@ -104,6 +106,7 @@ def cmd_run(args) -> int:
         print(f"job {spec.name}: {repaired} {plural(repaired, 'frame')} restored again after failing verification")
     given_up = (f" ({len(plan.given_up)} left failed after {spec.max_attempts} "
                 f"{plural(spec.max_attempts, 'attempt')})" if plan.given_up else "")
+    given_up += f" ({_held(plan.held)})" if plan.held else ""
     if plan.withdrawn:
         withdrawn = len(plan.withdrawn)
         print(f"job {spec.name}: the failures of {withdrawn} {plural(withdrawn, 'frame')} not restored and gone from "
@@ -120,11 +123,12 @@ def cmd_run(args) -> int:
     if not result.planned:
         print(f"job {spec.name}: nothing to do, {result.already_done} {plural(result.already_done, 'frame')} "
               f"already restored{given_up}")
-        if not plan.given_up and not plan.withdrawn and not plan.archived:
+        if not plan.given_up and not plan.held and not plan.withdrawn and not plan.archived:
             summary["manifest"] = None  # no run folder was written
     else:
         waiting = (f", {counts['skipped']} skipped: not restored yet, each for the reason `restore status` gives "
-                   "(tried again every run)") if counts.get("skipped") else ""
+                   "(tried again next run; one held for a setting once the spec gives it)") if counts.get("skipped") \
+            else ""
         print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed"
               f"{waiting}{given_up} in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "
               f"outputs in {spec.output}, manifest {summary['manifest']}")
@@ -172,6 +176,11 @@ def cmd_jobs(args) -> int:
         print(f"{state.submission_id}: {state.status} {state.message or ''}".rstrip())
         _write_json(args.json, dataclasses.asdict(state))
     return EXIT_OK
+
+
+def _held(keys: list[str]) -> str:
+    return (f"{len(keys)} held until the spec says more, as `restore status` gives: not read again until it does, "
+            "or their masks change")
 
 
 def _nothing_masked(spec, count: int, no_mask_file: int) -> str:

@@ -55,6 +55,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("detector", pa.string()),  # the detector's name when masks were detected
     ("detector_sha256", pa.string()),  # the learned detector's weights, when they found the masks
     ("masked_fraction", pa.float64()),  # of the frame's pixels, those the mask allowed to change
+    ("detected_fraction", pa.float64()),  # of the frame's pixels, those the detector flagged (source detect, both)
     ("changed_fraction", pa.float64()),  # of the frame's pixels, those whose values did change (copied or filled)
     # how deep the restorer had to reconstruct: the largest distance in pixels from a filled pixel to the nearest
     # kept one (half the widest hole's width); null where it filled nothing, and in rows from before the column
@@ -67,9 +68,12 @@ MANIFEST_SCHEMA = pa.schema([
     ("config_hash", pa.string()),
     ("software", pa.string()),  # `restore <version>` that wrote the row: outputs of one config differ across versions
     ("status", pa.string()),  # ok | failed | skipped (no fault of the frame: storage could not serve it, it waits in
-    #                           archival storage, or the job must say more: tried again every run)
+    #                           archival storage: tried again every run; or the job must say more: see held_for)
     #                           | withdrawn (not restored, and its original has left the input)
     ("error", pa.string()),
+    # a skipped frame held until the spec says more: the setting it waits for (masks.orientation, masks.max_detected);
+    # it is not read again until that setting allows it, or the config or its masks change
+    ("held_for", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("bit_depth", pa.int8()),
@@ -288,6 +292,8 @@ class History:
     not_restored: set[str]  # input keys whose newest row of all (any config) is failed or skipped
     audited: set[str]  # input keys whose newest ok row names an audit mask
     skipped: dict[str, tuple[str, str]]  # input key → (ETag, reason) of its newest row of all, when that is skipped
+    # (input key, ETag) → (held_for, detected_fraction) of its newest row, when it is held under this config
+    held: dict[tuple[str, str], tuple[str, float | None]]
 
 
 def history(table: pa.Table, config_hash: str) -> History:
@@ -302,7 +308,7 @@ def history(table: pa.Table, config_hash: str) -> History:
     attempts = failed.group_by(["input_key", "input_etag"]).aggregate([("status", "count")])
     counts = dict(zip(zip(attempts["input_key"].to_pylist(), attempts["input_etag"].to_pylist()),
                       attempts["status_count"].to_pylist()))
-    done, failures, mask_etags, etags = set(), {}, {}, {}
+    done, failures, mask_etags, etags, held = set(), {}, {}, {}, {}
     broken = newest.filter(pc.is_in(newest["status"], value_set=pa.array(NOT_RESTORED)))
     not_restored = set(broken["input_key"].to_pylist())
     waiting = broken.filter(pc.equal(broken["status"], "skipped"))
@@ -311,9 +317,10 @@ def history(table: pa.Table, config_hash: str) -> History:
     ok = rows.filter(pc.equal(rows["status"], "ok")).select(["input_key", "mask_key"])  # still in written order
     ok = ok.take(_last_positions(ok, ["input_key"]))
     audited = set(ok.filter(pc.is_valid(ok["mask_key"]))["input_key"].to_pylist())
-    for key, status, etag, config, mask_etag, protect_etag in zip(
+    for key, status, etag, config, mask_etag, protect_etag, held_for, detected in zip(
             *(newest[column].to_pylist() for column in ("input_key", "status", "input_etag", "config_hash",
-                                                        "mask_etag", "protect_etag"))):
+                                                        "mask_etag", "protect_etag", "held_for",
+                                                        "detected_fraction"))):
         if config != config_hash:
             continue
         mask_etags[key], etags[key] = (mask_etag, protect_etag), etag
@@ -321,8 +328,10 @@ def history(table: pa.Table, config_hash: str) -> History:
             done.add((key, etag))
         elif status == "failed":
             failures[(key, etag)] = counts.get((key, etag), 0)
+        elif held_for:
+            held[(key, etag)] = (held_for, detected)
     return History(done=done, failures=failures, mask_etags=mask_etags, etags=etags, not_restored=not_restored,
-                   audited=audited, skipped=skipped)
+                   audited=audited, skipped=skipped, held=held)
 
 
 @dataclass

@@ -101,6 +101,8 @@ FRAME_FIELDS = [
     ("mask_etag", pa.string()),  # the mask files read: see MANIFEST_SCHEMA
     ("protect_etag", pa.string()),
     ("masked_fraction", pa.float64()),
+    ("detected_fraction", pa.float64()),
+    ("held_for", pa.string()),
     *CENSUS_FIELDS,  # what kinds of damage the mask holds (restore/condition.py)
     ("restore_mask", pa.large_binary()),  # the part of `mask` temporal fill left to the restorer; null = all of it
     ("temporal_fill_fraction", pa.float64()),
@@ -135,6 +137,7 @@ class Plan:
     already_done: int
     bytes_to_read: int
     given_up: list[str] = field(default_factory=list)  # frames that failed max_attempts times: not retried
+    held: list[str] = field(default_factory=list)  # frames held until the spec says more (held_for): not read
     repairing: list[str] = field(default_factory=list)  # frames restored again because their outputs failed verify
     orphan_masks: list[str] = field(default_factory=list)  # files in mask folders whose frames are gone: not frames
     withdrawn: list[str] = field(default_factory=list)  # frames not restored whose originals left the input
@@ -481,9 +484,20 @@ class FramesToLeave:
                    etags.get(keys[1], "") if masks.protect else None)
         return all(was is None or was == now for was, now in zip(recorded, current))
 
+    def still_held(self, key: str, etag: str) -> bool:
+        """A frame held for a setting (SettingNeededError) that the spec still does not give: reading it again
+        would hold it again (its input, masks and config as they were), at the cost of a read, a detection and, for
+        a master in Glacier, a restore request each night."""
+        setting, detected = self.past.held.get((key, etag), (None, None))
+        if setting == "masks.orientation":
+            return self.spec.masks.orientation is None  # "stored" hashes as unset did: the hash cannot tell
+        if setting == "masks.max_detected":  # not in the hash either: it changes no output
+            return detected is not None and detected > self.spec.masks.max_detected
+        return False
+
     def skip(self, key: str, etag: str) -> bool:
-        return ((key, etag) in self.past.done or (key, etag) in self.exhausted) and self.masks_unchanged(key) \
-            and key not in self.redo
+        return ((key, etag) in self.past.done or (key, etag) in self.exhausted or self.still_held(key, etag)) \
+            and self.masks_unchanged(key) and key not in self.redo
 
 
 def _still_tasks(stills: list[ObjectInfo], leave: FramesToLeave) -> list[dict]:
@@ -620,7 +634,10 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     listed_etags = {info.key: info.etag for info in listing.frames}
     given_up = sorted(key for key, etag in exhausted
                       if listed_etags.get(split_frame_key(key)[0]) == etag and leave.masks_unchanged(key))
-    repairing = sorted(redo.intersection(key for task in tasks for key in _frame_keys(task)))
+    planned = {key for task in tasks for key in _frame_keys(task)}  # a held frame beside a rescanned one is read
+    held = sorted(key for key, etag in past.held
+                  if listed_etags.get(split_frame_key(key)[0]) == etag and leave.skip(key, etag) and key not in planned)
+    repairing = sorted(redo.intersection(planned))
     # a corrupt scan deleted, or replaced under another name: its failure must not keep an alert on for good
     withdrawn = sorted(key for key in past.not_restored if split_frame_key(key)[0] not in listed_etags)
     reasons = {info.key: _archive_reason(info.storage_class, waiting[info.key])
@@ -630,10 +647,10 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
                  "restoring": waiting[info.key] == "restoring",
                  "recorded": past.skipped.get(info.key) == (info.etag, reasons[info.key])}
                 for info in listing.frames if info.key in waiting]
-    return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up),
+    return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up) - len(held),
                 bytes_to_read=sum({task["input_key"]: task["input_size"] for task in tasks}.values()),  # a video once
-                given_up=given_up, repairing=repairing, orphan_masks=listing.orphan_masks, withdrawn=withdrawn,
-                archived=archived)
+                given_up=given_up, held=held, repairing=repairing, orphan_masks=listing.orphan_masks,
+                withdrawn=withdrawn, archived=archived)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -715,7 +732,8 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
     if orientation != 1 and drawn is None:
         raise SettingNeededError(f"this frame is shown {_TURNS[orientation]} (EXIF orientation {orientation}): say "
                                  f"whether its mask {mask_key!r} is drawn on the picture as shown (masks.orientation: "
-                                 "displayed) or on the pixels as stored (masks.orientation: stored)")
+                                 "displayed) or on the pixels as stored (masks.orientation: stored)",
+                                 "masks.orientation")
     if drawn == "displayed":
         mask = as_stored(mask, orientation)
     height, width = frame.pixels.shape[:2]
@@ -734,12 +752,13 @@ def _detector(name: str, weights: str | None = None):
 
 
 def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callable[[], tuple | None],
-               etags: dict[str, str | None]) -> np.ndarray:
+               recorded: dict[str, str | float | None]) -> np.ndarray:
     """Given ∪ detected, grown by `dilate`, minus what the user protects: the exact set of pixels that may change.
 
     `motion` gives the frame's neighbours motion-compensated onto it (see `_motion`), for a temporal detector.
-    The ETags of the mask files read go into `etags` as they are read, so a frame that fails on its mask records
-    which version failed.
+    What the frame's row records of its masks goes into `recorded` as it is found: the ETags of the mask files as
+    they are read, so a frame that fails on its mask records which version failed, and the share the detector
+    flagged, so a frame held for it is read again only once the spec allows that share.
     """
     from .detect import refine_mask
 
@@ -748,7 +767,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     shape = pixels.shape[:2]
     mask = np.zeros(shape, dtype=bool)
     if settings.reads_given:
-        given = _read_mask(context, settings.pattern, input_key, frame, settings.required, etags, "mask_etag")
+        given = _read_mask(context, settings.pattern, input_key, frame, settings.required, recorded, "mask_etag")
         if given is not None:
             mask |= given
     if settings.source in ("detect", "both"):
@@ -768,32 +787,38 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     if settings.dilate:
         mask = refine_mask(mask, dilate=settings.dilate)
     if settings.protect:
-        protected = _read_mask(context, settings.protect, input_key, frame, False, etags, "protect_etag")
+        protected = _read_mask(context, settings.protect, input_key, frame, False, recorded, "protect_etag")
         if protected is not None:
             mask &= ~protected
     if settings.source in ("detect", "both"):
-        _check_detected_share(detected & mask, settings.max_detected)  # what protect leaves of it
+        recorded["detected_fraction"] = float((detected & mask).mean())  # what protect leaves of it
+        _check_detected_share(recorded["detected_fraction"], settings.max_detected)
     return mask
 
 
-def _check_detected_share(detected: np.ndarray, limit: float) -> None:
+def _check_detected_share(share: float, limit: float) -> None:
     """Hold a frame whose detected damage covers more than `limit` of it: archive damage covers a few percent of a
     frame, and far more is most likely content the detector takes for damage (a book cover's lettering, a night
     sky's stars, a fence's pickets), which a restore would paint out. A person looks first; the spec says what then."""
-    share = float(detected.mean())
     if share > limit:
         raise SettingNeededError(
             f"the detector flagged {100 * share:.2f} % of the frame, more than masks.max_detected "
             f"({100 * limit:g} %): more likely lettering, stars or fine lines than damage, so it is held unchanged "
             "for review; if it is damage, raise masks.max_detected, else give its mask (masks.source: given) or "
-            "protect what must stay (masks.protect)")
+            "protect what must stay (masks.protect)", "masks.max_detected")
 
 
 MAX_REASON = 2000  # characters of a failure reason kept in the manifest: some errors quote a whole input
 
 
 class SettingNeededError(FrameError):
-    """A frame the job's spec does not yet say how to treat: no fault of the frame, so not one to give up on."""
+    """A frame the job's spec does not yet say how to treat: no fault of the frame, so not one to give up on; and
+    not one to read again every night, as only the spec or its masks can change the answer. `setting` names what
+    the spec must say (the manifest's `held_for`)."""
+
+    def __init__(self, message: str, setting: str):
+        super().__init__(message)
+        self.setting = setting
 
 
 def not_restored(error: Exception) -> dict:
@@ -810,7 +835,8 @@ def not_restored(error: Exception) -> dict:
     skipped = isinstance(error, (StorageUnavailableError, SettingNeededError)) or not expected
     status = "skipped" if skipped else "failed"
     reason = str(error) if expected else f"{type(error).__name__}: {error}"
-    return {"status": status, "error": reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + "…"}
+    return {"status": status, "error": reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + "…",
+            "held_for": error.setting if isinstance(error, SettingNeededError) else None}
 
 
 def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np.ndarray] = (),
@@ -819,15 +845,15 @@ def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np
     thumb = _original_thumb(context, row["input_key"], frame)  # timed as reading: made from the decoded original
     started = time.perf_counter()
     motion = _motion(frame.pixels, list(neighbours), n_previous)
-    etags = {"mask_etag": None, "protect_etag": None}
+    recorded = {"mask_etag": None, "protect_etag": None, "detected_fraction": None}
     try:
-        mask = frame_mask(context, row["input_key"], frame, motion, etags)
+        mask = frame_mask(context, row["input_key"], frame, motion, recorded)
     except Exception as error:  # noqa: BLE001 - the frame's failure (not_restored), not the run's
-        return {**row, **etags, **not_restored(error)}
+        return {**row, **recorded, **not_restored(error)}
     columns = _frame_columns(frame, mask)
     if context.spec.masks.temporal_fill:
         columns.update(_fill_from_neighbours(frame.pixels, mask, motion() if mask.any() else None))
-    return {**row, **columns, **etags, "original_thumb": thumb, "mask_seconds": time.perf_counter() - started}
+    return {**row, **columns, **recorded, "original_thumb": thumb, "mask_seconds": time.perf_counter() - started}
 
 
 def _original_thumb(context: JobContext, key: str, frame: Frame) -> bytes | None:
@@ -1076,6 +1102,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "changed_fraction": row["changed_fraction"], "deepest_fill_px": row["deepest_fill_px"],
             **{name: row[name] for name in CENSUS_FIELDS.names},
             "mask_etag": row["mask_etag"], "protect_etag": row["protect_etag"],
+            "detected_fraction": row["detected_fraction"], "held_for": row["held_for"],
             "temporal_fill_fraction": row["temporal_fill_fraction"],
             "detector": spec.masks.detector if spec.masks.source != "given" else None,
             "detector_sha256": context.detector_sha256,
@@ -1392,7 +1419,8 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
             raise
         # frames left failed keep a scheduler's alert on, with the reason; and a run with nothing left to do after
         # a stopped one says the job is whole again
-        if result.planned or plan.given_up or plan.withdrawn or plan.archived or _last_run_was_stopped(context):
+        if result.planned or plan.given_up or plan.held or plan.withdrawn or plan.archived \
+                or _last_run_was_stopped(context):
             write_run_summary(context, plan, result)
     return context, plan, result
 
@@ -1404,13 +1432,14 @@ def _last_run_was_stopped(context: JobContext) -> bool:
 
 def run_summary(context: JobContext, plan: Plan, result: RunResult, status: str | None = None) -> dict:
     """What a run did, for `_summary.json` and `restore run --json`; `status` is failed while any frame is not
-    restored (failed or skipped in this run, given up before it, or waiting in archival storage), interrupted when
-    the run was stopped, and started until the run ends."""
-    not_restored = any(result.counts.get(status) for status in NOT_RESTORED) or plan.given_up or plan.archived
+    restored (failed or skipped in this run, given up or held before it, or waiting in archival storage),
+    interrupted when the run was stopped, and started until the run ends."""
+    not_restored = any(result.counts.get(status) for status in NOT_RESTORED) or plan.given_up or plan.held \
+        or plan.archived
     status = status or ("interrupted" if result.interrupted else "failed" if not_restored else "ok")
     return {
         "job": context.spec.name, "run_id": result.run_id, "status": status,
-        "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up,
+        "planned": result.planned, "already_done": result.already_done, "given_up": plan.given_up, "held": plan.held,
         "withdrawn": plan.withdrawn, "waiting_in_archive": len(plan.archived), "asked_back": plan.asked_back,
         "repairing": plan.repairing, "counts": result.counts, "nothing_masked": result.nothing_masked,
         "seconds": round(result.seconds, 3),

@@ -311,7 +311,8 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
     ]
     if status.get("skipped"):
         cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped",
-                           "not restored yet: reasons below; tried again every run", "skipped"))
+                           "not restored yet: reasons below; tried again next run, or once the spec gives the setting a "
+                           "frame is held for", "skipped"))
     if status.get("withdrawn"):
         cards.append(_card("Withdrawn", f"{status['withdrawn']:,}", "count-withdrawn",
                            "not restored, and their originals have left the input"))
@@ -391,7 +392,8 @@ def _failures(rows: list[dict]) -> str:
     return (f'<section><h2>Not restored <span class="badge {badge}">{len(failed):,}</span></h2>'
             '<p class="hint">Failed: the file itself could not be restored (damaged, unreadable, or its mask does not '
             'fit); mend or replace it and run the job again. Skipped: no fault of the file (storage, a master waiting '
-            'in archival storage, or a setting the job must give): tried again on every run.</p>'
+            'in archival storage, or a setting the job must give): tried again on every run, but a frame '
+            'held for a setting waits until the spec gives it or its mask changes.</p>'
             '<div class="scroll"><table class="plain"><thead><tr><th scope="col">Frame</th><th scope="col">Status</th>'
             '<th scope="col">Reason</th><th scope="col">Run</th></tr></thead>'
             f'<tbody id="failures">{body}</tbody></table></div>{more}</section>')

@@ -8,7 +8,7 @@ from PIL import Image
 
 from restore.frames import decode_frame
 from restore.manifest import read_manifests
-from restore.pipeline import prepare, run_job
+from restore.pipeline import prepare, run_job, run_summary
 from restore.spec import parse_spec
 from restore.storage import open_storage
 
@@ -241,6 +241,15 @@ def test_a_frame_whose_detected_damage_is_implausibly_large_is_held_unchanged_un
     assert "held unchanged for review" in held["error"] and held["output_key"] is None
     assert not (tmp_path / "out" / "reel" / "sky.png").exists()
     assert rows(tmp_path)["reel/dusty.png"]["masked_fraction"] > 0
+    assert held["held_for"] == "masks.max_detected" and held["detected_fraction"] > 0.05
 
-    assert run_job(*prepare(spec(max_detected=1.0))).counts == {"ok": 1}  # the spec now says it is damage
+    # the next nights read it no more (nor, in Glacier, ask it back): the same spec and masks would hold it again
+    context, plan = prepare(spec())
+    assert (plan.tasks, plan.held, plan.already_done) == ([], ["reel/sky.png"], 1)
+    assert run_summary(context, plan, run_job(context, plan))["status"] == "failed"  # an alert stays on for it
+    _, plan = prepare(spec(max_detected=held["detected_fraction"] - 0.01))  # raised, but not as far as its share
+    assert plan.held == ["reel/sky.png"]
+    context, plan = prepare(spec(max_detected=1.0))  # the spec now says it is damage
+    assert [task["input_key"] for task in plan.tasks] == ["reel/sky.png"] and plan.held == []
+    assert run_job(context, plan).counts == {"ok": 1}
     assert rows(tmp_path)["reel/sky.png"]["status"] == "ok"

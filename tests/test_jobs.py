@@ -712,6 +712,11 @@ def test_masks_of_frames_shown_turned_are_read_as_the_spec_says_they_were_drawn(
     assert run(job(tmp_path)).counts == {"ok": 1, "skipped": 3}  # a setting the spec lacks: never given up
     rows = {r["input_key"]: r for r in read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()}
     assert "turned 180°" in rows["o3.png"]["error"] and "masks.orientation: displayed" in rows["o6.png"]["error"]
+    assert rows["o3.png"]["held_for"] == "masks.orientation"
+    _, plan = prepare(parse_spec(job(tmp_path)))  # held: not read again while the spec does not say
+    assert (plan.tasks, plan.held) == ([], ["o3.png", "o6.png", "o8.png"])
+    _, plan = prepare(parse_spec(job(tmp_path, masks={"orientation": "stored"})))  # it says, with the same hash
+    assert sorted(task["input_key"] for task in plan.tasks) == ["o3.png", "o6.png", "o8.png"] and plan.held == []
     assert run(job(tmp_path, masks={"orientation": "displayed"})).counts == {"ok": 4}  # a new setting: all again
     for name in ("o3.png", "o6.png", "o8.png", "plain.png"):
         restored = np.asarray(Image.open(tmp_path / "out" / name))
