@@ -257,13 +257,14 @@ def cmd_verify(args) -> int:
 def cmd_status(args) -> int:
     from .condition import describe
     from .lease import run_in_progress
-    from .manifest import last_run_summary, read_manifests, summarize
+    from .manifest import last_run_summary, read_manifests, summarize, write_latest_csv
     from .pipeline import JobError
     from .storage import open_storage
 
     output, endpoint_url, job = _output_target(args)
     storage = open_storage(output, endpoint_url)
-    summary = summarize(read_manifests(storage, job))
+    table = read_manifests(storage, job)
+    summary = summarize(table)
     last = last_run_summary(storage, job)
     if summary.runs == 0 and last is None:  # a mistyped job or output: an error, not "all is well"
         raise JobError(f"job {job}: no manifests under {output} (has it run? is the job name right?)")
@@ -288,6 +289,9 @@ def cmd_status(args) -> int:
         print(f"  a run is in progress: lease {running}")
     _write_json(args.json, {"job": job, "output": output, **summary.as_dict(), "interrupted_run": interrupted,
                             "unfinished_run": unfinished, "in_progress": running})
+    if args.csv:
+        written = write_latest_csv(table, args.csv)
+        print(f"  {written} {plural(written, 'frame')} written to {args.csv}")
     return EXIT_FRAMES_FAILED if summary.failures or interrupted or unfinished else EXIT_OK
 
 
@@ -455,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_target(status)
     status.add_argument("--show", type=int, default=50, help="how many failures to print")
     status.add_argument("--json", metavar="OUT", help="write the summary as JSON to OUT")
+    status.add_argument("--csv", metavar="OUT", help="write every frame's newest manifest row, every column, as CSV "
+                        "to OUT: for spreadsheets and collection-management systems (cells a spreadsheet would take "
+                        "for a formula begin with an apostrophe)")
     status.set_defaults(func=cmd_status)
 
     verify = verbs.add_parser("verify", help="check outputs against the manifests: presence, sha256, provenance, masks")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from .condition import KINDS
@@ -279,6 +280,21 @@ def latest(table: pa.Table) -> pa.Table:
 def latest_rows(table: pa.Table) -> list[dict]:
     """`latest` as dicts."""
     return latest(table).to_pylist()
+
+
+def write_latest_csv(table: pa.Table, path: str) -> int:
+    """Every frame's newest row as CSV, every column, for spreadsheets and collection-management systems, which do
+    not read Parquet; returns the rows written. A donor's file name can begin like a formula (`=HYPERLINK(…)`),
+    which a spreadsheet would run: such cells begin with an apostrophe, which spreadsheets show as text."""
+    rows = latest(table)
+    for index, column in enumerate(rows.schema):
+        if pa.types.is_string(column.type):
+            values = rows.column(index)
+            formula = pc.match_substring_regex(values, r"^[=+\-@\t\r]")
+            rows = rows.set_column(index, column, pc.if_else(formula, pc.binary_join_element_wise("'", values, ""),
+                                                             values))
+    pa_csv.write_csv(rows, path)
+    return rows.num_rows
 
 
 @dataclass

@@ -926,6 +926,28 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     assert restore_main(["verify", str(spec_file)]) == 0
 
 
+def test_status_writes_every_frames_newest_row_as_csv_a_spreadsheet_cannot_run(tmp_path, ray_session, capsys):
+    """A collection-management system or a spreadsheet reads CSV, not Parquet; a donor's file name that begins like a
+    formula is kept as text there, not run."""
+    import csv
+
+    write_collection(tmp_path / "in", 2)
+    hostile = '=HYPERLINK("example.invalid","open").png'
+    (tmp_path / "in" / hostile).write_bytes(b"not a png")
+    run(job(tmp_path))
+    run(job(tmp_path))  # a second run adds no rows for frames done, and retries the failed one: one row each still
+    table = tmp_path / "frames.csv"
+    assert restore_main(["status", str(tmp_path / "out"), "--job", "t", "--csv", str(table)]) == 1
+    assert "3 frames written to" in capsys.readouterr().out
+    with table.open(newline="") as opened:
+        rows = {row["input_key"]: row for row in csv.DictReader(opened)}
+    assert sorted(rows) == sorted(["'" + hostile, "reel/f000.png", "reel/f001.png"])
+    assert rows["'" + hostile]["status"] == "failed" and "not an image" in rows["'" + hostile]["error"]
+    for key in ("reel/f000.png", "reel/f001.png"):
+        assert (rows[key]["status"], rows[key]["area_count"], rows[key]["line_count"]) == ("ok", "1", "0")
+        assert len(rows[key]["output_sha256"]) == 64 and rows[key]["config_hash"]
+
+
 def test_the_demo_command_makes_its_frames_and_restores_them(tmp_path, ray_session):
     import json
 
