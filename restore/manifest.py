@@ -56,6 +56,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("detector", pa.string()),  # the detector's name when masks were detected
     ("detector_sha256", pa.string()),  # the learned detector's weights, when they found the masks
     ("masked_fraction", pa.float64()),  # of the frame's pixels, those the mask allowed to change
+    ("given_fraction", pa.float64()),  # of the frame's pixels, those its given mask marks (source given, both)
     ("detected_fraction", pa.float64()),  # of the frame's pixels, those the detector flagged (source detect, both)
     ("changed_fraction", pa.float64()),  # of the frame's pixels, those whose values did change (copied or filled)
     # how deep the restorer had to reconstruct: the largest distance in pixels from a filled pixel to the nearest
@@ -72,7 +73,8 @@ MANIFEST_SCHEMA = pa.schema([
     #                           archival storage: tried again every run; or the job must say more: see held_for)
     #                           | withdrawn (not restored, and its original has left the input)
     ("error", pa.string()),
-    # a skipped frame held until the spec says more: the setting it waits for (masks.orientation, masks.max_detected);
+    # a skipped frame held until the spec says more: the setting it waits for (masks.orientation, masks.max_given,
+    # masks.max_detected);
     # it is not read again until that setting allows it, or the config or its masks change
     ("held_for", pa.string()),
     ("width", pa.int32()),
@@ -308,8 +310,9 @@ class History:
     not_restored: set[str]  # input keys whose newest row of all (any config) is failed or skipped
     audited: set[str]  # input keys whose newest ok row names an audit mask
     skipped: dict[str, tuple[str, str]]  # input key → (ETag, reason) of its newest row of all, when that is skipped
-    # (input key, ETag) → (held_for, detected_fraction) of its newest row, when it is held under this config
-    held: dict[tuple[str, str], tuple[str, float | None]]
+    # (input key, ETag) → (held_for, given_fraction, detected_fraction) of its newest row, when it is held under
+    # this config
+    held: dict[tuple[str, str], tuple[str, float | None, float | None]]
 
 
 def history(table: pa.Table, config_hash: str) -> History:
@@ -333,9 +336,9 @@ def history(table: pa.Table, config_hash: str) -> History:
     ok = rows.filter(pc.equal(rows["status"], "ok")).select(["input_key", "mask_key"])  # still in written order
     ok = ok.take(_last_positions(ok, ["input_key"]))
     audited = set(ok.filter(pc.is_valid(ok["mask_key"]))["input_key"].to_pylist())
-    for key, status, etag, config, mask_etag, protect_etag, held_for, detected in zip(
+    for key, status, etag, config, mask_etag, protect_etag, held_for, given, detected in zip(
             *(newest[column].to_pylist() for column in ("input_key", "status", "input_etag", "config_hash",
-                                                        "mask_etag", "protect_etag", "held_for",
+                                                        "mask_etag", "protect_etag", "held_for", "given_fraction",
                                                         "detected_fraction"))):
         if config != config_hash:
             continue
@@ -345,7 +348,7 @@ def history(table: pa.Table, config_hash: str) -> History:
         elif status == "failed":
             failures[(key, etag)] = counts.get((key, etag), 0)
         elif held_for:
-            held[(key, etag)] = (held_for, detected)
+            held[(key, etag)] = (held_for, given, detected)
     return History(done=done, failures=failures, mask_etags=mask_etags, etags=etags, not_restored=not_restored,
                    audited=audited, skipped=skipped, held=held)
 

@@ -101,6 +101,7 @@ FRAME_FIELDS = [
     ("mask_etag", pa.string()),  # the mask files read: see MANIFEST_SCHEMA
     ("protect_etag", pa.string()),
     ("masked_fraction", pa.float64()),
+    ("given_fraction", pa.float64()),
     ("detected_fraction", pa.float64()),
     ("held_for", pa.string()),
     *CENSUS_FIELDS,  # what kinds of damage the mask holds (restore/condition.py)
@@ -488,10 +489,12 @@ class FramesToLeave:
         """A frame held for a setting (SettingNeededError) that the spec still does not give: reading it again
         would hold it again (its input, masks and config as they were), at the cost of a read, a detection and, for
         a master in Glacier, a restore request each night."""
-        setting, detected = self.past.held.get((key, etag), (None, None))
+        setting, given, detected = self.past.held.get((key, etag), (None, None, None))
         if setting == "masks.orientation":
             return self.spec.masks.orientation is None  # "stored" hashes as unset did: the hash cannot tell
-        if setting == "masks.max_detected":  # not in the hash either: it changes no output
+        if setting == "masks.max_given":  # not in the hash either: it changes no output
+            return given is not None and given > self.spec.masks.max_given
+        if setting == "masks.max_detected":
             return detected is not None and detected > self.spec.masks.max_detected
         return False
 
@@ -769,6 +772,12 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     if settings.reads_given:
         given = _read_mask(context, settings.pattern, input_key, frame, settings.required, recorded, "mask_etag")
         if given is not None:
+            given = ~given if settings.invert else given
+            recorded["given_fraction"] = float(given.mean())
+            _hold_if_too_much(recorded["given_fraction"], "masks.max_given", settings.max_given, "its mask marks",
+                              "most likely a mask drawn the other way round (the damage black on white, as an "
+                              "editor's layer mask shows it), which would repaint all but the damage, so it is held "
+                              "unchanged for review; if so, set masks.invert: true, else raise masks.max_given")
             mask |= given
     if settings.source in ("detect", "both"):
         detector = _detector(settings.detector, settings.detector_weights)
@@ -792,20 +801,21 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
             mask &= ~protected
     if settings.source in ("detect", "both"):
         recorded["detected_fraction"] = float((detected & mask).mean())  # what protect leaves of it
-        _check_detected_share(recorded["detected_fraction"], settings.max_detected)
+        _hold_if_too_much(recorded["detected_fraction"], "masks.max_detected", settings.max_detected,
+                          "the detector flagged", "more likely lettering, stars or fine lines than damage, so it is "
+                          "held unchanged for review; if it is damage, raise masks.max_detected, else give its mask "
+                          "(masks.source: given) or protect what must stay (masks.protect)")
     return mask
 
 
-def _check_detected_share(share: float, limit: float) -> None:
-    """Hold a frame whose detected damage covers more than `limit` of it: archive damage covers a few percent of a
-    frame, and far more is most likely content the detector takes for damage (a book cover's lettering, a night
-    sky's stars, a fence's pickets), which a restore would paint out. A person looks first; the spec says what then."""
+def _hold_if_too_much(share: float, setting: str, limit: float, found: str, likely: str) -> None:
+    """Hold a frame whose mask covers more than `limit` of it. Archive damage covers a few percent of a frame; far
+    more detected is most likely content the detector takes for damage (a book cover's lettering, a night sky's
+    stars, a fence's pickets), and far more given most likely a mask drawn inverted. Either way a restore would
+    paint out the picture: a person looks first, and the spec says what then."""
     if share > limit:
-        raise SettingNeededError(
-            f"the detector flagged {100 * share:.2f} % of the frame, more than masks.max_detected "
-            f"({100 * limit:g} %): more likely lettering, stars or fine lines than damage, so it is held unchanged "
-            "for review; if it is damage, raise masks.max_detected, else give its mask (masks.source: given) or "
-            "protect what must stay (masks.protect)", "masks.max_detected")
+        raise SettingNeededError(f"{found} {100 * share:.2f} % of the frame, more than {setting} ({100 * limit:g} %): "
+                                 f"{likely}", setting)
 
 
 MAX_REASON = 2000  # characters of a failure reason kept in the manifest: some errors quote a whole input
@@ -845,7 +855,7 @@ def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np
     thumb = _original_thumb(context, row["input_key"], frame)  # timed as reading: made from the decoded original
     started = time.perf_counter()
     motion = _motion(frame.pixels, list(neighbours), n_previous)
-    recorded = {"mask_etag": None, "protect_etag": None, "detected_fraction": None}
+    recorded = {"mask_etag": None, "protect_etag": None, "given_fraction": None, "detected_fraction": None}
     try:
         mask = frame_mask(context, row["input_key"], frame, motion, recorded)
     except Exception as error:  # noqa: BLE001 - the frame's failure (not_restored), not the run's
@@ -1102,7 +1112,8 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "changed_fraction": row["changed_fraction"], "deepest_fill_px": row["deepest_fill_px"],
             **{name: row[name] for name in CENSUS_FIELDS.names},
             "mask_etag": row["mask_etag"], "protect_etag": row["protect_etag"],
-            "detected_fraction": row["detected_fraction"], "held_for": row["held_for"],
+            "given_fraction": row["given_fraction"], "detected_fraction": row["detected_fraction"],
+            "held_for": row["held_for"],
             "temporal_fill_fraction": row["temporal_fill_fraction"],
             "detector": spec.masks.detector if spec.masks.source != "given" else None,
             "detector_sha256": context.detector_sha256,

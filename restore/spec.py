@@ -64,6 +64,10 @@ class MaskSettings:
     # a frame whose detected damage covers more than this share of it is held (skipped, nothing written): so much is
     # more likely content a detector mistakes for damage (lettering, stars, fine lines) than damage; 1.0 = never held
     max_detected: float = 0.05
+    # a frame whose given mask marks more than this share of it is held the same way: most likely a mask drawn the
+    # other way round (damage black on white, as an editor's layer mask shows it); 1.0 = never held
+    max_given: float = 0.5
+    invert: bool = False  # given masks mark the damage black on white (protect masks are read as they are)
     protect: str | None = None  # pattern like pattern: regions never to change (stamps, signatures), overriding all
     temporal_fill: bool = False  # copy masked pixels from the motion-compensated neighbours where they agree first
     detector_weights: str | None = None  # learned: a file from `restore train-detector`; None = the shipped one
@@ -186,6 +190,9 @@ class JobSpec:
         masks.pop("uri")
         masks.pop("detector_weights")
         masks.pop("max_detected")  # holds frames back, changes no output
+        masks.pop("max_given")
+        if not masks["invert"]:
+            masks.pop("invert")  # so jobs that never set it keep the hash they had before it existed
         if detector_sha256:
             masks["detector_sha256"] = detector_sha256
         if self.masks.source == "given":
@@ -359,6 +366,9 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         min_area=check.number(masks_raw, "min_area", "masks.min_area", 0),
         max_detected=check.number(masks_raw, "max_detected", "masks.max_detected", MaskSettings.max_detected,
                                   kind=float, minimum=0.0, maximum=1.0),
+        max_given=check.number(masks_raw, "max_given", "masks.max_given", MaskSettings.max_given, kind=float,
+                               minimum=0.0, maximum=1.0),
+        invert=check.boolean(masks_raw, "invert", "masks.invert", False),
         protect=check.string(masks_raw, "protect", "masks.protect"),
         temporal_fill=check.boolean(masks_raw, "temporal_fill", "masks.temporal_fill", False),
         detector_weights=check.string(masks_raw, "detector_weights", "masks.detector_weights"),
@@ -370,6 +380,10 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
                                                   ("min_area", masks.min_area, 0),
                                                   ("max_detected", masks.max_detected, MaskSettings.max_detected))
                      if value != default]
+    if masks.source == "detect":  # settings of given masks in a job that reads none
+        problems += [f"masks.{name}: only used with masks.source given or both (source is detect)"
+                     for name, value, default in (("max_given", masks.max_given, MaskSettings.max_given),
+                                                  ("invert", masks.invert, False)) if value != default]
     if masks.orientation and masks.source == "detect" and not masks.protect:
         problems.append("masks.orientation: says how given and protect masks are drawn; this job reads neither")
     if masks.detector_weights and (masks.detector != "learned" or masks.source == "given"):

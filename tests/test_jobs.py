@@ -728,6 +728,35 @@ def test_masks_of_frames_shown_turned_are_read_as_the_spec_says_they_were_drawn(
         job(tmp_path, masks={"orientation": "stored"})).config_hash(None)
 
 
+def test_a_mask_drawn_inverted_is_held_not_repainted_until_the_spec_says_invert(tmp_path, ray_session):
+    """An editor's layer mask shows the damage black on white: read as it is, it repainted 99 % of the frame and
+    called it restored. Such a frame is held with the reason; masks.invert reads the damage as black."""
+    from restore.spec import SpecError
+
+    write_collection(tmp_path / "in", 2)
+    inverted = 255 - box_mask()
+    (tmp_path / "in" / "reel" / "masks" / "f001.png").write_bytes(png_bytes(inverted))
+    assert run(job(tmp_path)).counts == {"ok": 1, "skipped": 1}
+    rows = {r["input_key"]: r for r in read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()}
+    held = rows["reel/f001.png"]
+    assert held["held_for"] == "masks.max_given" and held["given_fraction"] > 0.95
+    assert "drawn the other way round" in held["error"] and "masks.invert: true" in held["error"]
+    assert not (tmp_path / "out" / "reel" / "f001.png").exists()
+    assert rows["reel/f000.png"]["given_fraction"] == pytest.approx((box_mask() > 0).mean())
+    _, plan = prepare(parse_spec(job(tmp_path)))
+    assert (plan.tasks, plan.held) == ([], ["reel/f001.png"])  # not read again while the spec is the same
+
+    # the masks of this reel mark damage in black: f000's mask, a box in white, now reads as everything but the box
+    (tmp_path / "in" / "reel" / "masks" / "f000.png").write_bytes(png_bytes(inverted))
+    assert run(job(tmp_path, masks={"invert": True})).counts == {"ok": 2}
+    original = scene(1)
+    restored = np.asarray(Image.open(tmp_path / "out" / "reel" / "f001.png"))
+    box = box_mask() > 0
+    assert np.array_equal(restored[~box], original[~box])  # only the box, the damage, was repainted
+    with pytest.raises(SpecError, match="masks.invert: only used with masks.source given or both"):
+        parse_spec(job(tmp_path, masks={"source": "detect", "invert": True}))
+
+
 def test_a_file_name_with_terminal_escapes_is_printed_escaped(tmp_path, ray_session, capsys):
     """A donor's file name can carry a carriage return and escape codes that would print a false summary over the
     real one in the operator's terminal."""
