@@ -180,7 +180,7 @@ def cmd_jobs(args) -> int:
 
 def _held(keys: list[str]) -> str:
     return (f"{len(keys)} held until the spec says more, as `restore status` gives: not read again until it does, "
-            "or their masks change")
+            "or the frame, its masks or the config change")
 
 
 def _nothing_masked(spec, count: int, no_mask_file: int) -> str:

@@ -42,12 +42,12 @@ def census(mask: np.ndarray) -> dict[str, int | float]:
     inside = holes.ravel().astype(bool)
     # each region's typical width, from its pixels' mean distance to the nearest pixel outside it or to the frame's
     # edge (a scratch along the edge is as thin as it looks): across a line w px wide that mean is about (w + 2) / 4,
-    # so a fibre with a knot in it still reads as thin
+    # so a fibre with a knot in it still reads as thin. A region all of whose pixels touch the outside is a line
+    # 1 or 2 px wide: taken as 1
     outside = cv2.distanceTransform(np.pad(holes, 1), cv2.DIST_L2, 5)[1:-1, 1:-1].ravel()[inside]
-    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    mean_distance = np.bincount(labels.ravel()[inside], weights=outside, minlength=regions) / area
-    width = np.maximum(1.0, 4 * mean_distance - 2)[1:]
-    area = area[1:]
+    area = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)  # label 0 is what lies outside every region
+    mean_distance = np.bincount(labels.ravel()[inside], weights=outside, minlength=regions)[1:] / area
+    width = np.where(mean_distance <= 1, 1.0, 4 * mean_distance - 2)
     limit = speck_px(*mask.shape)
     extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
     speck = extent <= limit

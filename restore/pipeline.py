@@ -638,8 +638,8 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     given_up = sorted(key for key, etag in exhausted
                       if listed_etags.get(split_frame_key(key)[0]) == etag and leave.masks_unchanged(key))
     planned = {key for task in tasks for key in _frame_keys(task)}  # a held frame beside a rescanned one is read
-    held = sorted(key for key, etag in past.held
-                  if listed_etags.get(split_frame_key(key)[0]) == etag and leave.skip(key, etag) and key not in planned)
+    held = sorted(key for key, etag in past.held if listed_etags.get(split_frame_key(key)[0]) == etag
+                  and split_frame_key(key)[0] not in waiting and leave.skip(key, etag) and key not in planned)
     repairing = sorted(redo.intersection(planned))
     # a corrupt scan deleted, or replaced under another name: its failure must not keep an alert on for good
     withdrawn = sorted(key for key in past.not_restored if split_frame_key(key)[0] not in listed_etags)
@@ -719,6 +719,7 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
     `masks.orientation` must say which (until it does, such a frame is skipped). "displayed" takes both files as
     a viewer shows them: a mask saved with an orientation of its own is turned by it first."""
     mask_key = mask_key_for(pattern, input_key)
+    inverted = context.spec.masks.invert and field == "mask_etag"  # the damage masks; protect masks as they are
     try:
         data, info = context.mask_storage.read(mask_key)
     except NoSuchObjectError:
@@ -729,7 +730,7 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
     etags[field] = info.etag
     orientation, drawn = frame.orientation, context.spec.masks.orientation
     try:
-        mask = decode_mask(data, context.spec.max_pixels, displayed=drawn == "displayed")
+        mask = decode_mask(data, context.spec.max_pixels, displayed=drawn == "displayed", inverted=inverted)
     except FrameError as error:
         raise FrameError(f"mask {mask_key!r}: {error}") from None
     if orientation != 1 and drawn is None:
@@ -760,8 +761,9 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
 
     `motion` gives the frame's neighbours motion-compensated onto it (see `_motion`), for a temporal detector.
     What the frame's row records of its masks goes into `recorded` as it is found: the ETags of the mask files as
-    they are read, so a frame that fails on its mask records which version failed, and the share the detector
-    flagged, so a frame held for it is read again only once the spec allows that share.
+    they are read, so a frame that fails on its mask records which version failed, and the shares its given mask
+    marks and the detector flags, so a frame held for either (masks.max_given, masks.max_detected) is read again
+    only once the spec allows that share.
     """
     from .detect import refine_mask
 
@@ -772,12 +774,12 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     if settings.reads_given:
         given = _read_mask(context, settings.pattern, input_key, frame, settings.required, recorded, "mask_etag")
         if given is not None:
-            given = ~given if settings.invert else given
             recorded["given_fraction"] = float(given.mean())
+            drawn = "white on black" if settings.invert else "black on white, as an editor's layer mask shows it"
             _hold_if_too_much(recorded["given_fraction"], "masks.max_given", settings.max_given, "its mask marks",
-                              "most likely a mask drawn the other way round (the damage black on white, as an "
-                              "editor's layer mask shows it), which would repaint all but the damage, so it is held "
-                              "unchanged for review; if so, set masks.invert: true, else raise masks.max_given")
+                              f"most likely a mask drawn the other way round (the damage {drawn}), which would "
+                              "repaint all but the damage, so it is held unchanged for review; if so, set "
+                              f"masks.invert: {str(not settings.invert).lower()}, else raise masks.max_given")
             mask |= given
     if settings.source in ("detect", "both"):
         detector = _detector(settings.detector, settings.detector_weights)
@@ -836,11 +838,11 @@ def not_restored(error: Exception) -> dict:
 
     Errors about the object itself (corrupt, truncated, a missing key, one too long or too large) fail it, and a
     frame that keeps failing is given up after `max_attempts`. What is no fault of the frame makes it `skipped`,
-    tried again every run and never given up, so that a few bad nights do not retire a reel: storage that could
-    not serve it (throttled, failing, unreachable, full, denying access, in an archival class), a setting the spec
-    still lacks for it, and any other error a library raised on it (an overflow, an allocation it could not have,
-    a module missing on one worker): one hostile file must not stop a night's run, nor a broken install give up
-    the archive."""
+    never given up, so that a few bad nights do not retire a reel: storage that could not serve it (throttled,
+    failing, unreachable, full, denying access, in an archival class) and any other error a library raised on it
+    (an overflow, an allocation it could not have, a module missing on one worker), tried again every run: one
+    hostile file must not stop a night's run, nor a broken install give up the archive; and a setting the spec
+    still lacks for it (`held_for`), tried again once the spec gives it (`FramesToLeave.still_held`)."""
     expected = isinstance(error, (StorageError, FrameError))
     skipped = isinstance(error, (StorageUnavailableError, SettingNeededError)) or not expected
     status = "skipped" if skipped else "failed"

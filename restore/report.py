@@ -262,7 +262,7 @@ def _frame_rows(rows: list[dict], notes: dict[str, str]) -> list[list]:
             row["input_key"], row["status"], row["error"], round(row["masked_fraction"] or 0.0, 6),
             row["width"], row["height"], row["bit_depth"], None if note or not digest else digest,
             int(bool(row["mask_key"])), None if row["output_key"] == row["input_key"] else row["output_key"],
-            note, row["run_id"], _damage(row),
+            note, row["run_id"], _damage(row) if row["status"] == "ok" else "",
         ])
     return out
 

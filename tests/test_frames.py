@@ -553,3 +553,19 @@ def test_a_mask_saved_as_jpeg_marks_what_was_painted_not_the_ringing_around_it()
     stroke = np.asarray(soft.resize((320, 240), Image.Resampling.BOX))  # anti-aliased: its rim in grey levels
     assert decode_mask(save(Image.fromarray(stroke), "PNG")).sum() >= 0.9 * (stroke > 0).sum()
     assert np.array_equal(decode_mask(save(Image.fromarray(truth.astype(np.uint8)), "PNG")), truth)  # 0 and 1
+
+    # the same masks drawn black on white (an editor's layer mask), read with `inverted`
+    normal = decode_mask(save(Image.fromarray(stroke), "PNG"))
+    assert np.array_equal(decode_mask(save(Image.fromarray(255 - stroke), "PNG"), inverted=True), normal)
+    dark = decode_mask(save(Image.fromarray(255 - np.asarray(painted)).convert("RGB"), "JPEG", quality=90),
+                       inverted=True)
+    assert (dark != truth).sum() <= 0.05 * truth.sum()
+    assert np.array_equal(decode_mask(save(Image.fromarray(1 - truth.astype(np.uint8)), "PNG"), inverted=True), truth)
+
+
+def test_strokes_on_a_transparent_layer_are_measured_against_what_the_layer_shows():
+    """An editor may keep white in the layer's hidden pixels: dark grey strokes must not be judged against it."""
+    layer = np.zeros((40, 60, 4), np.uint8)
+    layer[..., :3] = 255  # hidden white
+    layer[10:14, 5:50] = (60, 60, 60, 255)  # a dark grey stroke, shown
+    assert decode_mask(save(Image.fromarray(layer), "PNG")).sum() == 4 * 45
