@@ -79,7 +79,8 @@ def cmd_run(args) -> int:
                  if plan.given_up else "")
               + (f"; {_held(plan.held)}" if plan.held else "")
               + (f"; {len(plan.orphan_masks)} {plural(len(plan.orphan_masks), 'file')} in mask folders left alone: "
-                 "masks whose frames are gone" if plan.orphan_masks else "")
+                 "no frame's mask (its frame gone, or another name or format than masks.pattern gives)"
+                 if plan.orphan_masks else "")
               + (f"; the failures of {len(plan.withdrawn)} {plural(len(plan.withdrawn), 'frame')} not restored and "
                  "gone from the input would be closed" if plan.withdrawn else "")
               + (f"; waiting in archival storage: {len(plan.archived)} ({plan.being_restored} being restored), not "
@@ -127,8 +128,8 @@ def cmd_run(args) -> int:
             summary["manifest"] = None  # no run folder was written
     else:
         waiting = (f", {counts['skipped']} skipped: not restored yet, each for the reason `restore status` gives "
-                   "(tried again next run; one held for a setting once the spec gives it)") if counts.get("skipped") \
-            else ""
+                   "(tried again next run, but one held for a setting waits until the spec gives it)") \
+            if counts.get("skipped") else ""
         print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed"
               f"{waiting}{given_up} in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "
               f"outputs in {spec.output}, manifest {summary['manifest']}")
@@ -215,6 +216,8 @@ def _output_target(args) -> tuple[str, str | None, str]:
         if args.job and args.job != spec.name:
             raise ValueError(f"--job {args.job} differs from the spec's name {spec.name}: give one or the other")
         return spec.output, spec.endpoint_url, spec.name
+    if args.target.endswith((".yaml", ".yml")) and "://" not in args.target:  # a spec mistyped, not an output
+        raise ValueError(f"no job spec at {args.target}: is the path right?")
     if args.job:
         return args.target, args.endpoint_url, args.job
     from .manifest import jobs_in
@@ -242,7 +245,8 @@ def cmd_verify(args) -> int:
         originals = load_spec(args.target).input
     report = verify(output, job, endpoint_url, unknown=args.unknown, originals=originals, quick=args.quick)
     print(f"job {job}: {report.frames} {plural(report.frames, 'frame')}, {report.verified} verified, "
-          f"{len(report.failed)} recorded as failed, {len(report.problems)} {plural(len(report.problems), 'problem')}"
+          f"{len(report.failed)} recorded as not restored (failed or skipped), {len(report.problems)} "
+          f"{plural(len(report.problems), 'problem')}"
           + (f", {len(report.not_read)} {plural(len(report.not_read), 'object')} in archival storage not read "
              "(restore them, S3 RestoreObject, to verify them; --quick checks that they are there)"
              if report.not_read else ""))

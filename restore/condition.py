@@ -7,12 +7,13 @@ by its shape alone, in proportion to the frame's short side, so a 2K film frame 
 alike:
 
 - a **speck** is small: its bounding box is at most `speck_px` on its longer side;
-- a **line** is thin and long: at most `speck_px` across (its typical width, so a fibre with a knot is still thin),
-  and at least 5 times as long as it is wide (a curled hair is a line too: its length is measured along it, as its
-  area over its width);
+- a **line** is thin and long: at most twice `speck_px` across (its typical width, so a fibre with a knot, or a
+  hair painted over with a broad brush, is still thin), and at least 5 times as long as it is wide (a curled hair
+  is a line too: its length is measured along it, as its area over its width);
 - an **area** is every other region.
 
-The shape is of what the mask covers, after `masks.dilate`: regions the dilation joins count as one.
+The shape is of the damage as marked, before `masks.dilate` widens every region alike (and joins near ones), and
+without what `masks.protect` keeps.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ LINE_ELONGATION = 5  # length over width, from which a thin region reads as a li
 
 def speck_px(height: int, width: int) -> float:
     """The size under which a region is a speck: 1/150 of the short side (10 px on a 2K film frame, 27 px on a
-    6000 × 4000 print scan), and never under 8 px, the size dust takes once masks.dilate has grown it."""
-    return max(8.0, min(height, width) / 150)
+    6000 × 4000 print scan), and never under 3 px (frames under 450 px on their short side)."""
+    return max(3.0, min(height, width) / 150)
 
 
 def census(mask: np.ndarray) -> dict[str, int | float]:
@@ -51,7 +52,7 @@ def census(mask: np.ndarray) -> dict[str, int | float]:
     limit = speck_px(*mask.shape)
     extent = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT])
     speck = extent <= limit
-    line = ~speck & (width <= limit) & (area / width ** 2 >= LINE_ELONGATION)
+    line = ~speck & (width <= 2 * limit) & (area / width ** 2 >= LINE_ELONGATION)
     found = {}
     for kind, chosen in zip(KINDS, (speck, line, ~speck & ~line)):
         found[f"{kind}_count"] = int(chosen.sum())

@@ -140,7 +140,7 @@ class Plan:
     given_up: list[str] = field(default_factory=list)  # frames that failed max_attempts times: not retried
     held: list[str] = field(default_factory=list)  # frames held until the spec says more (held_for): not read
     repairing: list[str] = field(default_factory=list)  # frames restored again because their outputs failed verify
-    orphan_masks: list[str] = field(default_factory=list)  # files in mask folders whose frames are gone: not frames
+    orphan_masks: list[str] = field(default_factory=list)  # files in mask folders that are no frame's mask: not frames
     withdrawn: list[str] = field(default_factory=list)  # frames not restored whose originals left the input
     # frames whose originals wait in archival storage: not read this run; each a task's input fields, its `error`,
     # whether a restore (S3 RestoreObject) is bringing it back (`restoring`), and whether its newest row already
@@ -221,16 +221,18 @@ def _video_mask_shape(pattern: str, video_key: str) -> tuple[str, str | None]:
 
 
 def _mask_folder_shape(pattern: str) -> re.Pattern | None:
-    """The keys a pattern that keeps masks in a folder of their own (`{dir}/masks/{stem}.png`) can name, as a
-    regex, so that a mask whose frame was deleted or renamed is still no frame; None for a pattern without such a
-    folder (`{dir}/{stem}_mask.png`), whose shape could also be a frame's name."""
+    """The keys in the folders a pattern that keeps masks in a folder of their own (`{dir}/masks/{stem}.png`) can
+    name, as a regex, so that a mask whose frame was deleted or renamed, or one saved in another format than the
+    pattern's, is still no frame; None for a pattern without such a folder (`{dir}/{stem}_mask.png`), whose shape
+    could also be a frame's name."""
     # a video frame's stem is `reel/000123`
     fields = {"{dir}/": "(?:.*/)?", "{dir}": ".*", "{stem}": r"[^/]+(?:/\d{6,})?", "{name}": "[^/]+"}
-    parts = re.split(r"(\{dir\}/|\{dir\}|\{stem\}|\{name\})", posixpath.normpath(pattern))
+    folder = posixpath.dirname(posixpath.normpath(pattern))
+    parts = re.split(r"(\{dir\}/|\{dir\}|\{stem\}|\{name\})", folder + "/")
     if ".." in pattern or not any(re.search(r"[^/]+/", literal) for literal in parts[::2]):  # no folder named
         return None
-    return re.compile("".join(fields[part] if index % 2 else re.escape(part) for index, part in enumerate(parts)),
-                      re.DOTALL)
+    return re.compile("".join(fields[part] if index % 2 else re.escape(part) for index, part in enumerate(parts))
+                      + ".+", re.DOTALL)
 
 
 def frames_folder(video_key: str) -> str:
@@ -685,7 +687,6 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "orientation": frame.orientation,
         "mask": mask.astype(np.uint8).tobytes(),
         "masked_fraction": float(mask.mean()),
-        **census(mask),
         **(frame.columns() if isinstance(frame, FilmFrame) else {"film_header": None, "film_source": None}),
     }
 
@@ -763,7 +764,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     What the frame's row records of its masks goes into `recorded` as it is found: the ETags of the mask files as
     they are read, so a frame that fails on its mask records which version failed, and the shares its given mask
     marks and the detector flags, so a frame held for either (masks.max_given, masks.max_detected) is read again
-    only once the spec allows that share.
+    only once the spec allows that share; and the kinds of damage it holds (`census`).
     """
     from .detect import refine_mask
 
@@ -775,11 +776,13 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
         given = _read_mask(context, settings.pattern, input_key, frame, settings.required, recorded, "mask_etag")
         if given is not None:
             recorded["given_fraction"] = float(given.mean())
-            drawn = "white on black" if settings.invert else "black on white, as an editor's layer mask shows it"
+            drawn, other = (("white on black", "white on black: masks.invert: false") if settings.invert else (
+                "black on white, as an editor's layer mask shows it", "black on white: masks.invert: true"))
             _hold_if_too_much(recorded["given_fraction"], "masks.max_given", settings.max_given, "its mask marks",
                               f"most likely a mask drawn the other way round (the damage {drawn}), which would "
-                              "repaint all but the damage, so it is held unchanged for review; if so, set "
-                              f"masks.invert: {str(not settings.invert).lower()}, else raise masks.max_given")
+                              "repaint all but the damage, so it is held unchanged for review; if so, invert this "
+                              f"file, or, if every mask of the job is drawn so, read them all {other}; if the frame "
+                              "is that damaged, raise masks.max_given")
             mask |= given
     if settings.source in ("detect", "both"):
         detector = _detector(settings.detector, settings.detector_weights)
@@ -795,18 +798,21 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
             detected = detector(frame.infrared if detector.infrared else pixels)
         detected = refine_mask(detected, min_area=settings.min_area)
         mask |= detected
+    marked = mask  # the damage as marked: its kinds are counted before dilate widens every stroke alike
     if settings.dilate:
         mask = refine_mask(mask, dilate=settings.dilate)
     if settings.protect:
         protected = _read_mask(context, settings.protect, input_key, frame, False, recorded, "protect_etag")
         if protected is not None:
             mask &= ~protected
+            marked = marked & ~protected
     if settings.source in ("detect", "both"):
         recorded["detected_fraction"] = float((detected & mask).mean())  # what protect leaves of it
         _hold_if_too_much(recorded["detected_fraction"], "masks.max_detected", settings.max_detected,
                           "the detector flagged", "more likely lettering, stars or fine lines than damage, so it is "
                           "held unchanged for review; if it is damage, raise masks.max_detected, else give its mask "
                           "(masks.source: given) or protect what must stay (masks.protect)")
+    recorded.update(census(marked))
     return mask
 
 

@@ -311,8 +311,8 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
     ]
     if status.get("skipped"):
         cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped",
-                           "not restored yet: reasons below; tried again next run, or once the spec gives the setting a "
-                           "frame is held for", "skipped"))
+                           "not restored yet: reasons below; tried again next run, or once the spec gives the "
+                           "setting a frame is held for", "skipped"))
     if status.get("withdrawn"):
         cards.append(_card("Withdrawn", f"{status['withdrawn']:,}", "count-withdrawn",
                            "not restored, and their originals have left the input"))

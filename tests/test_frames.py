@@ -563,9 +563,15 @@ def test_a_mask_saved_as_jpeg_marks_what_was_painted_not_the_ringing_around_it()
     assert np.array_equal(decode_mask(save(Image.fromarray(1 - truth.astype(np.uint8)), "PNG"), inverted=True), truth)
 
 
-def test_strokes_on_a_transparent_layer_are_measured_against_what_the_layer_shows():
-    """An editor may keep white in the layer's hidden pixels: dark grey strokes must not be judged against it."""
-    layer = np.zeros((40, 60, 4), np.uint8)
-    layer[..., :3] = 255  # hidden white
-    layer[10:14, 5:50] = (60, 60, 60, 255)  # a dark grey stroke, shown
-    assert decode_mask(save(Image.fromarray(layer), "PNG")).sum() == 4 * 45
+def test_strokes_on_a_transparent_layer_mark_what_is_painted_whatever_its_colour():
+    """Black is an editor's default brush: black strokes on a transparent layer read as nothing masked, and the
+    frame came back unchanged and "ok". On a layer, what is painted is the mask, with or without masks.invert."""
+    for colour in ((0, 0, 0), (60, 60, 60), (255, 0, 0)):
+        layer = np.zeros((40, 60, 4), np.uint8)
+        layer[..., :3] = 255  # what the layer hides may hold any colour
+        layer[10:14, 5:50] = (*colour, 255)  # a stroke, painted
+        data = save(Image.fromarray(layer), "PNG")
+        assert decode_mask(data).sum() == decode_mask(data, inverted=True).sum() == 4 * 45, colour
+    grey_layer = np.zeros((40, 60, 2), np.uint8)
+    grey_layer[20:22, 10:30, 1] = 255  # black paint on a grey layer with alpha
+    assert decode_mask(save(Image.fromarray(grey_layer, "LA"), "PNG")).sum() == 2 * 20

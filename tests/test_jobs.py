@@ -757,6 +757,22 @@ def test_a_mask_drawn_inverted_is_held_not_repainted_until_the_spec_says_invert(
         parse_spec(job(tmp_path, masks={"source": "detect", "invert": True}))
 
 
+def test_damage_is_counted_as_marked_before_dilate_widens_and_joins_it(tmp_path, ray_session):
+    """masks.dilate grows every region alike: counted after it, a row of dust specks became one area and a hair
+    painted with a broad brush an area too."""
+    (tmp_path / "in" / "reel" / "masks").mkdir(parents=True)
+    mask = np.zeros((240, 320), np.uint8)
+    mask[20:220, 100:106] = 255  # a hair painted 6 px wide
+    for x in range(160, 300, 7):
+        mask[120:122, x:x + 2] = 255  # dust, 5 px apart: dilate 4 would join it all
+    (tmp_path / "in" / "reel" / "f000.png").write_bytes(png_bytes(scene(0, 240, 320)))
+    (tmp_path / "in" / "reel" / "masks" / "f000.png").write_bytes(png_bytes(mask))
+    assert run(job(tmp_path, masks={"dilate": 4})).counts == {"ok": 1}
+    row = read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()[0]
+    assert (row["speck_count"], row["line_count"], row["area_count"]) == (20, 1, 0)
+    assert row["masked_fraction"] > row["speck_fraction"] + row["line_fraction"]  # the dilated mask is wider
+
+
 def test_a_file_name_with_terminal_escapes_is_printed_escaped(tmp_path, ray_session, capsys):
     """A donor's file name can carry a carriage return and escape codes that would print a false summary over the
     real one in the operator's terminal."""
@@ -773,9 +789,10 @@ def test_a_mask_whose_frame_is_gone_is_not_taken_for_a_frame(tmp_path):
     (tmp_path / "in" / "reel" / "f000.png").unlink()  # deleted or renamed upstream: its mask stays behind
     (tmp_path / "in" / "masks" / "gone").mkdir(parents=True)  # the masks of a video since deleted
     (tmp_path / "in" / "masks" / "gone" / "000000.png").write_bytes(png_bytes(box_mask()))
+    Image.fromarray(box_mask()).save(tmp_path / "in" / "reel" / "masks" / "f001.jpg")  # not the pattern's format
     _, plan = prepare(parse_spec(job(tmp_path)))
     assert [task["input_key"] for task in plan.tasks] == ["reel/f001.png"] and plan.listed == 1
-    assert plan.orphan_masks == ["masks/gone/000000.png", "reel/masks/f000.png"]
+    assert plan.orphan_masks == ["masks/gone/000000.png", "reel/masks/f000.png", "reel/masks/f001.jpg"]
     # a job that reads no given masks has no mask folders: a picture in a folder named masks is a frame
     _, plan = prepare(parse_spec(job(tmp_path, masks={"source": "detect"})))
     assert "reel/masks/f000.png" in [task["input_key"] for task in plan.tasks] and not plan.orphan_masks
@@ -936,6 +953,8 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     assert restore_main(["status", str(tmp_path / "out"), "--job", "tt"]) == 2  # a mistyped job is no "all well"
     assert restore_main(["status", str(spec_file), "--job", "other"]) == 2
     assert "no manifests under" in capsys.readouterr().err
+    assert restore_main(["status", str(tmp_path / "jobb.yaml")]) == 2  # a spec's name mistyped
+    assert "no job spec at" in capsys.readouterr().err
 
     assert restore_main(["verify", str(spec_file), "--json", str(tmp_path / "verify.json")]) == 0
     assert json.loads((tmp_path / "verify.json").read_text())["verified"] == 3

@@ -183,3 +183,11 @@ def test_a_restorer_named_where_a_mapping_belongs_gets_the_spelling_that_works()
     with pytest.raises(SpecError) as error:
         parse_spec({"name": "t", "input": "in", "output": "out", "restorer": "telea"})
     assert error.value.problems == ["restorer: expected a mapping, got str (write `restorer: {name: telea}`)"]
+
+
+def test_a_mask_pattern_with_a_wildcard_is_refused():
+    """Masks in several formats tempt `{stem}.*`: it matched no file, so every frame came back unchanged and ok."""
+    with pytest.raises(SpecError, match=r"masks.pattern: '\{dir\}/masks/\{stem\}\.\*' names no usable mask file"):
+        parse_spec({"name": "a", "input": "/in", "output": "/out", "masks": {"pattern": "{dir}/masks/{stem}.*"}})
+    with pytest.raises(SpecError, match="masks.protect: .* wildcards match none"):
+        parse_spec({"name": "a", "input": "/in", "output": "/out", "masks": {"protect": "{dir}/protect/?.png"}})
