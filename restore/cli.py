@@ -66,7 +66,7 @@ def cmd_run(args) -> int:
         context, plan = prepare(spec, repair=args.repair)
         running = run_in_progress(context.output_storage, spec.name)
         summary = {"job": spec.name, "in_progress": running, "listed": plan.listed, "already_done": plan.already_done,
-                   "orphan_masks": plan.orphan_masks,
+                   "orphan_masks": plan.orphan_masks, "misformatted_masks": plan.misformatted_masks,
                    "to_process": plan.frames, "given_up": plan.given_up, "held": plan.held,
                    "repairing": plan.repairing,
                    "withdrawn": plan.withdrawn, "waiting_in_archive": [frame["input_key"] for frame in plan.archived],
@@ -79,14 +79,15 @@ def cmd_run(args) -> int:
                  if plan.given_up else "")
               + (f"; {_held(plan.held)}" if plan.held else "")
               + (f"; {len(plan.orphan_masks)} {plural(len(plan.orphan_masks), 'file')} in mask folders left alone: "
-                 "no frame's mask (its frame gone, or another name or format than masks.pattern gives)"
-                 if plan.orphan_masks else "")
+                 "masks whose frames are gone" if plan.orphan_masks else "")
               + (f"; the failures of {len(plan.withdrawn)} {plural(len(plan.withdrawn), 'frame')} not restored and "
                  "gone from the input would be closed" if plan.withdrawn else "")
               + (f"; waiting in archival storage: {len(plan.archived)} ({plan.being_restored} being restored), not "
                  "read" if plan.archived else "")
               + (f"; {len(plan.archived) - plan.being_restored} would be asked back (archive_restore)"
                  if spec.archive_restore and len(plan.archived) > plan.being_restored else ""))
+        if plan.misformatted_masks:
+            print(_misformatted(spec, plan.misformatted_masks))
         for key in summary["keys"][: args.show]:
             print(f"  {printable(key)}")
         for task in [task for task in plan.tasks if task.get("plan_error")][: args.show]:
@@ -108,6 +109,8 @@ def cmd_run(args) -> int:
     given_up = (f" ({len(plan.given_up)} left failed after {spec.max_attempts} "
                 f"{plural(spec.max_attempts, 'attempt')})" if plan.given_up else "")
     given_up += f" ({_held(plan.held)})" if plan.held else ""
+    if plan.misformatted_masks:
+        print(_misformatted(spec, plan.misformatted_masks))
     if plan.withdrawn:
         withdrawn = len(plan.withdrawn)
         print(f"job {spec.name}: the failures of {withdrawn} {plural(withdrawn, 'frame')} not restored and gone from "
@@ -179,6 +182,16 @@ def cmd_jobs(args) -> int:
     return EXIT_OK
 
 
+def _misformatted(spec, masks: dict[str, str]) -> str:
+    from .pipeline import mask_key_for
+
+    frame, found = next(iter(sorted(masks.items())))
+    return (f"job {spec.name}: {len(masks)} {plural(len(masks), 'frame')} with a mask saved in another format than "
+            f"masks.pattern names ({printable(found)} for {printable(frame)}, where it names "
+            f"{printable(mask_key_for(spec.masks.pattern, frame))}): they have no mask until it is saved as the "
+            "pattern says, or the pattern changed")
+
+
 def _held(keys: list[str]) -> str:
     return (f"{len(keys)} held until the spec says more, as `restore status` gives: not read again until it does, "
             "or the frame, its masks or the config change")
@@ -216,7 +229,7 @@ def _output_target(args) -> tuple[str, str | None, str]:
         if args.job and args.job != spec.name:
             raise ValueError(f"--job {args.job} differs from the spec's name {spec.name}: give one or the other")
         return spec.output, spec.endpoint_url, spec.name
-    if args.target.endswith((".yaml", ".yml")) and "://" not in args.target:  # a spec mistyped, not an output
+    if args.target.lower().endswith((".yaml", ".yml")) and "://" not in args.target:  # a spec mistyped, not an output
         raise ValueError(f"no job spec at {args.target}: is the path right?")
     if args.job:
         return args.target, args.endpoint_url, args.job

@@ -189,29 +189,36 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
 
 def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, displayed: bool = False,
                 inverted: bool = False) -> np.ndarray:
-    """(H, W) bool: on a transparent layer, a pixel is masked where it is painted (its alpha is marked, whatever
-    its colour: black is an editor's default brush); otherwise where its brightest colour channel is marked
-    (`_marked`). `displayed`: as a viewer shows the file, turned by its own EXIF orientation, if it has one;
-    `inverted`: an opaque mask marks in black on white (an editor's layer mask), so what is marked is darker.
+    """(H, W) bool: a pixel is masked where it shows (its alpha, if it has one, is marked) and its brightest colour
+    channel is marked among the pixels shown (`_marked`); on a transparent layer painted in one colour, wherever it
+    is painted, whatever the colour (black is an editor's default brush). `displayed`: as a viewer shows the file,
+    turned by its own EXIF orientation, if it has one; `inverted`: the mask marks in black on white (an editor's
+    layer mask), so what is marked is darker.
 
     So black-and-white masks (0 and 255, or 0 and 1 as a program saves them), coloured strokes, strokes painted on
     a transparent layer, anti-aliased strokes and masks saved as JPEG all work.
     """
     frame = decode_frame(data, max_pixels)
-    painted = _marked(frame.alpha) if frame.alpha is not None else None
-    if painted is not None and not painted.all():  # a layer: what is painted on it is the mask
-        mask = painted
+    top = np.iinfo(frame.pixels.dtype).max
+    levels = frame.pixels.max(axis=2).astype(np.int64)
+    shown = _marked(frame.alpha) if frame.alpha is not None else np.ones(levels.shape, bool)
+    colours = levels[shown]
+    if not shown.all() and colours.size and colours.max() - colours.min() < top / 8:
+        mask = shown  # one colour painted on a transparent layer: the paint is the mask
     else:
-        levels = frame.pixels.max(axis=2)
-        mask = _marked(levels.max() - levels if inverted else levels)  # inverted: darkness down from the brightest
+        if inverted:  # darkness is the mark: measured down from the brightest shown
+            levels = colours.max(initial=0) - levels
+        mask = _marked(levels, shown) & shown
     return as_displayed(mask, frame.orientation) if displayed else mask
 
 
-def _marked(levels: np.ndarray) -> np.ndarray:
-    """Where a mask's levels reach 1/8 of its brightest. An exact mask keeps every pixel it marks, an anti-aliased
-    stroke nearly all its rim; a mask saved as JPEG loses the faint ringing around its strokes (up to 15 levels of
-    255 at quality 90), which marked 74 % more pixels than were painted, and so repainted clean ones."""
-    return levels >= max(1, int(levels.max(initial=0)) / 8)
+def _marked(levels: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+    """Where a mask's levels reach 1/8 of its brightest (among the pixels `among` holds: what a transparent layer
+    hides does not count). An exact mask keeps every pixel it marks, an anti-aliased stroke nearly all its rim; a
+    mask saved as JPEG loses the faint ringing around its strokes (up to 15 levels of 255 at quality 90), which
+    marked 74 % more pixels than were painted, and so repainted clean ones."""
+    brightest = int((levels if among is None else levels[among]).max(initial=0))
+    return levels >= max(1, brightest / 8)
 
 
 def _open(data: bytes) -> Image.Image:

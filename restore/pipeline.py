@@ -140,7 +140,10 @@ class Plan:
     given_up: list[str] = field(default_factory=list)  # frames that failed max_attempts times: not retried
     held: list[str] = field(default_factory=list)  # frames held until the spec says more (held_for): not read
     repairing: list[str] = field(default_factory=list)  # frames restored again because their outputs failed verify
-    orphan_masks: list[str] = field(default_factory=list)  # files in mask folders that are no frame's mask: not frames
+    orphan_masks: list[str] = field(default_factory=list)  # files in mask folders whose frames are gone: not frames
+    # frame → its mask as found, saved in another format than masks.pattern names (`f001.jpg` for `f001.png`): the
+    # file is no frame, and the frame has no mask until it is saved as the pattern says
+    misformatted_masks: dict[str, str] = field(default_factory=dict)
     withdrawn: list[str] = field(default_factory=list)  # frames not restored whose originals left the input
     # frames whose originals wait in archival storage: not read this run; each a task's input fields, its `error`,
     # whether a restore (S3 RestoreObject) is bringing it back (`restoring`), and whether its newest row already
@@ -221,18 +224,16 @@ def _video_mask_shape(pattern: str, video_key: str) -> tuple[str, str | None]:
 
 
 def _mask_folder_shape(pattern: str) -> re.Pattern | None:
-    """The keys in the folders a pattern that keeps masks in a folder of their own (`{dir}/masks/{stem}.png`) can
-    name, as a regex, so that a mask whose frame was deleted or renamed, or one saved in another format than the
-    pattern's, is still no frame; None for a pattern without such a folder (`{dir}/{stem}_mask.png`), whose shape
-    could also be a frame's name."""
+    """The keys a pattern that keeps masks in a folder of their own (`{dir}/masks/{stem}.png`) can name, as a
+    regex, so that a mask whose frame was deleted or renamed is still no frame; None for a pattern without such a
+    folder (`{dir}/{stem}_mask.png`), whose shape could also be a frame's name."""
     # a video frame's stem is `reel/000123`
     fields = {"{dir}/": "(?:.*/)?", "{dir}": ".*", "{stem}": r"[^/]+(?:/\d{6,})?", "{name}": "[^/]+"}
-    folder = posixpath.dirname(posixpath.normpath(pattern))
-    parts = re.split(r"(\{dir\}/|\{dir\}|\{stem\}|\{name\})", folder + "/")
+    parts = re.split(r"(\{dir\}/|\{dir\}|\{stem\}|\{name\})", posixpath.normpath(pattern))
     if ".." in pattern or not any(re.search(r"[^/]+/", literal) for literal in parts[::2]):  # no folder named
         return None
-    return re.compile("".join(fields[part] if index % 2 else re.escape(part) for index, part in enumerate(parts))
-                      + ".+", re.DOTALL)
+    return re.compile("".join(fields[part] if index % 2 else re.escape(part) for index, part in enumerate(parts)),
+                      re.DOTALL)
 
 
 def frames_folder(video_key: str) -> str:
@@ -415,6 +416,7 @@ class InputListing:
     mask_keys: dict[str, list[str]]
     mask_etags: dict[str, str]
     orphan_masks: list[str]
+    misformatted_masks: dict[str, str] = field(default_factory=dict)  # see Plan
 
 
 def list_input(context: JobContext) -> InputListing:
@@ -441,6 +443,14 @@ def list_input(context: JobContext) -> InputListing:
     mask_folders = [shape for shape in map(_mask_folder_shape, read) if shape is not None]
     found_keys = {info.key for info in found}
 
+    # a frame's mask saved in another format than the pattern names: a mask, not a frame, and its frame is told
+    expected = {posixpath.splitext(keys[0])[0]: frame for frame, keys in mask_keys.items()} \
+        if spec.masks.reads_given else {}
+    other_formats = {info.key: expected[root] for info in found if (root := posixpath.splitext(info.key)[0])
+                     in expected and info.key != mask_keys[expected[root]][0]}
+    mask_files |= set(other_formats)
+    misformatted = {frame: key for key, frame in other_formats.items() if mask_keys[frame][0] not in found_keys}
+
     def is_mask(key: str) -> bool:
         return key in mask_files or (key, None) in shapes or any(split in shapes for split in _index_splits(key))
 
@@ -452,7 +462,8 @@ def list_input(context: JobContext) -> InputListing:
     listed = [info for info in listed if not is_mask(info.key)]  # a mask is not a frame
     orphans = {info.key for info in listed if is_orphan_mask(info.key)} if mask_folders else set()
     return InputListing([info for info in listed if info.key not in orphans], mask_keys,
-                        {info.key: info.etag for info in found}, sorted(orphans))
+                        {info.key: info.etag for info in found}, sorted(orphans),
+                        {frame: key for frame, key in misformatted.items() if frame not in mask_files})
 
 
 def check_run_is_newest(table: pa.Table, context: JobContext) -> None:
@@ -655,6 +666,7 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     return Plan(tasks=tasks, listed=frames, already_done=frames_done - len(given_up) - len(held),
                 bytes_to_read=sum({task["input_key"]: task["input_size"] for task in tasks}.values()),  # a video once
                 given_up=given_up, held=held, repairing=repairing, orphan_masks=listing.orphan_masks,
+                misformatted_masks=listing.misformatted_masks,
                 withdrawn=withdrawn, archived=archived)
 
 

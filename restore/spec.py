@@ -316,9 +316,9 @@ def _check_key_pattern(problems: list[str], label: str, pattern: str | None, bes
             safe_key(key)
             if key == "reel/frame.tif" and beside_frames:
                 raise UnsafeKeyError("it names each frame itself (give masks.uri for masks named like their frames)")
-            if "*" in pattern or "?" in pattern:
-                raise UnsafeKeyError("it names one file per frame, and wildcards match none (masks in several "
-                                     "formats: save them in one)")
+            if "*" in pattern or "?" in pattern or "[" in posixpath.splitext(pattern)[1]:
+                raise UnsafeKeyError("a pattern names files, and wildcards match none (masks in several formats: "
+                                     "save them in one)")
     except (KeyError, IndexError, ValueError, AttributeError) as error:
         problems.append(f"{label}: expected only {{dir}}, {{stem}} and {{name}} (e.g. '{{dir}}/masks/{{stem}}.png'), "
                         f"got {shown(pattern)} ({type(error).__name__}: {error})")

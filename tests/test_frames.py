@@ -572,6 +572,14 @@ def test_strokes_on_a_transparent_layer_mark_what_is_painted_whatever_its_colour
         layer[10:14, 5:50] = (*colour, 255)  # a stroke, painted
         data = save(Image.fromarray(layer), "PNG")
         assert decode_mask(data).sum() == decode_mask(data, inverted=True).sum() == 4 * 45, colour
+    # a black layer with white strokes is read by its colour where it shows, though part of it is transparent:
+    # erased with an eraser, a layer smaller than the canvas, a single clear pixel
+    for clear in ((slice(0, 40), slice(50, 60)), (slice(0, 40), slice(24, 60)), (slice(0, 1), slice(0, 1))):
+        layer = np.zeros((40, 60, 4), np.uint8)
+        layer[..., 3] = 255
+        layer[30:32, 2:20, :3] = 255  # a white stroke on the black
+        layer[clear + (3,)] = 0
+        assert decode_mask(save(Image.fromarray(layer), "PNG")).sum() == 2 * 18, clear
     grey_layer = np.zeros((40, 60, 2), np.uint8)
     grey_layer[20:22, 10:30, 1] = 255  # black paint on a grey layer with alpha
     assert decode_mask(save(Image.fromarray(grey_layer, "LA"), "PNG")).sum() == 2 * 20

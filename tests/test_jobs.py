@@ -789,10 +789,16 @@ def test_a_mask_whose_frame_is_gone_is_not_taken_for_a_frame(tmp_path):
     (tmp_path / "in" / "reel" / "f000.png").unlink()  # deleted or renamed upstream: its mask stays behind
     (tmp_path / "in" / "masks" / "gone").mkdir(parents=True)  # the masks of a video since deleted
     (tmp_path / "in" / "masks" / "gone" / "000000.png").write_bytes(png_bytes(box_mask()))
-    Image.fromarray(box_mask()).save(tmp_path / "in" / "reel" / "masks" / "f001.jpg")  # not the pattern's format
+    Image.fromarray(box_mask()).save(tmp_path / "in" / "reel" / "masks" / "f001.jpg")  # a copy in another format
     _, plan = prepare(parse_spec(job(tmp_path)))
     assert [task["input_key"] for task in plan.tasks] == ["reel/f001.png"] and plan.listed == 1
-    assert plan.orphan_masks == ["masks/gone/000000.png", "reel/masks/f000.png", "reel/masks/f001.jpg"]
+    assert plan.orphan_masks == ["masks/gone/000000.png", "reel/masks/f000.png"] and plan.misformatted_masks == {}
+    (tmp_path / "in" / "reel" / "masks" / "f001.png").rename(tmp_path / "in" / "f001-mask.bak")  # only the jpg left
+    _, plan = prepare(parse_spec(job(tmp_path)))
+    assert [task["input_key"] for task in plan.tasks] == ["reel/f001.png"]  # the mask is no frame, and its frame
+    assert plan.misformatted_masks == {"reel/f001.png": "reel/masks/f001.jpg"}  # is told where its mask lies
+    (tmp_path / "in" / "f001-mask.bak").rename(tmp_path / "in" / "reel" / "masks" / "f001.png")
+    (tmp_path / "in" / "reel" / "masks" / "f001.jpg").unlink()
     # a job that reads no given masks has no mask folders: a picture in a folder named masks is a frame
     _, plan = prepare(parse_spec(job(tmp_path, masks={"source": "detect"})))
     assert "reel/masks/f000.png" in [task["input_key"] for task in plan.tasks] and not plan.orphan_masks

@@ -191,3 +191,6 @@ def test_a_mask_pattern_with_a_wildcard_is_refused():
         parse_spec({"name": "a", "input": "/in", "output": "/out", "masks": {"pattern": "{dir}/masks/{stem}.*"}})
     with pytest.raises(SpecError, match="masks.protect: .* wildcards match none"):
         parse_spec({"name": "a", "input": "/in", "output": "/out", "masks": {"protect": "{dir}/protect/?.png"}})
+    with pytest.raises(SpecError, match="wildcards match none"):
+        parse_spec({"name": "a", "input": "/in", "output": "/out", "masks": {"pattern": "{dir}/masks/{stem}.[pt]ng"}})
+    parse_spec({"name": "a", "input": "/in", "output": "/out", "masks": {"pattern": "{dir}/masks [v2]/{stem}.png"}})
