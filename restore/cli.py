@@ -136,6 +136,10 @@ def cmd_run(args) -> int:
         print(f"job {spec.name} run {result.run_id}: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed"
               f"{waiting}{given_up} in {result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); "
               f"outputs in {spec.output}, manifest {summary['manifest']}")
+        for key, reason in result.not_restored[: args.show]:  # a nightly log says which, not only how many
+            print(f"  not restored {printable(key)}: {printable(reason)}")
+        if len(result.not_restored) > args.show:
+            print(f"  … and {len(result.not_restored) - args.show} more: `restore status` lists them all")
         if result.nothing_masked:
             print(_nothing_masked(spec, result.nothing_masked, result.no_mask_file))
         summary["report"] = write_report(spec).uri
@@ -466,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress-json", action="store_true",
                      help="progress as one JSON object per line on stderr (every few seconds), for scripts; "
                           "also with --quiet")
-    run.add_argument("--show", type=int, default=20, help="with --dry-run: how many keys to print (default 20)")
+    run.add_argument("--show", type=int, default=20,
+                     help="how many frames to list: those a dry run would process, or those a run did not restore "
+                          "(default 20)")
     run.add_argument("--repair", action="store_true",
                      help="first verify every output (reading them all), and restore again the frames whose output "
                           "or mask is missing or altered")

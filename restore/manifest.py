@@ -74,8 +74,8 @@ MANIFEST_SCHEMA = pa.schema([
     #                           | withdrawn (not restored, and its original has left the input)
     ("error", pa.string()),
     # a skipped frame held until the spec says more: the setting it waits for (masks.orientation, masks.max_given,
-    # masks.max_detected);
-    # it is not read again until that setting allows it, or the config or its masks change
+    # masks.max_detected); it is not read again until that setting allows it, or the frame, its masks or the config
+    # change
     ("held_for", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),

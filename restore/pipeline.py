@@ -173,6 +173,7 @@ class RunResult:
     interrupted: bool = False  # stopped (Ctrl-C, SIGTERM) before every planned frame came back
     nothing_masked: int = 0  # frames ok with nothing masked: copied as they were
     no_mask_file: int = 0  # of those, frames whose given mask file was not there
+    not_restored: list[tuple[str, str]] = field(default_factory=list)  # (input key, reason): failed or skipped
 
     @property
     def frames_per_second(self) -> float:
@@ -1377,6 +1378,8 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
             for row in batch.to_pylist():
                 pending.append(row)
                 result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
+                if row["status"] in NOT_RESTORED:
+                    result.not_restored.append((row["input_key"], row["error"]))
                 if row["status"] == "ok" and not row["masked_fraction"]:
                     result.nothing_masked += 1
                     result.no_mask_file += row["mask_etag"] == ""

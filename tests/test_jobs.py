@@ -940,6 +940,7 @@ def test_cli_run_then_status_verify_and_report_agree(tmp_path, ray_session, caps
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(job(tmp_path)))
     assert restore_main(["run", str(spec_file), "--quiet", "--json", str(tmp_path / "run.json")]) == 1  # a frame failed
+    assert "  not restored bad.png: not an image" in capsys.readouterr().out  # which, in the run's own log
     run_summary = json.loads((tmp_path / "run.json").read_text())
     assert run_summary["counts"] == {"ok": 3, "failed": 1}
     assert (tmp_path / "out" / "report.html").is_file()
