@@ -28,8 +28,9 @@ LINE_ELONGATION = 5  # length over width, from which a thin region reads as a li
 
 def speck_px(height: int, width: int) -> float:
     """The size under which a region is a speck: 1/150 of the short side (10 px on a 2K film frame, 27 px on a
-    6000 × 4000 print scan), and never under 3 px (frames under 450 px on their short side)."""
-    return max(3.0, min(height, width) / 150)
+    6000 × 4000 print scan), and never under 8 px, the size a brush marks dust with (so frames under 1200 px on
+    their short side, access copies and previews, are read alike only above that)."""
+    return max(8.0, min(height, width) / 150)
 
 
 def census(mask: np.ndarray) -> dict[str, int | float]:
