@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .wording import plural
+from .wording import plural, tally
 
 EXIT_OK, EXIT_FRAMES_FAILED, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
@@ -295,6 +295,9 @@ def cmd_status(args) -> int:
     damage = describe({kind: found["regions"] for kind, found in summary.damage.items()}, explain=True)
     if damage:  # what the masks of the frames restored hold, as a condition report counts it
         print(f"  damage masked in the frames restored: {damage}")
+    if summary.held:  # frames that wait on a person: reasons below, with what the spec can say
+        print(f"  held for review until the spec says more: {len(summary.held)} "
+              f"({tally(summary.held.values())})")
     for key, error in summary.failures[: args.show]:
         print(f"  not restored {printable(key)}: {printable(error)}")
     running = run_in_progress(storage, job)

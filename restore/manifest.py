@@ -361,6 +361,7 @@ class JobSummary:
     runs: int
     last_run: str | None
     damage: dict[str, dict[str, int]]  # by kind (restore/condition.py): regions, and frames holding any, of frames ok
+    held: dict[str, str]  # input key → the setting it waits for, of the frames skipped until the spec says more
 
     def as_dict(self) -> dict:
         return {
@@ -370,15 +371,17 @@ class JobSummary:
             "runs": self.runs,
             "last_run": self.last_run,
             "damage": self.damage,
+            "held": self.held,
         }
 
 
 def summarize(table: pa.Table) -> JobSummary:
     counted = [f"{kind}_count" for kind in KINDS]
-    rows = latest(table.select(["input_key", "run_id", "finished_at", "status", "error", *counted]))
+    rows = latest(table.select(["input_key", "run_id", "finished_at", "status", "error", "held_for", *counted]))
     runs = pc.unique(table["run_id"]).to_pylist()
     failed = rows.filter(pc.is_in(rows["status"], value_set=pa.array(sorted(NOT_RESTORED))))
     restored = rows.filter(pc.equal(rows["status"], "ok"))
+    held = rows.filter(pc.and_(pc.equal(rows["status"], "skipped"), pc.is_valid(rows["held_for"])))
     damage = {kind: {"regions": pc.sum(restored[column]).as_py() or 0,
                      "frames": pc.sum(pc.greater(restored[column], 0)).as_py() or 0}
               for kind, column in zip(KINDS, counted)}
@@ -389,4 +392,5 @@ def summarize(table: pa.Table) -> JobSummary:
         runs=len(runs),
         last_run=max(runs) if runs else None,
         damage=damage,
+        held=dict(zip(held["input_key"].to_pylist(), held["held_for"].to_pylist())),
     )

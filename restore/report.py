@@ -34,7 +34,7 @@ from .pictures import (DIFFERENCE_GAIN, PREVIEW_QUALITY, PREVIEW_SIZE, THUMB_QUA
                        picture_set, pictures_name, pictures_prefix, shrink, store_pictures)
 from .spec import JobSpec, parse_spec
 from .storage import Storage, StorageError, open_storage
-from .wording import plural
+from .wording import plural, tally
 
 REPORT_KEY = "report.html"
 DEEP_FILL_PX = 16  # fills this far from the nearest kept pixel (holes over 32 px wide) are flagged for a look
@@ -309,10 +309,14 @@ def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
               "reasons below" if status.get("failed") else "none",
               "failed" if status.get("failed") else ""),
     ]
-    if status.get("skipped"):
-        cards.append(_card("Skipped", f"{status['skipped']:,}", "count-skipped",
-                           "not restored yet: reasons below; tried again next run, or once the spec gives the "
-                           "setting a frame is held for", "skipped"))
+    if summary.held:  # frames that wait on a person, apart from those storage will serve another night
+        cards.append(_card("Held for review", f"{len(summary.held):,}", "count-held",
+                           f"unchanged until the spec says more ({_e(tally(summary.held.values()))}): reasons below",
+                           "skipped"))
+    if status.get("skipped", 0) > len(summary.held):
+        waiting = status["skipped"] - len(summary.held)
+        cards.append(_card("Skipped", f"{waiting:,}", "count-skipped",
+                           "not restored yet, no fault of the file: reasons below; tried again next run", "skipped"))
     if status.get("withdrawn"):
         cards.append(_card("Withdrawn", f"{status['withdrawn']:,}", "count-withdrawn",
                            "not restored, and their originals have left the input"))

@@ -1,6 +1,8 @@
 """Jobs with `masks: detect`: detected damage is restored, undamaged frames come back identical, protect wins;
 the infrared plane of RGBI scans as mask source; temporal fill from neighbours before the restorer."""
 import io
+import re
+from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -8,6 +10,7 @@ from PIL import Image
 
 from restore.frames import decode_frame
 from restore.manifest import read_manifests
+from restore.report import write_report
 from restore.pipeline import prepare, run_job, run_summary
 from restore.spec import parse_spec
 from restore.storage import open_storage
@@ -242,6 +245,9 @@ def test_a_frame_whose_detected_damage_is_implausibly_large_is_held_unchanged_un
     assert not (tmp_path / "out" / "reel" / "sky.png").exists()
     assert rows(tmp_path)["reel/dusty.png"]["masked_fraction"] > 0
     assert held["held_for"] == "masks.max_detected" and held["detected_fraction"] > 0.05
+    page = Path(write_report(spec()).uri).read_text()  # held apart from what storage will serve another night
+    assert re.search(r'id="count-held"[^>]*>1<', page) and "masks.max_detected: 1" in page
+    assert 'id="count-skipped"' not in page
 
     # the next nights read it no more (nor, in Glacier, ask it back): the same spec and masks would hold it again
     context, plan = prepare(spec())

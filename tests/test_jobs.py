@@ -728,7 +728,7 @@ def test_masks_of_frames_shown_turned_are_read_as_the_spec_says_they_were_drawn(
         job(tmp_path, masks={"orientation": "stored"})).config_hash(None)
 
 
-def test_a_mask_drawn_inverted_is_held_not_repainted_until_the_spec_says_invert(tmp_path, ray_session):
+def test_a_mask_drawn_inverted_is_held_not_repainted_until_the_spec_says_invert(tmp_path, ray_session, capsys):
     """An editor's layer mask shows the damage black on white: read as it is, it repainted 99 % of the frame and
     called it restored. Such a frame is held with the reason; masks.invert reads the damage as black."""
     from restore.spec import SpecError
@@ -745,6 +745,9 @@ def test_a_mask_drawn_inverted_is_held_not_repainted_until_the_spec_says_invert(
     assert rows["reel/f000.png"]["given_fraction"] == pytest.approx((box_mask() > 0).mean())
     _, plan = prepare(parse_spec(job(tmp_path)))
     assert (plan.tasks, plan.held) == ([], ["reel/f001.png"])  # not read again while the spec is the same
+    assert restore_main(["status", str(tmp_path / "out"), "--job", "t", "--json", str(tmp_path / "s.json")]) == 1
+    assert "held for review until the spec says more: 1 (masks.max_given: 1)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["held"] == {"reel/f001.png": "masks.max_given"}
 
     # the masks of this reel mark damage in black: f000's mask, a box in white, now reads as everything but the box
     (tmp_path / "in" / "reel" / "masks" / "f000.png").write_bytes(png_bytes(inverted))
