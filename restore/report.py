@@ -423,7 +423,7 @@ def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix:
             f'{" checked" if position == 0 else ""}> {label}</label>'
             for position, (src, label, tag, alt) in enumerate(views))
         deepest = f", filled up to {row['deepest_fill_px']:.0f} px deep" if row["deepest_fill_px"] else ""
-        damage = f" ({_damage(row)})" if _damage(row) else ""
+        damage = f" ({found})" if (found := _damage(row)) else ""
         width, height = fit(row["width"], row["height"], PREVIEW_SIZE)
         shown = "full resolution" if width == row["width"] else f"shown at {width}×{height}"
         cards.append(f"""<figure class="compare-card">

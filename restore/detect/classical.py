@@ -190,7 +190,7 @@ class ClassicalDetector(Detector):
                         cv2.morphologyEx(smooth, cv2.MORPH_CLOSE, row) - smooth):
             response = top_hat / sigma
             along = cv2.blur(response, column)  # mean over `length` rows: grain averages out
-            spread = 1.4826 * float(np.median(np.abs(along - np.median(along))))
+            spread = robust_sigma(along - np.median(along))
             line = along > np.median(along) + self.scratch_threshold * spread
             mask |= line & (response > self.grow / 2)
         # 4. the soft rims of what was found
