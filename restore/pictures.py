@@ -3,7 +3,8 @@
 Two places make them, alike: a run's write stage makes each frame's thumbnails while the frame is in memory, so
 that a report over S3 need not fetch and decode every original and output again; the report makes the compare
 previews, and the thumbnails of frames no run made them for (outputs of older versions, a thumbnail that could
-not be written).
+not be written). A frame held for review has no output: the run that holds it makes its review pictures
+(`review_set`), as no later run reads it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .storage import Storage
 REPORT_ROOT = "_report"
 THUMB_SIZE, THUMB_QUALITY = 240, 85  # thumbnails in the frame list: shown at 160 px, sharp on high-density screens
 PREVIEW_SIZE, PREVIEW_QUALITY = 2048, 90  # compare views: film frames up to 2K are shown at full resolution
+REVIEW_SIZE, REVIEW_QUALITY = 1024, 85  # a held frame's pictures: enough to tell lettering or stars from dust
 TINT = np.array([255, 0, 128], dtype=np.float32)  # masked pixels in the overlay: a colour no film stock has
 OUTLINE_SPAN = 400  # the black and white dashes around masked areas are a pixel wide per this many pixels of the
 # picture's long side, so they stay visible when a 2K preview is shown in a card a fifth of its size
@@ -29,7 +31,13 @@ DIFFERENCE_GAIN = 4  # the difference picture's brightness per level changed: a 
 # Thumbnails: 2, turned as viewers show the frame, with its RGB ICC profile (the mask's outline, since, is not worth
 # reading a whole archive again, nor losing the thumbnails of originals no longer readable). Previews: 3, the mask
 # outlined and the difference picture added.
-PICTURE_VERSIONS = {"thumbs": 2, "previews": 3}
+# Held: 1, the pictures of a frame held for review (`review_set`).
+PICTURE_VERSIONS = {"thumbs": 2, "previews": 3, "held": 1}
+# What each overlay of a held frame shows (`review_set`): the mask that held it, or, for a frame turned by its EXIF
+# orientation, its mask read each way masks.orientation offers.
+REVIEW_READINGS = {"given": "its given mask", "detected": "the damage the detector flagged",
+                   "displayed": "its mask as drawn on the picture as shown (masks.orientation: displayed)",
+                   "stored": "its mask as drawn on the pixels as stored (masks.orientation: stored)"}
 
 
 def pictures_prefix(job: str) -> str:
@@ -41,6 +49,14 @@ def pictures_name(input_sha256: str, output_sha256: str, folder: str) -> str:
     """Names a frame's pictures in `folder` by what they show (input and output bytes) and how they are made: a
     changed frame gets new ones."""
     made = f"{input_sha256}:{output_sha256}:{PICTURE_VERSIONS[folder]}"
+    return hashlib.sha256(made.encode()).hexdigest()[:20]
+
+
+def held_pictures_name(input_sha256: str, mask_etag: str | None, protect_etag: str | None, config_hash: str,
+                       held_for: str) -> str:
+    """Names a held frame's pictures by what they show: the frame, its masks, the settings that found its damage
+    (the config hash), and the setting it waits for."""
+    made = f"{input_sha256}:{mask_etag}:{protect_etag}:{config_hash}:{held_for}:{PICTURE_VERSIONS['held']}"
     return hashlib.sha256(made.encode()).hexdigest()[:20]
 
 
@@ -66,23 +82,10 @@ def picture_set(original: np.ndarray, mask: np.ndarray | None, restored: np.ndar
     """
     size = original.shape[1], original.shape[0]
     small_restored = _resize(restored, size)
-    # a grey frame's profile cannot describe these RGB pictures
-    profile = icc_profile if icc_profile and icc_profile[16:20] == b"RGB " and restored.shape[2] == 3 else None
+    profile = _rgb_profile(icc_profile, restored.shape[2])
     pictures = {"o": _jpeg(original, quality, profile)}
     if mask is not None:
-        # BOX averaging gives the masked share of each output pixel; any share at all tints it at least 45 %, so a
-        # one-pixel scratch on a 6K scan still shows in a thumbnail.
-        share = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX),
-                           dtype=np.float32)[..., None] / 255  # (h, w, 1)
-        alpha = np.where(share > 0, np.clip(0.45 + share, 0, 0.85), 0)
-        overlay = original * (1 - alpha) + TINT * alpha
-        # the tinted areas outlined in black and white dashes, as image editors draw a selection: the tint alone is
-        # lost on readers who do not see magenta and on grey prints, and one outline colour on some pictures
-        tinted = share[..., 0] > 0
-        thickness = max(1, max(size) // OUTLINE_SPAN)
-        rows, columns = np.nonzero(refine_mask(tinted, dilate=thickness) & ~tinted)  # the ring around them
-        overlay[rows, columns] = ((rows + columns) // (2 * thickness) % 2 * 255)[:, None]  # dashes along any edge
-        pictures["m"] = _jpeg(overlay.astype(np.uint8), quality, profile)
+        pictures["m"] = _jpeg(_overlay(original, mask), quality, profile)
     if difference:  # the largest change in any channel: black where the restorer left a pixel as it was
         change = np.abs(small_restored.astype(np.int16) - original).max(axis=2)
         pictures["d"] = _jpeg(np.minimum(change * DIFFERENCE_GAIN, 255).astype(np.uint8), quality)
@@ -90,8 +93,42 @@ def picture_set(original: np.ndarray, mask: np.ndarray | None, restored: np.ndar
     return pictures
 
 
+def review_set(original: np.ndarray, masks: dict[str, np.ndarray], quality: int, icc_profile: bytes | None,
+               channels: int) -> dict[str, bytes]:
+    """JPEGs of a frame held for review: the mask overlay of each reading in `masks` (REVIEW_READINGS; each as shown,
+    at the frame's full size), then the original (already `shrink`-ed), so that the reviewer sees what a restore would
+    have repainted. Ordered so that "o" comes last: its presence tells the report that the set is complete."""
+    profile = _rgb_profile(icc_profile, channels)
+    pictures = {reading: _jpeg(_overlay(original, mask), quality, profile) for reading, mask in masks.items()}
+    pictures["o"] = _jpeg(original, quality, profile)
+    return pictures
+
+
+def _rgb_profile(icc_profile: bytes | None, channels: int) -> bytes | None:
+    """The frame's ICC profile where it can describe the RGB pictures made of it: a grey frame's cannot."""
+    return icc_profile if icc_profile and icc_profile[16:20] == b"RGB " and channels == 3 else None
+
+
+def _overlay(original: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The (already `shrink`-ed) original with the pixels of the full-size `mask` tinted and outlined."""
+    size = original.shape[1], original.shape[0]
+    # BOX averaging gives the masked share of each output pixel; any share at all tints it at least 45 %, so a
+    # one-pixel scratch on a 6K scan still shows in a thumbnail.
+    share = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX),
+                       dtype=np.float32)[..., None] / 255  # (h, w, 1)
+    alpha = np.where(share > 0, np.clip(0.45 + share, 0, 0.85), 0)
+    overlay = original * (1 - alpha) + TINT * alpha
+    # the tinted areas outlined in black and white dashes, as image editors draw a selection: the tint alone is
+    # lost on readers who do not see magenta and on grey prints, and one outline colour on some pictures
+    tinted = share[..., 0] > 0
+    thickness = max(1, max(size) // OUTLINE_SPAN)
+    rows, columns = np.nonzero(refine_mask(tinted, dilate=thickness) & ~tinted)  # the ring around them
+    overlay[rows, columns] = ((rows + columns) // (2 * thickness) % 2 * 255)[:, None]  # dashes along any edge
+    return overlay.astype(np.uint8)
+
+
 def store_pictures(storage: Storage, prefix: str, folder: str, name: str, pictures: dict[str, bytes]) -> None:
-    """A `picture_set` under `prefix/folder/`, in its order: the restored picture last."""
+    """A `picture_set` or `review_set` under `prefix/folder/`, in its order: the one that completes the set last."""
     for kind, data in pictures.items():
         storage.put(f"{prefix}/{folder}/{name}-{kind}.jpg", data, content_type="image/jpeg")
 

@@ -40,8 +40,9 @@ from .grain import regrain
 from .manifest import (CENSUS_FIELDS, MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, History,
                        ManifestWriter, compact, history, is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
                        read_manifests, run_prefix, split_frame_key, video_frame_key)
-from .pictures import (REPORT_ROOT, THUMB_QUALITY, THUMB_SIZE, as_shown, fit, picture_set, pictures_name,
-                       pictures_prefix, shrink, store_pictures)
+from .pictures import (REPORT_ROOT, REVIEW_QUALITY, REVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, as_shown, fit,
+                       held_pictures_name, picture_set, pictures_name, pictures_prefix, review_set, shrink,
+                       store_pictures)
 from .restorers import RestorerError, build_restorer, check_weights
 from .spec import JobSpec
 from .storage import (ARCHIVAL_CLASSES, ArchivedObjectError, LocalStorage, NoSuchObjectError, ObjectInfo, Storage,
@@ -104,6 +105,8 @@ FRAME_FIELDS = [
     ("given_fraction", pa.float64()),
     ("detected_fraction", pa.float64()),
     ("held_for", pa.string()),
+    # a held frame's review pictures (`_held_pictures`), written with its row: JPEGs by name (pictures.review_set)
+    ("held_pictures", pa.list_(pa.struct([("name", pa.string()), ("jpeg", pa.binary())]))),
     *CENSUS_FIELDS,  # what kinds of damage the mask holds (restore/condition.py)
     ("restore_mask", pa.large_binary()),  # the part of `mask` temporal fill left to the restorer; null = all of it
     ("temporal_fill_fraction", pa.float64()),
@@ -751,7 +754,8 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
         raise SettingNeededError(f"this frame is shown {_TURNS[orientation]} (EXIF orientation {orientation}): say "
                                  f"whether its mask {mask_key!r} is drawn on the picture as shown (masks.orientation: "
                                  "displayed) or on the pixels as stored (masks.orientation: stored)",
-                                 "masks.orientation")
+                                 "masks.orientation", _readings(data, mask, frame, context.spec.max_pixels, inverted)
+                                 if field == "mask_etag" else {})
     if drawn == "displayed":
         mask = as_stored(mask, orientation)
     height, width = frame.pixels.shape[:2]
@@ -759,6 +763,14 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
         turned = " (as stored: masks.orientation is displayed)" if drawn == "displayed" and orientation != 1 else ""
         raise FrameError(f"mask {mask_key!r} is {mask.shape[1]}x{mask.shape[0]}{turned}, frame is {width}x{height}")
     return mask
+
+
+def _readings(data: bytes, stored: np.ndarray, frame: Frame, max_pixels: int, inverted: bool) -> dict[str, np.ndarray]:
+    """A turned frame's mask read each way masks.orientation offers, on the stored pixels, where it fits the frame:
+    pictures of both show the reviewer which lines up with the damage."""
+    shape = frame.pixels.shape[:2]
+    displayed = as_stored(decode_mask(data, max_pixels, displayed=True, inverted=inverted), frame.orientation)
+    return {reading: mask for reading, mask in (("displayed", displayed), ("stored", stored)) if mask.shape == shape}
 
 
 @functools.cache
@@ -795,7 +807,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
                               f"most likely a mask drawn the other way round (the damage {drawn}), which would "
                               "repaint all but the damage, so it is held unchanged for review; if so, invert this "
                               f"file, or, if every mask of the job is drawn so, read them all {other}; if the frame "
-                              "is that damaged, raise masks.max_given")
+                              "is that damaged, raise masks.max_given", {"given": given})
             mask |= given
     if settings.source in ("detect", "both"):
         detector = _detector(settings.detector, settings.detector_weights)
@@ -824,19 +836,21 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
         _hold_if_too_much(recorded["detected_fraction"], "masks.max_detected", settings.max_detected,
                           "the detector flagged", "more likely lettering, stars or fine lines than damage, so it is "
                           "held unchanged for review; if it is damage, raise masks.max_detected, else give its mask "
-                          "(masks.source: given) or protect what must stay (masks.protect)")
+                          "(masks.source: given) or protect what must stay (masks.protect)",
+                          {"detected": detected & mask})
     recorded.update(census(marked))
     return mask
 
 
-def _hold_if_too_much(share: float, setting: str, limit: float, found: str, likely: str) -> None:
+def _hold_if_too_much(share: float, setting: str, limit: float, found: str, likely: str,
+                      review: dict[str, np.ndarray]) -> None:
     """Hold a frame whose mask covers more than `limit` of it. Archive damage covers a few percent of a frame; far
     more detected is most likely content the detector takes for damage (a book cover's lettering, a night sky's
     stars, a fence's pickets), and far more given most likely a mask drawn inverted. Either way a restore would
     paint out the picture: a person looks first, and the spec says what then."""
     if share > limit:
         raise SettingNeededError(f"{found} {100 * share:.2f} % of the frame, more than {setting} ({100 * limit:g} %): "
-                                 f"{likely}", setting)
+                                 f"{likely}", setting, review)
 
 
 MAX_REASON = 2000  # characters of a failure reason kept in the manifest: some errors quote a whole input
@@ -845,11 +859,13 @@ MAX_REASON = 2000  # characters of a failure reason kept in the manifest: some e
 class SettingNeededError(FrameError):
     """A frame the job's spec does not yet say how to treat: no fault of the frame, so not one to give up on; and
     not one to read again every night, as only the spec or its masks can change the answer. `setting` names what
-    the spec must say (the manifest's `held_for`)."""
+    the spec must say (the manifest's `held_for`); `review`, the masks a person must look at to say it, on the stored
+    pixels, by reading (pictures.REVIEW_READINGS)."""
 
-    def __init__(self, message: str, setting: str):
+    def __init__(self, message: str, setting: str, review: dict[str, np.ndarray]):
         super().__init__(message)
         self.setting = setting
+        self.review = review
 
 
 def not_restored(error: Exception) -> dict:
@@ -879,24 +895,42 @@ def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np
     recorded = {"mask_etag": None, "protect_etag": None, "given_fraction": None, "detected_fraction": None}
     try:
         mask = frame_mask(context, row["input_key"], frame, motion, recorded)
+    except SettingNeededError as error:
+        return {**row, **recorded, **not_restored(error), "held_pictures": _held_pictures(context, row["input_key"],
+                                                                                          frame, error.review)}
     except Exception as error:  # noqa: BLE001 - the frame's failure (not_restored), not the run's
         return {**row, **recorded, **not_restored(error)}
     columns = _frame_columns(frame, mask)
     if context.spec.masks.temporal_fill:
         columns.update(_fill_from_neighbours(frame.pixels, mask, motion() if mask.any() else None))
-    return {**row, **columns, **recorded, "original_thumb": thumb, "mask_seconds": time.perf_counter() - started}
+    return {**row, **columns, **recorded, "original_thumb": None if thumb is None else thumb.tobytes(),
+            "mask_seconds": time.perf_counter() - started}
 
 
-def _original_thumb(context: JobContext, key: str, frame: Frame) -> bytes | None:
+def _original_thumb(context: JobContext, key: str, frame: Frame) -> np.ndarray | None:
     """The original brought down to the report's thumbnails, as they show it: here, before temporal fill and the
     restorer replace its pixels, is the last stage that holds it; the write stage makes the thumbnails. None when
     it cannot be made: the report then makes that frame's from the input."""
     try:
-        return shrink(as_shown(frame.pixels, frame.orientation, context.spec.reads_log(frame.format)),
-                      THUMB_SIZE).tobytes()
+        return shrink(as_shown(frame.pixels, frame.orientation, context.spec.reads_log(frame.format)), THUMB_SIZE)
     except Exception as error:  # noqa: BLE001 - a picture is never a reason to fail a frame
         logger.warning("%s: its thumbnails are left to the report: %s", key, error)
         return None
+
+
+def _held_pictures(context: JobContext, key: str, frame: Frame, review: dict[str, np.ndarray]) -> list[dict] | None:
+    """The pictures of a frame held for review (`pictures.review_set`): the report shows them beside the reason, so a
+    person can say what the spec must say without fetching the master. Made here, as only here are the frame and
+    the masks that held it at hand; held frames are not read again, so this is their one chance. None when they
+    cannot be made."""
+    try:
+        original = shrink(as_shown(frame.pixels, frame.orientation, context.spec.reads_log(frame.format)), REVIEW_SIZE)
+        masks = {reading: as_displayed(mask, frame.orientation) for reading, mask in review.items()}
+        pictures = review_set(original, masks, REVIEW_QUALITY, frame.icc_profile, frame.pixels.shape[2])
+    except Exception as error:  # noqa: BLE001 - a picture is never a reason to fail a frame
+        logger.warning("%s: its review pictures could not be made: %s", key, error)
+        return None
+    return [{"name": name, "jpeg": jpeg} for name, jpeg in pictures.items()]
 
 
 def _motion(pixels: np.ndarray, neighbours: list[np.ndarray], n_previous: int) -> Callable[[], tuple | None]:
@@ -1150,6 +1184,8 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
                 out.update(_write_one(context, row))
             except Exception as error:  # noqa: BLE001 - the frame's failure (not_restored), not the run's
                 out.update(not_restored(error))
+        elif row["held_pictures"]:
+            _write_held_pictures(context, row)
         out["write_seconds"] = time.perf_counter() - started
         out["finished_at"] = datetime.now(timezone.utc)
         rows.append(out)
@@ -1230,6 +1266,16 @@ def _write_thumbs(context: JobContext, row: dict, pixels: np.ndarray | None, dat
                        picture_set(original, shown_mask, restored, THUMB_QUALITY, row["icc_profile"]))
     except Exception as error:  # noqa: BLE001 - a picture is never a reason to fail a frame
         logger.warning("%s: its thumbnails are left to the report: %s", row["input_key"], error)
+
+
+def _write_held_pictures(context: JobContext, row: dict) -> None:
+    """A held frame's review pictures (`_held_pictures`), where the report finds them (`held_pictures_name`)."""
+    try:
+        store_pictures(context.output_storage, pictures_prefix(context.spec.name), "held", held_pictures_name(
+            row["input_sha256"], row["mask_etag"], row["protect_etag"], context.config_hash, row["held_for"]),
+            {picture["name"]: picture["jpeg"] for picture in row["held_pictures"]})
+    except Exception as error:  # noqa: BLE001 - a picture is never a reason to fail a frame
+        logger.warning("%s: its review pictures are not written: %s", row["input_key"], error)
 
 
 # ---------------------------------------------------------------------------------------------- driver

@@ -30,8 +30,9 @@ from .condition import KINDS, describe
 from .frames import FrameError, as_displayed, decode_frame, decode_mask
 from .manifest import (NOT_RESTORED, WITHDRAWN, is_video, jobs_in, latest_rows, read_manifests, split_frame_key,
                        summarize)
-from .pictures import (DIFFERENCE_GAIN, PREVIEW_QUALITY, PREVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, as_shown, fit,
-                       picture_set, pictures_name, pictures_prefix, shrink, store_pictures)
+from .pictures import (DIFFERENCE_GAIN, PREVIEW_QUALITY, PREVIEW_SIZE, REVIEW_READINGS, THUMB_QUALITY, THUMB_SIZE,
+                       as_shown, fit, held_pictures_name, picture_set, pictures_name, pictures_prefix, shrink,
+                       store_pictures)
 from .spec import JobSpec, parse_spec
 from .storage import Storage, StorageError, open_storage
 from .wording import plural, tally
@@ -40,6 +41,7 @@ REPORT_KEY = "report.html"
 DEEP_FILL_PX = 16  # fills this far from the nearest kept pixel (holes over 32 px wide) are flagged for a look
 COMPARE_FRAMES = 9  # frames with the largest masked area get a compare view
 FAILURES_SHOWN = 50  # the rest are one filter away in the frame list
+HELD_SHOWN = 24  # held frames shown with their pictures; every one is in the Not restored table and the frame list
 RUNS_SHOWN = 20
 COLUMNS = ("key", "status", "error", "masked", "width", "height", "bits", "pictures", "has_mask", "output", "note",
            "run", "damage")  # the frame rows' fields in the page's JSON, one array per frame
@@ -125,7 +127,10 @@ def build_report(spec: JobSpec, input_storage: Storage, output_storage: Storage,
 
     output_storage.put(_spec_key(spec.name), json.dumps(_public_spec(spec), indent=2).encode(),
                        content_type="application/json")
-    page = render_report(spec, table, rows, notes, compare, generated=datetime.now(timezone.utc))
+    held = {row["input_key"]: (name, [reading for reading in REVIEW_READINGS
+                                      if f"{prefix}/held/{name}-{reading}.jpg" in existing])
+            for row in rows if (name := _held_name(row)) and f"{prefix}/held/{name}-o.jpg" in existing}
+    page = render_report(spec, table, rows, notes, compare, generated=datetime.now(timezone.utc), held=held)
     stored = output_storage.put(REPORT_KEY, page.encode(), content_type="text/html; charset=utf-8")
     return ReportResult(uri=f"{output_storage.uri.rstrip('/')}/{stored.key}", frames=len(rows),
                         pictures_made=len(jobs) - len(notes), pictures_kept=kept, pictures_unavailable=len(notes))
@@ -142,6 +147,14 @@ def _digest(row: dict, folder: str = "thumbs") -> str | None:
     if row["status"] != "ok" or not row["output_key"] or not row["input_sha256"]:
         return None
     return pictures_name(row["input_sha256"], row["output_sha256"], folder)
+
+
+def _held_name(row: dict) -> str | None:
+    """The name of a held frame's review pictures (the run that held it wrote them); None for a frame not held."""
+    if row["status"] != "skipped" or not row["held_for"] or not row["input_sha256"]:
+        return None
+    return held_pictures_name(row["input_sha256"], row["mask_etag"], row["protect_etag"], row["config_hash"],
+                              row["held_for"])
 
 
 def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:
@@ -403,6 +416,39 @@ def _failures(rows: list[dict]) -> str:
             f'<tbody id="failures">{body}</tbody></table></div>{more}</section>')
 
 
+def _held(rows: list[dict], held: dict[str, tuple[str, list[str]]], prefix: str) -> str:
+    """Frames held for review, each with what would have been repainted: the reviewer sees whether the mask is
+    drawn inverted, whether the detector took lettering or stars for dust, or which way a turned frame's mask lies,
+    and so what the spec must say, without fetching a master. `held`: the pictures the runs wrote, by frame (their
+    name, and the readings of its masks they show)."""
+    waiting = [row for row in rows if row["status"] == "skipped" and row["held_for"]]
+    shown = [row for row in waiting if row["input_key"] in held][:HELD_SHOWN]
+    if not shown:
+        return ""
+    cards = []
+    for row in shown:
+        name, readings = held[row["input_key"]]
+        key, picture = _e(row["input_key"]), f"{prefix}/held/{name}"
+        views = [(f"{picture}-{reading}.jpg", f"with {REVIEW_READINGS[reading]}",
+                  f"{row['input_key']} with {REVIEW_READINGS[reading]} tinted magenta and outlined in black and white")
+                 for reading in readings] + [(f"{picture}-o.jpg", "original", f"original of {row['input_key']}")]
+        pictures = "".join(f'<figure><a href="{src}"><img src="{src}" alt="{_e(alt)}" loading="lazy"></a>'
+                           f'<figcaption>{_e(label)}</figcaption></figure>' for src, label, alt in views)
+        cards.append(f'<article class="held-card"><h3><span class="key">{key}</span> <span class="meta">waits for '
+                     f'<code>{_e(row["held_for"])}</code></span></h3><div class="held-pictures">{pictures}</div>'
+                     f'<p class="reason">{_e(row["error"])}</p></article>')
+    more = len(waiting) - len(shown)
+    rest = (f'<p class="more">… and {more:,} more {plural(more, "frame")} held: their reasons are in the Not restored '
+            'table and the frame list (a frame held by a run before restore 0.7.0, or one whose pictures could not be '
+            'made, has no pictures).</p>' if more else "")
+    return (f'<section><h2>Held for review <span class="badge skipped">{len(waiting):,}</span></h2>'
+            '<p class="hint">Nothing was written for these frames: restored as the job stands, most of the picture '
+            'would have been repainted, or the job must say which way their masks lie. The pixels a restore would '
+            'change are tinted magenta and outlined in black and white dashes. Give the setting each one waits for '
+            '(or mend its mask): the next run reads it again.</p>'
+            f'<div class="held-grid">{"".join(cards)}</div>{rest}</section>')
+
+
 def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix: str) -> str:
     chosen = sorted((row for row in rows if row["input_key"] in compare and row["input_key"] not in notes),
                     key=lambda row: (-row["masked_fraction"], row["input_key"]))
@@ -472,7 +518,7 @@ def _runs(runs: list[dict]) -> str:
 
 
 def render_report(spec: JobSpec, table: pa.Table, rows: list[dict], notes: dict[str, str], compare: set[str],
-                  generated: datetime) -> str:
+                  generated: datetime, held: dict[str, tuple[str, list[str]]] | None = None) -> str:
     """The whole page as one string; pure, so tests can render it without storage."""
     prefix = pictures_prefix(spec.name)
     runs = run_stats(table)
@@ -489,6 +535,7 @@ generated {_time(generated)}</p></header>
 <main>
 {_summary(table, rows, runs)}
 {_failures(rows)}
+{_held(rows, held or {}, prefix)}
 {_provenance(rows)}
 {_compare(rows, compare, notes, prefix)}
 <section><h2>Frames</h2>
@@ -541,6 +588,14 @@ th{background:#eaecef;font-size:13px;font-weight:600}
 pre{background:#fff;border:1px solid var(--line);padding:12px;overflow:auto}
 .compare-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(360px,100%),1fr));gap:16px}
 .scroll{overflow-x:auto}
+.held-grid{display:grid;gap:16px}
+.held-card{background:#fff;border:1px solid var(--line);border-left:5px solid var(--skipped);border-radius:6px;padding:10px}
+.held-card h3{margin:0 0 8px;font-size:15px;display:flex;flex-wrap:wrap;justify-content:space-between;gap:4px}
+.held-pictures{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(300px,100%),1fr));gap:10px;align-items:start}
+.held-pictures figure{margin:0;background:var(--mat);line-height:0}
+.held-pictures img{display:block;max-width:100%;max-height:60vh;margin:0 auto}
+.held-pictures figcaption{line-height:1.4;padding:4px 6px;background:#fff;font-size:13px;color:var(--muted)}
+.held-card .reason{margin:8px 0 0;font-size:13px}
 .compare-card{margin:0;background:#fff;border:1px solid var(--line);border-radius:6px;padding:10px}
 .compare-card figcaption{display:flex;flex-wrap:wrap;justify-content:space-between;gap:4px;margin-bottom:6px}
 .meta{color:var(--muted);font-size:13px}

@@ -248,6 +248,8 @@ def test_a_frame_whose_detected_damage_is_implausibly_large_is_held_unchanged_un
     page = Path(write_report(spec()).uri).read_text()  # held apart from what storage will serve another night
     assert re.search(r'id="count-held"[^>]*>1<', page) and "masks.max_detected: 1" in page
     assert 'id="count-skipped"' not in page
+    # the reviewer sees the stars the detector flagged, tinted, beside the sky as it is
+    assert "reel/sky.png with the damage the detector flagged tinted magenta" in page
 
     # the next nights read it no more (nor, in Glacier, ask it back): the same spec and masks would hold it again
     context, plan = prepare(spec())

@@ -593,3 +593,64 @@ def test_frames_not_restored_are_listed_with_their_reasons_and_the_page_speaks_t
     runs = re.search(r'<tbody id="runs">(.*?)</tbody>', page, re.S).group(1)
     assert re.findall(r'<td class="num">([\d,]+)</td>', runs)[:5] == ["3", "0", "1", "1", "1"]  # frames, ok…withdrawn
     assert '<span id="page-info" role="status">' in page
+
+
+def test_a_held_frame_is_shown_with_what_a_restore_would_repaint_and_a_turned_ones_mask_both_ways(
+        tmp_path, ray_session):
+    """A held frame waits on a person (masks.max_given, masks.orientation, masks.max_detected), who must see it to say
+    what the spec lacks: the run that holds it, its one read, keeps pictures of what its masks mark, and the report
+    shows them beside the reason. A turned frame's mask is shown read each way, so the reviewer sees which way lies
+    on the damage."""
+    from restore.pictures import TINT
+
+    (tmp_path / "in" / "masks").mkdir(parents=True)
+    mask = scratch_mask(0)
+    (tmp_path / "in" / "inverted.png").write_bytes(png_bytes(damaged(scene(0), mask)))
+    (tmp_path / "in" / "masks" / "inverted.png").write_bytes(png_bytes(255 - mask))  # an editor's layer mask
+    exif = Image.Exif()
+    exif[274] = 3  # shown turned 180°
+    buffer = io.BytesIO()
+    Image.fromarray(damaged(scene(1), mask)).save(buffer, format="PNG", exif=exif.tobytes())
+    (tmp_path / "in" / "turned.png").write_bytes(buffer.getvalue())
+    (tmp_path / "in" / "masks" / "turned.png").write_bytes(png_bytes(mask[::-1, ::-1]))  # drawn on the picture shown
+    (tmp_path / "in" / "plain.png").write_bytes(png_bytes(damaged(scene(2), mask)))
+    (tmp_path / "in" / "masks" / "plain.png").write_bytes(png_bytes(mask))
+    spec = parse_spec({"name": "held", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                       "restorer": {"name": "telea"}})
+    context, plan = prepare(spec)
+    assert run_job(context, plan).counts == {"ok": 1, "skipped": 2}
+    write_report(spec)
+
+    output = tmp_path / "out"
+    page = (output / "report.html").read_text()
+    section = re.search(r"<h2>Held for review.*?</section>", page, re.S).group(0)
+    cards = dict(re.findall(r'<span class="key">([^<]*)</span> <span class="meta">waits for <code>([^<]*)</code>',
+                            section))
+    assert cards == {"inverted.png": "masks.max_given", "turned.png": "masks.orientation"}
+    assert "drawn the other way round" in section and "masks.orientation: displayed" in section
+    assert missing_pictures(output) == []
+    pictures = {alt: np.asarray(Image.open(output / unquote(src)).convert("RGB"), dtype=int)
+                for src, alt in re.findall(r'<img src="([^"]+)" alt="([^"]+)"', section)}
+
+    def tinted(alt: str) -> np.ndarray:
+        """The pixels an overlay tints: nearer the tint than the original is."""
+        original = pictures[f"original of {alt.split(' ')[0]}"]
+        overlay = pictures[alt]
+        return np.abs(overlay - TINT).sum(axis=2) < np.abs(original - TINT).sum(axis=2) - 60
+
+    damage = mask > 0
+    given = tinted("inverted.png with its given mask tinted magenta and outlined in black and white")
+    assert given.shape == damage.shape and given[~damage].mean() > 0.9 and given[damage].mean() < 0.1  # all but it
+    stored = damaged(scene(1), mask).astype(int)
+    original = pictures["original of turned.png"]
+    assert np.abs(original - stored[::-1, ::-1]).mean() < 4 < np.abs(original - stored).mean()  # shown turned
+    as_shown = tinted("turned.png with its mask as drawn on the picture as shown (masks.orientation: displayed) "
+                      "tinted magenta and outlined in black and white")
+    as_stored = tinted("turned.png with its mask as drawn on the pixels as stored (masks.orientation: stored) "
+                       "tinted magenta and outlined in black and white")
+    shown_damage = damage[::-1, ::-1]  # the damage as a viewer shows the frame
+    assert as_shown[shown_damage].mean() > 0.9 and as_shown[~shown_damage].mean() < 0.02
+    assert as_stored[shown_damage].mean() < 0.2  # the other reading misses the damage
+
+    rebuilt = rebuild_report(str(output))  # from the output alone, with nothing read again
+    assert rebuilt.pictures_made == 0 and "<h2>Held for review" in (output / "report.html").read_text()
