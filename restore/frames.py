@@ -66,6 +66,13 @@ _XMP_TAG, _IPTC_TAG = 700, 33723
 _PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword of an XMP packet in a PNG
 TEXT_TO_COMPRESS = 1024  # PNG text longer than this is written compressed (iTXt with zlib)
 _JPEG_XMP_MAX = 65_504  # bytes of XMP one JPEG APP1 segment holds (65,533 less the namespace)
+# IPTC-NAA (captions, bylines, credits, keywords, as picture desks and cataloguers write them): in a JPEG, image
+# resource 0x0404 of a Photoshop APP13 segment; in a PNG, the text chunk ExifTool and ImageMagick use, holding
+# those resources in hex; in a TIFF, tag 33723
+_IPTC_RESOURCE = 0x0404
+_PHOTOSHOP = b"Photoshop 3.0\x00"
+_PNG_IPTC_KEY = "Raw profile type iptc"
+_JPEG_SEGMENT_MAX = 65_533  # bytes one JPEG segment holds after its length
 
 
 class FrameError(Exception):
@@ -86,7 +93,7 @@ class Frame:
     # Rights and descriptions archives keep (creator, rights, accession numbers), written back where the output
     # format holds them: XMP by PNG, TIFF and JPEG; IPTC by TIFF; PNG text chunks (Title, Author, ...) by PNG
     xmp: bytes | None = None
-    iptc: bytes | None = None  # a TIFF's IPTC-NAA record (tag 33723)
+    iptc: bytes | None = None  # the IPTC-NAA record: a TIFF's tag 33723, a JPEG's or PNG's Photoshop resource
     png_text: dict[str, str] | None = None
     orientation: int = 1  # EXIF/TIFF Orientation: how viewers turn the stored pixels to show them (1: as stored)
     # A PNG's colour-space chunks (gAMA, cHRM, sRGB) and significant bits (sBIT), whole, in their order: without
@@ -166,9 +173,17 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         raise FrameError(f"corrupt or truncated {image.format}: {e}") from None
     info = {**image.info, **late_text}
     dpi = info.get("dpi")
+    if image.format == "JPEG" and info.get("jfif_unit") not in (1, 2) and 0x011A not in image.getexif():
+        dpi = None  # Pillow's 72 dpi for a JPEG with EXIF but no resolution: none is stated, so none is written
     png_text = {key: str(value) for key, value in info.items()
-                if image.format == "PNG" and isinstance(value, str) and key != _PNG_XMP_KEY}
+                if image.format == "PNG" and isinstance(value, str) and key not in (_PNG_XMP_KEY, _PNG_IPTC_KEY)}
     xmp = info.get("xmp") or (info[_PNG_XMP_KEY].encode() if _PNG_XMP_KEY in info else None)
+    if image.format == "TIFF":
+        iptc = _tiff_iptc(data)
+    elif image.format == "PNG":
+        iptc = _png_iptc(info.get(_PNG_IPTC_KEY))
+    else:
+        iptc = (info.get("photoshop") or {}).get(_IPTC_RESOURCE)
     return Frame(
         pixels=pixels,
         alpha=alpha,
@@ -180,7 +195,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         resolution_per_cm=image.format == "TIFF" and image.tag_v2.get(296) == 3,
         infrared=infrared,
         xmp=xmp or None,
-        iptc=_tiff_iptc(data) if image.format == "TIFF" else None,
+        iptc=iptc or None,
         png_colour=_png_colour_chunks(data, keyed=mode == "I;16") if image.format == "PNG" else None,
         orientation=_exif_orientation(exif),
         png_text=png_text or None,
@@ -447,6 +462,38 @@ def _tag_bytes(tags: dict, code: int) -> bytes | None:
     return value if isinstance(value, bytes) and value else None
 
 
+def _png_iptc(profile: str | None) -> bytes | None:
+    """The IPTC record of a PNG's raw profile text ("\\niptc\\n  <length>\\n<hex lines>"), which holds either the
+    record itself or the Photoshop image resources around it."""
+    if not profile:
+        return None
+    try:
+        data = bytes.fromhex("".join(profile.split("\n")[3:]))
+    except ValueError:
+        return None  # not hex: not a profile this reads, and not worth failing a frame for
+    return _resources_iptc(data) if data.startswith(b"8BIM") else data
+
+
+def _resources_iptc(resources: bytes) -> bytes | None:
+    """The IPTC record among Photoshop image resources ("8BIM", id, padded Pascal name, size, data padded)."""
+    position = 0
+    while resources[position:position + 4] == b"8BIM" and position + 12 <= len(resources):
+        ident = int.from_bytes(resources[position + 4:position + 6], "big")
+        position += 6 + (resources[position + 6] + 2) // 2 * 2
+        size = int.from_bytes(resources[position:position + 4], "big")
+        position += 4
+        if ident == _IPTC_RESOURCE:
+            return resources[position:position + size] or None
+        position += size + size % 2
+    return None
+
+
+def _iptc_resources(iptc: bytes) -> bytes:
+    """An IPTC record as a Photoshop image resource, as Photoshop, ExifTool and Pillow read it."""
+    return (b"8BIM" + _IPTC_RESOURCE.to_bytes(2, "big") + b"\x00\x00" + len(iptc).to_bytes(4, "big") + iptc
+            + b"\x00" * (len(iptc) % 2))
+
+
 def _tiff_iptc(data: bytes) -> bytes | None:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         return _tag_bytes({tag.code: tag.value for tag in tif.pages.first.tags.values()}, _IPTC_TAG)
@@ -564,6 +611,10 @@ def _png_text_chunks(frame: Frame, text: dict[str, str] | None) -> dict[str, str
     chunks = dict(sorted((frame.png_text or {}).items()))
     if frame.xmp:
         chunks[_PNG_XMP_KEY] = frame.xmp.decode("utf-8", "replace")
+    if frame.iptc:  # the record as a Photoshop resource, in hex, 36 bytes a line, as ImageMagick lays out a profile
+        resources = _iptc_resources(frame.iptc).hex()
+        chunks[_PNG_IPTC_KEY] = f"\niptc\n{len(resources) // 2:8d}\n" + "\n".join(
+            resources[start:start + 72] for start in range(0, len(resources), 72)) + "\n"
     return {**chunks, **dict(sorted((text or {}).items()))}
 
 
@@ -599,7 +650,20 @@ def _encode_jpeg(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
     if text:
         options["comment"] = json.dumps(text, sort_keys=True)
     # 4:4:4 chroma: restored detail is often fine lines, which 4:2:0 subsampling would smear
-    return _save(_to_pillow(pixels, None), "JPEG", quality=JPEG_QUALITY, subsampling=0, **options)
+    encoded = _save(_to_pillow(pixels, None), "JPEG", quality=JPEG_QUALITY, subsampling=0, **options)
+    return _with_iptc(encoded, frame.iptc) if frame.iptc else encoded
+
+
+def _with_iptc(jpeg: bytes, iptc: bytes) -> bytes:
+    """The JPEG with the IPTC record in a Photoshop APP13 segment after its other application segments, where
+    Photoshop writes it (Pillow writes none). A record over one segment is left out, as ExifTool would split it."""
+    payload = _PHOTOSHOP + _iptc_resources(iptc)
+    if len(payload) > _JPEG_SEGMENT_MAX:
+        return jpeg
+    position = 2  # after SOI: skip APPn (0xE0-0xEF) and COM (0xFE) segments
+    while jpeg[position] == 0xFF and (0xE0 <= jpeg[position + 1] <= 0xEF or jpeg[position + 1] == 0xFE):
+        position += 2 + int.from_bytes(jpeg[position + 2:position + 4], "big")
+    return jpeg[:position] + b"\xff\xed" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[position:]
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

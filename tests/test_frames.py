@@ -1,4 +1,5 @@
 """Frames: lossless round trips at 8 and 16 bits, metadata kept, and a readable FrameError for every bad file."""
+import dataclasses
 import io
 import json
 import struct
@@ -7,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, PngImagePlugin
 
 from restore.frames import (
     DEFAULT_MAX_PIXELS,
@@ -137,7 +138,7 @@ def test_re_restoring_an_output_keeps_the_caption_and_one_provenance():
 XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
        '<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:rights>© Museum, acc. 1987.4.12</dc:rights>'
        '</rdf:Description></rdf:RDF></x:xmpmeta>').encode()
-IPTC = b"\x1c\x02\x00\x00\x02\x00\x04\x1c\x02t\x00\x0e(c) Museum 1987"  # record 2: version, copyright notice
+IPTC = b"\x1c\x02\x00\x00\x02\x00\x04\x1c\x02t\x00\x0f(c) Museum 1987"  # record 2: version, copyright notice
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -169,6 +170,62 @@ def test_iptc_written_as_longs_as_photoshop_does_survives(byteorder):
     tifffile.imwrite(buffer, np.zeros((6, 9, 3), np.uint8), photometric="rgb", byteorder=byteorder,
                      extratags=[(33723, 4, len(longs), longs, True)])
     assert decode_frame(buffer.getvalue()).iptc.rstrip(b"\0") == IPTC
+
+
+def photoshop_jpeg(picture: np.ndarray, iptc: bytes, **options) -> bytes:
+    """A JPEG with its IPTC record in a Photoshop APP13 segment, as Photoshop and picture desks' tools write it."""
+    resources = b"8BIM\x04\x04\x00\x00" + struct.pack(">I", len(iptc)) + iptc + b"\x00" * (len(iptc) % 2)
+    resources = b"8BIM\x04\x25\x00\x00" + struct.pack(">I", 16) + bytes(16) + resources  # a digest before it
+    payload = b"Photoshop 3.0\x00" + resources
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "JPEG", quality=92, **options)
+    data = buffer.getvalue()
+    return data[:2] + b"\xff\xed" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
+
+
+def test_a_jpegs_iptc_captions_and_bylines_reach_every_output_that_holds_them():
+    """A newspaper's or agency's cataloguers write captions, bylines and credits as IPTC, which a JPEG keeps in a
+    Photoshop block: every output lost it, though outputs are what is served and catalogued."""
+    from PIL import IptcImagePlugin
+
+    caption = "Hafenarbeiter, Hamburg 1962 — Foto: Hans Becker".encode()
+    iptc = IPTC + b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption + b"\x1c\x02\x50\x00\x0bHans Becker"
+    picture = np.random.default_rng(3).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    frame = decode_frame(photoshop_jpeg(picture, iptc))
+    assert frame.iptc == iptc
+    jpeg = encode_frame(frame, frame.pixels, "jpeg", text=TEXT)
+    read = IptcImagePlugin.getiptcinfo(Image.open(io.BytesIO(jpeg)))  # as other tools read it
+    assert read[(2, 120)] == caption and read[(2, 80)] == b"Hans Becker"
+    assert decode_frame(jpeg).iptc == iptc and decode_frame(jpeg).xmp is None
+    png = encode_frame(frame, frame.pixels, "png", text=TEXT)  # a JPEG's default output
+    assert decode_frame(png).iptc == iptc and decode_frame(png).png_text == TEXT  # not one more text chunk
+    tags = tifffile.TiffFile(io.BytesIO(encode_frame(frame, frame.pixels, "tiff"))).pages.first.tags
+    assert tags[33723].value == iptc
+    deep = dataclasses.replace(frame, pixels=frame.pixels.astype(np.uint16) * 257)  # 16-bit: OpenCV's PNG path
+    assert decode_frame(encode_frame(deep, deep.pixels, "png")).iptc == iptc
+    bare = Image.fromarray(picture)  # a PNG whose raw profile holds the bare record, as some tools write it
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type iptc", f"\niptc\n{len(iptc):8d}\n{iptc.hex()}\n", zip=True)
+    buffer = io.BytesIO()
+    bare.save(buffer, "PNG", pnginfo=info)
+    assert decode_frame(buffer.getvalue()).iptc == iptc
+
+
+def test_a_jpeg_that_states_no_resolution_gets_none_in_its_outputs():
+    """A JPEG with EXIF but no resolution reads as 72 dpi in Pillow: written out, the outputs claimed a resolution
+    the scan never stated."""
+    exif = Image.Exif()
+    exif[315] = "Hans Becker"  # Artist, no XResolution
+    picture = np.zeros((8, 8, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "JPEG", exif=exif.tobytes())
+    frame = decode_frame(buffer.getvalue())
+    assert frame.dpi is None
+    assert "dpi" not in Image.open(io.BytesIO(encode_frame(frame, frame.pixels, "png"))).info
+    assert Image.open(io.BytesIO(encode_frame(frame, frame.pixels, "jpeg"))).info["jfif_unit"] == 0
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "JPEG", dpi=(600, 600))
+    assert decode_frame(buffer.getvalue()).dpi == (600, 600)  # a stated one is kept
 
 
 def test_an_xmp_too_long_for_a_jpeg_is_left_out_of_it_not_the_frame():
