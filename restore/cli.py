@@ -79,9 +79,10 @@ def cmd_run(args) -> int:
                  if plan.given_up else "")
               + (f"; {_held(plan.held)}" if plan.held else "")
               + (f"; {len(plan.orphan_masks)} {plural(len(plan.orphan_masks), 'file')} in mask folders left alone: "
-                 "masks whose frames are gone" if plan.orphan_masks else "")
+                 "no frame's mask (their frames are gone, or left out by include or exclude)"
+                 if plan.orphan_masks else "")
               + (f"; the failures of {len(plan.withdrawn)} {plural(len(plan.withdrawn), 'frame')} not restored and "
-                 "gone from the input would be closed" if plan.withdrawn else "")
+                 "no longer among the job's frames would be closed" if plan.withdrawn else "")
               + (f"; waiting in archival storage: {len(plan.archived)} ({plan.being_restored} being restored), not "
                  "read" if plan.archived else "")
               + (f"; {len(plan.archived) - plan.being_restored} would be asked back (archive_restore)"
@@ -113,8 +114,9 @@ def cmd_run(args) -> int:
         print(_misformatted(spec, plan.misformatted_masks))
     if plan.withdrawn:
         withdrawn = len(plan.withdrawn)
-        print(f"job {spec.name}: the failures of {withdrawn} {plural(withdrawn, 'frame')} not restored and gone from "
-              f"the input are closed ({WITHDRAWN} in the manifest)")
+        print(f"job {spec.name}: the failures of {withdrawn} {plural(withdrawn, 'frame')} not restored and no longer "
+              f"among the job's frames (gone from the input, or left out by include or exclude) are closed "
+              f"({WITHDRAWN} in the manifest)")
     if plan.archived:
         asked = (f"asked back now: {plan.asked_back} (RestoreObject, {spec.archive_restore.tier} tier, kept "
                  f"{spec.archive_restore.days} {plural(spec.archive_restore.days, 'day')}); a later run reads them"

@@ -44,7 +44,7 @@ from .pictures import (REPORT_ROOT, REVIEW_QUALITY, REVIEW_SIZE, THUMB_QUALITY, 
                        held_pictures_name, picture_set, pictures_name, pictures_prefix, review_set, shrink,
                        store_pictures)
 from .restorers import RestorerError, build_restorer, check_weights
-from .spec import JobSpec
+from .spec import NEVER_FRAMES, JobSpec
 from .storage import (ARCHIVAL_CLASSES, ArchivedObjectError, LocalStorage, NoSuchObjectError, ObjectInfo, Storage,
                       StorageError, StorageUnavailableError, check_no_overlap, key_matches, open_storage, same_location)
 
@@ -430,11 +430,13 @@ def list_input(context: JobContext) -> InputListing:
     mask_globs, mask_folder = _mask_listing(read)
     masks_with_input = same_location(spec.masks.uri or spec.input, spec.input)
     extra = tuple(glob for glob in mask_globs if glob not in spec.include) if masks_with_input else ()
-    found = list(input_storage.list(spec.include + extra))  # frames and masks in one listing
+    found = [info for info in input_storage.list(spec.include + extra)  # frames and masks in one listing
+             if not key_matches(info.key, spec.exclude + NEVER_FRAMES)]
     listed: list[ObjectInfo] = [info for info in found if key_matches(info.key, spec.include)] if extra else found
     if not listed:
         missing = isinstance(input_storage, LocalStorage) and not input_storage.root.exists()
         raise JobError(f"input: no frames matching {', '.join(spec.include)} under {spec.input}"
+                       + (f" but not {', '.join(spec.exclude)}" if spec.exclude else "")
                        + (" (the folder does not exist: check the path, or that its share is mounted; for the demo "
                           "job, `restore demo SPEC` makes it)"
                           if missing else ""))
@@ -1389,8 +1391,8 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     writer = ManifestWriter(context.output_storage, spec.name, context.run_id, lease)
     base = {"job": spec.name, "run_id": context.run_id, "config_hash": context.config_hash, "software": SOFTWARE,
             "finished_at": datetime.now(timezone.utc)}
-    planned_rows = [{**base, "input_key": key, "status": WITHDRAWN, "error": "its original is no longer in the input"}
-                    for key in plan.withdrawn]
+    planned_rows = [{**base, "input_key": key, "status": WITHDRAWN, "error": "its original is no longer among the "
+                     "job's frames (gone from the input, or left out by include or exclude)"} for key in plan.withdrawn]
     planned_rows += [{**base, **{name: frame[name] for name in ("input_key", "input_size", "input_etag",
                                                                "input_version_id", "error")}, "status": "skipped"}
                      for frame in plan.archived if not frame["recorded"]]

@@ -40,6 +40,9 @@ OUTPUT_STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_
 # Archive), Expedited the dearest (minutes; Glacier Flexible Retrieval only)
 RESTORE_TIERS = ("Bulk", "Standard", "Expedited")
 DEFAULT_INCLUDE = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.dpx", "*.exr")  # videos only when named
+# Never frames, whatever a job includes: the AppleDouble companions macOS writes beside every file it copies to a
+# share or a USB disk ("._scan.jpg", metadata named like the picture), which would fail every night
+NEVER_FRAMES = ("._*",)
 DEFAULT_MAX_PIXELS = 180_000_000
 
 
@@ -135,6 +138,7 @@ class JobSpec:
     output: str
     endpoint_url: str | None = None
     include: tuple[str, ...] = DEFAULT_INCLUDE
+    exclude: tuple[str, ...] = ()  # keys left out although included (and NEVER_FRAMES, always)
     masks: MaskSettings = field(default_factory=MaskSettings)
     restorer: RestorerSettings = field(default_factory=RestorerSettings)
     output_format: str = "same"
@@ -220,7 +224,7 @@ class JobSpec:
 
 
 _TOP_FIELDS = {
-    "name", "input", "output", "endpoint_url", "include", "masks", "restorer", "output_format", "transfer",
+    "name", "input", "output", "endpoint_url", "include", "exclude", "masks", "restorer", "output_format", "transfer",
     "output_storage_class", "archive_restore", "max_pixels", "batch_size", "workers", "sequence", "commit_every",
     "max_attempts",
 }
@@ -357,6 +361,13 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     if not isinstance(include, list) or not include or not all(isinstance(p, str) and p for p in include):
         problems.append(f"include: expected a list of glob patterns such as ['*.png'], got {shown(include)}")
         include = list(DEFAULT_INCLUDE)
+    exclude = raw.get("exclude") or []
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    if not isinstance(exclude, list) or not all(isinstance(p, str) and p for p in exclude):
+        problems.append(f"exclude: expected a list of glob patterns such as ['*_verso.jpg', 'rejects/*'], got "
+                        f"{shown(exclude)}")
+        exclude = []
 
     masks_raw = check.section(raw, "masks", set(MaskSettings.__dataclass_fields__))
     masks = MaskSettings(
@@ -461,6 +472,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         output=_resolve_uri(output_uri, base),
         endpoint_url=endpoint_url,
         include=tuple(include),
+        exclude=tuple(exclude),
         masks=MaskSettings(**{**asdict(masks), "uri": _resolve_uri(masks.uri, base),
                               "detector_weights": _resolve_uri(masks.detector_weights, base)}),
         restorer=RestorerSettings(**{**asdict(restorer), "weights": _resolve_uri(restorer.weights, base)}),

@@ -162,6 +162,32 @@ def test_rerun_processes_only_new_changed_and_failed_frames(tmp_path, ray_sessio
     assert {row["restorer"] for row in rows} == {"telea"}
 
 
+def test_excluded_files_and_the_companions_macos_writes_are_not_frames(tmp_path, ray_session):
+    """A collection copied from a Mac carries a "._name.png" beside every picture (AppleDouble metadata named like
+    it), each of which failed every night and, given up, kept the alert on; and an archive keeps files it does not
+    want restored (versos, rejects) among those it does: `exclude` leaves them out, as `include` could not."""
+    from restore.spec import SpecError
+
+    write_collection(tmp_path / "in", 2)
+    (tmp_path / "in" / "reel" / "._f000.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (tmp_path / "in" / "reel" / "f001_verso.png").write_bytes(png_bytes(scene(5))[:200])  # and it is damaged
+    assert run(job(tmp_path)).counts == {"ok": 2, "failed": 1}  # the verso fails; the companion is no frame
+    rows = {row["input_key"]: row for row in latest_rows(read_manifests(open_storage(str(tmp_path / "out")), "t"))}
+    assert set(rows) == {"reel/f000.png", "reel/f001.png", "reel/f001_verso.png"}
+
+    excluding = job(tmp_path, exclude=["*_VERSO.png"])  # as include: the name or the whole key, any case
+    context, plan = prepare(parse_spec(excluding))
+    assert (plan.tasks, plan.withdrawn) == ([], ["reel/f001_verso.png"])
+    run_job(context, plan)
+    assert restore_main(["status", str(tmp_path / "out"), "--job", "t"]) == 0  # the alert is off
+    (tmp_path / "in" / "reel" / "f002_verso.png").write_bytes(png_bytes(scene(6)))
+    assert run(excluding).planned == 0  # nor is a new one read
+    with pytest.raises(SpecError, match="exclude: expected a list of glob patterns"):
+        parse_spec(job(tmp_path, exclude=[3]))
+    with pytest.raises(Exception, match=r"no frames matching .* but not \*"):
+        prepare(parse_spec(job(tmp_path, exclude=["*"])))
+
+
 def test_a_failed_frame_whose_original_is_deleted_is_closed_not_reported_for_ever(tmp_path, ray_session, capsys):
     """Deleting a corrupt scan is how an archive deals with it: the alert must clear, and come back with the file."""
     write_collection(tmp_path / "in", 2)
@@ -174,7 +200,8 @@ def test_a_failed_frame_whose_original_is_deleted_is_closed_not_reported_for_eve
     (tmp_path / "in" / "broken.png").unlink()
     capsys.readouterr()
     assert restore_main(["run", str(spec_file), "--quiet"]) == 0
-    assert "the failures of 1 frame not restored and gone from the input are closed" in capsys.readouterr().out
+    assert "the failures of 1 frame not restored and no longer among the job's frames (gone from the input" \
+        in capsys.readouterr().out
     assert restore_main(["status", str(spec_file)]) == 0
     assert "3 frames: 2 ok, 1 withdrawn" in capsys.readouterr().out
     assert restore_main(["report", str(spec_file)]) == 0
