@@ -287,15 +287,22 @@ def latest_rows(table: pa.Table) -> list[dict]:
 def write_latest_csv(table: pa.Table, path: str) -> int:
     """Every frame's newest row as CSV, every column, for spreadsheets and collection-management systems, which do
     not read Parquet; returns the rows written. A donor's file name can begin like a formula (`=HYPERLINK(…)`),
-    which a spreadsheet would run: such cells begin with an apostrophe, which spreadsheets show as text."""
+    which a spreadsheet would run: such cells begin with an apostrophe, which spreadsheets show as text. UTF-8 with
+    a byte-order mark, without which Excel reads "Café" as "CafÃ©"; times in UTC as "2026-11-27 20:57:49", which
+    spreadsheets read as times (with a fraction and a "Z" they read text)."""
     rows = latest(table)
     for index, column in enumerate(rows.schema):
+        values = rows.column(index)
         if pa.types.is_string(column.type):
-            values = rows.column(index)
             formula = pc.match_substring_regex(values, r"^[=+\-@\t\r]")
             rows = rows.set_column(index, column, pc.if_else(formula, pc.binary_join_element_wise("'", values, ""),
                                                              values))
-    pa_csv.write_csv(rows, path)
+        elif pa.types.is_timestamp(column.type):
+            seconds = values.cast(pa.timestamp("s", column.type.tz), safe=False)  # Arrow's %S has the fraction
+            rows = rows.set_column(index, column.name, pc.strftime(seconds, "%Y-%m-%d %H:%M:%S"))
+    with open(path, "wb") as written:
+        written.write("\ufeff".encode())
+        pa_csv.write_csv(rows, written)
     return rows.num_rows
 
 

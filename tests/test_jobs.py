@@ -3,6 +3,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1024,13 +1025,15 @@ def test_status_writes_every_frames_newest_row_as_csv_a_spreadsheet_cannot_run(t
     table = tmp_path / "frames.csv"
     assert restore_main(["status", str(tmp_path / "out"), "--job", "t", "--csv", str(table)]) == 1
     assert "3 frames written to" in capsys.readouterr().out
-    with table.open(newline="") as opened:
+    assert table.read_bytes().startswith(b"\xef\xbb\xbf")  # UTF-8 as Excel knows it: names beyond ASCII read right
+    with table.open(newline="", encoding="utf-8-sig") as opened:
         rows = {row["input_key"]: row for row in csv.DictReader(opened)}
     assert sorted(rows) == sorted(["'" + hostile, "reel/f000.png", "reel/f001.png"])
     assert rows["'" + hostile]["status"] == "failed" and "not an image" in rows["'" + hostile]["error"]
     for key in ("reel/f000.png", "reel/f001.png"):
         assert (rows[key]["status"], rows[key]["area_count"], rows[key]["line_count"]) == ("ok", "1", "0")
         assert len(rows[key]["output_sha256"]) == 64 and rows[key]["config_hash"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", rows[key]["finished_at"])  # a spreadsheet's time
 
 
 def test_the_demo_command_makes_its_frames_and_restores_them(tmp_path, ray_session):
