@@ -50,7 +50,6 @@ TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and Bi
 _MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "TIFF",
           b"MM\x00+": "TIFF", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WEBP"}
 ZLIB_LEVEL = 1  # PNG and TIFF deflate level: encoding is often the pipeline's bottleneck; 1 is ~3x faster than 6, ~5% bigger
-JPEG_QUALITY = 95
 # Descriptive IFD0 tags a TIFF output carries over from EXIF (Orientation above all, so viewers rotate alike):
 # Orientation, ImageDescription, Make, Model, Software, DateTime, Artist, Copyright, DocumentName, PageName,
 # HostComputer, with their TIFF types (SHORT or ASCII). They describe the original (its caption, its scanner's
@@ -502,12 +501,13 @@ def _tiff_iptc(data: bytes) -> bytes | None:
 # ---------------------------------------------------------------------------------------------------- encode
 
 
-def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[str, str] | None = None) -> bytes:
+def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[str, str] | None = None,
+                 jpeg_quality: int = 95) -> bytes:
     """Encode `pixels` (shaped and typed like frame.pixels) with the frame's alpha and metadata.
 
-    "png" and "tiff" are lossless; "jpeg" is a lossy opt-in for 8-bit frames without alpha. The bytes depend only
-    on the inputs (no timestamps), so a rerun reproduces them. `text` is provenance: PNG iTXt chunks, TIFF tags
-    (TIFF_PROVENANCE_TAGS), or a JSON object in the JPEG comment.
+    "png" and "tiff" are lossless; "jpeg" is a lossy opt-in for frames without alpha (16-bit ones rounded to 8
+    bits). The bytes depend only on the inputs (no timestamps), so a rerun reproduces them. `text` is provenance:
+    PNG iTXt chunks, TIFF tags (TIFF_PROVENANCE_TAGS), or a JSON object in the JPEG comment.
     """
     name = _format_name(fmt)
     if pixels.shape != frame.pixels.shape or pixels.dtype != frame.pixels.dtype:
@@ -522,7 +522,7 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
     if name == "tiff":
         return _encode_tiff(frame, pixels, text)
     if name == "jpeg":
-        return _encode_jpeg(frame, pixels, text)
+        return _encode_jpeg(frame, pixels, text, jpeg_quality)
     if pixels.dtype == np.uint16 and pixels.shape[2] == 3:
         return _encode_png16(frame, pixels, text)
     options = _pillow_metadata(frame)
@@ -549,8 +549,6 @@ def check_encodable(frame: Frame, fmt: str) -> None:
     if frame.alpha is not None and frame.premultiplied and name != "tiff":
         raise FrameError("this TIFF's alpha is premultiplied (associated), which only TIFF holds: write it as tiff "
                          "(output_format same or tiff)")
-    if name == "jpeg" and frame.pixels.dtype != np.uint8:
-        raise FrameError("JPEG holds only 8 bits per channel: write this 16-bit frame as png or tiff")
     if name == "jpeg" and frame.alpha is not None:
         raise FrameError("JPEG cannot hold an alpha channel: write this frame as png or tiff")
     if name in ("png", "tiff") and frame.pixels.dtype == np.uint16 and frame.pixels.shape[2] == 1 \
@@ -643,14 +641,16 @@ def _pillow_metadata(frame: Frame) -> dict:
     return {k: v for k, v in options.items() if v}
 
 
-def _encode_jpeg(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) -> bytes:
+def _encode_jpeg(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None, quality: int) -> bytes:
     options = _pillow_metadata(frame)
     if frame.xmp and len(frame.xmp) <= _JPEG_XMP_MAX:  # longer needs Extended XMP, which Pillow does not write
         options["xmp"] = frame.xmp
     if text:
         options["comment"] = json.dumps(text, sort_keys=True)
     # 4:4:4 chroma: restored detail is often fine lines, which 4:2:0 subsampling would smear
-    encoded = _save(_to_pillow(pixels, None), "JPEG", quality=JPEG_QUALITY, subsampling=0, **options)
+    if pixels.dtype == np.uint16:  # JPEG holds 8 bits: the nearest 8-bit level, as a scan's web copy is made
+        pixels = ((pixels.astype(np.uint32) * 255 + 32_767) // 65_535).astype(np.uint8)
+    encoded = _save(_to_pillow(pixels, None), "JPEG", quality=quality, subsampling=0, **options)
     return _with_iptc(encoded, frame.iptc) if frame.iptc else encoded
 
 

@@ -1219,7 +1219,7 @@ def _write_one(context: JobContext, row: dict) -> dict:
     if row["film_header"]:
         frame = FilmFrame.from_columns(frame, row["film_header"], row["film_source"])
     fmt = lossless_format(row["source_format"], context.spec.output_format)
-    data = encode_frame(frame, pixels, fmt, text=provenance(context, row))
+    data = encode_frame(frame, pixels, fmt, text=provenance(context, row), jpeg_quality=context.spec.jpeg_quality)
     output_key = output_key_for(row["input_key"], fmt)
     if output_key != planned_output_key(row["input_key"], context.spec.output_format) \
             and key_matches(output_key, context.spec.include) and context.input_storage.head(output_key) is not None:
@@ -1230,7 +1230,8 @@ def _write_one(context: JobContext, row: dict) -> dict:
                           context.spec.output_storage_class)
     result = {
         "output_key": output_key, "output_sha256": hashlib.sha256(data).hexdigest(),
-        "output_version_id": stored.version_id, "output_format": fmt, "bit_depth": frame.bit_depth,
+        "output_version_id": stored.version_id, "output_format": fmt,
+        "bit_depth": 8 if fmt == "jpeg" else frame.bit_depth,
         "mask_key": None, "mask_sha256": None,
         # only a TIFF output carries the infrared plane on (unchanged); an archivist must know when it is gone
         "infrared": None if infrared is None else ("kept" if fmt == "tiff" else "dropped"),

@@ -31,6 +31,7 @@ MAX_DILATE = 1000  # px a mask may grow by: more covers a whole scan, and the di
 MAX_RADIUS = 100  # px of the classical fills' neighbourhood
 MASK_ORIENTATIONS = ("displayed", "stored")  # how given masks of a frame with an EXIF Orientation were drawn
 OUTPUT_FORMATS = ("same", "png", "tiff", "jpeg", "dpx", "exr")
+JPEG_QUALITY = 95  # output_format jpeg, unless jpeg_quality says otherwise
 # How a PNG's or TIFF's code values relate to light: display (gamma-encoded, as photographs are) or log (Cineon
 # printing density scaled to 16 bits, as film scanners write log scans into TIFF). DPX and EXR say it themselves.
 TRANSFERS = ("display", "log")
@@ -142,6 +143,7 @@ class JobSpec:
     masks: MaskSettings = field(default_factory=MaskSettings)
     restorer: RestorerSettings = field(default_factory=RestorerSettings)
     output_format: str = "same"
+    jpeg_quality: int = JPEG_QUALITY  # output_format jpeg: the encoder's quality (4:4:4 chroma whatever it is)
     transfer: str = "display"
     output_storage_class: str | None = None  # S3: outputs and audit masks (not manifests); None = the bucket's default
     archive_restore: ArchiveRestoreSettings | None = None  # S3 input: ask archived originals back; None = never
@@ -212,6 +214,8 @@ class JobSpec:
             "masks": masks,
             "output_format": self.output_format,
         }
+        if self.jpeg_quality != JPEG_QUALITY:  # jobs from before the setting keep their hash
+            settings["jpeg_quality"] = self.jpeg_quality
         if self.transfer != "display":  # jobs from before the setting keep their hash
             settings["transfer"] = self.transfer
         if self.uses_neighbours:
@@ -224,7 +228,8 @@ class JobSpec:
 
 
 _TOP_FIELDS = {
-    "name", "input", "output", "endpoint_url", "include", "exclude", "masks", "restorer", "output_format", "transfer",
+    "name", "input", "output", "endpoint_url", "include", "exclude", "masks", "restorer", "output_format",
+    "jpeg_quality", "transfer",
     "output_storage_class", "archive_restore", "max_pixels", "batch_size", "workers", "sequence", "commit_every",
     "max_attempts",
 }
@@ -454,6 +459,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
 
     spec_kwargs = dict(
         output_format=check.string(raw, "output_format", "output_format", "same", choices=OUTPUT_FORMATS),
+        jpeg_quality=check.number(raw, "jpeg_quality", "jpeg_quality", JPEG_QUALITY, minimum=1, maximum=100),
         transfer=check.string(raw, "transfer", "transfer", "display", choices=TRANSFERS),
         output_storage_class=check.string(raw, "output_storage_class", "output_storage_class",
                                           choices=OUTPUT_STORAGE_CLASSES),
@@ -462,6 +468,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         commit_every=check.number(raw, "commit_every", "commit_every", 64, minimum=1),
         max_attempts=check.number(raw, "max_attempts", "max_attempts", 3),
     )
+    if raw.get("jpeg_quality") is not None and spec_kwargs["output_format"] != "jpeg":
+        problems.append("jpeg_quality: only used with output_format: jpeg (outputs are lossless otherwise)")
     if spec_kwargs["output_storage_class"] and not (output_uri or "").startswith("s3://"):
         problems.append("output_storage_class: only an s3:// output has storage classes")
     if problems:

@@ -194,3 +194,14 @@ def test_a_mask_pattern_with_a_wildcard_is_refused():
     with pytest.raises(SpecError, match="wildcards match none"):
         parse_spec({"name": "a", "input": "/in", "output": "/out", "masks": {"pattern": "{dir}/masks/{stem}.[pt]ng"}})
     parse_spec({"name": "a", "input": "/in", "output": "/out", "masks": {"pattern": "{dir}/masks [v2]/{stem}.png"}})
+
+
+def test_jpeg_quality_is_for_jpeg_outputs_and_enters_the_config_hash_only_when_set():
+    base = {"name": "j", "input": "in", "output": "out", "output_format": "jpeg"}
+    assert parse_spec(base).jpeg_quality == 95
+    assert parse_spec({**base, "jpeg_quality": 95}).config_hash(None) == parse_spec(base).config_hash(None)
+    assert parse_spec({**base, "jpeg_quality": 85}).config_hash(None) != parse_spec(base).config_hash(None)
+    with pytest.raises(SpecError, match="jpeg_quality: expected an integer from 1 to 100, got 101"):
+        parse_spec({**base, "jpeg_quality": 101})
+    with pytest.raises(SpecError, match="jpeg_quality: only used with output_format: jpeg"):
+        parse_spec({**base, "output_format": "png", "jpeg_quality": 85})
