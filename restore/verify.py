@@ -20,7 +20,8 @@ from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, r
 from .frames import PROVENANCE_KEY, TIFF_MAGICS, TIFF_PROVENANCE_TAGS
 from .pictures import REPORT_ROOT
 from .report import REPORT_KEY
-from .storage import ArchivedObjectError, NoSuchObjectError, ObjectInfo, Storage, StorageError, open_storage
+from .storage import (ArchivedObjectError, LocalStorage, NoSuchObjectError, ObjectInfo, Storage, StorageError,
+                      open_storage)
 
 # Objects the tools themselves keep under an output besides frames and masks: manifests and leases, and the
 # HTML report with its pictures. They are never "unknown".
@@ -109,6 +110,10 @@ def verify(output_uri: str, job: str, endpoint_url: str | None = None, unknown: 
 def changed_originals(storage: Storage, rows: list[dict], threads: int) -> list[Problem]:
     """Originals of `ok` rows that no longer hash to the sha256 their output was made from (a video once)."""
     recorded = {split_frame_key(row["input_key"])[0]: row["input_sha256"] for row in rows if row["input_sha256"]}
+    # a folder's change is seen by its size and modification time (an S3 object's by its ETag, its content's)
+    unseen = ("; if it was edited on purpose, keeping its size and modification time (a caption edit with "
+              "`exiftool -P`), runs do not see it: touch the file, and the next run restores it again; if not, it has "
+              "rotted or been altered: bring it back from a copy" if isinstance(storage, LocalStorage) else "")
 
     def check(item: tuple[str, str]) -> Problem | None:
         key, sha256 = item
@@ -122,7 +127,7 @@ def changed_originals(storage: Storage, rows: list[dict], threads: int) -> list[
             return Problem(key, "unreadable_original", f"original {key!r}: {error}")
         if digest != sha256:
             return Problem(key, "original_changed", f"original {key!r} has sha256 {digest}; its output was made "
-                                                    f"from {sha256}")
+                                                    f"from {sha256}" + unseen)
         return None
 
     with ThreadPoolExecutor(max(1, threads)) as pool:

@@ -171,6 +171,8 @@ def test_originals_rotted_in_place_or_gone_are_found_when_asked(restored, tmp_pa
     report = verify(str(tmp_path / "out"), "v", originals=str(tmp_path / "in"))
     assert {(p.key, p.kind) for p in report.problems} == {("f1.png", "original_changed"),
                                                           ("ramp.tif", "missing_original")}
+    changed = next(p for p in report.problems if p.kind == "original_changed")
+    assert "runs do not see it: touch the file" in changed.detail and "bring it back from a copy" in changed.detail
     spec = tmp_path / "job.yaml"
     spec.write_text(json.dumps({"name": "v", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
                                 "restorer": {"name": "telea"}, "include": ["*.png", "*.tif"]}))
