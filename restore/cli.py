@@ -228,12 +228,8 @@ def cmd_report(args) -> int:
 
 def _output_target(args) -> tuple[str, str | None, str]:
     """(output URI, endpoint, job) from a job spec or from an output location plus --job."""
-    from .spec import load_spec
-
     if Path(args.target).is_file():
-        spec = load_spec(args.target)
-        if args.job and args.job != spec.name:
-            raise ValueError(f"--job {args.job} differs from the spec's name {spec.name}: give one or the other")
+        spec = _target_spec(args)
         return spec.output, spec.endpoint_url, spec.name
     if args.target.lower().endswith((".yaml", ".yml")) and "://" not in args.target:  # a spec mistyped, not an output
         raise ValueError(f"no job spec at {args.target}: is the path right?")
@@ -249,6 +245,18 @@ def _output_target(args) -> tuple[str, str | None, str]:
         raise ValueError(f"{args.target} holds the manifests of {len(jobs)} {plural(len(jobs), 'job')} "
                          f"({', '.join(jobs)}): give a job spec, or the output location with --job NAME")
     return args.target, args.endpoint_url, jobs[0]
+
+
+def _target_spec(args):
+    """The job spec the command was given, or None for an output location."""
+    from .spec import load_spec
+
+    if not Path(args.target).is_file():
+        return None
+    spec = load_spec(args.target)
+    if args.job and args.job != spec.name:
+        raise ValueError(f"--job {args.job} differs from the spec's name {spec.name}: give one or the other")
+    return spec
 
 
 def cmd_verify(args) -> int:
@@ -287,7 +295,8 @@ def cmd_status(args) -> int:
     output, endpoint_url, job = _output_target(args)
     storage = open_storage(output, endpoint_url)
     table = read_manifests(storage, job)
-    summary = summarize(table)
+    spec = _target_spec(args)
+    summary = summarize(table, spec.max_attempts if spec else None)
     last = last_run_summary(storage, job)
     if summary.runs == 0 and last is None:  # a mistyped job or output: an error, not "all is well"
         raise JobError(f"job {job}: no manifests under {output} (has it run? is the job name right?)")
@@ -300,8 +309,12 @@ def cmd_status(args) -> int:
     if summary.held:  # frames that wait on a person: reasons below, with what the spec can say
         print(f"  held for review until the spec says more: {len(summary.held)} "
               f"({tally(summary.held.values())})")
+    if summary.given_up:  # runs leave them alone: only a person mends them
+        print(f"  given up after {spec.max_attempts} failed {plural(spec.max_attempts, 'attempt')} (max_attempts), "
+              f"not tried again until they change: {len(summary.given_up)}")
+    given_up = set(summary.given_up or ())
     for key, error in summary.failures[: args.show]:
-        print(f"  not restored {printable(key)}: {printable(error)}")
+        print(f"  not restored {printable(key)}{' (given up)' if key in given_up else ''}: {printable(error)}")
     running = run_in_progress(storage, job)
     interrupted = last["run_id"] if last and last["status"] == "interrupted" else None
     if interrupted:  # its committed rows are all ok: without this, a stopped job would read as finished

@@ -369,6 +369,9 @@ class JobSummary:
     last_run: str | None
     damage: dict[str, dict[str, int]]  # by kind (restore/condition.py): regions, and frames holding any, of frames ok
     held: dict[str, str]  # input key → the setting it waits for, of the frames skipped until the spec says more
+    # failed frames that failed max_attempts times (as they are now, under the config that last tried them): runs
+    # leave them alone until they change, so only a person mends them; None where max_attempts is not known
+    given_up: list[str] | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -379,12 +382,15 @@ class JobSummary:
             "last_run": self.last_run,
             "damage": self.damage,
             "held": self.held,
+            **({"given_up": self.given_up} if self.given_up is not None else {}),
         }
 
 
-def summarize(table: pa.Table) -> JobSummary:
+def summarize(table: pa.Table, max_attempts: int | None = None) -> JobSummary:
+    """The job as its manifests stand; `max_attempts`, the spec's, to tell the failed frames runs have given up."""
     counted = [f"{kind}_count" for kind in KINDS]
-    rows = latest(table.select(["input_key", "run_id", "finished_at", "status", "error", "held_for", *counted]))
+    rows = latest(table.select(["input_key", "run_id", "finished_at", "status", "error", "held_for", "input_etag",
+                                "config_hash", *counted]))
     runs = pc.unique(table["run_id"]).to_pylist()
     failed = rows.filter(pc.is_in(rows["status"], value_set=pa.array(sorted(NOT_RESTORED))))
     restored = rows.filter(pc.equal(rows["status"], "ok"))
@@ -400,4 +406,17 @@ def summarize(table: pa.Table) -> JobSummary:
         last_run=max(runs) if runs else None,
         damage=damage,
         held=dict(zip(held["input_key"].to_pylist(), held["held_for"].to_pylist())),
+        given_up=None if max_attempts is None else _given_up(table, rows, max_attempts),
     )
+
+
+def _given_up(table: pa.Table, newest: pa.Table, max_attempts: int) -> list[str]:
+    """Frames whose newest row failed, and which failed `max_attempts` times as they are (input ETag) under that
+    row's config: as `plan_job` counts them (`History.failures`)."""
+    if max_attempts == 0:  # retried for ever
+        return []
+    keys = ["input_key", "input_etag", "config_hash"]
+    failed = newest.filter(pc.equal(newest["status"], "failed")).select(keys)
+    attempts = table.filter(pc.equal(table["status"], "failed")).group_by(keys).aggregate([("status", "count")])
+    counted = failed.join(attempts, keys=keys)
+    return sorted(counted.filter(pc.greater_equal(counted["status_count"], max_attempts))["input_key"].to_pylist())

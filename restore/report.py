@@ -311,15 +311,17 @@ def _card(label: str, value: str, ident: str, detail_html: str = "", kind: str =
             f'<div class="value" id="{ident}">{_e(value)}</div><div class="detail">{detail_html}</div></div>')
 
 
-def _summary(table: pa.Table, rows: list[dict], runs: list[dict]) -> str:
-    summary = summarize(table)
+def _summary(table: pa.Table, rows: list[dict], runs: list[dict], max_attempts: int) -> str:
+    summary = summarize(table, max_attempts)
     status = summary.by_status
     masked = [row["masked_fraction"] for row in rows if row["status"] == "ok" and row["mask_key"]]
     cards = [
         _card("Frames", f"{summary.total:,}", "count-total", f"{summary.runs:,} {plural(summary.runs, 'run')}"),
         _card("Restored", f"{status.get('ok', 0):,}", "count-ok", _restored_detail(rows), "ok"),
         _card("Failed", f"{status.get('failed', 0):,}", "count-failed",
-              "reasons below" if status.get("failed") else "none",
+              ("reasons below" + (f"; {len(summary.given_up):,} given up after {max_attempts} "
+                                  f"{plural(max_attempts, 'attempt')}: not tried again until they change"
+                                  if summary.given_up else "")) if status.get("failed") else "none",
               "failed" if status.get("failed") else ""),
     ]
     if summary.held:  # frames that wait on a person, apart from those storage will serve another night
@@ -533,7 +535,7 @@ def render_report(spec: JobSpec, table: pa.Table, rows: list[dict], notes: dict[
 <p>Output <code>{_e(spec.output)}</code> · input <code>{_e(spec.input)}</code> ·
 generated {_time(generated)}</p></header>
 <main>
-{_summary(table, rows, runs)}
+{_summary(table, rows, runs, spec.max_attempts)}
 {_failures(rows)}
 {_held(rows, held or {}, prefix)}
 {_provenance(rows)}

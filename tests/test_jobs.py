@@ -1110,6 +1110,17 @@ def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_chan
     capsys.readouterr()
     assert restore_main(["run", str(spec_file), "--dry-run"]) == 0  # a dry run says so too
     assert "0 would be processed (0.0 MB to read); 1 left failed after max_attempts" in capsys.readouterr().out
+    # status tells the failures only a person can mend from those the next run tries again
+    assert restore_main(["status", str(spec_file), "--json", str(tmp_path / "status.json")]) == 1
+    shown = capsys.readouterr().out
+    assert "given up after 2 failed attempts (max_attempts), not tried again until they change: 1" in shown
+    assert "not restored broken.png (given up): " in shown
+    assert json.loads((tmp_path / "status.json").read_text())["given_up"] == ["broken.png"]
+    assert restore_main(["report", str(spec_file)]) == 0
+    assert "1 given up after 2 attempts: not tried again until they change" in (
+        tmp_path / "out" / "report.html").read_text()
+    assert restore_main(["status", str(tmp_path / "out"), "--job", "t", "--json", str(tmp_path / "status.json")]) == 1
+    assert "given_up" not in json.loads((tmp_path / "status.json").read_text())  # no spec: max_attempts unknown
     (tmp_path / "in" / "broken.png").write_bytes(png_bytes(scene(3)))  # fixed upstream: a new ETag
     assert run_with_lease(spec)[2].counts == {"ok": 1}
     assert restore_main(["run", str(spec_file), "--quiet"]) == 0
