@@ -11,6 +11,7 @@ on the receiving side.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -21,6 +22,7 @@ import re
 import signal
 import socket
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -1006,6 +1008,17 @@ def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def _warnings_named(key: str):
+    """A decoder's warnings (Pillow's "Corrupt EXIF data", "Possibly corrupt TIFF"), logged with the frame they are
+    about: printed bare, a night's log of thousands of frames cannot say which file to look at."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(str(warning.message) for warning in caught):  # once each, in order
+        logger.warning("%s: %s", key, message)
+
+
 def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
     """Read, checksum, decode and attach the mask; a bad frame becomes a failed row and the batch goes on."""
     rows = []
@@ -1021,7 +1034,8 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
             out.update(input_etag=info.etag, input_version_id=info.version_id, input_size=info.size,
                        input_sha256=hashlib.sha256(data).hexdigest())
             if row["frame_indices"] is None:
-                frame = decode_frame(data, context.spec.max_pixels)
+                with _warnings_named(row["input_key"]):
+                    frame = decode_frame(data, context.spec.max_pixels)
                 if context.spec.reads_log(frame.format) and frame.pixels.dtype != np.uint16:
                     raise FrameError(f"transfer: log reads 16-bit scans (printing density codes scaled to 16 bits); "
                                      f"this {frame.format} frame is {frame.bit_depth}-bit: give it its own job with "

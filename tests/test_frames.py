@@ -646,3 +646,22 @@ def test_strokes_on_a_transparent_layer_mark_what_is_painted_whatever_its_colour
     grey_layer = np.zeros((40, 60, 2), np.uint8)
     grey_layer[20:22, 10:30, 1] = 255  # black paint on a grey layer with alpha
     assert decode_mask(save(Image.fromarray(grey_layer, "LA"), "PNG")).sum() == 2 * 20
+
+
+def test_a_decoders_warning_names_the_frame_it_is_about(caplog):
+    """Pillow warns of a broken EXIF block and reads on; printed bare, a night's log cannot say which file."""
+    from restore.pipeline import _warnings_named
+
+    exif = Image.Exif()
+    exif[315] = "Hans Becker, Hamburger Abendblatt"
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, "JPEG", exif=exif.tobytes())
+    data = bytearray(buffer.getvalue())
+    tiff = data.find(b"Exif\x00\x00") + 6
+    order = "<" if data[tiff:tiff + 2] == b"II" else ">"
+    data[tiff + 14:tiff + 18] = struct.pack(order + "I", 5000)  # the Artist tag claims more bytes than there are
+    with caplog.at_level("WARNING"), _warnings_named("1962/press_0007.jpg"):
+        frame = decode_frame(bytes(data))
+    assert frame.pixels.shape == (8, 8, 3)  # read on, as before
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["1962/press_0007.jpg: Tag data larger than file. Skipping tag 315"]  # once, named
