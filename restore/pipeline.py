@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__
+from .captions import read_caption
 from .condition import census
 from .film import LOG_SCAN, FilmFrame, restore_codes, to_view
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, FrameError, as_displayed, as_stored,
@@ -76,6 +77,7 @@ TASK_SCHEMA = pa.schema([
 
 FRAME_FIELDS = [
     ("input_frames", pa.int32()),  # frames in the input object: a video's count, null for a still image
+    ("caption", pa.string()),  # see MANIFEST_SCHEMA
     ("status", pa.string()),
     ("error", pa.string()),
     ("input_sha256", pa.string()),
@@ -1036,6 +1038,7 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
             if row["frame_indices"] is None:
                 with _warnings_named(row["input_key"]):
                     frame = decode_frame(data, context.spec.max_pixels)
+                    out["caption"] = read_caption(frame.iptc, frame.xmp, frame.exif, frame.png_text)
                 if context.spec.reads_log(frame.format) and frame.pixels.dtype != np.uint16:
                     raise FrameError(f"transfer: log reads 16-bit scans (printing density codes scaled to 16 bits); "
                                      f"this {frame.format} frame is {frame.bit_depth}-bit: give it its own job with "
@@ -1178,7 +1181,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "job": spec.name, "run_id": context.run_id,
             "input_key": row["input_key"], "input_size": row["input_size"], "input_etag": row["input_etag"],
             "input_version_id": row["input_version_id"], "input_sha256": row["input_sha256"],
-            "input_frames": row["input_frames"],
+            "input_frames": row["input_frames"], "caption": row["caption"],
             "mask_source": spec.masks.source, "masked_fraction": row["masked_fraction"],
             "changed_fraction": row["changed_fraction"], "deepest_fill_px": row["deepest_fill_px"],
             **{name: row[name] for name in CENSUS_FIELDS.names},

@@ -44,7 +44,7 @@ FAILURES_SHOWN = 50  # the rest are one filter away in the frame list
 HELD_SHOWN = 24  # held frames shown with their pictures; every one is in the Not restored table and the frame list
 RUNS_SHOWN = 20
 COLUMNS = ("key", "status", "error", "masked", "width", "height", "bits", "pictures", "has_mask", "output", "note",
-           "run", "damage")  # the frame rows' fields in the page's JSON, one array per frame
+           "run", "damage", "caption")  # the frame rows' fields in the page's JSON, one array per frame
 
 
 class ReportError(Exception):
@@ -275,7 +275,7 @@ def _frame_rows(rows: list[dict], notes: dict[str, str]) -> list[list]:
             row["input_key"], row["status"], row["error"], round(row["masked_fraction"] or 0.0, 6),
             row["width"], row["height"], row["bit_depth"], None if note or not digest else digest,
             int(bool(row["mask_key"])), None if row["output_key"] == row["input_key"] else row["output_key"],
-            note, row["run_id"], _damage(row) if row["status"] == "ok" else "",
+            note, row["run_id"], _damage(row) if row["status"] == "ok" else "", row["caption"] or "",
         ])
     return out
 
@@ -436,9 +436,10 @@ def _held(rows: list[dict], held: dict[str, tuple[str, list[str]]], prefix: str)
                  for reading in readings] + [(f"{picture}-o.jpg", "original", f"original of {row['input_key']}")]
         pictures = "".join(f'<figure><a href="{src}"><img src="{src}" alt="{_e(alt)}" loading="lazy"></a>'
                            f'<figcaption>{_e(label)}</figcaption></figure>' for src, label, alt in views)
+        caption = f'<p class="caption">{_e(row["caption"])}</p>' if row["caption"] else ""
         cards.append(f'<article class="held-card"><h3><span class="key">{key}</span> <span class="meta">waits for '
-                     f'<code>{_e(row["held_for"])}</code></span></h3><div class="held-pictures">{pictures}</div>'
-                     f'<p class="reason">{_e(row["error"])}</p></article>')
+                     f'<code>{_e(row["held_for"])}</code></span></h3>{caption}<div class="held-pictures">{pictures}'
+                     f'</div><p class="reason">{_e(row["error"])}</p></article>')
     more = len(waiting) - len(shown)
     rest = (f'<p class="more">… and {more:,} more {plural(more, "frame")} held: their reasons are in the Not restored '
             'table and the frame list (a frame held by a run before restore 0.7.0, or one whose pictures could not be '
@@ -474,8 +475,9 @@ def _compare(rows: list[dict], compare: set[str], notes: dict[str, str], prefix:
         damage = f" ({found})" if (found := _damage(row)) else ""
         width, height = fit(row["width"], row["height"], PREVIEW_SIZE)
         shown = "full resolution" if width == row["width"] else f"shown at {width}×{height}"
+        caption = f'<span class="caption">{_e(row["caption"])}</span>' if row["caption"] else ""
         cards.append(f"""<figure class="compare-card">
-<figcaption><span class="key">{key}</span>
+<figcaption><span class="key">{key}</span>{caption}
 <span class="meta">{100 * row["masked_fraction"]:.2f} % masked{damage}{deepest} · {row["width"]}×{row["height"]} px,
 {row["bit_depth"]}-bit · {shown}</span></figcaption>
 <div class="viewport"><div class="compare" style="--pos:50%;max-width:{width}px">
@@ -542,7 +544,7 @@ generated {_time(generated)}</p></header>
 {_compare(rows, compare, notes, prefix)}
 <section><h2>Frames</h2>
 <div class="toolbar"><label>Status <select id="status-filter"></select></label>
-<label>Frame <input id="search" type="search" placeholder="part of the name"></label>
+<label>Frame <input id="search" type="search" placeholder="part of the name or caption"></label>
 <label>Order <select id="order"><option value="key">by name</option><option value="masked">largest masked area first</option></select></label>
 <span class="pager"><button id="prev" type="button">‹ previous</button> <span id="page-info" role="status"></span> <button id="next" type="button">next ›</button></span></div>
 <noscript><p>The frame list needs JavaScript; every frame's record is in the manifests under <code>_manifests/</code>.</p></noscript>
@@ -583,6 +585,7 @@ th{background:#eaecef;font-size:13px;font-weight:600}
 .hash,code,pre{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,monospace;font-size:12.5px}
 .hash{word-break:break-all;color:#3d444d}
 .key{font-weight:600;word-break:break-all}
+.caption{font-style:italic;color:var(--ink);font-size:13px;max-width:46ch}
 .reason{color:var(--failed)}
 .more,.hint{color:var(--muted);font-size:13px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;background:#59636e;vertical-align:middle}
@@ -658,6 +661,7 @@ JS = """
     var tr = el("tr");
     var name = el("td");
     name.appendChild(el("div", {"class": "key"}, row[C.key]));
+    if (row[C.caption]) name.appendChild(el("div", {"class": "caption"}, row[C.caption]));
     if (row[C.width]) name.appendChild(el("div", {"class": "sub"}, row[C.width] + "×" + row[C.height] + ", " + row[C.bits] + "-bit · run " + row[C.run]));
     tr.appendChild(name);
     var status = el("td");
@@ -691,7 +695,8 @@ JS = """
   function apply() {
     var status = statusFilter.value, text = search.value.toLowerCase();
     shown = all.filter(function (row) {
-      return (!status || row[C.status] === status) && (!text || row[C.key].toLowerCase().indexOf(text) >= 0);
+      return (!status || row[C.status] === status) && (!text || row[C.key].toLowerCase().indexOf(text) >= 0
+        || row[C.caption].toLowerCase().indexOf(text) >= 0);
     });
     if (order.value === "masked") shown = shown.slice().sort(function (a, b) { return b[C.masked] - a[C.masked]; });
     page = 0;

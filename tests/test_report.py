@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from restore import report as report_module
 from restore.manifest import latest_rows, read_manifests, summarize
@@ -654,3 +654,50 @@ def test_a_held_frame_is_shown_with_what_a_restore_would_repaint_and_a_turned_on
 
     rebuilt = rebuild_report(str(output))  # from the output alone, with nothing read again
     assert rebuilt.pictures_made == 0 and "<h2>Held for review" in (output / "report.html").read_text()
+
+
+def test_frames_show_and_are_found_by_the_captions_their_cataloguers_wrote(tmp_path, ray_session):
+    """A curator knows a collection by its captions, not its scanners' file names: each frame's caption (here IPTC
+    in a JPEG, as picture desks write it, and a PNG's Title) is in its manifest row, beside its name in the report,
+    and found by the report's search."""
+    import struct
+
+    from restore.cli import main as restore_main
+
+    (tmp_path / "in" / "masks").mkdir(parents=True)
+    mask = scratch_mask(0)
+    caption = "Hafenarbeiter an der Elbe, Hamburg 1962".encode()
+    record = b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption
+    resource = b"8BIM\x04\x04\x00\x00" + struct.pack(">I", len(record)) + record + b"\x00" * (len(record) % 2)
+    buffer = io.BytesIO()
+    Image.fromarray(damaged(scene(0), mask)).save(buffer, "JPEG", quality=95)
+    payload = b"Photoshop 3.0\x00" + resource
+    data = buffer.getvalue()
+    (tmp_path / "in" / "press_0001.jpg").write_bytes(data[:2] + b"\xff\xed" + struct.pack(">H", len(payload) + 2)
+                                                     + payload + data[2:])
+    titled = PngImagePlugin.PngInfo()
+    titled.add_text("Title", "Reel 4, shot 12")
+    Image.fromarray(damaged(scene(1), mask)).save(tmp_path / "in" / "f1.png", pnginfo=titled)
+    for name in ("press_0001", "f1"):
+        (tmp_path / "in" / "masks" / f"{name}.png").write_bytes(png_bytes(mask))
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "captions", "input": "in", "output": "out",
+                                         "restorer": {"name": "telea"}}))
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 0
+    rows = {row["input_key"]: row for row in read_manifests(open_storage(str(tmp_path / "out")),
+                                                             "captions").to_pylist()}
+    assert rows["press_0001.jpg"]["caption"] == "Hafenarbeiter an der Elbe, Hamburg 1962"
+    assert rows["f1.png"]["caption"] == "Reel 4, shot 12"
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert {row["key"]: row["caption"] for row in read_blob(page)} == {
+        "press_0001.jpg": "Hafenarbeiter an der Elbe, Hamburg 1962", "f1.png": "Reel 4, shot 12"}
+    assert '<span class="caption">Hafenarbeiter an der Elbe, Hamburg 1962</span>' in page  # its compare view
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium package is not installed: the browser check of the search cannot run")
+    searched = tmp_path / "out" / "searched.html"  # beside report.html, so its pictures resolve alike
+    searched.write_text(page.replace("</body>", "<script>var box = document.getElementById('search'); box.value = "
+                                     "'ELBE'; box.dispatchEvent(new Event('input'));</script></body>"))
+    dom = chromium("--window-size=1280,4000", "--virtual-time-budget=5000", "--dump-dom", searched.as_uri(),
+                   user_data=tmp_path / "profile")
+    found = re.findall(r'<tr><td><div class="key">([^<]*)</div><div class="caption">([^<]*)</div>', dom)
+    assert found == [("press_0001.jpg", "Hafenarbeiter an der Elbe, Hamburg 1962")]  # by its caption, any case

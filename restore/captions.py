@@ -1,0 +1,87 @@
+"""What a frame's own metadata calls it: the caption its cataloguers wrote, for the people who know a collection by
+its captions ("Dockers on the Elbe, Hamburg 1962"), not by its file names ("1962/press_0001.jpg").
+
+Read from the first of the fields that hold one: IPTC Caption-Abstract (2:120, as picture desks write it), XMP
+dc:description, then dc:title, EXIF or TIFF ImageDescription, then a PNG's Description or Title text. Bytes in,
+text out: nothing here reads storage or pixels.
+"""
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ElementTree
+
+from PIL import Image
+
+MAX_CAPTION = 500  # characters kept: a caption, not an essay; the file keeps the whole text
+_IPTC_CAPTION = (2, 120)
+_IPTC_CHARSET = (1, 90)  # "ESC % G" says UTF-8; without it, most desks' software wrote Latin-1
+_UTF8 = b"\x1b%G"
+_XMP_FIELDS = ("description", "title")
+_NAMESPACES = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "dc": "http://purl.org/dc/elements/1.1/"}
+_IMAGE_DESCRIPTION = 270
+_PNG_FIELDS = ("Description", "Title")
+
+
+def read_caption(iptc: bytes | None, xmp: bytes | None, exif: bytes | None, png_text: dict[str, str] | None) -> str | None:
+    """The frame's caption, on one line and at most MAX_CAPTION characters; None when it has none."""
+    found = (_iptc_caption(iptc) or _xmp_caption(xmp) or _exif_caption(exif)
+             or next((png_text[key] for key in _PNG_FIELDS if (png_text or {}).get(key)), None))
+    if not found:
+        return None
+    text = " ".join(re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", found).split())  # no control characters, one line
+    return (text if len(text) <= MAX_CAPTION else text[:MAX_CAPTION - 1] + "…") or None
+
+
+def _iptc_caption(iptc: bytes | None) -> str | None:
+    """Caption-Abstract from an IPTC-NAA record: datasets of 0x1C, record, dataset, a 2-byte length, the data."""
+    datasets, position = {}, 0
+    while iptc and position + 5 <= len(iptc) and iptc[position] == 0x1C:
+        length = int.from_bytes(iptc[position + 3:position + 5], "big")
+        if length & 0x8000:  # an extended length: for binary data, never for a caption; stop here
+            break
+        datasets.setdefault((iptc[position + 1], iptc[position + 2]), iptc[position + 5:position + 5 + length])
+        position += 5 + length
+    text = datasets.get(_IPTC_CAPTION)
+    if not text:
+        return None
+    if datasets.get(_IPTC_CHARSET) == _UTF8:
+        return text.decode("utf-8", "replace")
+    try:
+        return text.decode("utf-8")  # many desks write UTF-8 without saying so
+    except UnicodeDecodeError:
+        return text.decode("latin-1")
+
+
+def _xmp_caption(xmp: bytes | None) -> str | None:
+    """dc:description, then dc:title, of an XMP packet (their default language, or the first given)."""
+    if not xmp or b"<!DOCTYPE" in xmp or b"<!ENTITY" in xmp:  # a packet never declares entities: refuse expansions
+        return None
+    start, end = xmp.find(b"<x:xmpmeta"), xmp.rfind(b"</x:xmpmeta>")
+    try:
+        root = ElementTree.fromstring(xmp[start:end + len(b"</x:xmpmeta>")] if 0 <= start < end else xmp)
+    except ElementTree.ParseError:
+        return None
+    for field in _XMP_FIELDS:
+        for element in root.iterfind(f".//dc:{field}", _NAMESPACES):
+            items = element.findall(".//rdf:li", _NAMESPACES)
+            default = [item for item in items
+                       if item.get("{http://www.w3.org/XML/1998/namespace}lang") == "x-default"]
+            for item in default + items:
+                if item.text and item.text.strip():
+                    return item.text
+    return None
+
+
+def _exif_caption(exif: bytes | None) -> str | None:
+    """ImageDescription of EXIF (a TIFF's own, as the frame keeps it, among them)."""
+    if not exif:
+        return None
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        value = parsed.get(_IMAGE_DESCRIPTION)
+    except Exception:  # noqa: BLE001 - broken EXIF gives no caption, never a failed frame
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value.strip("\x00 ") if isinstance(value, str) and value.strip("\x00 ") else None
