@@ -658,12 +658,25 @@ def _with_iptc(jpeg: bytes, iptc: bytes) -> bytes:
     """The JPEG with the IPTC record in a Photoshop APP13 segment after its other application segments, where
     Photoshop writes it (Pillow writes none). A record over one segment is left out, as ExifTool would split it."""
     payload = _PHOTOSHOP + _iptc_resources(iptc)
-    if len(payload) > _JPEG_SEGMENT_MAX:
-        return jpeg
-    position = 2  # after SOI: skip APPn (0xE0-0xEF) and COM (0xFE) segments
+    return jpeg if len(payload) > _JPEG_SEGMENT_MAX else _insert_segment(jpeg, 0xED, payload)
+
+
+def jpeg_with_provenance(jpeg: bytes, text: dict[str, str]) -> bytes:
+    """A JPEG's own bytes with the provenance comment `encode_frame` writes added after its leading segments, the
+    last comment there, which readers take: a frame with nothing to restore keeps its encoding, its pixels and
+    every segment it had, where encoding it again would lose a little of each pixel and grow the file."""
+    comment = json.dumps(text, sort_keys=True).encode()
+    if len(comment) > _JPEG_SEGMENT_MAX:
+        raise FrameError("the provenance comment is too long for a JPEG segment")
+    return _insert_segment(jpeg, 0xFE, comment)
+
+
+def _insert_segment(jpeg: bytes, marker: int, payload: bytes) -> bytes:
+    """The JPEG with a segment inserted after SOI and the APPn (0xE0-0xEF) and COM (0xFE) segments that follow it."""
+    position = 2
     while jpeg[position] == 0xFF and (0xE0 <= jpeg[position + 1] <= 0xEF or jpeg[position + 1] == 0xFE):
         position += 2 + int.from_bytes(jpeg[position + 2:position + 4], "big")
-    return jpeg[:position] + b"\xff\xed" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[position:]
+    return jpeg[:position] + bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[position:]
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

@@ -38,7 +38,7 @@ from .condition import census
 from .film import LOG_SCAN, FilmFrame, restore_codes, to_view
 from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, FrameError, as_displayed, as_stored,
                      check_encodable, check_pixel_limit, decode_frame, decode_mask, encode_frame, encode_mask,
-                     extension_for)
+                     extension_for, jpeg_with_provenance)
 from .grain import regrain
 from .manifest import (CENSUS_FIELDS, MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, History,
                        ManifestWriter, compact, history, is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
@@ -102,6 +102,7 @@ FRAME_FIELDS = [
     ("original_thumb", pa.binary()),  # (h, w, 3) uint8: the original as its thumbnail shows it (`_original_thumb`)
     ("film_header", pa.string()),  # DPX/EXR: how to write the samples back exactly (see film.py)
     ("film_source", pa.large_binary()),  # DPX/EXR: the samples as stored; `pixels` is their display view
+    ("source_jpeg", pa.large_binary()),  # a JPEG written as JPEG with nothing masked: its own bytes (`_kept_jpeg`)
     ("mask", pa.large_binary()),  # one byte per pixel, 1 = hole
     ("mask_etag", pa.string()),  # the mask files read: see MANIFEST_SCHEMA
     ("protect_etag", pa.string()),
@@ -1021,6 +1022,13 @@ def _warnings_named(key: str):
         logger.warning("%s: %s", key, message)
 
 
+def _kept_jpeg(spec: JobSpec, frame: Frame, row: dict) -> bool:
+    """A JPEG with nothing masked, written as JPEG: its output is its own bytes with the provenance comment
+    (`jpeg_with_provenance`), not a new encoding, which would change every pixel a little and grow the file."""
+    return (row["status"] == "ok" and not row["masked_fraction"] and frame.format == "JPEG"
+            and lossless_format(frame.format, spec.output_format) == "jpeg")
+
+
 def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
     """Read, checksum, decode and attach the mask; a bad frame becomes a failed row and the batch goes on."""
     rows = []
@@ -1046,6 +1054,8 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
                 decoded[row["input_key"]] = frame.pixels
                 check_encodable(frame, lossless_format(frame.format, context.spec.output_format))  # before restoring
                 loaded = [_frame_row(context, out, frame, *_still_neighbours(context, row, decoded))]
+                if _kept_jpeg(context.spec, frame, loaded[0]):
+                    loaded[0]["source_jpeg"] = data
             else:
                 loaded = _video_rows(context, out, data)
         except Exception as error:  # noqa: BLE001 - the frame's failure (not_restored), not the run's
@@ -1236,7 +1246,10 @@ def _write_one(context: JobContext, row: dict) -> dict:
     if row["film_header"]:
         frame = FilmFrame.from_columns(frame, row["film_header"], row["film_source"])
     fmt = lossless_format(row["source_format"], context.spec.output_format)
-    data = encode_frame(frame, pixels, fmt, text=provenance(context, row), jpeg_quality=context.spec.jpeg_quality)
+    if row["source_jpeg"] is not None:
+        data = jpeg_with_provenance(row["source_jpeg"], provenance(context, row))
+    else:
+        data = encode_frame(frame, pixels, fmt, text=provenance(context, row), jpeg_quality=context.spec.jpeg_quality)
     output_key = output_key_for(row["input_key"], fmt)
     if output_key != planned_output_key(row["input_key"], context.spec.output_format) \
             and key_matches(output_key, context.spec.include) and context.input_storage.head(output_key) is not None:

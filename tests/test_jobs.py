@@ -709,6 +709,31 @@ def test_a_frame_the_output_format_cannot_hold_fails_before_it_is_restored(tmp_p
     assert rows["reel/cut.png"]["mask_key"] is None
 
 
+def test_a_jpeg_with_nothing_to_restore_keeps_its_own_encoding_in_a_jpeg_output(tmp_path, ray_session):
+    """Encoding a JPEG again changes every pixel a little and, at the output's quality, may grow the file: a frame
+    with nothing masked is its own bytes, with the provenance comment added; a restored one is encoded anew."""
+    from restore.verify import read_provenance
+
+    (tmp_path / "in" / "masks").mkdir(parents=True)
+    for name in ("clean", "scratched"):
+        Image.fromarray(scene(4)).save(tmp_path / "in" / f"{name}.jpg", quality=80, progressive=True,
+                                       comment=b"scan station 3")
+    (tmp_path / "in" / "masks" / "scratched.png").write_bytes(png_bytes(box_mask()))
+    assert run(job(tmp_path, output_format="jpeg")).counts == {"ok": 2}
+    original = (tmp_path / "in" / "clean.jpg").read_bytes()
+    kept = (tmp_path / "out" / "clean.jpg").read_bytes()
+    provenance = read_provenance(kept)
+    assert provenance["Software"].startswith("restore ") and json.loads(provenance["restore:provenance"])["id"]
+    comment = json.dumps(provenance, sort_keys=True).encode()
+    assert len(kept) == len(original) + 4 + len(comment)  # one segment more, and nothing else changed
+    assert kept.replace(b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment, b"") == original
+    restored = (tmp_path / "out" / "scratched.jpg").read_bytes()
+    assert read_provenance(restored)["Software"].startswith("restore ")
+    with Image.open(io.BytesIO(restored)) as picture:
+        assert not picture.info.get("progressive")  # encoded anew, as a restored frame must be
+    assert verify(str(tmp_path / "out"), "t").ok
+
+
 def test_masks_of_frames_shown_turned_are_read_as_the_spec_says_they_were_drawn(tmp_path, ray_session):
     """An editor shows a frame with an EXIF orientation turned, and a mask drawn there lies on other pixels than
     the stored ones: restoring it as stored repaints clean pixels and leaves the damage. Until the spec says how
