@@ -468,7 +468,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         commit_every=check.number(raw, "commit_every", "commit_every", 64, minimum=1),
         max_attempts=check.number(raw, "max_attempts", "max_attempts", 3),
     )
-    if raw.get("jpeg_quality") is not None and spec_kwargs["output_format"] != "jpeg":
+    # the default is in every saved spec (the report's copy, read back to rebuild it): only another value is a slip
+    if spec_kwargs["jpeg_quality"] != JPEG_QUALITY and spec_kwargs["output_format"] != "jpeg":
         problems.append("jpeg_quality: only used with output_format: jpeg (outputs are lossless otherwise)")
     if spec_kwargs["output_storage_class"] and not (output_uri or "").startswith("s3://"):
         problems.append("output_storage_class: only an s3:// output has storage classes")
