@@ -52,11 +52,12 @@ def pictures_name(input_sha256: str, output_sha256: str, folder: str) -> str:
     return hashlib.sha256(made.encode()).hexdigest()[:20]
 
 
-def held_pictures_name(input_sha256: str, mask_etag: str | None, protect_etag: str | None, config_hash: str,
-                       held_for: str) -> str:
-    """Names a held frame's pictures by what they show: the frame, its masks, the settings that found its damage
-    (the config hash), and the setting it waits for."""
-    made = f"{input_sha256}:{mask_etag}:{protect_etag}:{config_hash}:{held_for}:{PICTURE_VERSIONS['held']}"
+def held_pictures_name(input_key: str, input_sha256: str, mask_etag: str | None, protect_etag: str | None,
+                       config_hash: str, held_for: str) -> str:
+    """Names a held frame's pictures by what they show: the frame (its key too: a video's frames share the file's
+    sha256), its masks, the settings that found its damage (the config hash), and the setting it waits for."""
+    made = (f"{input_key}:{input_sha256}:{mask_etag}:{protect_etag}:{config_hash}:{held_for}:"
+            f"{PICTURE_VERSIONS['held']}")
     return hashlib.sha256(made.encode()).hexdigest()[:20]
 
 

@@ -1304,9 +1304,10 @@ def _write_thumbs(context: JobContext, row: dict, pixels: np.ndarray | None, dat
 def _write_held_pictures(context: JobContext, row: dict) -> None:
     """A held frame's review pictures (`_held_pictures`), where the report finds them (`held_pictures_name`)."""
     try:
-        store_pictures(context.output_storage, pictures_prefix(context.spec.name), "held", held_pictures_name(
-            row["input_sha256"], row["mask_etag"], row["protect_etag"], context.config_hash, row["held_for"]),
-            {picture["name"]: picture["jpeg"] for picture in row["held_pictures"]})
+        name = held_pictures_name(row["input_key"], row["input_sha256"], row["mask_etag"], row["protect_etag"],
+                                  context.config_hash, row["held_for"])
+        store_pictures(context.output_storage, pictures_prefix(context.spec.name), "held", name,
+                       {picture["name"]: picture["jpeg"] for picture in row["held_pictures"]})
     except Exception as error:  # noqa: BLE001 - a picture is never a reason to fail a frame
         logger.warning("%s: its review pictures are not written: %s", row["input_key"], error)
 

@@ -153,8 +153,8 @@ def _held_name(row: dict) -> str | None:
     """The name of a held frame's review pictures (the run that held it wrote them); None for a frame not held."""
     if row["status"] != "skipped" or not row["held_for"] or not row["input_sha256"]:
         return None
-    return held_pictures_name(row["input_sha256"], row["mask_etag"], row["protect_etag"], row["config_hash"],
-                              row["held_for"])
+    return held_pictures_name(row["input_key"], row["input_sha256"], row["mask_etag"], row["protect_etag"],
+                              row["config_hash"], row["held_for"])
 
 
 def _read_checked(storage: Storage, key: str, sha256: str, what: str) -> bytes:

@@ -701,3 +701,13 @@ def test_frames_show_and_are_found_by_the_captions_their_cataloguers_wrote(tmp_p
                    user_data=tmp_path / "profile")
     found = re.findall(r'<tr><td><div class="key">([^<]*)</div><div class="caption">([^<]*)</div>', dom)
     assert found == [("press_0001.jpg", "Hafenarbeiter an der Elbe, Hamburg 1962")]  # by its caption, any case
+
+
+def test_the_held_frames_of_one_video_get_pictures_of_their_own():
+    """A video's frames share the file's sha256 (and, detected, have no mask file): named by that alone, every held
+    frame of a reel would show the last one's pictures."""
+    from restore.pictures import held_pictures_name
+
+    names = {held_pictures_name(f"reel.mov#{index:06d}", "ab" * 32, None, None, "c0ffee", "masks.max_detected")
+             for index in range(3)}
+    assert len(names) == 3
