@@ -23,24 +23,32 @@ _PNG_FIELDS = ("Description", "Title")
 
 
 def read_caption(iptc: bytes | None, xmp: bytes | None, exif: bytes | None, png_text: dict[str, str] | None) -> str | None:
-    """The frame's caption, on one line and at most MAX_CAPTION characters; None when it has none."""
-    found = (_iptc_caption(iptc) or _xmp_caption(xmp) or _exif_caption(exif)
-             or next((png_text[key] for key in _PNG_FIELDS if (png_text or {}).get(key)), None))
-    if not found:
-        return None
-    text = " ".join(re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", found).split())  # no control characters, one line
-    return (text if len(text) <= MAX_CAPTION else text[:MAX_CAPTION - 1] + "…") or None
+    """The frame's caption, on one line and at most MAX_CAPTION characters; None when it has none. Never raises:
+    metadata that cannot be read gives no caption, never a frame not restored."""
+    readers = (lambda: _iptc_caption(iptc), lambda: _xmp_caption(xmp), lambda: _exif_caption(exif),
+               *(lambda key=key: (png_text or {}).get(key) for key in _PNG_FIELDS))
+    for read in readers:
+        try:
+            found = read()
+        except Exception:  # noqa: BLE001 - a writer's odd metadata (an XMP in UTF-32, a broken record)
+            continue
+        text = " ".join(re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", found or "").split())  # no control characters
+        if text:  # a blank field is no caption: the next one may hold it
+            return text if len(text) <= MAX_CAPTION else text[:MAX_CAPTION - 1] + "…"
+    return None
 
 
 def _iptc_caption(iptc: bytes | None) -> str | None:
     """Caption-Abstract from an IPTC-NAA record: datasets of 0x1C, record, dataset, a 2-byte length, the data."""
     datasets, position = {}, 0
     while iptc and position + 5 <= len(iptc) and iptc[position] == 0x1C:
-        length = int.from_bytes(iptc[position + 3:position + 5], "big")
-        if length & 0x8000:  # an extended length: for binary data, never for a caption; stop here
-            break
-        datasets.setdefault((iptc[position + 1], iptc[position + 2]), iptc[position + 5:position + 5 + length])
-        position += 5 + length
+        length, position = int.from_bytes(iptc[position + 3:position + 5], "big"), position + 5
+        if length & 0x8000:  # an extended length (binary data, never a caption): its size in the next bytes
+            count = length & 0x7FFF
+            length, position = int.from_bytes(iptc[position:position + count], "big"), position + count
+        else:
+            datasets.setdefault((iptc[position - 4], iptc[position - 3]), iptc[position:position + length])
+        position += length
     text = datasets.get(_IPTC_CAPTION)
     if not text:
         return None
@@ -57,10 +65,7 @@ def _xmp_caption(xmp: bytes | None) -> str | None:
     if not xmp or b"<!DOCTYPE" in xmp or b"<!ENTITY" in xmp:  # a packet never declares entities: refuse expansions
         return None
     start, end = xmp.find(b"<x:xmpmeta"), xmp.rfind(b"</x:xmpmeta>")
-    try:
-        root = ElementTree.fromstring(xmp[start:end + len(b"</x:xmpmeta>")] if 0 <= start < end else xmp)
-    except ElementTree.ParseError:
-        return None
+    root = ElementTree.fromstring(xmp[start:end + len(b"</x:xmpmeta>")] if 0 <= start < end else xmp.rstrip(b"\x00 "))
     for field in _XMP_FIELDS:
         for element in root.iterfind(f".//dc:{field}", _NAMESPACES):
             items = element.findall(".//rdf:li", _NAMESPACES)
@@ -76,12 +81,9 @@ def _exif_caption(exif: bytes | None) -> str | None:
     """ImageDescription of EXIF (a TIFF's own, as the frame keeps it, among them)."""
     if not exif:
         return None
-    try:
-        parsed = Image.Exif()
-        parsed.load(exif)
-        value = parsed.get(_IMAGE_DESCRIPTION)
-    except Exception:  # noqa: BLE001 - broken EXIF gives no caption, never a failed frame
-        return None
+    parsed = Image.Exif()
+    parsed.load(exif)
+    value = parsed.get(_IMAGE_DESCRIPTION)
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return value.strip("\x00 ") if isinstance(value, str) and value.strip("\x00 ") else None

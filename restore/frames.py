@@ -33,7 +33,7 @@ import numpy as np
 import tifffile
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from .spec import DEFAULT_MAX_PIXELS
+from .spec import DEFAULT_MAX_PIXELS, JPEG_QUALITY
 
 # Our max_pixels check (a job's `max_pixels`, by default DEFAULT_MAX_PIXELS) runs on the header before any
 # decoding; Pillow's global check would refuse large scans even when a job raises max_pixels, so it is switched off.
@@ -171,18 +171,17 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     except Exception as e:  # Pillow, tifffile and zlib raise a dozen types on corrupt input
         raise FrameError(f"corrupt or truncated {image.format}: {e}") from None
     info = {**image.info, **late_text}
-    dpi = info.get("dpi")
-    if image.format == "JPEG" and info.get("jfif_unit") not in (1, 2) and 0x011A not in image.getexif():
-        dpi = None  # Pillow's 72 dpi for a JPEG with EXIF but no resolution: none is stated, so none is written
-    png_text = {key: str(value) for key, value in info.items()
-                if image.format == "PNG" and isinstance(value, str) and key not in (_PNG_XMP_KEY, _PNG_IPTC_KEY)}
-    xmp = info.get("xmp") or (info[_PNG_XMP_KEY].encode() if _PNG_XMP_KEY in info else None)
+    dpi = _jpeg_dpi(info, image.getexif()) if image.format == "JPEG" else info.get("dpi")
     if image.format == "TIFF":
         iptc = _tiff_iptc(data)
     elif image.format == "PNG":
         iptc = _png_iptc(info.get(_PNG_IPTC_KEY))
     else:
-        iptc = (info.get("photoshop") or {}).get(_IPTC_RESOURCE)
+        iptc = _jpeg_iptc(data) if image.format == "JPEG" else None
+    kept_apart = (_PNG_XMP_KEY, _PNG_IPTC_KEY) if iptc else (_PNG_XMP_KEY,)  # IPTC this cannot read stays text
+    png_text = {key: str(value) for key, value in info.items()
+                if image.format == "PNG" and isinstance(value, str) and key not in kept_apart}
+    xmp = info.get("xmp") or (info[_PNG_XMP_KEY].encode() if _PNG_XMP_KEY in info else None)
     return Frame(
         pixels=pixels,
         alpha=alpha,
@@ -461,6 +460,28 @@ def _tag_bytes(tags: dict, code: int) -> bytes | None:
     return value if isinstance(value, bytes) and value else None
 
 
+def _jpeg_dpi(info: dict, exif: Image.Exif) -> tuple[float, float] | None:
+    """The resolution a JPEG states: its JFIF density in dots per inch or centimetre, else its EXIF resolution (in
+    inches unless it says centimetres). Pillow reads 72 dpi for a JPEG that states none, or states EXIF's without
+    a unit: outputs would claim what the scan never said."""
+    if info.get("jfif_unit") in (1, 2):
+        return info.get("dpi")
+    try:
+        x, y = float(exif[0x011A]), float(exif.get(0x011B, exif[0x011A]))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    scale = 2.54 if exif.get(0x0128) == 3 else 1.0  # ResolutionUnit 3: per centimetre
+    return x * scale, y * scale
+
+
+def _jpeg_iptc(jpeg: bytes) -> bytes | None:
+    """The IPTC record of a JPEG's Photoshop APP13 segments, joined: Photoshop and ExifTool split a record too long
+    for one segment over several."""
+    resources = b"".join(jpeg[start + 4 + len(_PHOTOSHOP):end] for marker, start, end in _jpeg_header(jpeg)[0]
+                         if marker == 0xED and jpeg[start + 4:start + 4 + len(_PHOTOSHOP)] == _PHOTOSHOP)
+    return _iptc_from_resources(resources)
+
+
 def _png_iptc(profile: str | None) -> bytes | None:
     """The IPTC record of a PNG's raw profile text ("\\niptc\\n  <length>\\n<hex lines>"), which holds either the
     record itself or the Photoshop image resources around it."""
@@ -470,10 +491,10 @@ def _png_iptc(profile: str | None) -> bytes | None:
         data = bytes.fromhex("".join(profile.split("\n")[3:]))
     except ValueError:
         return None  # not hex: not a profile this reads, and not worth failing a frame for
-    return _resources_iptc(data) if data.startswith(b"8BIM") else data
+    return _iptc_from_resources(data) if data.startswith(b"8BIM") else data
 
 
-def _resources_iptc(resources: bytes) -> bytes | None:
+def _iptc_from_resources(resources: bytes) -> bytes | None:
     """The IPTC record among Photoshop image resources ("8BIM", id, padded Pascal name, size, data padded)."""
     position = 0
     while resources[position:position + 4] == b"8BIM" and position + 12 <= len(resources):
@@ -487,7 +508,7 @@ def _resources_iptc(resources: bytes) -> bytes | None:
     return None
 
 
-def _iptc_resources(iptc: bytes) -> bytes:
+def _as_photoshop_resource(iptc: bytes) -> bytes:
     """An IPTC record as a Photoshop image resource, as Photoshop, ExifTool and Pillow read it."""
     return (b"8BIM" + _IPTC_RESOURCE.to_bytes(2, "big") + b"\x00\x00" + len(iptc).to_bytes(4, "big") + iptc
             + b"\x00" * (len(iptc) % 2))
@@ -502,7 +523,7 @@ def _tiff_iptc(data: bytes) -> bytes | None:
 
 
 def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[str, str] | None = None,
-                 jpeg_quality: int = 95) -> bytes:
+                 jpeg_quality: int = JPEG_QUALITY) -> bytes:
     """Encode `pixels` (shaped and typed like frame.pixels) with the frame's alpha and metadata.
 
     "png" and "tiff" are lossless; "jpeg" is a lossy opt-in for frames without alpha (16-bit ones rounded to 8
@@ -610,7 +631,7 @@ def _png_text_chunks(frame: Frame, text: dict[str, str] | None) -> dict[str, str
     if frame.xmp:
         chunks[_PNG_XMP_KEY] = frame.xmp.decode("utf-8", "replace")
     if frame.iptc:  # the record as a Photoshop resource, in hex, 36 bytes a line, as ImageMagick lays out a profile
-        resources = _iptc_resources(frame.iptc).hex()
+        resources = _as_photoshop_resource(frame.iptc).hex()
         chunks[_PNG_IPTC_KEY] = f"\niptc\n{len(resources) // 2:8d}\n" + "\n".join(
             resources[start:start + 72] for start in range(0, len(resources), 72)) + "\n"
     return {**chunks, **dict(sorted((text or {}).items()))}
@@ -649,34 +670,52 @@ def _encode_jpeg(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None, 
         options["comment"] = json.dumps(text, sort_keys=True)
     # 4:4:4 chroma: restored detail is often fine lines, which 4:2:0 subsampling would smear
     if pixels.dtype == np.uint16:  # JPEG holds 8 bits: the nearest 8-bit level, as a scan's web copy is made
-        pixels = ((pixels.astype(np.uint32) * 255 + 32_767) // 65_535).astype(np.uint8)
+        pixels = np.rint(pixels * np.float32(255 / 65_535)).astype(np.uint8)
     encoded = _save(_to_pillow(pixels, None), "JPEG", quality=quality, subsampling=0, **options)
     return _with_iptc(encoded, frame.iptc) if frame.iptc else encoded
 
 
 def _with_iptc(jpeg: bytes, iptc: bytes) -> bytes:
-    """The JPEG with the IPTC record in a Photoshop APP13 segment after its other application segments, where
-    Photoshop writes it (Pillow writes none). A record over one segment is left out, as ExifTool would split it."""
-    payload = _PHOTOSHOP + _iptc_resources(iptc)
-    return jpeg if len(payload) > _JPEG_SEGMENT_MAX else _insert_segment(jpeg, 0xED, payload)
+    """The JPEG with the IPTC record in Photoshop APP13 segments after its other application segments, where
+    Photoshop writes them (Pillow writes none); a record too long for one is split over several, as Photoshop does."""
+    resources, room = _as_photoshop_resource(iptc), _JPEG_SEGMENT_MAX - len(_PHOTOSHOP)
+    added = b"".join(_segment(0xED, _PHOTOSHOP + resources[start:start + room])
+                     for start in range(0, len(resources), room))
+    segments, image_data = _jpeg_header(jpeg)
+    after = next((start for marker, start, _ in segments if not 0xE0 <= marker <= 0xEF), image_data)
+    return jpeg[:after] + added + jpeg[after:]
 
 
 def jpeg_with_provenance(jpeg: bytes, text: dict[str, str]) -> bytes:
-    """A JPEG's own bytes with the provenance comment `encode_frame` writes added after its leading segments, the
-    last comment there, which readers take: a frame with nothing to restore keeps its encoding, its pixels and
-    every segment it had, where encoding it again would lose a little of each pixel and grow the file."""
+    """A JPEG's own bytes with the provenance comment `encode_frame` writes, as the last segment before its image
+    data, so it is the comment readers take whatever comments it had: a frame with nothing to restore keeps its
+    encoding, its pixels and every segment it had, where encoding it again would lose a little of each pixel and
+    grow the file."""
     comment = json.dumps(text, sort_keys=True).encode()
     if len(comment) > _JPEG_SEGMENT_MAX:
         raise FrameError("the provenance comment is too long for a JPEG segment")
-    return _insert_segment(jpeg, 0xFE, comment)
+    image_data = _jpeg_header(jpeg)[1]
+    return jpeg[:image_data] + _segment(0xFE, comment) + jpeg[image_data:]
 
 
-def _insert_segment(jpeg: bytes, marker: int, payload: bytes) -> bytes:
-    """The JPEG with a segment inserted after SOI and the APPn (0xE0-0xEF) and COM (0xFE) segments that follow it."""
-    position = 2
-    while jpeg[position] == 0xFF and (0xE0 <= jpeg[position + 1] <= 0xEF or jpeg[position + 1] == 0xFE):
-        position += 2 + int.from_bytes(jpeg[position + 2:position + 4], "big")
-    return jpeg[:position] + bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[position:]
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _jpeg_header(jpeg: bytes) -> tuple[list[tuple[int, int, int]], int]:
+    """A JPEG's header segments as (marker, start, end), and where its first scan (SOS) begins."""
+    segments, position = [], 2
+    while position + 4 <= len(jpeg) and jpeg[position] == 0xFF:
+        marker = jpeg[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+        elif marker in (0xDA, 0xD9):  # start of scan, or end of image
+            break
+        else:
+            end = position + 2 + int.from_bytes(jpeg[position + 2:position + 4], "big")
+            segments.append((marker, position, end))
+            position = end
+    return segments, position
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

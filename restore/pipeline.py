@@ -435,9 +435,10 @@ def list_input(context: JobContext) -> InputListing:
     mask_globs, mask_folder = _mask_listing(read)
     masks_with_input = same_location(spec.masks.uri or spec.input, spec.input)
     extra = tuple(glob for glob in mask_globs if glob not in spec.include) if masks_with_input else ()
-    found = [info for info in input_storage.list(spec.include + extra)  # frames and masks in one listing
-             if not key_matches(info.key, spec.exclude + NEVER_FRAMES)]
-    listed: list[ObjectInfo] = [info for info in found if key_matches(info.key, spec.include)] if extra else found
+    found = list(input_storage.list(spec.include + extra))  # frames and masks in one listing
+    left_out = spec.exclude + NEVER_FRAMES  # from the frames; a mask matching these is still a mask
+    listed: list[ObjectInfo] = [info for info in found if (not extra or key_matches(info.key, spec.include))
+                                and not key_matches(info.key, left_out)]
     if not listed:
         missing = isinstance(input_storage, LocalStorage) and not input_storage.root.exists()
         raise JobError(f"input: no frames matching {', '.join(spec.include)} under {spec.input}"

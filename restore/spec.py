@@ -366,8 +366,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     if not isinstance(include, list) or not include or not all(isinstance(p, str) and p for p in include):
         problems.append(f"include: expected a list of glob patterns such as ['*.png'], got {shown(include)}")
         include = list(DEFAULT_INCLUDE)
-    exclude = raw.get("exclude") or []
-    if isinstance(exclude, str):
+    exclude = raw.get("exclude", [])
+    if isinstance(exclude, str) and exclude:
         exclude = [exclude]
     if not isinstance(exclude, list) or not all(isinstance(p, str) and p for p in exclude):
         problems.append(f"exclude: expected a list of glob patterns such as ['*_verso.jpg', 'rejects/*'], got "
@@ -468,6 +468,9 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         commit_every=check.number(raw, "commit_every", "commit_every", 64, minimum=1),
         max_attempts=check.number(raw, "max_attempts", "max_attempts", 3),
     )
+    if spec_kwargs["transfer"] == "log" and spec_kwargs["output_format"] == "jpeg":
+        problems.append("output_format: jpeg would hold a log scan's flat codes in 8 bits, which no viewer shows "
+                        "right: write png or tiff (same), or make JPEG copies from the outputs with your grade")
     # the default is in every saved spec (the report's copy, read back to rebuild it): only another value is a slip
     if spec_kwargs["jpeg_quality"] != JPEG_QUALITY and spec_kwargs["output_format"] != "jpeg":
         problems.append("jpeg_quality: only used with output_format: jpeg (outputs are lossless otherwise)")

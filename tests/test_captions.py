@@ -52,3 +52,14 @@ def test_broken_or_hostile_metadata_gives_no_caption_and_no_error():
     assert read_caption(None, bomb, None, None) is None
     assert read_caption(b"\x1c\x02\x78\xff\xff", b"<x:xmpmeta", b"Exif\x00\x00II*\x00", None) is None
     assert read_caption(iptc((2, 120, b"")), xmp(), None, {"Title": ""}) is None
+    odd = '<?xml version="1.0" encoding="UTF-32"?><rdf:RDF/>'.encode("utf-32")  # no x:xmpmeta, a wide encoding
+    assert read_caption(None, odd, exif("Box 12"), None) == "Box 12"  # the next field, not an error
+
+
+def test_a_blank_or_binary_field_does_not_hide_the_caption_after_it():
+    assert read_caption(iptc((2, 120, b" \x00 ")), xmp("Dockers"), None, None) == "Dockers"
+    binary = b"\x1c\x02\xca\x80\x04" + struct.pack(">I", 3) + b"\x00\x01\x02"  # an extended-length dataset
+    assert read_caption(binary + iptc((2, 120, b"Hamburg")), None, None, None) == "Hamburg"
+    bare = xmp("Elbe")  # an RDF packet alone, as some writers store it, padded with NULs
+    bare = bare[bare.index(b"<rdf:RDF"):bare.index(b"</x:xmpmeta>")] + b"\x00" * 8
+    assert read_caption(None, bare, None, None) == "Elbe"

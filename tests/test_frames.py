@@ -211,6 +211,46 @@ def test_a_jpegs_iptc_captions_and_bylines_reach_every_output_that_holds_them():
     assert decode_frame(buffer.getvalue()).iptc == iptc
 
 
+def test_an_iptc_record_too_long_for_one_jpeg_segment_is_read_and_written_whole():
+    """Photoshop and ExifTool split a long record (keywords, long captions) over several APP13 segments: read as one
+    segment, the byline after the split was lost, and the truncated record went to every output."""
+    caption = ("Hafenarbeiter an der Elbe. " * 2600).encode()  # about 70 KB
+    record = IPTC + b"\x1c\x02\x78\x80\x04" + struct.pack(">I", len(caption)) + caption \
+        + b"\x1c\x02\x50\x00\x0bHans Becker"
+    frame = Frame(pixels=np.zeros((8, 8, 3), np.uint8), alpha=None, format="PNG", mode="RGB", icc_profile=None,
+                  exif=None, iptc=record)
+    jpeg = encode_frame(frame, frame.pixels, "jpeg")
+    assert jpeg.count(b"Photoshop 3.0\x00") == 2  # split, as Photoshop splits it
+    assert decode_frame(jpeg).iptc == record
+
+
+def test_a_provenance_comment_is_the_one_readers_take_whatever_comments_a_kept_jpeg_had():
+    """libjpeg's wrjpgcom puts a comment just before the image data: after it, ours was not the comment readers
+    take, and verify found the output's provenance unreadable."""
+    from restore.frames import jpeg_with_provenance
+    from restore.verify import read_provenance
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, "JPEG", comment=b"scanned at station 3")
+    data = buffer.getvalue()
+    scan = data.index(b"\xff\xda")
+    late = data[:scan] + b"\xff\xfe\x00\x0elate comment" + data[scan:]  # as wrjpgcom writes it
+    for source in (data, late):
+        kept = jpeg_with_provenance(source, TEXT)
+        assert read_provenance(kept) == TEXT
+        assert np.array_equal(decode_frame(kept).pixels, decode_frame(source).pixels)
+
+
+def test_an_iptc_text_this_cannot_read_is_kept_as_the_text_it_was():
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type iptc", "\niptc\n       3\nabc\n")  # odd hex: no record this can read
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, "PNG", pnginfo=info)
+    frame = decode_frame(buffer.getvalue())
+    assert frame.iptc is None and frame.png_text == {"Raw profile type iptc": "\niptc\n       3\nabc\n"}
+    assert decode_frame(encode_frame(frame, frame.pixels, "png")).png_text == frame.png_text  # written as it came
+
+
 def test_a_jpeg_that_states_no_resolution_gets_none_in_its_outputs():
     """A JPEG with EXIF but no resolution reads as 72 dpi in Pillow: written out, the outputs claimed a resolution
     the scan never stated."""
@@ -226,6 +266,11 @@ def test_a_jpeg_that_states_no_resolution_gets_none_in_its_outputs():
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, "JPEG", dpi=(600, 600))
     assert decode_frame(buffer.getvalue()).dpi == (600, 600)  # a stated one is kept
+    exif = Image.Exif()
+    exif[0x011A] = exif[0x011B] = 300  # XResolution, YResolution, and no unit: inches, EXIF's default
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "JPEG", exif=exif.tobytes())
+    assert decode_frame(buffer.getvalue()).dpi == (300, 300)  # Pillow read 72
 
 
 def test_an_xmp_too_long_for_a_jpeg_is_left_out_of_it_not_the_frame():

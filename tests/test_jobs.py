@@ -183,8 +183,14 @@ def test_excluded_files_and_the_companions_macos_writes_are_not_frames(tmp_path,
     assert restore_main(["status", str(tmp_path / "out"), "--job", "t"]) == 0  # the alert is off
     (tmp_path / "in" / "reel" / "f002_verso.png").write_bytes(png_bytes(scene(6)))
     assert run(excluding).planned == 0  # nor is a new one read
-    with pytest.raises(SpecError, match="exclude: expected a list of glob patterns"):
-        parse_spec(job(tmp_path, exclude=[3]))
+    # a pattern that also matches the masks leaves them masks: read, and their edits noticed, not a reason to redo
+    masks_too = job(tmp_path, exclude=["*_verso.png", "masks/*", "reel/masks/*"])
+    assert run(masks_too).planned == 0
+    (tmp_path / "in" / "reel" / "masks" / "f000.png").write_bytes(png_bytes(255 - box_mask()))
+    assert run(job(tmp_path, exclude=["*_verso.png", "reel/masks/*"], masks={"max_given": 1.0})).planned == 1
+    for wrong in ([3], {}, 0, ""):
+        with pytest.raises(SpecError, match="exclude: expected a list of glob patterns"):
+            parse_spec(job(tmp_path, exclude=wrong))
     with pytest.raises(Exception, match=r"no frames matching .* but not \*"):
         prepare(parse_spec(job(tmp_path, exclude=["*"])))
 

@@ -205,3 +205,9 @@ def test_jpeg_quality_is_for_jpeg_outputs_and_enters_the_config_hash_only_when_s
         parse_spec({**base, "jpeg_quality": 101})
     with pytest.raises(SpecError, match="jpeg_quality: only used with output_format: jpeg"):
         parse_spec({**base, "output_format": "png", "jpeg_quality": 85})
+
+
+def test_a_log_scan_is_not_written_as_jpeg():
+    """JPEG holds 8 bits: a log scan's flat codes there would look near black in the report and in any viewer."""
+    with pytest.raises(SpecError, match="output_format: jpeg would hold a log scan's flat codes"):
+        parse_spec({"name": "j", "input": "in", "output": "out", "transfer": "log", "output_format": "jpeg"})
