@@ -20,10 +20,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from . import __version__
 from .condition import KINDS
 from .storage import NoSuchObjectError, Storage, StorageError
 
 MANIFEST_ROOT = "_manifests"
+SOFTWARE = f"restore {__version__}"  # in every output and manifest row
 NOT_RESTORED = ("failed", "skipped")  # the statuses of a frame whose output is not (or no longer) what it should be
 WITHDRAWN = "withdrawn"  # the status that closes a frame not restored whose original has left the input
 SNAPSHOTS = "_snapshots"  # compacted snapshots: _manifests/<job>/_snapshots/<run_id>.parquet
@@ -329,11 +331,13 @@ def history(table: pa.Table, config_hash: str) -> History:
     """A frame counts as done only when its newest row of all, whatever the config, is `ok` under this config.
 
     The output holds whatever the newest run wrote: after a run with another restorer, going back to the first
-    config must restore the frame again, although an older `ok` row under that config exists.
+    config must restore the frame again, although an older `ok` row under that config exists. Failed attempts
+    count under this version only (`_failed_here`).
     """
     rows, positions = _newest(table, ["input_key"])
     newest = rows.take(positions)
-    failed = rows.filter(pc.and_(pc.equal(rows["status"], "failed"), pc.equal(rows["config_hash"], config_hash)))
+    failed = _failed_here(rows)
+    failed = failed.filter(pc.equal(failed["config_hash"], config_hash))
     attempts = failed.group_by(["input_key", "input_etag"]).aggregate([("status", "count")])
     counts = dict(zip(zip(attempts["input_key"].to_pylist(), attempts["input_etag"].to_pylist()),
                       attempts["status_count"].to_pylist()))
@@ -413,13 +417,19 @@ def summarize(table: pa.Table, max_attempts: int | None = None) -> JobSummary:
     )
 
 
+def _failed_here(table: pa.Table) -> pa.Table:
+    """The failed rows this version wrote: a frame given up after `max_attempts` is tried again once a new version
+    is installed, which may read what the old one could not (a 16-bit frame as JPEG, a format it did not know)."""
+    return table.filter(pc.and_(pc.equal(table["status"], "failed"), pc.equal(table["software"], SOFTWARE)))
+
+
 def _given_up(table: pa.Table, newest: pa.Table, max_attempts: int) -> list[str]:
     """Frames whose newest row failed, and which failed `max_attempts` times as they are (input ETag) under that
-    row's config: as `plan_job` counts them (`History.failures`)."""
+    row's config and this version: as `plan_job` counts them (`History.failures`, for the job's config now)."""
     if max_attempts == 0:  # retried for ever
         return []
     keys = ["input_key", "input_etag", "config_hash"]
     failed = newest.filter(pc.equal(newest["status"], "failed")).select(keys)
-    attempts = table.filter(pc.equal(table["status"], "failed")).group_by(keys).aggregate([("status", "count")])
+    attempts = _failed_here(table).group_by(keys).aggregate([("status", "count")])
     counted = failed.join(attempts, keys=keys)
     return sorted(counted.filter(pc.greater_equal(counted["status_count"], max_attempts))["input_key"].to_pylist())

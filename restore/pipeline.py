@@ -32,7 +32,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import __version__
 from .captions import read_caption
 from .condition import census
 from .film import LOG_SCAN, FilmFrame, restore_codes, to_view
@@ -40,9 +39,9 @@ from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, Frame
                      check_encodable, check_pixel_limit, decode_frame, decode_mask, encode_frame, encode_mask,
                      extension_for, jpeg_with_provenance)
 from .grain import regrain
-from .manifest import (CENSUS_FIELDS, MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, WITHDRAWN, History,
-                       ManifestWriter, compact, history, is_video, jobs_in, last_run_summary, new_run_id, provenance_id,
-                       read_manifests, run_prefix, split_frame_key, video_frame_key)
+from .manifest import (CENSUS_FIELDS, MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, SOFTWARE, WITHDRAWN,
+                       History, ManifestWriter, compact, history, is_video, jobs_in, last_run_summary, new_run_id,
+                       provenance_id, read_manifests, run_prefix, split_frame_key, video_frame_key)
 from .pictures import (REPORT_ROOT, REVIEW_QUALITY, REVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, as_shown, fit,
                        held_pictures_name, picture_set, pictures_name, pictures_prefix, review_set, shrink,
                        store_pictures)
@@ -58,7 +57,6 @@ class JobError(RuntimeError):
     """A job that cannot start (not enough cluster resources, storage unusable): nothing was processed."""
 
 
-SOFTWARE = f"restore {__version__}"  # in every output and manifest row
 MASK_PREFIX = "_masks"
 OWN_OUTPUT_FOLDERS = {MASK_PREFIX: "audit masks", MANIFEST_ROOT: "manifests", REPORT_ROOT: "report"}
 

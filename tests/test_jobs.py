@@ -1157,6 +1157,26 @@ def test_a_frame_that_keeps_failing_is_given_up_after_max_attempts_until_it_chan
     assert restore_main(["run", str(spec_file), "--quiet"]) == 0
 
 
+def test_a_frame_given_up_is_tried_again_once_a_new_version_is_installed():
+    """A new version may read what the old one could not (a 16-bit frame written as JPEG, which 0.6 refused): the
+    failures of other versions do not count towards max_attempts, so status does not call such a frame given up."""
+    from datetime import datetime, timezone
+
+    from restore.manifest import SOFTWARE, history, summarize
+
+    def failed(software: str, run: int) -> dict:
+        return {"job": "t", "run_id": f"2026112{run}T000000000Z-aaaaaa", "input_key": "deep.png", "input_etag": "e1",
+                "config_hash": "c", "software": software, "status": "failed", "error": "JPEG holds only 8 bits",
+                "finished_at": datetime(2026, 11, 20 + run, tzinfo=timezone.utc)}
+
+    older = pa.Table.from_pylist([failed("restore 0.6.0", run) for run in range(3)], schema=MANIFEST_SCHEMA)
+    assert history(older, "c").failures == {("deep.png", "e1"): 0}
+    assert summarize(older, 3).given_up == []
+    now = pa.Table.from_pylist([failed(SOFTWARE, run) for run in range(3)], schema=MANIFEST_SCHEMA)
+    assert history(now, "c").failures == {("deep.png", "e1"): 3}
+    assert summarize(now, 3).given_up == ["deep.png"]
+
+
 def test_runs_write_a_summary_and_a_second_concurrent_run_is_refused(tmp_path, ray_session, capsys):
     from restore.lease import LeaseHeldError, acquire
     from restore.pipeline import run as run_with_lease
