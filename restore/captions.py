@@ -22,7 +22,8 @@ _IMAGE_DESCRIPTION = 270
 _PNG_FIELDS = ("Description", "Title")
 
 
-def read_caption(iptc: bytes | None, xmp: bytes | None, exif: bytes | None, png_text: dict[str, str] | None) -> str | None:
+def read_caption(iptc: bytes | None, xmp: bytes | None, exif: bytes | None,
+                 png_text: dict[str, str] | None) -> str | None:
     """The frame's caption, on one line and at most MAX_CAPTION characters; None when it has none. Never raises:
     metadata that cannot be read gives no caption, never a frame not restored."""
     readers = (lambda: _iptc_caption(iptc), lambda: _xmp_caption(xmp), lambda: _exif_caption(exif),

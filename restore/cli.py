@@ -226,10 +226,11 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
-def _output_target(args) -> tuple[str, str | None, str]:
-    """(output URI, endpoint, job) from a job spec or from an output location plus --job."""
+def _output_target(args, spec=None) -> tuple[str, str | None, str]:
+    """(output URI, endpoint, job) from a job spec (`spec`, if the caller has read it) or from an output location
+    plus --job."""
     if Path(args.target).is_file():
-        spec = _target_spec(args)
+        spec = spec or _target_spec(args)
         return spec.output, spec.endpoint_url, spec.name
     if args.target.lower().endswith((".yaml", ".yml")) and "://" not in args.target:  # a spec mistyped, not an output
         raise ValueError(f"no job spec at {args.target}: is the path right?")
@@ -292,10 +293,10 @@ def cmd_status(args) -> int:
     from .pipeline import JobError
     from .storage import open_storage
 
-    output, endpoint_url, job = _output_target(args)
+    spec = _target_spec(args)
+    output, endpoint_url, job = _output_target(args, spec)
     storage = open_storage(output, endpoint_url)
     table = read_manifests(storage, job)
-    spec = _target_spec(args)
     summary = summarize(table, spec.max_attempts if spec else None)
     last = last_run_summary(storage, job)
     if summary.runs == 0 and last is None:  # a mistyped job or output: an error, not "all is well"

@@ -44,9 +44,6 @@ MANIFEST_SCHEMA = pa.schema([
     ("input_version_id", pa.string()),
     ("input_sha256", pa.string()),
     ("input_frames", pa.int32()),  # frames in the input object (a video's count); null for a still image
-    # what the frame's own metadata calls it (IPTC caption, XMP description or title, ImageDescription, a PNG's
-    # Description or Title: restore/captions.py), on one line, at most 500 characters; null where it has none
-    ("caption", pa.string()),
     ("output_key", pa.string()),
     ("output_sha256", pa.string()),
     ("output_version_id", pa.string()),
@@ -91,6 +88,10 @@ MANIFEST_SCHEMA = pa.schema([
     ("write_seconds", pa.float64()),
     ("worker", pa.string()),
     ("finished_at", pa.timestamp("ms", tz="UTC")),
+    # what the frame's own metadata calls it (IPTC caption, XMP description or title, ImageDescription, a PNG's
+    # Description or Title: restore/captions.py), on one line, at most 500 characters; null where it has none.
+    # Last, as columns added since 0.7 are: imports that map a CSV's columns by position keep theirs
+    ("caption", pa.string()),
 ])
 
 

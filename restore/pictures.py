@@ -22,7 +22,8 @@ from .storage import Storage
 REPORT_ROOT = "_report"
 THUMB_SIZE, THUMB_QUALITY = 240, 85  # thumbnails in the frame list: shown at 160 px, sharp on high-density screens
 PREVIEW_SIZE, PREVIEW_QUALITY = 2048, 90  # compare views: film frames up to 2K are shown at full resolution
-REVIEW_SIZE, REVIEW_QUALITY = 1024, 85  # a held frame's pictures: enough to tell lettering or stars from dust
+REVIEW_SIZE, REVIEW_QUALITY = 800, 85  # a held frame's pictures: enough to tell lettering or stars from dust, and
+# small, as a detector misled by a whole collection (a star atlas, a book's pages) holds every frame
 TINT = np.array([255, 0, 128], dtype=np.float32)  # masked pixels in the overlay: a colour no film stock has
 OUTLINE_SPAN = 400  # the black and white dashes around masked areas are a pixel wide per this many pixels of the
 # picture's long side, so they stay visible when a 2K preview is shown in a card a fifth of its size
@@ -37,7 +38,10 @@ PICTURE_VERSIONS = {"thumbs": 2, "previews": 3, "held": 1}
 # orientation, its mask read each way masks.orientation offers.
 REVIEW_READINGS = {"given": "its given mask", "detected": "the damage the detector flagged",
                    "displayed": "its mask as drawn on the picture as shown (masks.orientation: displayed)",
-                   "stored": "its mask as drawn on the pixels as stored (masks.orientation: stored)"}
+                   "stored": "its mask as drawn on the pixels as stored (masks.orientation: stored)",
+                   "protect-displayed": "its protect mask as drawn on the picture as shown (masks.orientation: "
+                                        "displayed)",
+                   "protect-stored": "its protect mask as drawn on the pixels as stored (masks.orientation: stored)"}
 
 
 def pictures_prefix(job: str) -> str:

@@ -757,11 +757,15 @@ def _read_mask(context: JobContext, pattern: str, input_key: str, frame: Frame, 
     except FrameError as error:
         raise FrameError(f"mask {mask_key!r}: {error}") from None
     if orientation != 1 and drawn is None:
+        readings = _readings(data, mask, frame, context.spec.max_pixels, inverted)
+        if not readings:  # whichever the spec says, it would fail on its size: say so now
+            raise FrameError(f"mask {mask_key!r} is {mask.shape[1]}x{mask.shape[0]}, and the frame is "
+                             f"{frame.pixels.shape[1]}x{frame.pixels.shape[0]} as stored, turned or not")
         raise SettingNeededError(f"this frame is shown {_TURNS[orientation]} (EXIF orientation {orientation}): say "
                                  f"whether its mask {mask_key!r} is drawn on the picture as shown (masks.orientation: "
                                  "displayed) or on the pixels as stored (masks.orientation: stored)",
-                                 "masks.orientation", _readings(data, mask, frame, context.spec.max_pixels, inverted)
-                                 if field == "mask_etag" else {})
+                                 "masks.orientation", readings if field == "mask_etag" else
+                                 {f"protect-{reading}": mask for reading, mask in readings.items()})
     if drawn == "displayed":
         mask = as_stored(mask, orientation)
     height, width = frame.pixels.shape[:2]
@@ -909,16 +913,16 @@ def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np
     columns = _frame_columns(frame, mask)
     if context.spec.masks.temporal_fill:
         columns.update(_fill_from_neighbours(frame.pixels, mask, motion() if mask.any() else None))
-    return {**row, **columns, **recorded, "original_thumb": None if thumb is None else thumb.tobytes(),
-            "mask_seconds": time.perf_counter() - started}
+    return {**row, **columns, **recorded, "original_thumb": thumb, "mask_seconds": time.perf_counter() - started}
 
 
-def _original_thumb(context: JobContext, key: str, frame: Frame) -> np.ndarray | None:
+def _original_thumb(context: JobContext, key: str, frame: Frame) -> bytes | None:
     """The original brought down to the report's thumbnails, as they show it: here, before temporal fill and the
     restorer replace its pixels, is the last stage that holds it; the write stage makes the thumbnails. None when
     it cannot be made: the report then makes that frame's from the input."""
     try:
-        return shrink(as_shown(frame.pixels, frame.orientation, context.spec.reads_log(frame.format)), THUMB_SIZE)
+        return shrink(as_shown(frame.pixels, frame.orientation, context.spec.reads_log(frame.format)),
+                      THUMB_SIZE).tobytes()
     except Exception as error:  # noqa: BLE001 - a picture is never a reason to fail a frame
         logger.warning("%s: its thumbnails are left to the report: %s", key, error)
         return None
@@ -1016,9 +1020,11 @@ def _warnings_named(key: str):
     about: printed bare, a night's log of thousands of frames cannot say which file to look at."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        yield
-    for message in dict.fromkeys(str(warning.message) for warning in caught):  # once each, in order
-        logger.warning("%s: %s", key, message)
+        try:
+            yield
+        finally:  # a frame that then fails to decode most needs them
+            for message in dict.fromkeys(str(warning.message) for warning in caught):  # once each, in order
+                logger.warning("%s: %s", key, message)
 
 
 def _kept_jpeg(spec: JobSpec, frame: Frame, row: dict) -> bool:

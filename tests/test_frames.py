@@ -3,6 +3,7 @@ import dataclasses
 import io
 import json
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -710,3 +711,8 @@ def test_a_decoders_warning_names_the_frame_it_is_about(caplog):
     assert frame.pixels.shape == (8, 8, 3)  # read on, as before
     messages = [record.getMessage() for record in caplog.records]
     assert messages == ["1962/press_0007.jpg: Tag data larger than file. Skipping tag 315"]  # once, named
+    caplog.clear()
+    with caplog.at_level("WARNING"), pytest.raises(FrameError), _warnings_named("1962/press_0008.jpg"):
+        warnings.warn("Truncated File Read")  # and then the frame fails: the warning says most
+        raise FrameError("corrupt or truncated JPEG")
+    assert [record.getMessage() for record in caplog.records] == ["1962/press_0008.jpg: Truncated File Read"]

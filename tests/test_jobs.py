@@ -790,6 +790,19 @@ def test_masks_of_frames_shown_turned_are_read_as_the_spec_says_they_were_drawn(
         job(tmp_path, masks={"orientation": "stored"})).config_hash(None)
 
 
+def test_a_turned_frames_mask_that_fits_it_neither_way_fails_at_once_instead_of_waiting_for_a_setting(
+        tmp_path, ray_session):
+    """Held for masks.orientation, such a frame waited for a setting under which it could only fail on its size."""
+    (tmp_path / "in" / "masks").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[274] = 6
+    Image.fromarray(scene(3)).save(tmp_path / "in" / "turned.png", exif=exif.tobytes())
+    (tmp_path / "in" / "masks" / "turned.png").write_bytes(png_bytes(box_mask(40, 40)))  # a mask of another frame
+    assert run(job(tmp_path)).counts == {"failed": 1}
+    row = read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()[0]
+    assert row["held_for"] is None and "is 40x40, and the frame is 64x48 as stored, turned or not" in row["error"]
+
+
 def test_a_mask_drawn_inverted_is_held_not_repainted_until_the_spec_says_invert(tmp_path, ray_session, capsys):
     """An editor's layer mask shows the damage black on white: read as it is, it repainted 99 % of the frame and
     called it restored. Such a frame is held with the reason; masks.invert reads the damage as black."""

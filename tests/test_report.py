@@ -615,10 +615,13 @@ def test_a_held_frame_is_shown_with_what_a_restore_would_repaint_and_a_turned_on
     (tmp_path / "in" / "masks" / "turned.png").write_bytes(png_bytes(mask[::-1, ::-1]))  # drawn on the picture shown
     (tmp_path / "in" / "plain.png").write_bytes(png_bytes(damaged(scene(2), mask)))
     (tmp_path / "in" / "masks" / "plain.png").write_bytes(png_bytes(mask))
+    (tmp_path / "in" / "stamped.png").write_bytes(buffer.getvalue())  # turned too, with a stamp to protect alone
+    (tmp_path / "in" / "protect").mkdir()
+    (tmp_path / "in" / "protect" / "stamped.png").write_bytes(png_bytes(mask))
     spec = parse_spec({"name": "held", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
-                       "restorer": {"name": "telea"}})
+                       "restorer": {"name": "telea"}, "masks": {"protect": "{dir}/protect/{stem}.png"}})
     context, plan = prepare(spec)
-    assert run_job(context, plan).counts == {"ok": 1, "skipped": 2}
+    assert run_job(context, plan).counts == {"ok": 1, "skipped": 3}
     write_report(spec)
 
     output = tmp_path / "out"
@@ -626,7 +629,9 @@ def test_a_held_frame_is_shown_with_what_a_restore_would_repaint_and_a_turned_on
     section = re.search(r"<h2>Held for review.*?</section>", page, re.S).group(0)
     cards = dict(re.findall(r'<span class="key">([^<]*)</span> <span class="meta">waits for <code>([^<]*)</code>',
                             section))
-    assert cards == {"inverted.png": "masks.max_given", "turned.png": "masks.orientation"}
+    assert cards == {"inverted.png": "masks.max_given", "turned.png": "masks.orientation",
+                     "stamped.png": "masks.orientation"}
+    assert "stamped.png with its protect mask as drawn on the picture as shown" in section  # what it keeps
     assert "drawn the other way round" in section and "masks.orientation: displayed" in section
     assert missing_pictures(output) == []
     pictures = {alt: np.asarray(Image.open(output / unquote(src)).convert("RGB"), dtype=int)
