@@ -891,7 +891,7 @@ def not_restored(error: Exception) -> dict:
     expected = isinstance(error, (StorageError, FrameError))
     skipped = isinstance(error, (StorageUnavailableError, SettingNeededError)) or not expected
     status = "skipped" if skipped else "failed"
-    reason = str(error) if expected else f"{type(error).__name__}: {error}"
+    reason = (str(error) if expected else f"{type(error).__name__}: {error}").strip()  # OpenCV's end in a newline
     return {"status": status, "error": reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + "…",
             "held_for": error.setting if isinstance(error, SettingNeededError) else None}
 

@@ -243,3 +243,29 @@ def test_refine_mask_drops_small_regions_then_dilates():
     assert np.array_equal(refine_mask(mask), mask)
     with pytest.raises(ValueError):
         refine_mask(mask, dilate=-1)
+
+
+def test_detection_on_scans_past_opencvs_widest_median_runs_and_finds_the_dust():
+    """The classical detector's windows grow with the frame: on a 10000 x 8000 glass plate the local median passed
+    the widest OpenCV takes, and every night the plate was skipped with OpenCV's assertion. Its size setting here
+    makes a small frame take the same windows."""
+    import cv2
+
+    from restore.detect.classical import ClassicalDetector, wide_median
+
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:600, 0:800]
+    plate = np.clip(60 + 120 * x / 800 + rng.normal(0, 3, x.shape), 0, 255).astype(np.uint8)
+    plate[:, :200] = 0  # black binding tape along the edge: a uniform area overflows OpenCV's wide median
+    with pytest.raises(cv2.error):
+        cv2.medianBlur(plate, 301)  # what failed
+    level = wide_median(plate, 453)
+    clear = x > 450  # a window's width from the tape
+    assert level.shape == plate.shape and np.abs(level.astype(int) - (60 + 120 * x / 800))[clear].max() <= 12
+    dusty = plate.copy()
+    for cy, cx in ((150, 200), (300, 500), (450, 650)):
+        dusty[cy - 6:cy + 6, cx - 6:cx + 6] = 250
+    found = ClassicalDetector(size=151)(np.repeat(dusty[..., None], 3, axis=2))
+    for cy, cx in ((150, 200), (300, 500), (450, 650)):
+        assert found[cy, cx]
+    assert found.mean() < 0.01

@@ -24,6 +24,26 @@ def odd_size(x: float) -> int:
     return max(3, int(round(x)) // 2 * 2 + 1)
 
 
+# px: OpenCV's median of a uint8 image counts its histogram in 16 bits, so over a wider window (more than 65,535
+# pixels) a uniform area, a plate's binding tape or a scan's black border, overflows it ("k < 16")
+WIDEST_MEDIAN = 255
+
+
+def wide_median(image: np.ndarray, window: int) -> np.ndarray:
+    """cv2.medianBlur of a uint8 image (H, W) over any odd `window`. The detectors' windows grow with the frame and
+    pass OpenCV's widest on scans from about 7000 px across (a glass plate, a large print), whose detection then
+    failed every night where the scan has a uniform border. A wider one is taken on the image brought down by a
+    whole factor, and brought back up: a median that wide is the level of a frame's surroundings, which a coarser
+    grid keeps."""
+    if window <= WIDEST_MEDIAN:
+        return cv2.medianBlur(image, window)
+    factor = -(-window // WIDEST_MEDIAN)
+    height, width = image.shape[:2]
+    small = cv2.resize(image, (-(-width // factor), -(-height // factor)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(cv2.medianBlur(small, odd_size(window / factor)), (width, height),
+                      interpolation=cv2.INTER_LINEAR)
+
+
 def high_pass(image: np.ndarray) -> np.ndarray:
     """What a 5x5 median leaves of a float image: grain and fine damage; edges and smooth gradients pass it."""
     return image - cv2.medianBlur(image, 5).reshape(image.shape)  # OpenCV drops a single channel's axis
@@ -39,7 +59,7 @@ def brightness_bins(image: np.ndarray, window: int) -> np.ndarray:
     """Each pixel's brightness bin (H, W) for `sigma_by_bin`: that of its surroundings (a median over `window`, wider
     than the damage), not its own: a long scratch or a blotch has enough pixels to fill a bin of its own brightness,
     and would then set the noise it is measured against, and go unseen."""
-    surroundings = cv2.medianBlur(np.clip(image * 255, 0, 255).astype(np.uint8), window)  # large medians: uint8
+    surroundings = wide_median(np.clip(image * 255, 0, 255).astype(np.uint8), window)  # large medians: uint8
     return np.clip(surroundings.astype(np.int32) * _BINS // 256, 0, _BINS - 1)
 
 
@@ -86,7 +106,7 @@ def _local_level(z: np.ndarray, window: int) -> np.ndarray:
     a response well above that local level is damage. The median ignores the speck itself.
     """
     quantised = np.clip(z * 8, 0, 255).astype(np.uint8)  # 1/8 noise unit steps; cv2's large medians need uint8
-    return np.maximum(cv2.medianBlur(quantised, window).astype(np.float32) / 8, 1.0)
+    return np.maximum(wide_median(quantised, window).astype(np.float32) / 8, 1.0)
 
 
 def hysteresis(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:

@@ -7,11 +7,10 @@ white) film blocks infrared everywhere, which is why scanners offer the channel 
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from . import Detector, to_float
-from .classical import hysteresis, odd_size
+from .classical import hysteresis, odd_size, wide_median
 
 
 class InfraredDetector(Detector):
@@ -38,7 +37,7 @@ class InfraredDetector(Detector):
         low, high = (float(v) for v in np.percentile(plane, (0.5, 99.5)))
         step = max(high - low, 1e-6) / 255
         quantised = np.clip(np.round((plane - low) / step), 0, 255).astype(np.uint8)
-        level = low + cv2.medianBlur(quantised, window).astype(np.float32) * step
+        level = low + wide_median(quantised, window).astype(np.float32) * step
         below = level - plane
         sigma = max(1.4826 * float(np.median(np.abs(below - np.median(below)))), 1.0 / 4096)
         return hysteresis(below > self.threshold * sigma, below > self.grow * sigma)
