@@ -95,6 +95,9 @@ class Frame:
     iptc: bytes | None = None  # the IPTC-NAA record: a TIFF's tag 33723, a JPEG's or PNG's Photoshop resource
     png_text: dict[str, str] | None = None
     orientation: int = 1  # EXIF/TIFF Orientation: how viewers turn the stored pixels to show them (1: as stored)
+    # a grey or bilevel TIFF stored white-is-zero (MinIsWhite), as microfilm and some negative scanners write it:
+    # pixels are decoded as shown, and a TIFF output stores them so again, sample for sample
+    min_is_white: bool = False
     # A PNG's colour-space chunks (gAMA, cHRM, sRGB) and significant bits (sBIT), whole, in their order: without
     # them a colour-managed viewer shows a gamma-1.8 master as if it were sRGB. Also a 16-bit grey PNG's
     # transparent grey (tRNS), which no alpha channel here holds
@@ -107,7 +110,8 @@ class Frame:
 
     @property
     def bit_depth(self) -> int:
-        return 16 if self.pixels.dtype == np.uint16 else 8
+        """Of the samples as stored: a bilevel scan's are 1 bit (held as 0 and 255 here), and written so."""
+        return 16 if self.pixels.dtype == np.uint16 else 1 if self.mode == "1" else 8
 
 
 def extension_for(fmt: str) -> str:
@@ -149,14 +153,14 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     check_pixel_limit(width, height, max_pixels)
     if image.mode == "CMYK":
         raise FrameError("CMYK images are not supported: convert to RGB with a colour-managed tool first")
-    infrared, late_text = None, {}
+    infrared, late_text, min_is_white = None, {}, False
     try:
         frames = getattr(image, "n_frames", 1)
         if frames > 1 and image.format != "TIFF":
             raise FrameError(f"animated {image.format} with {frames} frames: split it into single frames first")
         if image.format == "TIFF":
             exif = _tiff_exif(image)
-            mode, pixels, alpha, infrared = _decode_tiff(data)
+            mode, pixels, alpha, infrared, min_is_white = _decode_tiff(data)
         else:
             exif = image.info.get("exif") or None
             if exif and not exif.startswith(b"Exif\x00\x00"):  # PNG eXIf and WebP carry it without the header
@@ -197,6 +201,7 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         png_colour=_png_colour_chunks(data, keyed=mode == "I;16") if image.format == "PNG" else None,
         orientation=_exif_orientation(exif),
         png_text=png_text or None,
+        min_is_white=min_is_white,
     )
 
 
@@ -292,7 +297,7 @@ def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
             page = tif.pages.first
             check_pixel_limit(page.imagewidth, page.imagelength, max_pixels)
             tags = {tag.code: tag.value for tag in page.tags.values()}
-        mode, pixels, alpha, infrared = _decode_tiff(data)
+        mode, pixels, alpha, infrared, min_is_white = _decode_tiff(data)
     except FrameError:
         raise
     except Exception as e:  # tifffile raises many types on corrupt input
@@ -303,11 +308,13 @@ def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
         dpi = _plausible_dpi([float(n) / float(d) * per_inch if d else 0.0 for n, d in (tags[282], tags[283])])
     return Frame(pixels=pixels, alpha=alpha, format="TIFF", mode=mode, icc_profile=tags.get(34675) or None,
                  exif=None, dpi=dpi, resolution_per_cm=per_cm, infrared=infrared, xmp=_tag_bytes(tags, _XMP_TAG),
-                 iptc=_tag_bytes(tags, _IPTC_TAG), orientation=_orientation(tags.get(274)))
+                 iptc=_tag_bytes(tags, _IPTC_TAG), orientation=_orientation(tags.get(274)),
+                 min_is_white=min_is_white)
 
 
-def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(mode, pixels, alpha, infrared) of the first page, exactly as stored (no orientation applied)."""
+def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None, bool]:
+    """(mode, pixels, alpha, infrared, whether it is MinIsWhite) of the first page, as stored (no orientation
+    applied; white-is-zero samples turned the right way)."""
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages.first
         # Further pages smaller than the first (or flagged reduced-resolution) are previews, dropped with the
@@ -330,27 +337,30 @@ def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.nd
         jpeg = page.compression == tifffile.COMPRESSION.JPEG
         extrasamples = tuple(page.extrasamples)
     P = tifffile.PHOTOMETRIC
-    if array.dtype == bool:  # 1-bit: becomes 8-bit grayscale, 0 or 255
-        white = ~array if photometric == P.MINISWHITE else array
-        return "1", (white.astype(np.uint8) * 255)[..., None], None, None
+    inverted = photometric == P.MINISWHITE
+    if array.dtype == bool:  # 1-bit: held as 8-bit grayscale, 0 or 255
+        white = ~array if inverted else array
+        return "1", (white.astype(np.uint8) * 255)[..., None], None, None, inverted
     sixteen = array.dtype == np.uint16
     samples = 1 if array.ndim == 2 else array.shape[2]
-    if photometric == P.MINISWHITE and samples == 1:
-        return ("I;16" if sixteen else "L"), (np.iinfo(array.dtype).max - array)[..., None], None, None
+    if inverted and samples == 1:
+        return ("I;16" if sixteen else "L"), (np.iinfo(array.dtype).max - array)[..., None], None, None, True
     if photometric == P.MINISBLACK and samples == 1:
-        return ("I;16" if sixteen else "L"), array[..., None], None, None
+        return ("I;16" if sixteen else "L"), array[..., None], None, None, False
     associated = extrasamples[:1] == (tifffile.EXTRASAMPLE.ASSOCALPHA,)  # premultiplied: Pillow's "La", "RGBa"
     if photometric == P.MINISBLACK and samples == 2 and not sixteen:
-        return ("La" if associated else "LA", *_split_alpha(array, 1), None)
+        return ("La" if associated else "LA", *_split_alpha(array, 1), None, False)
     if photometric == P.RGB or (photometric == P.YCBCR and jpeg):  # JPEG-in-TIFF decodes to RGB
         depth = ";16" if sixteen else ""
         if samples == 4 and extrasamples[:1] == (tifffile.EXTRASAMPLE.UNSPECIFIED,):  # RGBI: not alpha
-            return "RGBI" + depth, np.ascontiguousarray(array[..., :3]), None, np.ascontiguousarray(array[..., 3])
+            return ("RGBI" + depth, np.ascontiguousarray(array[..., :3]), None, np.ascontiguousarray(array[..., 3]),
+                    False)
         if samples in (3, 4):
-            return ("RGB" if samples == 3 else "RGBa" if associated else "RGBA") + depth, *_split_alpha(array, 3), None
+            mode = ("RGB" if samples == 3 else "RGBa" if associated else "RGBA") + depth
+            return mode, *_split_alpha(array, 3), None, False
     if photometric == P.PALETTE and colormap is not None:
         rgb = colormap[:, array].transpose(1, 2, 0)  # colormap is (3, 2**bits) of 16-bit values
-        return "P", np.ascontiguousarray(rgb if sixteen else (rgb >> 8).astype(np.uint8)), None, None
+        return "P", np.ascontiguousarray(rgb if sixteen else (rgb >> 8).astype(np.uint8)), None, None, False
     if photometric == P.SEPARATED:
         raise FrameError("CMYK images are not supported: convert to RGB with a colour-managed tool first")
     raise FrameError(f"unsupported TIFF layout: {photometric.name} with {samples} {array.dtype} samples per pixel")
@@ -558,7 +568,8 @@ def encode_frame(frame: Frame, pixels: np.ndarray, fmt: str = "png", text: dict[
                 options["pnginfo"].add(kind, body)
         for key, value in chunks.items():  # long text compressed, as it likely came
             options["pnginfo"].add_itxt(key, value, zip=_compressed(key, value))
-    return _save(_to_pillow(pixels, frame.alpha), "PNG", compress_level=ZLIB_LEVEL, **options)
+    image = Image.fromarray(pixels[..., 0] >= 128) if frame.mode == "1" else _to_pillow(pixels, frame.alpha)
+    return _save(image, "PNG", compress_level=ZLIB_LEVEL, **options)  # a bilevel scan as 1-bit, as scanned
 
 
 def check_encodable(frame: Frame, fmt: str) -> None:
@@ -752,6 +763,12 @@ def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
     Alpha and an RGBI scan's infrared plane follow the colour samples, marked as alpha and "unspecified".
     """
     colour = pixels.shape[2] == 3
+    bilevel = frame.mode == "1" and not colour and frame.alpha is None
+    white_is_zero = frame.min_is_white and not colour and frame.alpha is None
+    if bilevel:  # 1 bit a sample, as scanned (the fill kept it black and white)
+        pixels = pixels >= 128
+    if white_is_zero:  # the samples as the scan stored them
+        pixels = ~pixels if bilevel else np.iinfo(pixels.dtype).max - pixels
     alpha_kind = "assocalpha" if frame.premultiplied else "unassalpha"
     extras = [(plane, kind) for plane, kind in ((frame.alpha, alpha_kind), (frame.infrared, "unspecified"))
               if plane is not None]
@@ -779,11 +796,11 @@ def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
     tifffile.imwrite(
         buffer,
         array,
-        photometric="rgb" if colour else "minisblack",
+        photometric="rgb" if colour else "miniswhite" if white_is_zero else "minisblack",
         extrasamples=tuple(kind for _, kind in extras) or None,
         compression="zlib",
         compressionargs={"level": ZLIB_LEVEL},
-        predictor=True,
+        predictor=not bilevel,  # a predictor works on whole samples
         metadata=None,
         software=False,
         resolution=tuple(dpi / per_inch for dpi in frame.dpi) if frame.dpi else None,

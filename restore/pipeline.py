@@ -88,6 +88,7 @@ FRAME_FIELDS = [
     ("infrared", pa.large_binary()),  # an RGBI scan's infrared plane: a mask source, never restored
     ("source_format", pa.string()),
     ("source_mode", pa.string()),
+    ("min_is_white", pa.bool_()),  # see Frame.min_is_white
     ("icc_profile", pa.binary()),
     ("exif", pa.binary()),
     ("xmp", pa.binary()),
@@ -698,6 +699,7 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "infrared": None if frame.infrared is None else frame.infrared.tobytes(),
         "source_format": frame.format,
         "source_mode": frame.mode,
+        "min_is_white": frame.min_is_white,
         "icc_profile": frame.icc_profile,
         "exif": frame.exif,
         "xmp": frame.xmp,
@@ -1240,7 +1242,8 @@ def _write_one(context: JobContext, row: dict) -> dict:
     frame = Frame(pixels=pixels, alpha=alpha, format=row["source_format"], mode=row["source_mode"],
                   icc_profile=row["icc_profile"], exif=row["exif"], dpi=tuple(row["dpi"]) if row["dpi"] else None,
                   resolution_per_cm=row["resolution_per_cm"], infrared=infrared, xmp=row["xmp"], iptc=row["iptc"],
-                  png_text=json.loads(row["png_text"]) if row["png_text"] else None, png_colour=row["png_colour"])
+                  png_text=json.loads(row["png_text"]) if row["png_text"] else None, png_colour=row["png_colour"],
+                  min_is_white=bool(row["min_is_white"]))
     mask = _mask(row)
     if frame.premultiplied and mask.any():  # a fill mixes neighbours' samples: one may not exceed its own alpha
         frame.pixels = pixels = pixels.copy()

@@ -715,6 +715,40 @@ def test_a_frame_the_output_format_cannot_hold_fails_before_it_is_restored(tmp_p
     assert rows["reel/cut.png"]["mask_key"] is None
 
 
+def test_microfilm_and_negatives_come_back_bilevel_and_white_is_zero_as_scanned(tmp_path, ray_session):
+    """A bilevel microfilm page came back as 8-bit greyscale, and a white-is-zero (MinIsWhite) scan as black-is-zero
+    with every sample inverted: the same picture to a viewer that honours the tag, another file to the archive."""
+    import tifffile
+
+    (tmp_path / "in" / "masks").mkdir(parents=True)
+    page = np.zeros((48, 64), bool)
+    page[8:12, 4:60] = True  # a line of print
+    page[30:34, 4:40] = True
+    scratched = page.copy()
+    scratched[:, 30:32] = True  # a scratch down the reel
+    Image.fromarray(scratched).save(tmp_path / "in" / "page.tif", compression="group4")
+    negative = (np.random.default_rng(2).integers(0, 60_000, (48, 64)) + 4_000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "in" / "plate.tif", negative, photometric="miniswhite", compression="lzw",
+                     resolution=(2400, 2400), resolutionunit="INCH")
+    scratch = np.zeros((48, 64), np.uint8)
+    scratch[:, 30:32] = 255
+    for name in ("page", "plate"):
+        (tmp_path / "in" / "masks" / f"{name}.png").write_bytes(png_bytes(scratch))
+    assert run(job(tmp_path)).counts == {"ok": 2}
+    rows = {r["input_key"]: r for r in read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()}
+    assert (rows["page.tif"]["bit_depth"], rows["plate.tif"]["bit_depth"]) == (1, 16)
+    outside = scratch == 0
+    with tifffile.TiffFile(tmp_path / "out" / "page.tif") as tif:
+        stored = tif.pages.first
+        assert stored.bitspersample == 1 and stored.photometric == tifffile.PHOTOMETRIC.MINISBLACK
+        assert np.array_equal(stored.asarray()[outside], scratched[outside])
+    with tifffile.TiffFile(tmp_path / "out" / "plate.tif") as tif:
+        stored = tif.pages.first
+        assert stored.photometric == tifffile.PHOTOMETRIC.MINISWHITE
+        assert np.array_equal(stored.asarray()[outside], negative[outside])  # sample for sample, as scanned
+    assert verify(str(tmp_path / "out"), "t").ok
+
+
 def test_a_jpeg_with_nothing_to_restore_keeps_its_own_encoding_in_a_jpeg_output(tmp_path, ray_session):
     """Encoding a JPEG again changes every pixel a little and, at the output's quality, may grow the file: a frame
     with nothing masked is its own bytes, with the provenance comment added; a restored one is encoded anew."""
