@@ -809,6 +809,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
     pixels = to_view(frame.pixels, LOG_SCAN) if context.spec.reads_log(frame.format) else frame.pixels
     shape = pixels.shape[:2]
     mask = np.zeros(shape, dtype=bool)
+    given = None
     if settings.reads_given:
         given = _read_mask(context, settings.pattern, input_key, frame, settings.required, recorded, "mask_etag")
         if given is not None:
@@ -821,7 +822,8 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
                               f"file, or, if every mask of the job is drawn so, read them all {other}; if the frame "
                               "is that damaged, raise masks.max_given", {"given": given})
             mask |= given
-    if settings.source in ("detect", "both"):
+    detects = settings.source in ("detect", "both") or (settings.source == "given-else-detect" and given is None)
+    if detects:
         detector = _detector(settings.detector, settings.detector_weights)
         if context.detector_sha256 and detector.info["sha256"] != context.detector_sha256:
             raise FrameError(f"masks.detector_weights: this worker's file has sha256 {detector.info['sha256']}, not "
@@ -843,7 +845,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
         if protected is not None:
             mask &= ~protected
             marked = marked & ~protected
-    if settings.source in ("detect", "both"):
+    if detects:
         recorded["detected_fraction"] = float((detected & mask).mean())  # what protect leaves of it
         _hold_if_too_much(recorded["detected_fraction"], "masks.max_detected", settings.max_detected,
                           "the detector flagged", "more likely lettering, stars or fine lines than damage, so it is "

@@ -23,7 +23,9 @@ RESTORERS = ("gan",) + CLASSICAL_RESTORERS  # the inpainting methods
 RESTORER_NAMES = RESTORERS + ("none",)  # "none" copies frames through unchanged: the pipeline's I/O-bound ceiling
 GRAIN = ("auto", "match", "none")  # restorer.grain: fills get the frame's grain in film scans, every frame, or none
 GRAINY_FORMATS = ("DPX", "EXR", "VIDEO")  # film scans, with a log job's stills; other stills are mostly prints
-MASK_SOURCES = ("given", "detect", "both")  # both = the union of the given mask and the detected one
+# both = the union of the given mask and the detected one; given-else-detect = the given mask where a frame has one,
+# detection for the others (an archive's hand masks of its worst frames, found damage for the rest)
+MASK_SOURCES = ("given", "detect", "both", "given-else-detect")
 DETECTOR_NAMES = ("classical", "temporal", "learned")  # learned: the U-Net shipped in restore/weights
 # A job may also take its mask from the infrared plane of RGBI film scans, which eval-detect's pictures lack.
 MASK_DETECTORS = DETECTOR_NAMES + ("infrared",)
@@ -82,7 +84,7 @@ class MaskSettings:
 
     @property
     def reads_given(self) -> bool:
-        return self.source in ("given", "both")
+        return self.source != "detect"
 
     @property
     def file_patterns(self) -> list[str]:
@@ -400,9 +402,14 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
                                                   ("max_detected", masks.max_detected, MaskSettings.max_detected))
                      if value != default]
     if masks.source == "detect":  # settings of given masks in a job that reads none
-        problems += [f"masks.{name}: only used with masks.source given or both (source is detect)"
-                     for name, value, default in (("max_given", masks.max_given, MaskSettings.max_given),
+        problems += [f"masks.{name}: only used with masks.source given, both or given-else-detect (source is "
+                     "detect: given masks are not read)"
+                     for name, value, default in (("pattern", masks.pattern, MaskSettings.pattern),
+                                                  ("required", masks.required, False),
+                                                  ("max_given", masks.max_given, MaskSettings.max_given),
                                                   ("invert", masks.invert, False)) if value != default]
+    if masks.source == "given-else-detect" and masks.required:
+        problems.append("masks.required: a frame without a given mask is detected (source given-else-detect)")
     if masks.orientation and masks.source == "detect" and not masks.protect:
         problems.append("masks.orientation: says how given and protect masks are drawn; this job reads neither")
     if masks.detector_weights and (masks.detector != "learned" or masks.source == "given"):

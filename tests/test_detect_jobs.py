@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 from PIL import Image
 
@@ -261,3 +262,33 @@ def test_a_frame_whose_detected_damage_is_implausibly_large_is_held_unchanged_un
     assert [task["input_key"] for task in plan.tasks] == ["reel/sky.png"] and plan.held == []
     assert run_job(context, plan).counts == {"ok": 1}
     assert rows(tmp_path)["reel/sky.png"]["status"] == "ok"
+
+
+def test_given_else_detect_takes_a_frames_own_mask_and_finds_the_damage_of_the_others(tmp_path, ray_session):
+    """An archive draws masks for its worst frames and wants the rest found: both would add the detector's guesses
+    to every hand mask, and detect ignored the hand masks, silently."""
+    from restore.spec import SpecError
+
+    frames = sequence(count=2)
+    for frame in frames:
+        frame[40:44, 60:64] = 250  # a speck of dust on each
+    (tmp_path / "in" / "reel" / "masks").mkdir(parents=True)
+    for index, frame in enumerate(frames):
+        (tmp_path / "in" / "reel" / f"f{index:03d}.png").write_bytes(png(frame))
+    drawn = np.zeros(frames[0].shape[:2], np.uint8)
+    drawn[10:20, 10:30] = 255  # the hand mask of f000 marks a tear elsewhere, and not the speck
+    (tmp_path / "in" / "reel" / "masks" / "f000.png").write_bytes(png(drawn))
+
+    def spec(**masks):
+        return parse_spec({"name": "detect", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                           "masks": masks, "restorer": {"name": "telea"}})
+
+    assert run_job(*prepare(spec(source="given-else-detect"))).counts == {"ok": 2}
+    own, found = rows(tmp_path)["reel/f000.png"], rows(tmp_path)["reel/f001.png"]
+    assert own["given_fraction"] == pytest.approx((drawn > 0).mean()) and own["detected_fraction"] is None
+    assert own["masked_fraction"] == pytest.approx((drawn > 0).mean())  # its own mask, and only that
+    assert found["given_fraction"] is None and found["detected_fraction"] > 0  # the speck, found
+    for wrong in ({"source": "detect", "pattern": "{dir}/hand/{stem}.png"}, {"source": "detect", "required": True},
+                  {"source": "given-else-detect", "required": True}):
+        with pytest.raises(SpecError, match="masks.(pattern|required)"):
+            spec(**wrong)
