@@ -845,6 +845,11 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
         if protected is not None:
             mask &= ~protected
             marked = marked & ~protected
+    if settings.border:  # the frame's edges, protected alike
+        inside = np.zeros(shape, dtype=bool)
+        inside[settings.border:-settings.border, settings.border:-settings.border] = True
+        mask &= inside
+        marked = marked & inside
     if detects:
         recorded["detected_fraction"] = float((detected & mask).mean())  # what protect leaves of it
         _hold_if_too_much(recorded["detected_fraction"], "masks.max_detected", settings.max_detected,

@@ -75,6 +75,9 @@ class MaskSettings:
     max_given: float = 0.5
     invert: bool = False  # given masks mark the damage black on white (protect masks are read as they are)
     protect: str | None = None  # pattern like pattern: regions never to change (stamps, signatures), overriding all
+    # pixels along each edge of a frame that no mask may change, as protect: a glass plate's binding tape and clear
+    # rebate, a print's mount, a film scan's frame line, which detectors take for damage and fills round off
+    border: int = 0
     temporal_fill: bool = False  # copy masked pixels from the motion-compensated neighbours where they agree first
     detector_weights: str | None = None  # learned: a file from `restore train-detector`; None = the shipped one
     # given and protect masks of frames whose EXIF/TIFF Orientation turns them for display: "displayed" (drawn on
@@ -206,6 +209,8 @@ class JobSpec:
         if self.masks.source == "given":
             masks.pop("detector")
             masks.pop("min_area")
+        if not masks["border"]:
+            masks.pop("border")  # so jobs that never set it keep the hash they had before it existed
         if not masks["temporal_fill"]:
             masks.pop("temporal_fill")  # so jobs that never used it keep the hash they had before it existed
         if masks["orientation"] in (None, "stored"):  # stored is how masks were read before the setting existed
@@ -391,6 +396,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
                                minimum=0.0, maximum=1.0),
         invert=check.boolean(masks_raw, "invert", "masks.invert", False),
         protect=check.string(masks_raw, "protect", "masks.protect"),
+        border=check.number(masks_raw, "border", "masks.border", 0, maximum=MAX_DILATE),
         temporal_fill=check.boolean(masks_raw, "temporal_fill", "masks.temporal_fill", False),
         detector_weights=check.string(masks_raw, "detector_weights", "masks.detector_weights"),
         orientation=check.string(masks_raw, "orientation", "masks.orientation", choices=MASK_ORIENTATIONS),

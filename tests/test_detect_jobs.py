@@ -292,3 +292,28 @@ def test_given_else_detect_takes_a_frames_own_mask_and_finds_the_damage_of_the_o
                   {"source": "given-else-detect", "required": True}):
         with pytest.raises(SpecError, match="masks.(pattern|required)"):
             spec(**wrong)
+
+
+def test_a_border_keeps_a_plates_tape_and_rebate_from_the_detector(tmp_path, ray_session):
+    """A glass plate's binding tape and clear rebate run along its edges: the detector took their edges for damage
+    and repainted them (and a held frame's share of damage was mostly tape). masks.border protects the band."""
+    plate = sequence(count=1)[0]
+    plate[:, :6] = 0  # black tape down the left edge, with a torn, bright rebate beside it
+    plate[::7, 6:9] = 255
+    plate[40:44, 60:64] = 250  # a speck of dust on the picture
+    (tmp_path / "in" / "reel").mkdir(parents=True)
+    (tmp_path / "in" / "reel" / "plate.png").write_bytes(png(plate))
+
+    def detect(**masks):
+        return parse_spec({"name": "detect", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                           "masks": {"source": "detect", **masks}, "restorer": {"name": "telea"}})
+
+    assert run_job(*prepare(detect())).counts == {"ok": 1}
+    edges = np.asarray(Image.open(tmp_path / "out" / "_masks" / "reel" / "plate.png.png")) > 0
+    assert edges[:, :12].any()  # the tape's edge taken for damage
+    assert run_job(*prepare(detect(border=12))).counts == {"ok": 1}  # a new setting: restored again
+    kept = np.asarray(Image.open(tmp_path / "out" / "_masks" / "reel" / "plate.png.png")) > 0
+    restored = np.asarray(Image.open(tmp_path / "out" / "reel" / "plate.png"))
+    assert not kept[:, :12].any() and np.array_equal(restored[:, :12], plate[:, :12])
+    assert kept[40:44, 60:64].all()  # the dust is still found and filled
+    assert detect(border=12).config_hash(None) != detect().config_hash(None)
