@@ -291,14 +291,19 @@ def _mask_with_fraction(rng: np.random.Generator, height: int, width: int, fract
 
 def scaling(config: BenchConfig, sizes=(256, 512, 1024, 2048, 4096),
             fractions=(0.001, 0.01, 0.03, 0.1, 0.3), fraction_frame=(1556, 2048)) -> dict:
-    """Bare-restorer seconds per frame against frame size (archive damage) and against damaged fraction."""
+    """Bare-restorer seconds per frame against frame size (archive damage) and against damaged fraction, and the
+    process's peak resident memory after each size: sizes go up, and a larger frame needs more, so each is that
+    size's peak (what a worker needs for frames of that size, the frame and the model included)."""
+    import resource
+
     restorer = build_restorer(restorer_settings(config), threads=max(1, int(config.cpus)))
     rng = np.random.default_rng(config.seed)
     by_size = []
-    for side in sizes:
+    for side in sorted(sizes):
         pixels, mask = archive_damage(rng, clean_scene(rng, side, side), ARCHIVE_KINDS)
         by_size.append({"size": side, "masked_fraction": float(mask.mean()),
-                        "seconds_per_frame": _frame_time(restorer, pixels, mask, repeats=1)})
+                        "seconds_per_frame": _frame_time(restorer, pixels, mask, repeats=1),
+                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})  # KiB on Linux
     height, width = fraction_frame
     clean = clean_scene(rng, height, width)
     by_fraction = []

@@ -266,6 +266,7 @@ class GanRestorer(Restorer):
             crops.append(pixels[y0:y1, x0:x1])
             holes.append(mask[y0:y1, x0:x1])
             boxes.append([(y - y0, x - x0, h, w) for y, x, h, w in frame_boxes])
+        holes_given = list(holes)  # every pixel the fill may change, smooth ones (filled apart below) among them
         # A grey print scanned as RGB, or a palette of greys, has R = G = B around its holes; the generator, which
         # learnt on colour, would leave faint colour in them. Such a region is filled as grey, like a grey frame.
         neutral = [crop.shape[2] == 3 and (~hole).any()
@@ -279,14 +280,14 @@ class GanRestorer(Restorer):
                 boxes[i] = hole_boxes(torch.from_numpy(holes[i]), **self._tiling())
         restored = self._fill_crops(crops, holes, boxes)
         filled = []
-        for pixels, region, out, grey in zip(frames, regions, restored, neutral):
+        for pixels, region, out, hole, grey in zip(frames, regions, restored, holes_given, neutral):
             scale = float(np.iinfo(pixels.dtype).max)
-            out = out.float().cpu()
+            values = out.float().cpu()[:, torch.from_numpy(hole)]  # (3, n): the hole's pixels alone; the rest
+            # of the rectangle is the frame's own (composited), and a copy of it the size of a large scan in floats
             if pixels.shape[2] == 1 or grey:
-                out = out.mean(dim=0, keepdim=True).expand(pixels.shape[2], -1, -1)  # grey: the channel mean
-            values = out.permute(1, 2, 0).numpy() * scale  # (h, w, C)
+                values = values.mean(dim=0, keepdim=True).expand(pixels.shape[2], -1)  # grey: the channel mean
             frame = pixels.copy()
-            frame[region] = np.clip(np.rint(values), 0, scale).astype(pixels.dtype)
+            frame[region][hole] = np.clip(np.rint(values.T.numpy() * scale), 0, scale).astype(pixels.dtype)
             filled.append(frame)
         return filled
 
@@ -338,9 +339,10 @@ class GanRestorer(Restorer):
         if prefill != "none":  # this generator refines a classical fill rather than blank holes
             crops = [classical_fill(crop, hole, prefill) for crop, hole in zip(crops, holes)]
         images = []
-        for crop in crops:
-            image = torch.from_numpy(crop.astype(np.float32) / np.iinfo(crop.dtype).max).permute(2, 0, 1)
+        for crop in crops:  # in floats in one step: on a large scan each copy of the rectangle is gigabytes
+            image = torch.from_numpy(crop).permute(2, 0, 1).float().div_(float(np.iinfo(crop.dtype).max))
             images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)  # grey is seen as colour
+        del crops  # the prefilled rectangles: the images hold them now
         for i, (fill, weight) in coarse.items():
             images[i] = images[i] * (1 - weight) + fill * weight
         holes = [torch.from_numpy(np.ascontiguousarray(hole)) for hole in holes]

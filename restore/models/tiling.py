@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from restore.models.generator import Generator, composite
+from restore.models.generator import Generator
 
 CELL = 16  # pixels per side of the grid on which boxes are fitted: finer fits tighter, coarser makes fewer boxes
 
@@ -213,7 +213,9 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
         if not mask.any():
             out.append(image.clone())
             continue
-        pred = (total / weight.clamp(min=1e-12)).to(image.device)  # (3, H, W)
         # holes no box covers (a caller's `boxes` may leave some out) keep the input there
-        out.append(composite(pred, image, mask[None] & (weight > 0).to(image.device)))
+        filled = mask[None] & (weight > 0).to(image.device)
+        # in place, as `composite` would: on a large scan each (3, H, W) copy in floats is gigabytes
+        pred = total.div_(weight.clamp_(min=1e-12)).to(image.device, image.dtype)  # (3, H, W)
+        out.append(torch.where(filled, pred, image, out=pred))
     return out
