@@ -294,8 +294,6 @@ def scaling(config: BenchConfig, sizes=(256, 512, 1024, 2048, 4096),
     """Bare-restorer seconds per frame against frame size (archive damage) and against damaged fraction, and the
     process's peak resident memory after each size: sizes go up, and a larger frame needs more, so each is that
     size's peak (what a worker needs for frames of that size, the frame and the model included)."""
-    import resource
-
     restorer = build_restorer(restorer_settings(config), threads=max(1, int(config.cpus)))
     rng = np.random.default_rng(config.seed)
     by_size = []

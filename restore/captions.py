@@ -24,31 +24,36 @@ _PNG_FIELDS = ("Description", "Title")
 
 def read_caption(iptc: bytes | None, xmp: bytes | None, exif: bytes | None,
                  png_text: dict[str, str] | None) -> str | None:
-    """The frame's caption, on one line and at most MAX_CAPTION characters; None when it has none. Never raises:
-    metadata that cannot be read gives no caption, never a frame not restored."""
-    readers = (lambda: _iptc_caption(iptc), lambda: _xmp_caption(xmp), lambda: _exif_caption(exif),
-               *(lambda key=key: (png_text or {}).get(key) for key in _PNG_FIELDS))
-    for read in readers:
-        try:
-            found = read()
-        except Exception:  # noqa: BLE001 - a writer's odd metadata (an XMP in UTF-32, a broken record)
-            continue
+    """The frame's caption, on one line and at most MAX_CAPTION characters; None when it has none."""
+    fields = [_readable(_iptc_caption, iptc), _readable(_xmp_caption, xmp), _readable(_exif_caption, exif),
+              *((png_text or {}).get(key) for key in _PNG_FIELDS)]
+    for found in fields:
         text = " ".join(re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", found or "").split())  # no control characters
         if text:  # a blank field is no caption: the next one may hold it
             return text if len(text) <= MAX_CAPTION else text[:MAX_CAPTION - 1] + "…"
     return None
 
 
+def _readable(read, field: bytes | None) -> str | None:
+    """`read(field)`, or None where the field cannot be read: a writer's odd metadata (an XMP declaring UTF-32, a
+    broken record) gives no caption, never a frame not restored."""
+    try:
+        return read(field)
+    except Exception:  # noqa: BLE001 - any parser's error on any bytes
+        return None
+
+
 def _iptc_caption(iptc: bytes | None) -> str | None:
     """Caption-Abstract from an IPTC-NAA record: datasets of 0x1C, record, dataset, a 2-byte length, the data."""
     datasets, position = {}, 0
     while iptc and position + 5 <= len(iptc) and iptc[position] == 0x1C:
+        dataset = (iptc[position + 1], iptc[position + 2])
         length, position = int.from_bytes(iptc[position + 3:position + 5], "big"), position + 5
         if length & 0x8000:  # an extended length (binary data, never a caption): its size in the next bytes
             count = length & 0x7FFF
             length, position = int.from_bytes(iptc[position:position + count], "big"), position + count
         else:
-            datasets.setdefault((iptc[position - 4], iptc[position - 3]), iptc[position:position + length])
+            datasets.setdefault(dataset, iptc[position:position + length])
         position += length
     text = datasets.get(_IPTC_CAPTION)
     if not text:

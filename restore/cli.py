@@ -208,7 +208,7 @@ def _nothing_masked(spec, count: int, no_mask_file: int) -> str:
     line = f"job {spec.name}: {count} of them came back unchanged, as nothing was masked"
     if no_mask_file:
         line += f" ({no_mask_file} had no mask file where masks.pattern {spec.masks.pattern!r} looks"
-        line += ", and the detector found nothing in them)" if spec.masks.source == "both" else \
+        line += ", and the detector found nothing in them)" if spec.masks.source != "given" else \
             ": give masks there, or set masks.source: detect to find the damage)"
     return line
 
@@ -226,11 +226,10 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
-def _output_target(args, spec=None) -> tuple[str, str | None, str]:
-    """(output URI, endpoint, job) from a job spec (`spec`, if the caller has read it) or from an output location
-    plus --job."""
-    if Path(args.target).is_file():
-        spec = spec or _target_spec(args)
+def _output_target(args, spec) -> tuple[str, str | None, str]:
+    """(output URI, endpoint, job) from the job spec the command was given (`_target_spec`), or from an output
+    location plus --job."""
+    if spec is not None:
         return spec.output, spec.endpoint_url, spec.name
     if args.target.lower().endswith((".yaml", ".yml")) and "://" not in args.target:  # a spec mistyped, not an output
         raise ValueError(f"no job spec at {args.target}: is the path right?")
@@ -263,7 +262,7 @@ def _target_spec(args):
 def cmd_verify(args) -> int:
     from .verify import FRAME_PROBLEMS, verify
 
-    output, endpoint_url, job = _output_target(args)
+    output, endpoint_url, job = _output_target(args, _target_spec(args))
     originals = None
     if args.originals:
         from .spec import load_spec

@@ -478,7 +478,7 @@ def _jpeg_dpi(info: dict, exif: Image.Exif) -> tuple[float, float] | None:
         return info.get("dpi")
     try:
         x, y = float(exif[0x011A]), float(exif.get(0x011B, exif[0x011A]))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+    except (KeyError, TypeError, ValueError):
         return None
     scale = 2.54 if exif.get(0x0128) == 3 else 1.0  # ResolutionUnit 3: per centimetre
     return x * scale, y * scale

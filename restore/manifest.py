@@ -50,7 +50,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("output_format", pa.string()),
     ("mask_key", pa.string()),
     ("mask_sha256", pa.string()),  # of the mask written beside the output (every changed pixel, for audit)
-    ("mask_source", pa.string()),  # given | detect | both
+    ("mask_source", pa.string()),  # given | detect | both | given-else-detect
     # ETags of the mask files read for the frame ("" = none there), so a mask added or edited later is applied;
     # null where the job reads no such file, and in rows from before these columns existed
     ("mask_etag", pa.string()),  # the given mask (masks.pattern)
@@ -58,8 +58,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("detector", pa.string()),  # the detector's name when masks were detected
     ("detector_sha256", pa.string()),  # the learned detector's weights, when they found the masks
     ("masked_fraction", pa.float64()),  # of the frame's pixels, those the mask allowed to change
-    ("given_fraction", pa.float64()),  # of the frame's pixels, those its given mask marks (source given, both)
-    ("detected_fraction", pa.float64()),  # of the frame's pixels, those the detector flagged (source detect, both)
+    ("given_fraction", pa.float64()),  # of the frame's pixels, those its given mask marks, where it has one
+    ("detected_fraction", pa.float64()),  # of the frame's pixels, those the detector flagged, where it ran
     ("changed_fraction", pa.float64()),  # of the frame's pixels, those whose values did change (copied or filled)
     # how deep the restorer had to reconstruct: the largest distance in pixels from a filled pixel to the nearest
     # kept one (half the widest hole's width); null where it filled nothing, and in rows from before the column

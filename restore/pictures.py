@@ -35,7 +35,7 @@ DIFFERENCE_GAIN = 4  # the difference picture's brightness per level changed: a 
 # Held: 1, the pictures of a frame held for review (`review_set`).
 PICTURE_VERSIONS = {"thumbs": 2, "previews": 3, "held": 1}
 # What each overlay of a held frame shows (`review_set`): the mask that held it, or, for a frame turned by its EXIF
-# orientation, its mask read each way masks.orientation offers.
+# orientation, its mask (or its protect mask) read each way masks.orientation offers.
 REVIEW_READINGS = {"given": "its given mask", "detected": "the damage the detector flagged",
                    "displayed": "its mask as drawn on the picture as shown (masks.orientation: displayed)",
                    "stored": "its mask as drawn on the pixels as stored (masks.orientation: stored)",

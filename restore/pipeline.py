@@ -795,7 +795,8 @@ def _detector(name: str, weights: str | None = None):
 
 def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callable[[], tuple | None],
                recorded: dict[str, str | float | None]) -> np.ndarray:
-    """Given ∪ detected, grown by `dilate`, minus what the user protects: the exact set of pixels that may change.
+    """Given ∪ detected (given-else-detect: detected only where no mask is given), grown by `dilate`, minus what the
+    user protects and the frame's `border`: the exact set of pixels that may change.
 
     `motion` gives the frame's neighbours motion-compensated onto it (see `_motion`), for a temporal detector.
     What the frame's row records of its masks goes into `recorded` as it is found: the ETags of the mask files as
@@ -846,6 +847,9 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
             mask &= ~protected
             marked = marked & ~protected
     if settings.border:  # the frame's edges, protected alike
+        if 2 * settings.border >= min(shape):
+            raise FrameError(f"masks.border {settings.border} px leaves nothing of this {shape[1]}x{shape[0]} frame "
+                             "to restore: give frames this small a job of their own")
         inside = np.zeros(shape, dtype=bool)
         inside[settings.border:-settings.border, settings.border:-settings.border] = True
         mask &= inside
@@ -1213,8 +1217,9 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "given_fraction": row["given_fraction"], "detected_fraction": row["detected_fraction"],
             "held_for": row["held_for"],
             "temporal_fill_fraction": row["temporal_fill_fraction"],
-            "detector": spec.masks.detector if spec.masks.source != "given" else None,
-            "detector_sha256": context.detector_sha256,
+            # what found the damage, where a detector ran on the frame (given-else-detect: not on a frame's own mask)
+            "detector": spec.masks.detector if row["detected_fraction"] is not None else None,
+            "detector_sha256": context.detector_sha256 if row["detected_fraction"] is not None else None,
             "restorer": spec.restorer.name, "weights_sha256": context.weights_sha256,
             "config_hash": context.config_hash, "software": SOFTWARE, "status": row["status"], "error": row["error"],
             "width": row["width"], "height": row["height"],

@@ -282,8 +282,9 @@ class GanRestorer(Restorer):
         filled = []
         for pixels, region, out, hole, grey in zip(frames, regions, restored, holes_given, neutral):
             scale = float(np.iinfo(pixels.dtype).max)
-            values = out.float().cpu()[:, torch.from_numpy(hole)]  # (3, n): the hole's pixels alone; the rest
-            # of the rectangle is the frame's own (composited), and a copy of it the size of a large scan in floats
+            # the hole's pixels alone, (3, n): the rest of the rectangle is the frame's own (composited), and a
+            # copy of all of it in floats is, on a large scan, gigabytes
+            values = out.float().cpu()[:, torch.from_numpy(hole)]
             if pixels.shape[2] == 1 or grey:
                 values = values.mean(dim=0, keepdim=True).expand(pixels.shape[2], -1)  # grey: the channel mean
             frame = pixels.copy()

@@ -64,8 +64,8 @@ class MaskSettings:
     pattern: str = "{dir}/masks/{stem}.png"  # key of a frame's mask; {stem}, {name}, {dir} are the frame key's parts
     dilate: int = 0  # grow every mask by this many pixels
     required: bool = False  # a frame without a mask file fails instead of passing through unchanged
-    detector: str = "classical"  # with source detect|both; "temporal" compares neighbours (needs sequence.window >= 1),
-    # "infrared" reads the infrared plane of RGBI TIFF scans (a frame without one fails)
+    detector: str = "classical"  # with a source that detects; "temporal" compares neighbours (needs
+    # sequence.window >= 1), "infrared" reads the infrared plane of RGBI TIFF scans (a frame without one fails)
     min_area: int = 0  # detected regions smaller than this (pixels) are dropped
     # a frame whose detected damage covers more than this share of it is held (skipped, nothing written): so much is
     # more likely content a detector mistakes for damage (lettering, stars, fine lines) than damage; 1.0 = never held
@@ -373,7 +373,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     if not isinstance(include, list) or not include or not all(isinstance(p, str) and p for p in include):
         problems.append(f"include: expected a list of glob patterns such as ['*.png'], got {shown(include)}")
         include = list(DEFAULT_INCLUDE)
-    exclude = raw.get("exclude", [])
+    exclude = raw.get("exclude") if raw.get("exclude") is not None else []  # `exclude:` left empty: none
     if isinstance(exclude, str) and exclude:
         exclude = [exclude]
     if not isinstance(exclude, list) or not all(isinstance(p, str) and p for p in exclude):
@@ -402,7 +402,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         orientation=check.string(masks_raw, "orientation", "masks.orientation", choices=MASK_ORIENTATIONS),
     )
     if masks.source == "given":  # a detector asked for but never run: most likely a forgotten `source: detect`
-        problems += [f"masks.{name}: only used with masks.source detect or both (source is given)"
+        problems += [f"masks.{name}: only used with masks.source detect, both or given-else-detect (source "
+                     "is given)"
                      for name, value, default in (("detector", masks.detector, "classical"),
                                                   ("min_area", masks.min_area, 0),
                                                   ("max_detected", masks.max_detected, MaskSettings.max_detected))
@@ -419,7 +420,7 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     if masks.orientation and masks.source == "detect" and not masks.protect:
         problems.append("masks.orientation: says how given and protect masks are drawn; this job reads neither")
     if masks.detector_weights and (masks.detector != "learned" or masks.source == "given"):
-        problems.append("masks.detector_weights: only used with masks.detector learned (and source detect or both)")
+        problems.append("masks.detector_weights: only used with masks.detector learned (and a source that detects)")
     _check_file_uri(problems, "masks.uri", masks.uri)
     if masks.pattern and "{" not in masks.pattern:
         problems.append("masks.pattern: expected a pattern naming the frame, e.g. '{dir}/masks/{stem}.png', got "

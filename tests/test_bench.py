@@ -35,7 +35,7 @@ def test_scaling_and_floor_report_time_per_frame_and_arithmetic(tmp_path):
     assert [row["size"] for row in curve["by_size"]] == [64, 128]
     assert all(row["seconds_per_frame"] > 0 for row in curve["by_size"] + curve["by_damaged_fraction"])
     peaks = [row["peak_rss_mb"] for row in curve["by_size"]]  # what a worker needs for frames of each size
-    assert 0 < peaks[0] <= peaks[1]
+    assert 50 < peaks[0] <= peaks[1] < 100_000  # megabytes (a Python with torch holds more than 50), not KiB
     fractions = [row["masked_fraction"] for row in curve["by_damaged_fraction"]]
     assert fractions[0] < fractions[1]
     floor = model_floor(config, tile=64)

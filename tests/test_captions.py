@@ -52,8 +52,9 @@ def test_broken_or_hostile_metadata_gives_no_caption_and_no_error():
     assert read_caption(None, bomb, None, None) is None
     assert read_caption(b"\x1c\x02\x78\xff\xff", b"<x:xmpmeta", b"Exif\x00\x00II*\x00", None) is None
     assert read_caption(iptc((2, 120, b"")), xmp(), None, {"Title": ""}) is None
-    odd = '<?xml version="1.0" encoding="UTF-32"?><rdf:RDF/>'.encode("utf-32")  # no x:xmpmeta, a wide encoding
-    assert read_caption(None, odd, exif("Box 12"), None) == "Box 12"  # the next field, not an error
+    for encoding in ("UTF-32", "bogus"):  # no x:xmpmeta, and an encoding the XML parser refuses or does not know
+        odd = f'<?xml version="1.0" encoding="{encoding}"?><rdf:RDF/>'.encode()
+        assert read_caption(None, odd, exif("Box 12"), None) == "Box 12"  # the next field, not an error
 
 
 def test_a_blank_or_binary_field_does_not_hide_the_caption_after_it():

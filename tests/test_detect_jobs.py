@@ -317,3 +317,5 @@ def test_a_border_keeps_a_plates_tape_and_rebate_from_the_detector(tmp_path, ray
     assert not kept[:, :12].any() and np.array_equal(restored[:, :12], plate[:, :12])
     assert kept[40:44, 60:64].all()  # the dust is still found and filled
     assert detect(border=12).config_hash(None) != detect().config_hash(None)
+    assert run_job(*prepare(detect(border=48))).counts == {"failed": 1}  # nothing left to restore: said, not hidden
+    assert "masks.border 48 px leaves nothing of this 128x96 frame" in rows(tmp_path)["reel/plate.png"]["error"]

@@ -727,21 +727,26 @@ def test_microfilm_and_negatives_come_back_bilevel_and_white_is_zero_as_scanned(
     scratched = page.copy()
     scratched[:, 30:32] = True  # a scratch down the reel
     Image.fromarray(scratched).save(tmp_path / "in" / "page.tif", compression="group4")
+    tifffile.imwrite(tmp_path / "in" / "film.tif", ~scratched, photometric="miniswhite")  # as microfilm is stored
     negative = (np.random.default_rng(2).integers(0, 60_000, (48, 64)) + 4_000).astype(np.uint16)
     tifffile.imwrite(tmp_path / "in" / "plate.tif", negative, photometric="miniswhite", compression="lzw",
                      resolution=(2400, 2400), resolutionunit="INCH")
     scratch = np.zeros((48, 64), np.uint8)
     scratch[:, 30:32] = 255
-    for name in ("page", "plate"):
+    for name in ("page", "film", "plate"):
         (tmp_path / "in" / "masks" / f"{name}.png").write_bytes(png_bytes(scratch))
-    assert run(job(tmp_path)).counts == {"ok": 2}
+    assert run(job(tmp_path)).counts == {"ok": 3}
     rows = {r["input_key"]: r for r in read_manifests(open_storage(str(tmp_path / "out")), "t").to_pylist()}
-    assert (rows["page.tif"]["bit_depth"], rows["plate.tif"]["bit_depth"]) == (1, 16)
+    assert [rows[key]["bit_depth"] for key in ("page.tif", "film.tif", "plate.tif")] == [1, 1, 16]
     outside = scratch == 0
     with tifffile.TiffFile(tmp_path / "out" / "page.tif") as tif:
         stored = tif.pages.first
         assert stored.bitspersample == 1 and stored.photometric == tifffile.PHOTOMETRIC.MINISBLACK
         assert np.array_equal(stored.asarray()[outside], scratched[outside])
+    with tifffile.TiffFile(tmp_path / "out" / "film.tif") as tif:
+        stored = tif.pages.first
+        assert stored.bitspersample == 1 and stored.photometric == tifffile.PHOTOMETRIC.MINISWHITE
+        assert np.array_equal(stored.asarray()[outside], ~scratched[outside])  # bit for bit, as scanned
     with tifffile.TiffFile(tmp_path / "out" / "plate.tif") as tif:
         stored = tif.pages.first
         assert stored.photometric == tifffile.PHOTOMETRIC.MINISWHITE
@@ -865,7 +870,7 @@ def test_a_mask_drawn_inverted_is_held_not_repainted_until_the_spec_says_invert(
     restored = np.asarray(Image.open(tmp_path / "out" / "reel" / "f001.png"))
     box = box_mask() > 0
     assert np.array_equal(restored[~box], original[~box])  # only the box, the damage, was repainted
-    with pytest.raises(SpecError, match="masks.invert: only used with masks.source given or both"):
+    with pytest.raises(SpecError, match="masks.invert: only used with masks.source given, both or given-else-detect"):
         parse_spec(job(tmp_path, masks={"source": "detect", "invert": True}))
 
 

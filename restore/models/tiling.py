@@ -215,7 +215,7 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
             continue
         # holes no box covers (a caller's `boxes` may leave some out) keep the input there
         filled = mask[None] & (weight > 0).to(image.device)
-        # in place, as `composite` would: on a large scan each (3, H, W) copy in floats is gigabytes
+        # `composite`, in place: on a large scan each (3, H, W) copy in floats is gigabytes
         pred = total.div_(weight.clamp_(min=1e-12)).to(image.device, image.dtype)  # (3, H, W)
         out.append(torch.where(filled, pred, image, out=pred))
     return out
