@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import platform
+import re
 import resource
 import shutil
 import tempfile
@@ -279,6 +280,18 @@ def _frame_time(restorer, pixels: np.ndarray, mask: np.ndarray, repeats: int = 2
     return (time.perf_counter() - started) / repeats
 
 
+def _restore_peak_mb(restorer, pixels: np.ndarray, mask: np.ndarray) -> float | None:
+    """The process's peak resident memory, in MB, over one restore of the frame: Linux's peak is reset first
+    (/proc/self/clear_refs), so making the frame, and the frames before, do not count. None where it cannot be."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set size
+        restorer.restore_batch([pixels], [mask])
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
 def _mask_with_fraction(rng: np.random.Generator, height: int, width: int, fraction: float) -> np.ndarray:
     """Dust-like square specks scattered over the frame until `fraction` of it is covered."""
     mask = np.zeros((height, width), dtype=bool)
@@ -292,8 +305,8 @@ def _mask_with_fraction(rng: np.random.Generator, height: int, width: int, fract
 def scaling(config: BenchConfig, sizes=(256, 512, 1024, 2048, 4096),
             fractions=(0.001, 0.01, 0.03, 0.1, 0.3), fraction_frame=(1556, 2048)) -> dict:
     """Bare-restorer seconds per frame against frame size (archive damage) and against damaged fraction, and the
-    process's peak resident memory after each size: sizes go up, and a larger frame needs more, so each is that
-    size's peak (what a worker needs for frames of that size, the frame and the model included)."""
+    peak resident memory of a restore of each (`_restore_peak_mb`): what a worker needs for such frames, the frame
+    and the model included."""
     restorer = build_restorer(restorer_settings(config), threads=max(1, int(config.cpus)))
     rng = np.random.default_rng(config.seed)
     by_size = []
@@ -301,14 +314,15 @@ def scaling(config: BenchConfig, sizes=(256, 512, 1024, 2048, 4096),
         pixels, mask = archive_damage(rng, clean_scene(rng, side, side), ARCHIVE_KINDS)
         by_size.append({"size": side, "masked_fraction": float(mask.mean()),
                         "seconds_per_frame": _frame_time(restorer, pixels, mask, repeats=1),
-                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})  # KiB on Linux
+                        "peak_rss_mb": _restore_peak_mb(restorer, pixels, mask)})
     height, width = fraction_frame
     clean = clean_scene(rng, height, width)
     by_fraction = []
     for fraction in fractions:
         mask = _mask_with_fraction(rng, height, width, fraction)
         by_fraction.append({"masked_fraction": float(mask.mean()),
-                            "seconds_per_frame": _frame_time(restorer, clean, mask, repeats=1)})
+                            "seconds_per_frame": _frame_time(restorer, clean, mask, repeats=1),
+                            "peak_rss_mb": _restore_peak_mb(restorer, clean, mask)})
     return {"restorer": config.restorer, "by_size": by_size, "fraction_frame": f"{width}x{height}",
             "by_damaged_fraction": by_fraction}
 
