@@ -442,8 +442,8 @@ def _held(rows: list[dict], held: dict[str, tuple[str, list[str]]], prefix: str)
                      f'</div><p class="reason">{_e(row["error"])}</p></article>')
     more = len(waiting) - len(shown)
     rest = (f'<p class="more">… and {more:,} more {plural(more, "frame")} held: their reasons are in the Not '
-            'restored table and the frame list (a frame held by a run before restore 0.7.0, or one whose pictures could not be '
-            'made, has no pictures).</p>' if more else "")
+            'restored table and the frame list (a frame held by a run before restore 0.7.0, or one whose pictures '
+            'could not be made, has no pictures).</p>' if more else "")
     return (f'<section><h2>Held for review <span class="badge skipped">{len(waiting):,}</span></h2>'
             '<p class="hint">Nothing was written for these frames: restored as the job stands, most of the picture '
             'would have been repainted, or the job must say which way their masks lie. The pixels a restore would '
