@@ -146,7 +146,7 @@ def test_file_uris_are_read_as_urls(tmp_path):
 
 def test_detector_settings_with_given_masks_are_refused_not_ignored():
     base = {"name": "j", "input": "s3://in/a", "output": "s3://out/b"}
-    with pytest.raises(SpecError, match="masks.detector: only used with masks.source detect or both"):
+    with pytest.raises(SpecError, match="masks.detector: only used with masks.source detect, both or given-else-detect"):
         parse_spec({**base, "masks": {"source": "given", "detector": "learned"}})
     with pytest.raises(SpecError, match="masks.min_area: only used"):
         parse_spec({**base, "masks": {"min_area": 4}})  # source defaults to given
