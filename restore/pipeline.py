@@ -1473,8 +1473,9 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     pending: list[dict] = []
     done = failed = 0
     committing = None  # the rows of the part being committed, until the commit returns
+    batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in batches:
             for row in batch.to_pylist():
                 pending.append(row)
                 result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
@@ -1492,6 +1493,12 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
             if progress:
                 progress(done, result.planned, failed)  # counted once, when the result was made
     except BaseException as error:
+        # Ray Data's threads stop now: left running, one that touched Ray after the command shut it down ended the
+        # process with exit 1, where a stop exits 130
+        try:
+            batches.close()
+        except Exception as closing:  # noqa: BLE001 - it must not keep the finished rows from their commit below
+            logger.warning("Ray Data did not stop cleanly: %s", closing)
         if committing is not None and writer.parts_written > parts:  # stopped as its commit returned
             pending = []  # else a stop during a commit leaves its rows pending: committed below, once
         if not is_stop(error):
