@@ -272,24 +272,22 @@ def _gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def _frame_time(restorer, pixels: np.ndarray, mask: np.ndarray, repeats: int = 2) -> float:
+def _timed_restore(restorer, pixels: np.ndarray, mask: np.ndarray) -> tuple[float, float | None]:
+    """Seconds of one restore of the frame, after a warm-up, and the process's peak resident memory in MB over it:
+    Linux's peak is reset first (/proc/self/clear_refs), so making the frame, and the frames before, do not count
+    (None where it cannot be)."""
     restorer.restore_batch([pixels], [mask])  # warm-up
-    started = time.perf_counter()
-    for _ in range(repeats):
-        restorer.restore_batch([pixels], [mask])
-    return (time.perf_counter() - started) / repeats
-
-
-def _restore_peak_mb(restorer, pixels: np.ndarray, mask: np.ndarray) -> float | None:
-    """The process's peak resident memory, in MB, over one restore of the frame: Linux's peak is reset first
-    (/proc/self/clear_refs), so making the frame, and the frames before, do not count. None where it cannot be."""
     try:
         Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set size
-        restorer.restore_batch([pixels], [mask])
-        status = Path("/proc/self/status").read_text()
+        peak_kept = True
     except OSError:
-        return None
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+        peak_kept = False
+    started = time.perf_counter()
+    restorer.restore_batch([pixels], [mask])
+    seconds = time.perf_counter() - started
+    if not peak_kept:
+        return seconds, None
+    return seconds, int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
 
 
 def _mask_with_fraction(rng: np.random.Generator, height: int, width: int, fraction: float) -> np.ndarray:
@@ -305,24 +303,23 @@ def _mask_with_fraction(rng: np.random.Generator, height: int, width: int, fract
 def scaling(config: BenchConfig, sizes=(256, 512, 1024, 2048, 4096),
             fractions=(0.001, 0.01, 0.03, 0.1, 0.3), fraction_frame=(1556, 2048)) -> dict:
     """Bare-restorer seconds per frame against frame size (archive damage) and against damaged fraction, and the
-    peak resident memory of a restore of each (`_restore_peak_mb`): what a worker needs for such frames, the frame
+    peak resident memory of a restore of each (`_timed_restore`): what a worker needs for such frames, the frame
     and the model included."""
     restorer = build_restorer(restorer_settings(config), threads=max(1, int(config.cpus)))
     rng = np.random.default_rng(config.seed)
     by_size = []
     for side in sorted(sizes):
         pixels, mask = archive_damage(rng, clean_scene(rng, side, side), ARCHIVE_KINDS)
-        by_size.append({"size": side, "masked_fraction": float(mask.mean()),
-                        "seconds_per_frame": _frame_time(restorer, pixels, mask, repeats=1),
-                        "peak_rss_mb": _restore_peak_mb(restorer, pixels, mask)})
+        seconds, peak = _timed_restore(restorer, pixels, mask)
+        by_size.append({"size": side, "masked_fraction": float(mask.mean()), "seconds_per_frame": seconds,
+                        "peak_rss_mb": peak})
     height, width = fraction_frame
     clean = clean_scene(rng, height, width)
     by_fraction = []
     for fraction in fractions:
         mask = _mask_with_fraction(rng, height, width, fraction)
-        by_fraction.append({"masked_fraction": float(mask.mean()),
-                            "seconds_per_frame": _frame_time(restorer, clean, mask, repeats=1),
-                            "peak_rss_mb": _restore_peak_mb(restorer, clean, mask)})
+        seconds, peak = _timed_restore(restorer, clean, mask)
+        by_fraction.append({"masked_fraction": float(mask.mean()), "seconds_per_frame": seconds, "peak_rss_mb": peak})
     return {"restorer": config.restorer, "by_size": by_size, "fraction_frame": f"{width}x{height}",
             "by_damaged_fraction": by_fraction}
 

@@ -1043,8 +1043,8 @@ def _warnings_named(key: str):
 def _kept_jpeg(spec: JobSpec, frame: Frame, row: dict) -> bool:
     """A JPEG with nothing masked, written as JPEG: its output is its own bytes with the provenance comment
     (`jpeg_with_provenance`), not a new encoding, which would change every pixel a little and grow the file."""
-    return (row["status"] == "ok" and not row["masked_fraction"] and frame.format == "JPEG"
-            and lossless_format(frame.format, spec.output_format) == "jpeg")
+    return row["status"] == "ok" and not row["masked_fraction"] and frame.format == "JPEG" \
+        and spec.output_format == "jpeg"
 
 
 def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:

@@ -316,6 +316,17 @@ def _resolve_uri(uri: str | None, base: Path) -> str | None:
     return str((base / path).resolve())
 
 
+def _patterns(value, name: str, example: str, problems: list[str], default: tuple[str, ...]) -> tuple[str, ...]:
+    """A spec's glob patterns: a list of non-empty strings (one alone may be written bare); include needs one at
+    least (its default has some), exclude none (`exclude:` left empty is none)."""
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns) \
+            or (default and not patterns):
+        problems.append(f"{name}: expected a list of glob patterns such as {example}, got {shown(value)}")
+        return default
+    return tuple(patterns)
+
+
 def _check_file_uri(problems: list[str], label: str, uri: str | None) -> None:
     if uri and uri.startswith("file://") and urlsplit(uri).netloc not in ("", "localhost"):
         problems.append(f"{label}: a file URI names no host: expected file:///path or a plain path, got {shown(uri)}")
@@ -367,19 +378,9 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
     if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
         problems.append(f"endpoint_url: expected an http:// or https:// URL, got {shown(endpoint_url)}")
 
-    include = raw.get("include", list(DEFAULT_INCLUDE))
-    if isinstance(include, str):
-        include = [include]
-    if not isinstance(include, list) or not include or not all(isinstance(p, str) and p for p in include):
-        problems.append(f"include: expected a list of glob patterns such as ['*.png'], got {shown(include)}")
-        include = list(DEFAULT_INCLUDE)
-    exclude = raw.get("exclude") if raw.get("exclude") is not None else []  # `exclude:` left empty: none
-    if isinstance(exclude, str) and exclude:
-        exclude = [exclude]
-    if not isinstance(exclude, list) or not all(isinstance(p, str) and p for p in exclude):
-        problems.append(f"exclude: expected a list of glob patterns such as ['*_verso.jpg', 'rejects/*'], got "
-                        f"{shown(exclude)}")
-        exclude = []
+    include = _patterns(raw.get("include", list(DEFAULT_INCLUDE)), "include", "['*.png']", problems,
+                        DEFAULT_INCLUDE)
+    exclude = _patterns(raw["exclude"] if raw.get("exclude") is not None else [], "exclude", "['*_verso.jpg', 'rejects/*']", problems, ())
 
     masks_raw = check.section(raw, "masks", set(MaskSettings.__dataclass_fields__))
     masks = MaskSettings(
@@ -497,8 +498,8 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         input=_resolve_uri(input_uri, base),
         output=_resolve_uri(output_uri, base),
         endpoint_url=endpoint_url,
-        include=tuple(include),
-        exclude=tuple(exclude),
+        include=include,
+        exclude=exclude,
         masks=MaskSettings(**{**asdict(masks), "uri": _resolve_uri(masks.uri, base),
                               "detector_weights": _resolve_uri(masks.detector_weights, base)}),
         restorer=RestorerSettings(**{**asdict(restorer), "weights": _resolve_uri(restorer.weights, base)}),
