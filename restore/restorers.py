@@ -194,8 +194,6 @@ def smooth_holes(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     not even a pen stroke crossing the hole."""
     import cv2
 
-    luma = pixels.astype(np.float32).mean(axis=2) / np.iinfo(pixels.dtype).max
-    laplacian = np.abs(cv2.Laplacian(luma, cv2.CV_32F, ksize=1))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * FLAT_RING + 1,) * 2)
     clear = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) == 0  # 2 px from any hole's edge
@@ -203,10 +201,18 @@ def smooth_holes(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     smooth = np.zeros(count, bool)
     for label in range(1, count):  # within each hole's box and ring: a scan's thousand specks cost what they cover
         x, y, w, h = stats[label, :4]
-        box = (slice(max(0, y - FLAT_RING), min(height, y + h + FLAT_RING)),
-               slice(max(0, x - FLAT_RING), min(width, x + w + FLAT_RING)))
+        y0, y1 = max(0, y - FLAT_RING), min(height, y + h + FLAT_RING)
+        x0, x1 = max(0, x - FLAT_RING), min(width, x + w + FLAT_RING)
+        box = (slice(y0, y1), slice(x0, x1))
         ring = (cv2.dilate((labels[box] == label).astype(np.uint8), kernel) > 0) & clear[box]
-        smooth[label] = ring.any() and np.quantile(laplacian[box][ring], 0.98) < FLAT_LAPLACIAN
+        if not ring.any():
+            continue
+        # the Laplacian reads one pixel beyond the box: the frame's own where it has one, its border where not
+        top, left = min(y0, 1), min(x0, 1)
+        around = pixels[y0 - top:min(height, y1 + 1), x0 - left:min(width, x1 + 1)]
+        luma = around.astype(np.float32).mean(axis=2) / np.iinfo(pixels.dtype).max
+        laplacian = np.abs(cv2.Laplacian(luma, cv2.CV_32F, ksize=1))[top:top + y1 - y0, left:left + x1 - x0]
+        smooth[label] = np.quantile(laplacian[ring], 0.98) < FLAT_LAPLACIAN
     return smooth[labels]
 
 
@@ -307,7 +313,6 @@ class GanRestorer(Restorer):
         """
         import cv2
         import torch
-        import torch.nn.functional as F
 
         from .models.tiling import hole_boxes, inpaint_tiled_batch
 
@@ -317,10 +322,15 @@ class GanRestorer(Restorer):
             height, width = hole.shape
             if depth.max() <= DEEPEST_FILL or min(height, width) < 2 * MIN_LEVEL_SIDE:
                 continue
+            # Made even first (its last row or column repeated): each pixel of the half-size level is then two by two
+            # of the crop's, and its fill is enlarged back exactly twice, over the deep holes alone (`_enlarged`).
+            odd = ((0, height % 2), (0, width % 2))
             half = ((width + 1) // 2, (height + 1) // 2)
-            small = cv2.resize(np.ascontiguousarray(crop), half, interpolation=cv2.INTER_AREA)
+            even = np.pad(crop, (*odd, (0, 0)), mode="edge") if height % 2 or width % 2 else np.ascontiguousarray(crop)
+            small = cv2.resize(even, half, interpolation=cv2.INTER_AREA)
             smalls.append(small.reshape(half[1], half[0], -1))  # OpenCV drops a single channel's axis
-            small_hole = cv2.resize(hole.astype(np.float32), half, interpolation=cv2.INTER_AREA) > 0  # any hole
+            even_hole = np.pad(hole, odd, mode="edge").astype(np.float32)
+            small_hole = cv2.resize(even_hole, half, interpolation=cv2.INTER_AREA) > 0  # any hole
             small_holes.append(small_hole)
             # the generator runs at half size only around the holes deep enough to take its fill there: a scan's
             # scratches and dust beside a blotch are left to this level
@@ -331,10 +341,15 @@ class GanRestorer(Restorer):
             needed = (deepest > DEEPEST_FILL / 4)[labels] & small_hole  # over DEEPEST_FILL / 2 here
             small_boxes.append(hole_boxes(torch.from_numpy(needed), **self._tiling()))
             deep[i] = np.clip(depth / (DEEPEST_FILL / 2) - 1, 0, 1)  # weight: 0 up to DEEPEST_FILL / 2 deep, 1 from it
-        coarse = {}  # crop index -> ((3, h, w) coarser fill, (h, w) weight it takes); one call per level
+        coarse = {}  # crop index -> [(box of a deep hole, the coarser fill there, the weight it takes there)]
         for (i, weight), fill in zip(deep.items(), self._fill_crops(smalls, small_holes, small_boxes) if deep else []):
-            fill = F.interpolate(fill[None].float(), size=weight.shape, mode="bilinear", align_corners=False)[0]
-            coarse[i] = fill.cpu(), torch.from_numpy(weight)
+            count, labels, stats, _ = cv2.connectedComponentsWithStats((weight > 0).astype(np.uint8), connectivity=8)
+            coarse[i] = []
+            for label in range(1, count):  # each deep hole apart: a frame's blotches lie far apart
+                x, y, w, h = stats[label, :4]
+                box = (slice(None), slice(y, y + h), slice(x, x + w))
+                own = np.where(labels[box[1:]] == label, weight[box[1:]], 0)  # boxes may overlap: each its own
+                coarse[i].append((box, _enlarged(fill, box).cpu(), torch.from_numpy(own)))
 
         prefill = self.generator.config.prefill
         if prefill != "none":  # this generator refines a classical fill rather than blank holes
@@ -344,8 +359,10 @@ class GanRestorer(Restorer):
             image = torch.from_numpy(crop).permute(2, 0, 1).float().div_(float(np.iinfo(crop.dtype).max))
             images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)  # grey is seen as colour
         del crops  # the prefilled rectangles: the images hold them now
-        for i, (fill, weight) in coarse.items():
-            images[i] = images[i] * (1 - weight) + fill * weight
+        for i, parts in coarse.items():
+            images[i] = images[i].contiguous()  # a grey crop's channels are one, expanded: its own, to be written
+            for box, fill, weight in parts:
+                images[i][box] = images[i][box] * (1 - weight) + fill * weight
         holes = [torch.from_numpy(np.ascontiguousarray(hole)) for hole in holes]
         if boxes is None:
             boxes = [hole_boxes(hole, **self._tiling()) for hole in holes]
@@ -356,9 +373,23 @@ class GanRestorer(Restorer):
                 # make a frame's pixels depend on the frames beside it in the block: reruns would not be identical.
                 restored = [inpaint_tiled_batch(self.generator, [image], [hole], **self._tiling(), boxes=[found])[0]
                             for image, hole, found in zip(images, holes, boxes)]
-        for i, (fill, weight) in coarse.items():  # the images, so the fills, are on the CPU
-            restored[i] = restored[i] * (1 - weight) + fill * weight
+            for i, parts in coarse.items():  # the images, so the fills, are on the CPU
+                for box, fill, weight in parts:
+                    restored[i][box] = restored[i][box] * (1 - weight) + fill * weight
         return restored
+
+
+def _enlarged(fill, box: tuple[slice, slice, slice]):
+    """The (C, h, w) `fill` enlarged twice, bilinearly, at the full-size `box` alone: as over all of it. Each pixel
+    reads the two nearest of the fill's on each axis, so two more on each side keep the box's edges off the part's
+    own edges, where the enlargement reads its edge pixel again instead of the next one."""
+    import torch.nn.functional as F
+
+    _, rows, cols = box
+    top, left = max(0, rows.start // 2 - 2), max(0, cols.start // 2 - 2)
+    part = fill[None, :, top:rows.stop // 2 + 2, left:cols.stop // 2 + 2].float()
+    enlarged = F.interpolate(part, scale_factor=2, mode="bilinear", align_corners=False)[0]
+    return enlarged[:, rows.start - 2 * top:rows.stop - 2 * top, cols.start - 2 * left:cols.stop - 2 * left]
 
 
 def resolve_weights(settings: RestorerSettings) -> tuple[Path | None, str | None]:

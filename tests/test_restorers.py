@@ -108,6 +108,26 @@ def test_harmonic_fill_restores_a_smooth_gradient_and_survives_a_full_mask():
     assert full.dtype == np.uint8 and len(np.unique(full)) == 1  # nothing to meet: one flat grey
 
 
+def test_a_coarser_levels_fill_is_enlarged_at_its_deep_holes_alone_as_over_the_whole_crop():
+    """The GAN's half-size fill is enlarged only where it takes over (its deep holes' box): the pixels there are
+    the whole enlargement's (to float rounding), at every offset, up to the edges of crops of odd size."""
+    import torch
+    import torch.nn.functional as F
+
+    from restore.restorers import _enlarged
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(n) for n in rng.integers(3, 90, 2))
+        fill = torch.rand(3, h, w)
+        whole = F.interpolate(fill[None], size=(2 * h, 2 * w), mode="bilinear", align_corners=False)[0]
+        height, width = 2 * h - int(rng.integers(0, 2)), 2 * w - int(rng.integers(0, 2))  # the crop: odd or even
+        y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
+        box = (slice(None), slice(y0, int(rng.integers(y0 + 1, height + 1))),
+               slice(x0, int(rng.integers(x0 + 1, width + 1))))
+        assert torch.allclose(_enlarged(fill, box), whole[box], rtol=0, atol=1e-6), (h, w, box)
+
+
 def test_large_holes_level_by_level_harmonic_fill_agrees_with_the_direct_solve(monkeypatch):
     import restore.restorers
 
