@@ -102,6 +102,9 @@ class Frame:
     # them a colour-managed viewer shows a gamma-1.8 master as if it were sRGB. Also a 16-bit grey PNG's
     # transparent grey (tRNS), which no alpha channel here holds
     png_colour: bytes | None = None
+    # A TIFF's compression, as tifffile names it ("none", "lzw", "packbits", "adobe_deflate", "ccitt_t6", ...): a
+    # TIFF output keeps the lossless ones it can write, as collections' policies name them (uncompressed, LZW)
+    tiff_compression: str | None = None
 
     @property
     def premultiplied(self) -> bool:
@@ -202,7 +205,16 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
         orientation=_exif_orientation(exif),
         png_text=png_text or None,
         min_is_white=min_is_white,
+        tiff_compression=_compression_name(image.tag_v2.get(259, 1)) if image.format == "TIFF" else None,
     )
+
+
+def _compression_name(code) -> str:
+    """A TIFF Compression tag's value as tifffile names it ("lzw"), or its number for one tifffile does not know."""
+    try:
+        return tifffile.COMPRESSION(int(code)).name.lower()
+    except (TypeError, ValueError):
+        return f"compression {code}"
 
 
 def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, displayed: bool = False,
@@ -309,7 +321,7 @@ def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
     return Frame(pixels=pixels, alpha=alpha, format="TIFF", mode=mode, icc_profile=tags.get(34675) or None,
                  exif=None, dpi=dpi, resolution_per_cm=per_cm, infrared=infrared, xmp=_tag_bytes(tags, _XMP_TAG),
                  iptc=_tag_bytes(tags, _IPTC_TAG), orientation=_orientation(tags.get(274)),
-                 min_is_white=min_is_white)
+                 min_is_white=min_is_white, tiff_compression=_compression_name(tags.get(259, 1)))
 
 
 def _decode_tiff(data: bytes) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None, bool]:
@@ -756,8 +768,14 @@ def _encode_png16(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None)
     return png[:header_end] + b"".join(chunks) + png[header_end:]
 
 
+# A TIFF input's compression a TIFF output keeps: the lossless ones tifffile writes. Any other (CCITT G4, which
+# it cannot write for a bilevel page; JPEG, which is lossy; the rarer ones), and any other input, becomes Deflate.
+KEPT_TIFF_COMPRESSION = {"none": None, "lzw": "lzw", "packbits": "packbits"}
+
+
 def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) -> bytes:
-    """Deflate with a horizontal predictor: lossless, widely readable, no timestamps. Resolution keeps the unit
+    """The input TIFF's compression where it is in KEPT_TIFF_COMPRESSION, else Deflate; LZW and Deflate with a
+    horizontal predictor but on a bilevel page: lossless, widely readable, no timestamps. Resolution keeps the unit
     the input stated it in, as archives record the unit they scanned at.
 
     Alpha and an RGBI scan's infrared plane follow the colour samples, marked as alpha and "unspecified".
@@ -792,15 +810,16 @@ def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
                 tags.append((tag, dtype, 1, value, True))
     tags += [(code, "s", 0, text[name], True) for name, code in TIFF_PROVENANCE_TAGS.items() if name in (text or {})]
     unit, per_inch = ("CENTIMETER", 2.54) if frame.resolution_per_cm else ("INCH", 1.0)
+    compression = KEPT_TIFF_COMPRESSION.get(frame.tiff_compression, "zlib")
     buffer = io.BytesIO()
     tifffile.imwrite(
         buffer,
         array,
         photometric="rgb" if colour else "miniswhite" if white_is_zero else "minisblack",
         extrasamples=tuple(kind for _, kind in extras) or None,
-        compression="zlib",
-        compressionargs={"level": ZLIB_LEVEL},
-        predictor=not bilevel,  # a predictor works on whole samples
+        compression=compression,
+        compressionargs={"level": ZLIB_LEVEL} if compression == "zlib" else None,
+        predictor=compression in ("zlib", "lzw") and not bilevel,  # a predictor works on whole samples
         metadata=None,
         software=False,
         resolution=tuple(dpi / per_inch for dpi in frame.dpi) if frame.dpi else None,

@@ -89,6 +89,7 @@ FRAME_FIELDS = [
     ("source_format", pa.string()),
     ("source_mode", pa.string()),
     ("min_is_white", pa.bool_()),  # see Frame.min_is_white
+    ("tiff_compression", pa.string()),  # see Frame.tiff_compression
     ("icc_profile", pa.binary()),
     ("exif", pa.binary()),
     ("xmp", pa.binary()),
@@ -700,6 +701,7 @@ def _frame_columns(frame: Frame, mask: np.ndarray) -> dict:
         "source_format": frame.format,
         "source_mode": frame.mode,
         "min_is_white": frame.min_is_white,
+        "tiff_compression": frame.tiff_compression,
         "icc_profile": frame.icc_profile,
         "exif": frame.exif,
         "xmp": frame.xmp,
@@ -1255,7 +1257,7 @@ def _write_one(context: JobContext, row: dict) -> dict:
                   icc_profile=row["icc_profile"], exif=row["exif"], dpi=tuple(row["dpi"]) if row["dpi"] else None,
                   resolution_per_cm=row["resolution_per_cm"], infrared=infrared, xmp=row["xmp"], iptc=row["iptc"],
                   png_text=json.loads(row["png_text"]) if row["png_text"] else None, png_colour=row["png_colour"],
-                  min_is_white=bool(row["min_is_white"]))
+                  min_is_white=bool(row["min_is_white"]), tiff_compression=row["tiff_compression"])
     mask = _mask(row)
     if frame.premultiplied and mask.any():  # a fill mixes neighbours' samples: one may not exceed its own alpha
         frame.pixels = pixels = pixels.copy()

@@ -437,6 +437,28 @@ def test_lzw_compressed_tiff_from_other_software_decodes():
     assert decoded.icc_profile == ICC
 
 
+@pytest.mark.parametrize("dtype, planar, compression, written", [
+    (dtype, planar, compression, written)
+    for dtype, planar in [(np.uint8, "contig"), (np.uint16, "contig"), (np.uint8, "separate")]
+    for compression, written in [(None, "NONE"), ("lzw", "LZW"), ("packbits", "PACKBITS"), ("zlib", "ADOBE_DEFLATE")]
+] + [(np.uint8, "contig", "jpeg", "ADOBE_DEFLATE")])
+def test_a_tiff_keeps_its_lossless_compression_and_a_lossy_one_becomes_deflate(dtype, planar, compression, written):
+    """Collections set policies for their masters (uncompressed, or LZW): a restored TIFF kept the scan's pixels
+    and metadata but came back Deflate-compressed whatever the scan was. A JPEG-compressed TIFF is not encoded
+    with a loss again."""
+    picture = np.random.default_rng(7).integers(0, 200, (3, 12, 16) if planar == "separate" else (12, 16, 3))
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, picture.astype(dtype), photometric="rgb", planarconfig=planar, compression=compression)
+    frame = decode_frame(buffer.getvalue())
+    with tifffile.TiffFile(io.BytesIO(encode_frame(frame, frame.pixels, "tiff"))) as tif:
+        page = tif.pages.first
+        assert page.compression.name == written
+        np.testing.assert_array_equal(page.asarray(), frame.pixels)
+    as_png = decode_frame(encode_frame(frame, frame.pixels, "png"))  # another format's input: Deflate, as before
+    with tifffile.TiffFile(io.BytesIO(encode_frame(as_png, as_png.pixels, "tiff"))) as tif:
+        assert tif.pages.first.compression.name == "ADOBE_DEFLATE"
+
+
 def test_a_tiff_with_a_smaller_preview_page_reads_its_first_page():
     pages = [Image.new("L", (8, 6), 10), Image.new("L", (2, 2), 200)]
     decoded = decode_frame(save(pages[0], "TIFF", save_all=True, append_images=pages[1:]))

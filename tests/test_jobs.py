@@ -743,13 +743,16 @@ def test_microfilm_and_negatives_come_back_bilevel_and_white_is_zero_as_scanned(
         stored = tif.pages.first
         assert stored.bitspersample == 1 and stored.photometric == tifffile.PHOTOMETRIC.MINISBLACK
         assert np.array_equal(stored.asarray()[outside], scratched[outside])
+        assert stored.compression == tifffile.COMPRESSION.ADOBE_DEFLATE  # G4, which tifffile cannot write
     with tifffile.TiffFile(tmp_path / "out" / "film.tif") as tif:
         stored = tif.pages.first
         assert stored.bitspersample == 1 and stored.photometric == tifffile.PHOTOMETRIC.MINISWHITE
         assert np.array_equal(stored.asarray()[outside], ~scratched[outside])  # bit for bit, as scanned
+        assert stored.compression == tifffile.COMPRESSION.NONE  # uncompressed, as scanned
     with tifffile.TiffFile(tmp_path / "out" / "plate.tif") as tif:
         stored = tif.pages.first
         assert stored.photometric == tifffile.PHOTOMETRIC.MINISWHITE
+        assert stored.compression == tifffile.COMPRESSION.LZW
         assert np.array_equal(stored.asarray()[outside], negative[outside])  # sample for sample, as scanned
     assert verify(str(tmp_path / "out"), "t").ok
 
