@@ -1553,10 +1553,16 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
                                                        already_done=plan.already_done), status="started")
         try:
             result = run_job(context, plan, progress, lease)
-        except RunInterrupted as stop:  # `status` tells the job is not done, though every committed row is ok
+        except BaseException as stop:  # `status` tells the job is not done, though every committed row is ok
+            if not is_stop(stop):
+                raise
+            # stopped while Ray started, before any frame was read: the run is no less stopped
+            stopped = stop.result if isinstance(stop, RunInterrupted) else RunResult(
+                run_id=context.run_id, manifest_prefix=run_prefix(spec.name, context.run_id), planned=plan.frames,
+                already_done=plan.already_done, interrupted=True)
             try:
                 lease.check()
-                write_run_summary(context, plan, stop.result)
+                write_run_summary(context, plan, stopped)
             except (LeaseError, StorageError) as error:  # the stop, not this, is what the caller must hear of
                 logger.warning("job %s: the stopped run's summary was not written: %s", spec.name, error)
             raise

@@ -1136,6 +1136,25 @@ def test_the_demo_command_makes_its_frames_and_restores_them(tmp_path, ray_sessi
     assert len(list((tmp_path / "restored" / "reel-01").glob("frame_*.png"))) == 2
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(signal.SIGTERM)])  # Ctrl-C; Ray's SIGTERM handler
+def test_a_run_stopped_while_ray_starts_says_interrupted_not_started(tmp_path, monkeypatch, stop):
+    """A stop in a run's first seconds, before any frame was read, left its summary saying `started`: `status`
+    then reported a run killed or failed, where it had been stopped and exited 130."""
+    import restore.pipeline
+    from restore.manifest import last_run_summary
+
+    write_collection(tmp_path / "in", 3)
+
+    def stopped():
+        raise stop
+
+    monkeypatch.setattr(restore.pipeline, "start_ray", stopped)
+    with pytest.raises(type(stop)):
+        restore.pipeline.run(parse_spec(job(tmp_path)))
+    summary = last_run_summary(open_storage(str(tmp_path / "out")), "t")
+    assert summary["status"] == "interrupted" and summary["planned"] == 3 and summary["counts"] == {}
+
+
 def test_an_interrupted_or_stopped_run_says_how_to_resume_exits_130_and_writes_its_json(monkeypatch, capsys,
                                                                                         tmp_path):
     import json
