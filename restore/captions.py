@@ -7,6 +7,7 @@ text out: nothing here reads storage or pixels.
 """
 from __future__ import annotations
 
+import json
 import re
 import xml.etree.ElementTree as ElementTree
 
@@ -92,4 +93,22 @@ def _exif_caption(exif: bytes | None) -> str | None:
     value = parsed.get(_IMAGE_DESCRIPTION)
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    return value.strip("\x00 ") if isinstance(value, str) and value.strip("\x00 ") else None
+    text = value.strip("\x00 ") if isinstance(value, str) else ""
+    return text if text and not _softwares_note(text) else None
+
+
+# What programs write into ImageDescription about the file, not the picture: ImageJ's and OME's headers, a camera's
+# make in place of a description
+_SOFTWARES_NOTE = re.compile(r"ImageJ=|<\?xml|(OLYMPUS |KONICA MINOLTA |MINOLTA |SAMSUNG )?DIGITAL CAMERA$|SONY DSC$",
+                             re.IGNORECASE)
+
+
+def _softwares_note(text: str) -> bool:
+    """Whether a description is a program's note (_SOFTWARES_NOTE, or a JSON object, as tifffile writes the
+    array's shape) rather than a caption."""
+    if text.startswith("{"):
+        try:
+            return isinstance(json.loads(text), dict)
+        except ValueError:
+            return False
+    return bool(_SOFTWARES_NOTE.match(text))

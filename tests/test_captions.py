@@ -37,6 +37,18 @@ def test_the_caption_cataloguers_wrote_is_read_from_the_field_that_holds_it_firs
     assert read_caption(iptc((2, 80, b"Hans Becker")), None, None, {}) is None  # a byline is no caption
 
 
+def test_what_software_writes_in_a_description_is_no_caption():
+    """tifffile writes each TIFF's array shape as JSON into ImageDescription, ImageJ and OME their headers, and
+    cameras their make: the report showed '{"shape": [360, 480, 3]}' beside a master's name."""
+    for note in ('{"shape": [360, 480, 3]}', "ImageJ=1.54f\nimages=1\n", '<?xml version="1.0"?><OME/>',
+                 "OLYMPUS DIGITAL CAMERA         ", "SONY DSC", "Digital Camera"):
+        assert read_caption(None, None, exif(note), None) is None, note
+        assert read_caption(None, None, exif(note), {"Title": "Reel 4"}) == "Reel 4"  # the next field that has one
+    assert read_caption(None, None, exif("A digital camera on a tripod, 1998"), None) == \
+        "A digital camera on a tripod, 1998"
+    assert read_caption(None, None, exif("{Smith family}"), None) == "{Smith family}"
+
+
 def test_a_caption_is_one_safe_line_in_its_own_characters():
     latin = iptc((2, 120, "Café Müller, Köln".encode("latin-1")))  # older desk software, no character set given
     assert read_caption(latin, None, None, None) == "Café Müller, Köln"
