@@ -3,6 +3,7 @@ codes; the work itself is done in the package."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from .wording import plural, tally
 
 EXIT_OK, EXIT_FRAMES_FAILED, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+EXIT_BROKEN_PIPE = 141  # the shell's code for a command whose reader closed the pipe (SIGPIPE)
 DEMO_SPEC = "jobs/demo.yaml"  # in the repository's folder
 
 
@@ -670,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _stop)
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader has read all it wants (`restore status | head`): quietly, as other commands
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (SpecError, StorageError, RestorerError, JobError, FrameError, ReportError, LeaseError, SubmitError,
             ValueError, OSError) as error:
         print(f"restore {args.verb}: {error}", file=sys.stderr)
@@ -691,6 +696,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stop(signum, frame):
     raise KeyboardInterrupt
+
+
+def _silence_stdout() -> None:
+    """Standard output to /dev/null: Python writes what it still holds as it exits, which would fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a file (a test's captured output): nothing held
+        pass
 
 
 def console() -> None:

@@ -525,6 +525,23 @@ def test_a_missing_input_folder_is_named_with_what_to_check(tmp_path, capsys):
     assert "no frames matching *" in err and "does not exist" not in err
 
 
+def test_a_reader_that_stops_reading_ends_a_listing_quietly(tmp_path):
+    """`restore run JOB --dry-run | head` printed '[Errno 32] Broken pipe' and exited 2, an error in a script."""
+    (tmp_path / "in").mkdir()
+    picture = png_bytes(scene(0, 8, 8))
+    for index in range(600):
+        (tmp_path / "in" / f"reel-{index // 100:02d}-frame-{index:06d}-scanned-at-4k-on-the-archive-scanner.png"
+         ).write_bytes(picture)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+    lister = subprocess.Popen([sys.executable, "-m", "restore.cli", "run", str(spec_file), "--dry-run"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert lister.stdout.readline().startswith(b"job t: 600 frames listed")
+    lister.stdout.close()  # as `head -1` does: some 60 kB of the listing are still to come
+    assert lister.wait(timeout=120) == 141  # the shell's code for a reader gone (SIGPIPE), not an error's 2
+    assert lister.stderr.read() == b""
+
+
 def test_a_run_started_beside_a_checkout_of_the_project_imports_the_package(tmp_path, ray_session):
     """Ray puts the driver's working directory on its workers' import path: a `restore/` folder there that is not
     the package (the folder a `git clone` makes) must not be imported in its place."""
