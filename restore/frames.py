@@ -320,7 +320,7 @@ def _decode_tiff_alone(data: bytes, max_pixels: int) -> Frame:
         dpi = _plausible_dpi([float(n) / float(d) * per_inch if d else 0.0 for n, d in (tags[282], tags[283])])
     return Frame(pixels=pixels, alpha=alpha, format="TIFF", mode=mode, icc_profile=tags.get(34675) or None,
                  exif=None, dpi=dpi, resolution_per_cm=per_cm, infrared=infrared, xmp=_tag_bytes(tags, _XMP_TAG),
-                 iptc=_tag_bytes(tags, _IPTC_TAG), orientation=_orientation(tags.get(274)),
+                 iptc=_iptc_record(tags), orientation=_orientation(tags.get(274)),
                  min_is_white=min_is_white, tiff_compression=_compression_name(tags.get(259, 1)))
 
 
@@ -538,7 +538,17 @@ def _as_photoshop_resource(iptc: bytes) -> bytes:
 
 def _tiff_iptc(data: bytes) -> bytes | None:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        return _tag_bytes({tag.code: tag.value for tag in tif.pages.first.tags.values()}, _IPTC_TAG)
+        return _iptc_record({tag.code: tag.value for tag in tif.pages.first.tags.values()})
+
+
+def _iptc_record(tags: dict) -> bytes | None:
+    """A TIFF's IPTC record (tag 33723) as written. Photoshop stores it as LONGs, and a tool that converted the
+    file's byte order swapped the bytes of each: turned back, as ExifTool reads it, where the record then begins
+    as records do (its 0x1C) and did not before."""
+    record = _tag_bytes(tags, _IPTC_TAG)
+    if record and record[0] != 0x1C and len(record) % 4 == 0 and record[3] == 0x1C:
+        return np.frombuffer(record, np.uint32).byteswap().tobytes()
+    return record
 
 
 # ---------------------------------------------------------------------------------------------------- encode

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms, PngImagePlugin
 
+from restore.captions import read_caption
 from restore.frames import (
     DEFAULT_MAX_PIXELS,
     Frame,
@@ -171,6 +172,21 @@ def test_iptc_written_as_longs_as_photoshop_does_survives(byteorder):
     tifffile.imwrite(buffer, np.zeros((6, 9, 3), np.uint8), photometric="rgb", byteorder=byteorder,
                      extratags=[(33723, 4, len(longs), longs, True)])
     assert decode_frame(buffer.getvalue()).iptc.rstrip(b"\0") == IPTC
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_iptc_longs_swapped_by_a_byte_order_conversion_are_read_in_order(byteorder):
+    """A tool that converts a TIFF's byte order swaps the bytes of each LONG, and so of Photoshop's IPTC record:
+    ExifTool reads it turned back ("improperly byte-swapped"); the caption was lost and the output kept the swap."""
+    record = IPTC + b"\x1c\x02\x78\x00\x17Market day, Hall Street"
+    longs = np.frombuffer(record + b"\0" * (-len(record) % 4), dtype=byteorder + "u4").byteswap()
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((6, 9, 3), np.uint8), photometric="rgb", byteorder=byteorder,
+                     extratags=[(33723, 4, len(longs), longs, True)])
+    frame = decode_frame(buffer.getvalue())
+    assert frame.iptc.rstrip(b"\0") == record
+    assert read_caption(frame.iptc, None, None, None) == "Market day, Hall Street"
+    assert decode_frame(encode_frame(frame, frame.pixels, "tiff")).iptc.rstrip(b"\0") == record
 
 
 def photoshop_jpeg(picture: np.ndarray, iptc: bytes, **options) -> bytes:
