@@ -12,5 +12,6 @@ def plural(count: int, noun: str) -> str:
 
 
 def tally(names: Iterable[str]) -> str:
-    """"masks.max_detected: 2, masks.max_given: 1": how many of each name, in order of name."""
-    return ", ".join(f"{name}: {count:,}" for name, count in sorted(Counter(names).items()))
+    """"2 for masks.max_detected, 1 for masks.max_given": how many of each name, in order of name (with a colon,
+    "masks.max_given: 1" read as the setting's value)."""
+    return ", ".join(f"{count:,} for {name}" for name, count in sorted(Counter(names).items()))

@@ -247,7 +247,7 @@ def test_a_frame_whose_detected_damage_is_implausibly_large_is_held_unchanged_un
     assert rows(tmp_path)["reel/dusty.png"]["masked_fraction"] > 0
     assert held["held_for"] == "masks.max_detected" and held["detected_fraction"] > 0.05
     page = Path(write_report(spec()).uri).read_text()  # held apart from what storage will serve another night
-    assert re.search(r'id="count-held"[^>]*>1<', page) and "masks.max_detected: 1" in page
+    assert re.search(r'id="count-held"[^>]*>1<', page) and "1 for masks.max_detected" in page
     assert 'id="count-skipped"' not in page
     # the reviewer sees the stars the detector flagged, tinted, beside the sky as it is
     assert "reel/sky.png with the damage the detector flagged tinted magenta" in page

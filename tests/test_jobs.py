@@ -880,7 +880,7 @@ def test_a_mask_drawn_inverted_is_held_not_repainted_until_the_spec_says_invert(
     _, plan = prepare(parse_spec(job(tmp_path)))
     assert (plan.tasks, plan.held) == ([], ["reel/f001.png"])  # not read again while the spec is the same
     assert restore_main(["status", str(tmp_path / "out"), "--job", "t", "--json", str(tmp_path / "s.json")]) == 1
-    assert "held for review until the spec says more: 1 (masks.max_given: 1)" in capsys.readouterr().out
+    assert "held for review until the spec says more: 1 (1 for masks.max_given)" in capsys.readouterr().out
     assert json.loads((tmp_path / "s.json").read_text())["held"] == {"reel/f001.png": "masks.max_given"}
 
     # the masks of this reel mark damage in black: f000's mask, a box in white, now reads as everything but the box
