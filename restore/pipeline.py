@@ -1462,12 +1462,14 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     tasks = pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA)
     rows = block_rows(tasks.num_rows, spec.batch_size)
     blocks = [tasks.slice(start, rows) for start in range(0, tasks.num_rows, rows)]
+    # no more workers than blocks: a night's few new frames start no actor (nor load a model) that would idle, and
+    # Ray Data warns of the pool it cannot fill
     dataset = (
         ray.data.from_arrow(blocks)
         .map_batches(load_frames, fn_kwargs={"context": context}, batch_size=spec.batch_size,
                      batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
         .map_batches(RestoreFrames, fn_constructor_kwargs={"context": context}, batch_size=spec.batch_size,
-                     batch_format="pyarrow", compute=ActorPoolStrategy(size=spec.workers.count),
+                     batch_format="pyarrow", compute=ActorPoolStrategy(size=min(spec.workers.count, len(blocks))),
                      num_cpus=spec.workers.cpus, num_gpus=spec.workers.gpus)
         .map_batches(write_outputs, fn_kwargs={"context": context}, batch_size=spec.batch_size,
                      batch_format="pyarrow", num_cpus=IO_TASK_CPUS)

@@ -525,6 +525,18 @@ def test_a_missing_input_folder_is_named_with_what_to_check(tmp_path, capsys):
     assert "no frames matching *" in err and "does not exist" not in err
 
 
+def test_a_night_of_fewer_frames_than_workers_starts_a_worker_pool_it_can_fill(tmp_path, ray_session):
+    """A night's one new frame started every worker of the spec (each loading the model), and Ray Data warned in
+    each nightly log that the operator received fewer inputs than its minimum of actors."""
+    import warnings
+
+    write_collection(tmp_path / "in", 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run(job(tmp_path, workers={"count": 2, "cpus": 0.5})).counts == {"ok": 1}
+    assert not [w for w in caught if "concurrent actors" in str(w.message)]
+
+
 def test_a_reader_that_stops_reading_ends_a_listing_quietly(tmp_path):
     """`restore run JOB --dry-run | head` printed '[Errno 32] Broken pipe' and exited 2, an error in a script."""
     (tmp_path / "in").mkdir()
