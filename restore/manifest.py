@@ -50,7 +50,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("output_format", pa.string()),
     ("mask_key", pa.string()),
     ("mask_sha256", pa.string()),  # of the mask written beside the output (every changed pixel, for audit)
-    ("mask_source", pa.string()),  # given | detect | both | given-else-detect
+    ("mask_source", pa.string()),  # given | detect | both; given-else-detect where neither was reached
     # ETags of the mask files read for the frame ("" = none there), so a mask added or edited later is applied;
     # null where the job reads no such file, and in rows from before these columns existed
     ("mask_etag", pa.string()),  # the given mask (masks.pattern)

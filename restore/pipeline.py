@@ -1201,6 +1201,15 @@ def put_or_adopt(storage: Storage, key: str, data: bytes, content_type: str,
     return existing if same else storage.put(key, data, content_type=content_type, storage_class=storage_class)
 
 
+def _mask_source(source: str, row: dict) -> str:
+    """given-else-detect as it went for the frame: `given` (its own mask) or `detect` (the damage found); the
+    spec's source where the frame stopped before either."""
+    if source != "given-else-detect":
+        return source
+    return "detect" if row["detected_fraction"] is not None else "given" if row["given_fraction"] is not None \
+        else source
+
+
 def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
     """Encode and store outputs and masks; returns manifest rows (no pixels travel further)."""
     spec = context.spec
@@ -1212,7 +1221,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "input_key": row["input_key"], "input_size": row["input_size"], "input_etag": row["input_etag"],
             "input_version_id": row["input_version_id"], "input_sha256": row["input_sha256"],
             "input_frames": row["input_frames"], "caption": row["caption"],
-            "mask_source": spec.masks.source, "masked_fraction": row["masked_fraction"],
+            "mask_source": _mask_source(spec.masks.source, row), "masked_fraction": row["masked_fraction"],
             "changed_fraction": row["changed_fraction"], "deepest_fill_px": row["deepest_fill_px"],
             **{name: row[name] for name in CENSUS_FIELDS.names},
             "mask_etag": row["mask_etag"], "protect_etag": row["protect_etag"],

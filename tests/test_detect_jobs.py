@@ -288,6 +288,7 @@ def test_given_else_detect_takes_a_frames_own_mask_and_finds_the_damage_of_the_o
     assert own["given_fraction"] == pytest.approx((drawn > 0).mean()) and own["detected_fraction"] is None
     assert own["masked_fraction"] == pytest.approx((drawn > 0).mean())  # its own mask, and only that
     assert found["given_fraction"] is None and found["detected_fraction"] > 0  # the speck, found
+    assert (own["mask_source"], found["mask_source"]) == ("given", "detect")  # as it went for each frame
     for wrong in ({"source": "detect", "pattern": "{dir}/hand/{stem}.png"}, {"source": "detect", "required": True},
                   {"source": "given-else-detect", "required": True}):
         with pytest.raises(SpecError, match="masks.(pattern|required)"):
