@@ -371,7 +371,10 @@ class GanRestorer(Restorer):
                 restored = inpaint_tiled_batch(self.generator, images, holes, **self._tiling(), boxes=boxes)
             else:  # Batches from one crop only. A convolution's rounding depends on its batch, so pooling would
                 # make a frame's pixels depend on the frames beside it in the block: reruns would not be identical.
-                restored = [inpaint_tiled_batch(self.generator, [image], [hole], **self._tiling(), boxes=[found])[0]
+                # A batch holds a tile's pixels at most: eight boxes of a tile's size set a worker's peak memory,
+                # and on a CPU ran no faster than one at a time (BENCHMARKS.md).
+                restored = [inpaint_tiled_batch(self.generator, [image], [hole], **self._tiling(), boxes=[found],
+                                                batch_pixels=self.tile ** 2)[0]
                             for image, hole, found in zip(images, holes, boxes)]
             for i, parts in coarse.items():  # the images, so the fills, are on the CPU
                 for box, fill, weight in parts:

@@ -345,6 +345,23 @@ def test_batched_frames_equal_one_by_one():
         assert torch.allclose(out, inpaint_one(g, image, mask, tile=32, overlap=8, batch_size=1), atol=1e-6)
 
 
+def test_a_pixel_budget_bounds_each_batch_and_changes_no_fill():
+    """Eight boxes of a tile's size a batch set a CPU worker's peak memory: with `batch_pixels` a batch holds at most
+    that many pixels (a tile's boxes one at a time, smaller ones several), and fills as the batches of eight did."""
+    g = tiny_generator()
+    image, mask = torch.rand(3, 96, 96), torch.zeros(96, 96, dtype=torch.bool)
+    boxes = [(0, 0, 32, 32), (0, 32, 32, 32), (0, 64, 32, 32), (32, 0, 32, 32), (64, 0, 16, 16), (64, 16, 16, 16),
+             (64, 32, 16, 16), (80, 0, 16, 16), (80, 16, 16, 16)]  # four of a tile's size, five smaller
+    for y, x, h, w in boxes:
+        mask[y + 4:y + h - 4, x + 4:x + w - 4] = True
+    batches = []
+    g.register_forward_pre_hook(lambda module, inputs: batches.append((inputs[0].shape[0], *inputs[0].shape[-2:])))
+    settings = dict(tile=32, overlap=8, boxes=[boxes])
+    bounded = inpaint_tiled_batch(g, [image], [mask], **settings, batch_pixels=32 * 32)[0]
+    assert sorted(batches) == sorted([(1, 32, 32)] * 4 + [(4, 16, 16), (1, 16, 16)])
+    assert torch.allclose(bounded, inpaint_tiled_batch(g, [image], [mask], **settings)[0], atol=1e-6)
+
+
 def test_tiling_rejects_bad_inputs():
     g = tiny_generator()
     with pytest.raises(ValueError, match="3, H, W"):

@@ -166,10 +166,12 @@ def hole_boxes(mask: torch.Tensor, tile: int, overlap: int, context: int,
 @torch.no_grad()
 def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks: list[torch.Tensor],
                         tile: int = 512, overlap: int = 64, context: int = 32, batch_size: int = 8,
-                        grid: bool = False, boxes: list[list[tuple[int, int, int, int]]] | None = None
-                        ) -> list[torch.Tensor]:
+                        grid: bool = False, boxes: list[list[tuple[int, int, int, int]]] | None = None,
+                        batch_pixels: int | None = None) -> list[torch.Tensor]:
     """Inpaint several frames, pooling the boxes around their holes (or with `grid`, the grid tiles that hold
-    them, which need no `context`: a tile's overlap with its neighbours is its context) into batches of `batch_size`.
+    them, which need no `context`: a tile's overlap with its neighbours is its context) into batches of `batch_size`,
+    and of at most `batch_pixels` pixels where given (but one box a batch always): the generator's activations for
+    a batch set the peak memory.
     `boxes`: each frame's boxes, when the caller has found them already (`hole_boxes`), or wants only some holes
     filled (the others keep the input).
 
@@ -195,8 +197,9 @@ def inpaint_tiled_batch(generator: Generator, images: list[torch.Tensor], masks:
     half = torch.bfloat16 if cuda and torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     for (th, tw), size_jobs in by_size.items():
         feather = _feather(th, tw, overlap, device)  # (th, tw)
-        for start in range(0, len(size_jobs), batch_size):
-            group = size_jobs[start:start + batch_size]
+        boxes_per_batch = batch_size if batch_pixels is None else max(1, min(batch_size, batch_pixels // (th * tw)))
+        for start in range(0, len(size_jobs), boxes_per_batch):
+            group = size_jobs[start:start + boxes_per_batch]
             crops = torch.stack([images[i][:, y:y + th, x:x + tw] for i, y, x in group])  # (B, 3, th, tw)
             holes = torch.stack([masks[i][y:y + th, x:x + tw] for i, y, x in group])[:, None]  # (B, 1, th, tw)
             if cuda and crops.device.type == "cpu":  # pinned pages let the copy overlap the previous batch's kernels
