@@ -781,6 +781,7 @@ def _encode_png16(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None)
 # A TIFF input's compression a TIFF output keeps: the lossless ones tifffile writes. Any other (CCITT G4, which
 # it cannot write for a bilevel page; JPEG, which is lossy; the rarer ones), and any other input, becomes Deflate.
 KEPT_TIFF_COMPRESSION = {"none": None, "lzw": "lzw", "packbits": "packbits"}
+STRIP_BYTES = 1 << 18
 
 
 def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) -> bytes:
@@ -830,6 +831,8 @@ def _encode_tiff(frame: Frame, pixels: np.ndarray, text: dict[str, str] | None) 
         compression=compression,
         compressionargs={"level": ZLIB_LEVEL} if compression == "zlib" else None,
         predictor=compression in ("zlib", "lzw") and not bilevel,  # a predictor works on whole samples
+        # strips of some 256 kB, as tifffile cuts compressed ones: uncompressed, it wrote a master as one strip
+        rowsperstrip=max(1, STRIP_BYTES // array[0].nbytes) if compression is None else None,
         metadata=None,
         software=False,
         resolution=tuple(dpi / per_inch for dpi in frame.dpi) if frame.dpi else None,

@@ -360,7 +360,8 @@ class GanRestorer(Restorer):
             images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)  # grey is seen as colour
         del crops  # the prefilled rectangles: the images hold them now
         for i, parts in coarse.items():
-            images[i] = images[i].contiguous()  # a grey crop's channels are one, expanded: its own, to be written
+            if images[i].stride(0) == 0:  # a grey crop's three channels are one, expanded: its own, to be written
+                images[i] = images[i].contiguous()
             for box, fill, weight in parts:
                 images[i][box] = images[i][box] * (1 - weight) + fill * weight
         holes = [torch.from_numpy(np.ascontiguousarray(hole)) for hole in holes]

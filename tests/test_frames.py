@@ -475,6 +475,17 @@ def test_a_tiff_keeps_its_lossless_compression_and_a_lossy_one_becomes_deflate(d
         assert tif.pages.first.compression.name == "ADOBE_DEFLATE"
 
 
+def test_an_uncompressed_tiff_master_is_written_in_strips():
+    """tifffile writes an uncompressed image as one strip: a master of hundreds of megabytes, read whole."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((600, 500, 3), np.uint16), photometric="rgb", rowsperstrip=20)
+    frame = decode_frame(buffer.getvalue())
+    with tifffile.TiffFile(io.BytesIO(encode_frame(frame, frame.pixels, "tiff"))) as tif:
+        page = tif.pages.first
+        assert page.compression.name == "NONE" and page.rowsperstrip == 87  # rows of 3,000 bytes: 256 kB a strip
+        assert len(page.dataoffsets) == 7
+
+
 def test_a_tiff_with_a_smaller_preview_page_reads_its_first_page():
     pages = [Image.new("L", (8, 6), 10), Image.new("L", (2, 2), 200)]
     decoded = decode_frame(save(pages[0], "TIFF", save_all=True, append_images=pages[1:]))

@@ -4,7 +4,7 @@ import torch
 
 from restore.models.generator import Generator, GeneratorConfig
 from restore.models.weights import file_sha256, load_generator, save_generator
-from restore.restorers import SHIPPED_WEIGHTS, RestorerError, build_restorer, resolve_weights
+from restore.restorers import SHIPPED_WEIGHTS, RestorerError, _enlarged, build_restorer, resolve_weights
 from restore.spec import RestorerSettings
 
 
@@ -96,6 +96,24 @@ def test_what_the_damage_left_inside_the_hole_never_reaches_the_output(weights, 
     assert np.array_equal(restorer(pixels, mask), restorer(other, mask))
 
 
+def test_an_odd_sized_grey_scan_with_a_deep_hole_is_filled_level_by_level(refiner_weights, monkeypatch):
+    """A crop of odd size is made even before it is halved, and a grey one's channels made its own before the
+    coarser fill is blended in: both at once, on a 16-bit grey scan."""
+    import restore.restorers
+
+    enlarged = []
+    monkeypatch.setattr(restore.restorers, "_enlarged",
+                        lambda fill, box: enlarged.append(box) or _enlarged(fill, box))
+    pixels = np.random.default_rng(3).integers(0, 65536, (101, 117, 1), dtype=np.uint16)  # grain: no smooth hole
+    mask = np.zeros((101, 117), bool)
+    mask[10:91, 12:105] = True  # 40 px deep at its centre
+    restorer = build_restorer(RestorerSettings(name="gan", weights=refiner_weights, tile=64, overlap=16))
+    out = restorer(pixels, mask)
+    assert enlarged  # the coarser level ran
+    assert out.dtype == np.uint16 and out.shape == pixels.shape
+    assert np.array_equal(out[~mask], pixels[~mask]) and not np.array_equal(out[mask], pixels[mask])
+
+
 def test_harmonic_fill_restores_a_smooth_gradient_and_survives_a_full_mask():
     ramp = frames()["gray16"]  # linear across rows and columns: the harmonic fill's own kind of surface
     mask = hole()
@@ -111,10 +129,7 @@ def test_harmonic_fill_restores_a_smooth_gradient_and_survives_a_full_mask():
 def test_a_coarser_levels_fill_is_enlarged_at_its_deep_holes_alone_as_over_the_whole_crop():
     """The GAN's half-size fill is enlarged only where it takes over (its deep holes' box): the pixels there are
     the whole enlargement's (to float rounding), at every offset, up to the edges of crops of odd size."""
-    import torch
     import torch.nn.functional as F
-
-    from restore.restorers import _enlarged
 
     rng = np.random.default_rng(0)
     for _ in range(200):
