@@ -671,10 +671,12 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # a scheduler's stop (SIGTERM) ends a run as Ctrl-C does
         signal.signal(signal.SIGTERM, _stop)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # what is still held, written here: a reader gone is met below, not as Python exits
+        return code
     except BrokenPipeError:  # the reader has read all it wants (`restore status | head`): quietly, as other commands
         _silence_stdout()
-        return EXIT_BROKEN_PIPE
+        return _ended(args, EXIT_BROKEN_PIPE, "the reader of its output stopped reading", "error")
     except (SpecError, StorageError, RestorerError, JobError, FrameError, ReportError, LeaseError, SubmitError,
             ValueError, OSError) as error:
         print(f"restore {args.verb}: {error}", file=sys.stderr)

@@ -1442,13 +1442,18 @@ def block_rows(tasks: int, batch_size: int) -> int:
     return batch_size * max(1, -(-batches // MAX_BLOCKS))
 
 
+def new_result(context: JobContext, plan: Plan, interrupted: bool = False) -> RunResult:
+    """A run's result before any frame came back."""
+    return RunResult(run_id=context.run_id, manifest_prefix=run_prefix(context.spec.name, context.run_id),
+                     planned=plan.frames, already_done=plan.already_done, interrupted=interrupted)
+
+
 def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None = None, lease=None) -> RunResult:
     import ray
     from ray.data import ActorPoolStrategy
 
     spec = context.spec
-    result = RunResult(run_id=context.run_id, manifest_prefix=run_prefix(spec.name, context.run_id),
-                       planned=plan.frames, already_done=plan.already_done)
+    result = new_result(context, plan)
     started = time.perf_counter()
     context.output_storage.remove_orphaned_temp_files()
     writer = ManifestWriter(context.output_storage, spec.name, context.run_id, lease)
@@ -1471,14 +1476,15 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     tasks = pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA)
     rows = block_rows(tasks.num_rows, spec.batch_size)
     blocks = [tasks.slice(start, rows) for start in range(0, tasks.num_rows, rows)]
-    # no more workers than blocks: a night's few new frames start no actor (nor load a model) that would idle, and
-    # Ray Data warns of the pool it cannot fill
+    # no more workers than batches of frames (a video's chunk is many): a night's few new frames start no actor (nor
+    # load a model) that would idle, and Ray Data warns of a pool it cannot fill
+    workers = min(spec.workers.count, -(-plan.frames // spec.batch_size))
     dataset = (
         ray.data.from_arrow(blocks)
         .map_batches(load_frames, fn_kwargs={"context": context}, batch_size=spec.batch_size,
                      batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
         .map_batches(RestoreFrames, fn_constructor_kwargs={"context": context}, batch_size=spec.batch_size,
-                     batch_format="pyarrow", compute=ActorPoolStrategy(size=min(spec.workers.count, len(blocks))),
+                     batch_format="pyarrow", compute=ActorPoolStrategy(size=workers),
                      num_cpus=spec.workers.cpus, num_gpus=spec.workers.gpus)
         .map_batches(write_outputs, fn_kwargs={"context": context}, batch_size=spec.batch_size,
                      batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
@@ -1559,18 +1565,14 @@ def run(spec: JobSpec, progress: ProgressCallback | None = None,
         if spec.archive_restore and plan.archived:
             ask_back_archived(context, plan)
         if plan.tasks:  # replaced when the run ends; left as it is, it tells `status` the run was killed or failed
-            write_run_summary(context, plan, RunResult(run_id=context.run_id, planned=plan.frames,
-                                                       manifest_prefix=run_prefix(spec.name, context.run_id),
-                                                       already_done=plan.already_done), status="started")
+            write_run_summary(context, plan, new_result(context, plan), status="started")
         try:
             result = run_job(context, plan, progress, lease)
         except BaseException as stop:  # `status` tells the job is not done, though every committed row is ok
             if not is_stop(stop):
                 raise
-            # stopped while Ray started, before any frame was read: the run is no less stopped
-            stopped = stop.result if isinstance(stop, RunInterrupted) else RunResult(
-                run_id=context.run_id, manifest_prefix=run_prefix(spec.name, context.run_id), planned=plan.frames,
-                already_done=plan.already_done, interrupted=True)
+            # stopped outside the frames' loop (while Ray started, before any frame was read): no less stopped
+            stopped = stop.result if isinstance(stop, RunInterrupted) else new_result(context, plan, interrupted=True)
             try:
                 lease.check()
                 write_run_summary(context, plan, stopped)

@@ -537,21 +537,21 @@ def test_a_night_of_fewer_frames_than_workers_starts_a_worker_pool_it_can_fill(t
     assert not [w for w in caught if "concurrent actors" in str(w.message)]
 
 
-def test_a_reader_that_stops_reading_ends_a_listing_quietly(tmp_path):
+def test_a_reader_that_stops_reading_ends_a_listing_quietly(tmp_path, monkeypatch, capsys):
     """`restore run JOB --dry-run | head` printed '[Errno 32] Broken pipe' and exited 2, an error in a script."""
-    (tmp_path / "in").mkdir()
-    picture = png_bytes(scene(0, 8, 8))
-    for index in range(600):
-        (tmp_path / "in" / f"reel-{index // 100:02d}-frame-{index:06d}-scanned-at-4k-on-the-archive-scanner.png"
-         ).write_bytes(picture)
+    write_collection(tmp_path / "in", 3)
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(job(tmp_path)))
-    lister = subprocess.Popen([sys.executable, "-m", "restore.cli", "run", str(spec_file), "--dry-run"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert lister.stdout.readline().startswith(b"job t: 600 frames listed")
-    lister.stdout.close()  # as `head -1` does: some 60 kB of the listing are still to come
-    assert lister.wait(timeout=120) == 141  # the shell's code for a reader gone (SIGPIPE), not an error's 2
-    assert lister.stderr.read() == b""
+
+    class GoneReader(io.StringIO):  # the standard output of `restore ... | head -1`, once head has exited
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", GoneReader())
+    out = tmp_path / "dry.json"
+    assert restore_main(["run", str(spec_file), "--dry-run", "--json", str(out)]) == 141  # SIGPIPE's, not 2
+    assert capsys.readouterr().err == ""
+    assert json.loads(out.read_text())["exit_code"] == 141  # a scheduler reads this run's, not last night's
 
 
 def test_a_run_started_beside_a_checkout_of_the_project_imports_the_package(tmp_path, ray_session):
