@@ -21,6 +21,7 @@ import posixpath
 import re
 import signal
 import socket
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -1427,6 +1428,11 @@ def start_ray() -> None:
         ray.init(configure_logging=False, log_to_driver=False, include_dashboard=False)
     finally:
         os.chdir(here)
+    if threading.current_thread() is threading.main_thread():
+        # Ray's core worker puts Abseil's failure handler in front of Python's for SIGTERM: it logs a stack trace
+        # as if the driver had crashed, and aborts the process (exit 134) 3 s later, whatever a stopped run still
+        # has to commit. Python's handler (Ray's: SystemExit) is put back in its place.
+        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
 
 
 MAX_BLOCKS = 1000  # Ray Data blocks a run's tasks are cut into, at most

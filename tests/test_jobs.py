@@ -1184,6 +1184,26 @@ def test_a_run_stopped_while_ray_starts_says_interrupted_not_started(tmp_path, m
     assert summary["status"] == "interrupted" and summary["planned"] == 3 and summary["counts"] == {}
 
 
+def test_a_stopped_driver_has_the_time_it_needs_to_commit_after_sigterm(tmp_path):
+    """Ray put Abseil's failure handler in front of Python's for SIGTERM: a scheduler's stop logged a stack trace
+    as if the driver had crashed, and aborted the process (exit 134) 3 s later, while a stopped run was still
+    committing its finished frames and writing its summary."""
+    script = (
+        "import os, signal, time\n"
+        "from restore.pipeline import start_ray\n"
+        "start_ray()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "except SystemExit:\n"
+        "    time.sleep(4)  # a commit to slow storage\n"
+        "    print('committed', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": "local"})
+    assert done.returncode == 0 and done.stdout == "committed\n", done.stderr[-2000:]
+    assert "SIGTERM received" not in done.stderr
+
+
 def test_an_interrupted_or_stopped_run_says_how_to_resume_exits_130_and_writes_its_json(monkeypatch, capsys,
                                                                                         tmp_path):
     import json
