@@ -136,13 +136,18 @@ def check_command(argv: list[str], where: str) -> None:
         pytest.fail(f"{where}: restore refuses the arguments {argv[1:]}")
 
 
+ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
 def shell_command(line: str) -> list[str]:
-    """The first simple command of a shell line: its words up to the first redirection or operator."""
+    """The first simple command of a shell line: its words up to the first redirection or operator, after the
+    variables it sets for the command (NAME=value)."""
     words = []
     for word in shlex.split(line):
         if word in ("&&", "||", "|", ";") or word.startswith((">", "2>", "<")):
             break
-        words.append(word)
+        if words or not ASSIGNMENT.match(word):
+            words.append(word)
     return words
 
 
@@ -227,3 +232,4 @@ def test_crontab_line_in_the_readme_runs_restore():
         fields = line.split(None, 5)
         assert len(fields) == 6, f"not a crontab line (5 time fields, then a command): {line}"
         check_command(shell_command(fields[5]), line)
+        assert fields[5].startswith("RAY_ADDRESS=local "), f"a run of its own, as the systemd unit's: {line}"
