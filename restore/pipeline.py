@@ -41,7 +41,7 @@ from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, Frame
                      extension_for, jpeg_with_provenance)
 from .grain import regrain
 from .manifest import (CENSUS_FIELDS, MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, SOFTWARE, WITHDRAWN,
-                       History, ManifestWriter, compact, history, is_video, jobs_in, last_run_summary, new_run_id,
+                       History, ManifestWriter, compact, history, is_video, jobs_in, last_run_summary, latest, new_run_id,
                        provenance_id, read_manifests, run_prefix, split_frame_key, video_frame_key)
 from .pictures import (REPORT_ROOT, REVIEW_QUALITY, REVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, as_shown, fit,
                        held_pictures_name, picture_set, pictures_name, pictures_prefix, review_set, shrink,
@@ -346,6 +346,14 @@ def _video_done(info: ObjectInfo, skip: Callable[[str, str], bool], table: pa.Ta
     return None
 
 
+def _frames_beyond(video_key: str, count: int, table: pa.Table) -> list[str]:
+    """The frames recorded for a video past its `count` frames, not yet withdrawn: a video replaced by a shorter
+    one left them ok, and their outputs at the end of the restored sequence, from the video it was."""
+    recorded = table.filter(pc.starts_with(table["input_key"], video_key + "#"))
+    return [row["input_key"] for row in latest(recorded).select(["input_key", "status"]).to_pylist()
+            if row["status"] != WITHDRAWN and split_frame_key(row["input_key"])[1] >= count]
+
+
 def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, str], bool], window: int,
                  audited: set[str]) -> tuple[list[dict], int, int]:
     """Chunk tasks for the frames of a video to read (not `_video_done`); returns (tasks, frames in the video,
@@ -648,6 +656,7 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     tasks = [task for task in tasks if task["input_key"] not in waiting]
     frames = len(stills)
     frames_done = frames - len(tasks) - sum(info.key in waiting for info in stills)
+    gone = []  # the frames of videos replaced by shorter ones, beyond their new ends
     for info in listing.frames:
         done = videos_done.get(info.key)
         if info.key in waiting:  # a video in archival storage is not probed (a GET): one frame, as if unreadable
@@ -659,6 +668,8 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
                                                           spec.sequence.window, past.audited)
             tasks += video_tasks
             frames, frames_done = frames + count, frames_done + count_done
+            if not (video_tasks and video_tasks[0]["frame_indices"] == []):  # probed: its count is known
+                gone += _frames_beyond(info.key, count, table)
     _refuse_misplaced_inputs(tasks, listing.frames, spec.output_format)
     listed_etags = {info.key: info.etag for info in listing.frames}
     given_up = sorted(key for key, etag in exhausted
@@ -668,7 +679,7 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
                   and split_frame_key(key)[0] not in waiting and leave.skip(key, etag) and key not in planned)
     repairing = sorted(redo.intersection(planned))
     # a corrupt scan deleted, or replaced under another name: its failure must not keep an alert on for good
-    withdrawn = sorted(key for key in past.not_restored if split_frame_key(key)[0] not in listed_etags)
+    withdrawn = sorted({key for key in past.not_restored if split_frame_key(key)[0] not in listed_etags} | set(gone))
     reasons = {info.key: _archive_reason(info.storage_class, waiting[info.key])
                for info in listing.frames if info.key in waiting}
     archived = [{"input_key": info.key, "input_size": info.size, "input_etag": info.etag,
@@ -1466,7 +1477,8 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
     base = {"job": spec.name, "run_id": context.run_id, "config_hash": context.config_hash, "software": SOFTWARE,
             "finished_at": datetime.now(timezone.utc)}
     planned_rows = [{**base, "input_key": key, "status": WITHDRAWN, "error": "its original is no longer among the "
-                     "job's frames (gone from the input, or left out by include or exclude)"} for key in plan.withdrawn]
+                     "job's frames (gone from the input, left out by include or exclude, or a frame its video no "
+                     "longer has)"} for key in plan.withdrawn]
     planned_rows += [{**base, **{name: frame[name] for name in ("input_key", "input_size", "input_etag",
                                                                "input_version_id", "error")}, "status": "skipped"}
                      for frame in plan.archived if not frame["recorded"]]

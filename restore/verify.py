@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-from .manifest import MANIFEST_ROOT, NOT_RESTORED, latest_rows, provenance_id, read_manifests, split_frame_key
+from .manifest import MANIFEST_ROOT, NOT_RESTORED, WITHDRAWN, latest_rows, provenance_id, read_manifests, split_frame_key
 from .frames import PROVENANCE_KEY, TIFF_MAGICS, TIFF_PROVENANCE_TAGS
 from .pictures import REPORT_ROOT
 from .report import REPORT_KEY
@@ -237,13 +237,14 @@ def unknown_objects(listing: list[ObjectInfo], rows: list[dict], newest: list[di
     a frame has now, they would pass for a derivative of the collection. A frame not restored now keeps its last
     outputs."""
     restored_now = {row["input_key"] for row in newest if row["status"] == "ok"}
+    withdrawn = {row["input_key"] for row in newest if row["status"] == WITHDRAWN}  # a frame its video lost, say
     current = {row[name] for row in newest for name in ("output_key", "mask_key") if row[name]}
     known, superseded = set(current), {}
     for row in rows:
         for name in ("output_key", "mask_key"):
             key = row[name]
             if key and key not in current:
-                if row["input_key"] in restored_now:
+                if row["input_key"] in restored_now or row["input_key"] in withdrawn:
                     superseded[key] = row
                 else:
                     known.add(key)
@@ -253,9 +254,10 @@ def unknown_objects(listing: list[ObjectInfo], rows: list[dict], newest: list[di
             continue
         if info.key in superseded:
             row = superseded[info.key]
-            problems.append(Problem(info.key, "superseded", f"{info.key!r} was written for {row['input_key']!r} by "
-                                                            f"run {row['run_id']}; the frame's newest record names "
-                                                            "other files"))
+            why = ("the frame has since been withdrawn: it is no longer among the job's frames"
+                   if row["input_key"] in withdrawn else "the frame's newest record names other files")
+            problems.append(Problem(info.key, "superseded",
+                                    f"{info.key!r} was written for {row['input_key']!r} by run {row['run_id']}; {why}"))
         else:
             problems.append(Problem(info.key, "unknown_object", f"{info.key!r} ({info.size} bytes) is in no "
                                                                 "manifest row"))

@@ -22,13 +22,13 @@ def picture(index: int) -> np.ndarray:
     return image.astype(np.uint8)
 
 
-def clip(codec: str, container: str, pix_fmt: str, options=None) -> bytes:
+def clip(codec: str, container: str, pix_fmt: str, options=None, count: int = COUNT) -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container) as out:
         stream = out.add_stream(codec, rate=24)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, pix_fmt
         stream.options = options or {}
-        for index in range(COUNT):
+        for index in range(count):
             frame = av.VideoFrame.from_ndarray(picture(index), format="rgb24")
             frame.pts = index
             out.mux(stream.encode(frame))
@@ -151,6 +151,33 @@ def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_
     (tmp_path / "in" / "masks" / "clip" / "000005.png").unlink()  # the frame needs nothing after all
     assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 1}
     assert not audit.exists()
+
+
+def test_the_frames_a_video_replaced_by_a_shorter_one_no_longer_has_are_withdrawn(tmp_path, ray_session):
+    """A reel's video replaced by a shorter cut kept the old frames past its new end: ok in the manifest and in
+    status, and their outputs, from the video it was, at the end of the restored sequence, which verify found fine."""
+    from restore.manifest import latest_rows, read_manifests, summarize
+    from restore.pipeline import prepare, run_job
+    from restore.spec import parse_spec
+    from restore.storage import open_storage
+    from restore.verify import verify
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "clip.mkv").write_bytes(clip("ffv1", "matroska", "bgr0", count=6))
+    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "include": ["*.mkv"],
+           "restorer": {"name": "telea"}, "batch_size": 4}
+    assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 6}
+    (tmp_path / "in" / "clip.mkv").write_bytes(clip("ffv1", "matroska", "bgr0", count=4))
+    context, plan = prepare(parse_spec(raw))
+    assert plan.withdrawn == ["clip.mkv#000004", "clip.mkv#000005"]
+    assert run_job(context, plan).counts == {"ok": 4}
+    table = read_manifests(open_storage(str(tmp_path / "out")), "video")
+    assert summarize(table).by_status == {"ok": 4, "withdrawn": 2}
+    assert {row["input_key"]: row["status"] for row in latest_rows(table)}["clip.mkv#000005"] == "withdrawn"
+    stale = verify(str(tmp_path / "out"), "video", unknown=True).problems
+    assert sorted(problem.key for problem in stale) == ["clip.mkv.frames/000004.png", "clip.mkv.frames/000005.png"]
+    assert all("withdrawn" in problem.detail for problem in stale)
+    assert prepare(parse_spec(raw))[1].withdrawn == []  # closed once
 
 
 def test_a_broken_video_becomes_one_failed_row_with_the_reason_until_a_good_copy_replaces_it(tmp_path, ray_session):
