@@ -715,7 +715,10 @@ def console() -> None:
         code = main()
     finally:
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            sys.modules["ray"].shutdown()
+            try:
+                sys.modules["ray"].shutdown()
+            except KeyboardInterrupt:  # Ctrl-C as Ray shuts down: the command's work is done, and said
+                print("\nrestore: stopped while Ray shut down, after the command ended", file=sys.stderr)
     sys.exit(code)
 
 

@@ -1184,6 +1184,24 @@ def test_a_run_stopped_while_ray_starts_says_interrupted_not_started(tmp_path, m
     assert summary["status"] == "interrupted" and summary["planned"] == 3 and summary["counts"] == {}
 
 
+def test_ctrl_c_while_ray_shuts_down_keeps_the_commands_exit_code(monkeypatch, capsys):
+    """A Ctrl-C in the seconds Ray takes to shut down after a run printed a traceback and killed the command by
+    the signal, although the run had ended and committed everything."""
+    import types
+
+    import restore.cli
+
+    def shutdown():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(restore.cli, "main", lambda: 0)
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True, shutdown=shutdown))
+    with pytest.raises(SystemExit) as ended:
+        restore.cli.console()
+    assert ended.value.code == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_a_stopped_driver_has_the_time_it_needs_to_commit_after_sigterm(tmp_path):
     """Ray put Abseil's failure handler in front of Python's for SIGTERM: a scheduler's stop logged a stack trace
     as if the driver had crashed, and aborted the process (exit 134) 3 s later, while a stopped run was still
