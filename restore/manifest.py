@@ -55,7 +55,7 @@ MANIFEST_SCHEMA = pa.schema([
     # null where the job reads no such file, and in rows from before these columns existed
     ("mask_etag", pa.string()),  # the given mask (masks.pattern)
     ("protect_etag", pa.string()),  # the protected region (masks.protect)
-    ("detector", pa.string()),  # the detector's name when masks were detected
+    ("detector", pa.string()),  # the detector that ran on the frame (temporal's single-frame fallback: classical)
     ("detector_sha256", pa.string()),  # the learned detector's weights, when they found the masks
     ("masked_fraction", pa.float64()),  # of the frame's pixels, those the mask allowed to change
     ("given_fraction", pa.float64()),  # of the frame's pixels, those its given mask marks, where it has one

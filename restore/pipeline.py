@@ -110,6 +110,7 @@ FRAME_FIELDS = [
     ("masked_fraction", pa.float64()),
     ("given_fraction", pa.float64()),
     ("detected_fraction", pa.float64()),
+    ("detector", pa.string()),  # the detector that ran on the frame (see frame_mask)
     ("held_for", pa.string()),
     # a held frame's review pictures (`_held_pictures`), written with its row: JPEGs by name (pictures.review_set)
     ("held_pictures", pa.list_(pa.struct([("name", pa.string()), ("jpeg", pa.binary())]))),
@@ -846,8 +847,12 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
         if detector.infrared and frame.infrared is None:
             raise FrameError(f"masks.detector infrared: this {frame.format} frame has no infrared channel"
                              " (expected an RGBI TIFF: RGB plus an unspecified extra sample, as film scanners write)")
+        recorded["detector"] = settings.detector
         if detector.temporal:
-            detected = detector.detect(pixels, motion())
+            compensated = motion()
+            detected = detector.detect(pixels, compensated)
+            if compensated is None:  # a side missing (a folder's end, a failed or odd-sized neighbour)
+                recorded["detector"] = "classical"  # its single-frame fallback is what ran
         else:
             detected = detector(frame.infrared if detector.infrared else pixels)
         detected = refine_mask(detected, min_area=settings.min_area)
@@ -929,7 +934,8 @@ def _frame_row(context: JobContext, row: dict, frame: Frame, neighbours: list[np
     thumb = _original_thumb(context, row["input_key"], frame)  # timed as reading: made from the decoded original
     started = time.perf_counter()
     motion = _motion(frame.pixels, list(neighbours), n_previous)
-    recorded = {"mask_etag": None, "protect_etag": None, "given_fraction": None, "detected_fraction": None}
+    recorded = {"mask_etag": None, "protect_etag": None, "given_fraction": None, "detected_fraction": None,
+                "detector": None}
     try:
         mask = frame_mask(context, row["input_key"], frame, motion, recorded)
     except SettingNeededError as error:
@@ -1240,8 +1246,9 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "given_fraction": row["given_fraction"], "detected_fraction": row["detected_fraction"],
             "held_for": row["held_for"],
             "temporal_fill_fraction": row["temporal_fill_fraction"],
-            # what found the damage, where a detector ran on the frame (given-else-detect: not on a frame's own mask)
-            "detector": spec.masks.detector if row["detected_fraction"] is not None else None,
+            # what found the damage, where a detector ran on the frame (given-else-detect: not on a frame's own mask;
+            # temporal: classical, its fallback, on a frame without a neighbour on each side)
+            "detector": row["detector"],
             "detector_sha256": context.detector_sha256 if row["detected_fraction"] is not None else None,
             "restorer": spec.restorer.name, "weights_sha256": context.weights_sha256,
             "config_hash": context.config_hash, "software": SOFTWARE, "status": row["status"], "error": row["error"],
