@@ -41,8 +41,8 @@ from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, Frame
                      extension_for, jpeg_with_provenance)
 from .grain import regrain
 from .manifest import (CENSUS_FIELDS, MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, SOFTWARE, WITHDRAWN,
-                       History, ManifestWriter, compact, history, is_video, jobs_in, last_run_summary, latest, new_run_id,
-                       provenance_id, read_manifests, run_prefix, split_frame_key, video_frame_key)
+                       History, ManifestWriter, compact, history, is_video, jobs_in, last_run_summary, latest,
+                       new_run_id, provenance_id, read_manifests, run_prefix, split_frame_key, video_frame_key)
 from .pictures import (REPORT_ROOT, REVIEW_QUALITY, REVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, as_shown, fit,
                        held_pictures_name, picture_set, pictures_name, pictures_prefix, review_set, shrink,
                        store_pictures)

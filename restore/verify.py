@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-from .manifest import MANIFEST_ROOT, NOT_RESTORED, WITHDRAWN, latest_rows, provenance_id, read_manifests, split_frame_key
+from .manifest import (MANIFEST_ROOT, NOT_RESTORED, WITHDRAWN, latest_rows, provenance_id, read_manifests,
+                       split_frame_key)
 from .frames import PROVENANCE_KEY, TIFF_MAGICS, TIFF_PROVENANCE_TAGS
 from .pictures import REPORT_ROOT
 from .report import REPORT_KEY
