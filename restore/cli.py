@@ -715,10 +715,11 @@ def console() -> None:
         code = main()
     finally:
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            try:
-                sys.modules["ray"].shutdown()
-            except KeyboardInterrupt:  # Ctrl-C as Ray shuts down: the command's work is done, and said
-                print("\nrestore: stopped while Ray shut down, after the command ended", file=sys.stderr)
+            # the command's work is done: a stop now (Ctrl-C, SIGTERM) would only leave Ray half shut down, whose
+            # threads then abort the interpreter, and lose the command's exit code
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            sys.modules["ray"].shutdown()
     sys.exit(code)
 
 

@@ -351,8 +351,10 @@ def _frames_beyond(video_key: str, count: int, table: pa.Table) -> list[str]:
     """The frames recorded for a video past its `count` frames, not yet withdrawn: a video replaced by a shorter
     one left them ok, and their outputs at the end of the restored sequence, from the video it was."""
     recorded = table.filter(pc.starts_with(table["input_key"], video_key + "#"))
-    return [row["input_key"] for row in latest(recorded).select(["input_key", "status"]).to_pylist()
-            if row["status"] != WITHDRAWN and split_frame_key(row["input_key"])[1] >= count]
+    frames = {row["input_key"]: (split_frame_key(row["input_key"]), row["status"])
+              for row in latest(recorded).select(["input_key", "status"]).to_pylist()}
+    return [key for key, ((video, index), status) in frames.items()  # not a still named `reel.mp4#cover.png`
+            if video == video_key and index is not None and index >= count and status != WITHDRAWN]
 
 
 def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, str], bool], window: int,
@@ -664,6 +666,8 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
             frames += 1
         elif done is not None:  # given up, or known complete: not read again
             frames, frames_done = frames + done, frames_done + done
+            if not leave.skip(info.key, info.etag):  # complete at its newest count, which a shorter copy set
+                gone += _frames_beyond(info.key, done, table)
         elif is_video(info.key):
             video_tasks, count, count_done = _video_tasks(info, context.input_storage, leave.skip,
                                                           spec.sequence.window, past.audited)
@@ -847,12 +851,12 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
         if detector.infrared and frame.infrared is None:
             raise FrameError(f"masks.detector infrared: this {frame.format} frame has no infrared channel"
                              " (expected an RGBI TIFF: RGB plus an unspecified extra sample, as film scanners write)")
-        recorded["detector"] = settings.detector
+        ran = settings.detector
         if detector.temporal:
             compensated = motion()
             detected = detector.detect(pixels, compensated)
             if compensated is None:  # a side missing (a folder's end, a failed or odd-sized neighbour)
-                recorded["detector"] = "classical"  # its single-frame fallback is what ran
+                ran = "classical"  # its single-frame fallback is what ran
         else:
             detected = detector(frame.infrared if detector.infrared else pixels)
         detected = refine_mask(detected, min_area=settings.min_area)
@@ -875,6 +879,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
         marked = marked & inside
     if detects:
         recorded["detected_fraction"] = float((detected & mask).mean())  # what protect leaves of it
+        recorded["detector"] = ran
         _hold_if_too_much(recorded["detected_fraction"], "masks.max_detected", settings.max_detected,
                           "the detector flagged", "more likely lettering, stars or fine lines than damage, so it is "
                           "held unchanged for review; if it is damage, raise masks.max_detected, else give its mask "
@@ -1446,11 +1451,13 @@ def start_ray() -> None:
         ray.init(configure_logging=False, log_to_driver=False, include_dashboard=False)
     finally:
         os.chdir(here)
-    if threading.current_thread() is threading.main_thread():
+    handler = signal.getsignal(signal.SIGTERM)  # None where one was set outside Python: left as it is
+    if threading.current_thread() is threading.main_thread() and handler is not None:
         # Ray's core worker puts Abseil's failure handler in front of Python's for SIGTERM: it logs a stack trace
         # as if the driver had crashed, and aborts the process (exit 134) 3 s later, whatever a stopped run still
-        # has to commit. Python's handler (Ray's: SystemExit) is put back in its place.
-        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+        # has to commit. Python's handler (Ray's: SystemExit) is put back in its place. (A Ray this process
+        # started otherwise, before, keeps Abseil's.)
+        signal.signal(signal.SIGTERM, handler)
 
 
 MAX_BLOCKS = 1000  # Ray Data blocks a run's tasks are cut into, at most

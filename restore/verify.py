@@ -235,10 +235,11 @@ def read_provenance(data: bytes) -> dict[str, str] | None:
 def unknown_objects(listing: list[ObjectInfo], rows: list[dict], newest: list[dict]) -> list[Problem]:
     """Objects of the output's `listing` that no row of the job (any run) names as its output or mask, and those
     that only older rows of frames since restored name (`newest`: each frame's newest row): left beside the output
-    a frame has now, they would pass for a derivative of the collection. A frame not restored now keeps its last
-    outputs."""
+    a frame has now, they would pass for a derivative of the collection; and the outputs of a video's frames it no
+    longer has (withdrawn). Another frame not restored now keeps its last outputs."""
     restored_now = {row["input_key"] for row in newest if row["status"] == "ok"}
-    withdrawn = {row["input_key"] for row in newest if row["status"] == WITHDRAWN}  # a frame its video lost, say
+    withdrawn = {row["input_key"] for row in newest  # frames a video replaced by a shorter one no longer has
+                 if row["status"] == WITHDRAWN and split_frame_key(row["input_key"])[1] is not None}
     current = {row[name] for row in newest for name in ("output_key", "mask_key") if row[name]}
     known, superseded = set(current), {}
     for row in rows:

@@ -153,7 +153,7 @@ def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_
     assert not audit.exists()
 
 
-def test_the_frames_a_video_replaced_by_a_shorter_one_no_longer_has_are_withdrawn(tmp_path, ray_session):
+def test_the_frames_a_video_replaced_by_a_shorter_one_no_longer_has_are_withdrawn(tmp_path, ray_session, monkeypatch):
     """A reel's video replaced by a shorter cut kept the old frames past its new end: ok in the manifest and in
     status, and their outputs, from the video it was, at the end of the restored sequence, which verify found fine."""
     from restore.manifest import latest_rows, read_manifests, summarize
@@ -178,6 +178,16 @@ def test_the_frames_a_video_replaced_by_a_shorter_one_no_longer_has_are_withdraw
     assert sorted(problem.key for problem in stale) == ["clip.mkv.frames/000004.png", "clip.mkv.frames/000005.png"]
     assert all("withdrawn" in problem.detail for problem in stale)
     assert prepare(parse_spec(raw))[1].withdrawn == []  # closed once
+
+    import restore.pipeline  # a video shortened and restored whole by a version that withdrew nothing
+
+    (tmp_path / "in" / "clip.mkv").write_bytes(clip("ffv1", "matroska", "bgr0", count=6))
+    assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 6}
+    (tmp_path / "in" / "clip.mkv").write_bytes(clip("ffv1", "matroska", "bgr0", count=3))
+    monkeypatch.setattr(restore.pipeline, "_frames_beyond", lambda video_key, count, table: [])
+    assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 3}
+    monkeypatch.undo()
+    assert prepare(parse_spec(raw))[1].withdrawn == ["clip.mkv#000003", "clip.mkv#000004", "clip.mkv#000005"]
 
 
 def test_a_broken_video_becomes_one_failed_row_with_the_reason_until_a_good_copy_replaces_it(tmp_path, ray_session):
