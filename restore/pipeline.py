@@ -335,26 +335,28 @@ def open_job_storages(spec: JobSpec) -> tuple[Storage, Storage, Storage]:
     return input_storage, output_storage, mask_storage
 
 
-def _video_done(info: ObjectInfo, skip: Callable[[str, str], bool], table: pa.Table) -> int | None:
+def _recorded_frames(table: pa.Table, video_key: str) -> pa.Table:
+    """The manifest rows of a video's frames (`reel.mp4#000012`; not a still named `reel.mp4#cover.png`)."""
+    return table.filter(pc.match_substring_regex(table["input_key"], f"^{re.escape(video_key)}#[0-9]+$"))
+
+
+def _video_done(info: ObjectInfo, skip: Callable[[str, str], bool], recorded: pa.Table) -> int | None:
     """The frames of a video that needs no reading: 1 when it was given up whole (it could not be planned or
-    probed), its count when every frame is done; None when it is to be read."""
+    probed), its count when every frame is done; None when it is to be read. `recorded`: its `_recorded_frames`."""
     if skip(info.key, info.etag):
         return 1
-    recorded = table.filter(pc.starts_with(table["input_key"], info.key + "#"))
     counts = [n for n in recorded["input_frames"].to_pylist() if n is not None]
     if counts and all(skip(video_frame_key(info.key, i), info.etag) for i in range(counts[-1])):
         return counts[-1]
     return None
 
 
-def _frames_beyond(video_key: str, count: int, table: pa.Table) -> list[str]:
-    """The frames recorded for a video past its `count` frames, not yet withdrawn: a video replaced by a shorter
-    one left them ok, and their outputs at the end of the restored sequence, from the video it was."""
-    recorded = table.filter(pc.starts_with(table["input_key"], video_key + "#"))
-    frames = {row["input_key"]: (split_frame_key(row["input_key"]), row["status"])
-              for row in latest(recorded).select(["input_key", "status"]).to_pylist()}
-    return [key for key, ((video, index), status) in frames.items()  # not a still named `reel.mp4#cover.png`
-            if video == video_key and index is not None and index >= count and status != WITHDRAWN]
+def _frames_beyond(recorded: pa.Table, count: int) -> list[str]:
+    """The frames of a video (`recorded`: its `_recorded_frames`) past its `count` frames, not yet withdrawn: a video
+    replaced by a shorter one left them ok, and their outputs at the end of the restored sequence, from the video
+    it was."""
+    return [row["input_key"] for row in latest(recorded).select(["input_key", "status"]).to_pylist()
+            if split_frame_key(row["input_key"])[1] >= count and row["status"] != WITHDRAWN]
 
 
 def _video_tasks(info: ObjectInfo, input_storage: Storage, skip: Callable[[str, str], bool], window: int,
@@ -652,7 +654,9 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
     leave = FramesToLeave(spec, listing, past, exhausted, redo)
     stills = [info for info in listing.frames if not is_video(info.key)]
     tasks = _still_tasks(stills, leave)
-    videos_done = {info.key: _video_done(info, leave.skip, table) for info in listing.frames if is_video(info.key)}
+    videos = [info for info in listing.frames if is_video(info.key)]
+    recorded = {info.key: _recorded_frames(table, info.key) for info in videos}  # one filter each, for both uses
+    videos_done = {info.key: _video_done(info, leave.skip, recorded[info.key]) for info in videos}
     to_read = {task["input_key"] for task in tasks if not task.get("plan_error")}
     to_read |= {key for key, done in videos_done.items() if done is None}
     waiting = waiting_in_archive(context.input_storage, [info for info in listing.frames if info.key in to_read])
@@ -667,14 +671,14 @@ def plan_job(context: JobContext, redo: frozenset[str] = frozenset()) -> Plan:
         elif done is not None:  # given up, or known complete: not read again
             frames, frames_done = frames + done, frames_done + done
             if not leave.skip(info.key, info.etag):  # complete at its newest count, which a shorter copy set
-                gone += _frames_beyond(info.key, done, table)
+                gone += _frames_beyond(recorded[info.key], done)
         elif is_video(info.key):
             video_tasks, count, count_done = _video_tasks(info, context.input_storage, leave.skip,
                                                           spec.sequence.window, past.audited)
             tasks += video_tasks
             frames, frames_done = frames + count, frames_done + count_done
             if not (video_tasks and video_tasks[0]["frame_indices"] == []):  # probed: its count is known
-                gone += _frames_beyond(info.key, count, table)
+                gone += _frames_beyond(recorded[info.key], count)
     _refuse_misplaced_inputs(tasks, listing.frames, spec.output_format)
     listed_etags = {info.key: info.etag for info in listing.frames}
     given_up = sorted(key for key, etag in exhausted

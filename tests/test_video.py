@@ -184,7 +184,7 @@ def test_the_frames_a_video_replaced_by_a_shorter_one_no_longer_has_are_withdraw
     (tmp_path / "in" / "clip.mkv").write_bytes(clip("ffv1", "matroska", "bgr0", count=6))
     assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 6}
     (tmp_path / "in" / "clip.mkv").write_bytes(clip("ffv1", "matroska", "bgr0", count=3))
-    monkeypatch.setattr(restore.pipeline, "_frames_beyond", lambda video_key, count, table: [])
+    monkeypatch.setattr(restore.pipeline, "_frames_beyond", lambda recorded, count: [])
     assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 3}
     monkeypatch.undo()
     assert prepare(parse_spec(raw))[1].withdrawn == ["clip.mkv#000003", "clip.mkv#000004", "clip.mkv#000005"]
