@@ -168,6 +168,26 @@ def test_temporal_first_frame_falls_back_to_single_frame():
     assert all(mask[y - 2:y + 3, x - 2:x + 3].any() for x, y in spots)
 
 
+def test_a_frame_beside_a_shot_cut_is_detected_alone_and_its_dust_found():
+    shot = [scene(shift=2 * t, seed=10 + t) for t in range(3)]
+    next_shot = scene(seed=20)[::-1, ::-1].copy()  # another picture: the next shot's first frame
+    damaged, truth, spots = add_dust_and_scratch(shot[1])
+    assert compensated(damaged, [shot[0], next_shot], 1) is None
+    mask = build_detector("temporal")(damaged, [shot[0], next_shot], n_previous=1)
+    assert all(mask[y - 2:y + 3, x - 2:x + 3].any() for x, y in spots)
+    assert (mask & truth).sum() >= 0.75 * truth.sum()  # the scratch too, which the other shot hid in part
+    assert (mask & ~refine_mask(truth, dilate=2)).sum() <= 20  # nothing of the other shot taken for damage
+
+
+def test_flicker_grain_and_a_repeated_frame_are_no_shot_cut():
+    frames = [scene(shift=2 * t, seed=10 + t) for t in range(3)]
+    brighter = np.clip(frames[2].astype(np.float32) * 1.1, 0, 255).astype(np.uint8)  # old film's flicker
+    assert compensated(frames[1], [frames[0], brighter], 1) is not None
+    assert compensated(frames[1], [frames[1].copy(), frames[2]], 1) is not None  # a frame printed twice (telecine)
+    grainy = [film_grain(np.random.default_rng(t), frame, 0.05, 0.004) for t, frame in enumerate(frames)]
+    assert compensated(grainy[1], [grainy[0], grainy[2]], 1) is not None
+
+
 def test_frames_too_short_for_optical_flow_are_detected_alone_not_crashing_the_worker():
     strip = np.tile(scene()[:12], (1, 2, 1))  # 12 rows: OpenCV's flow kills the process on such a frame
     damaged = strip.copy()

@@ -42,11 +42,38 @@ def _warp_to(frame_luma: np.ndarray, other: np.ndarray) -> np.ndarray:
     return warped if warped.ndim == 3 else warped[..., None]
 
 
+def _robust_sigma(x: np.ndarray) -> float:
+    return max(1.4826 * float(np.median(np.abs(x - np.median(x)))), 1.0 / 1024)
+
+
+SHOT_CUT = 3.0  # times the residual on the frame's other side: a neighbour's residual beyond it is another shot
+QUIET_RESIDUAL = 2 / 255  # a residual this small is the same shot's noise even where the other side leaves none (a
+#                           repeated frame, as telecine and frozen frames have)
+
+
+def _residual(frame_luma: np.ndarray, warped: np.ndarray) -> float:
+    """What a motion-compensated neighbour leaves of the frame: the robust spread of their difference, after the
+    neighbour's brightness and contrast are matched to the frame's (old film flickers from frame to frame). Read
+    on every 4th pixel of each 4th row: a spread needs no more, and a 4K frame has millions."""
+    frame, other = (cv2.GaussianBlur(y, (0, 0), 1.0)[::4, ::4].ravel() for y in (frame_luma, luma_of(warped)))
+    design = np.stack([other, np.ones_like(other)], axis=1)
+    gain_offset = np.linalg.lstsq(design, frame, rcond=None)[0]
+    return _robust_sigma(frame - design @ gain_offset)
+
+
+def _shot_cut(frame_luma: np.ndarray, previous: np.ndarray, following: np.ndarray) -> bool:
+    """Whether a shot cut lies on one side of the frame: there the neighbour is another picture, which no motion
+    maps onto the frame, so it leaves several times the residual the frame's own shot leaves on the other side
+    (grain, damage and flicker leave about the same on both)."""
+    residuals = sorted((_residual(frame_luma, previous), _residual(frame_luma, following)))
+    return residuals[1] > SHOT_CUT * max(residuals[0], QUIET_RESIDUAL)
+
+
 def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previous: int | None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(frame, previous, next) as (H, W, C) float32 in [0, 1], the two neighbours motion-compensated onto the
-    frame; None when the frame lacks a previous or a next neighbour (the first and last frames of a sequence), or
-    is too short for optical flow."""
+    frame; None when the frame lacks a previous or a next neighbour of its own shot (the first and last frames of
+    a sequence, the frames on each side of a shot cut), or is too short for optical flow."""
     previous, following = _split(neighbours, n_previous)
     too_small = pixels.shape[0] < MIN_FLOW_ROWS or pixels.shape[1] < MIN_FLOW_COLUMNS
     if previous is None or following is None or too_small:
@@ -56,7 +83,10 @@ def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previ
     for other in (previous, following):
         if other.shape != pixels.shape:
             raise ValueError(f"neighbour shape {other.shape} differs from the frame's {pixels.shape}")
-    return frame, _warp_to(frame_luma, to_float(previous)), _warp_to(frame_luma, to_float(following))
+    previous, following = _warp_to(frame_luma, to_float(previous)), _warp_to(frame_luma, to_float(following))
+    if _shot_cut(frame_luma, previous, following):
+        return None
+    return frame, previous, following
 
 
 NEIGHBOURS_AGREE = 6.0  # noise sigmas within which the two neighbours agree: beyond, occlusion or missed motion
@@ -71,12 +101,9 @@ def _gradient(luma: np.ndarray) -> np.ndarray:
     return np.hypot(cv2.Sobel(luma, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=3)) / 8
 
 
-def _robust_sigma(x: np.ndarray) -> float:
-    return max(1.4826 * float(np.median(np.abs(x - np.median(x)))), 1.0 / 1024)
-
-
 class TemporalDetector(Detector):
-    """Spikes against both motion-compensated neighbours; first and last frames fall back to `ClassicalDetector`.
+    """Spikes against both motion-compensated neighbours; a frame without a neighbour of its own shot on each side
+    (a sequence's first and last frames, a frame beside a shot cut) falls back to `ClassicalDetector`.
 
     Settings: `threshold` is the noise multiple by which a pixel must differ from both neighbours somewhere in a
     region, `grow` the lower multiple the region may spread over, `agree` the multiple within which the two
