@@ -1,3 +1,3 @@
 """restore: batch restoration of damaged photo and film archives."""
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"

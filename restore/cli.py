@@ -291,14 +291,14 @@ def cmd_status(args) -> int:
     from .condition import describe
     from .lease import run_in_progress
     from .manifest import last_run_summary, read_manifests, summarize, write_latest_csv
-    from .pipeline import JobError
+    from .pipeline import JobError, job_config
     from .storage import open_storage
 
     spec = _target_spec(args)
     output, endpoint_url, job = _output_target(args, spec)
     storage = open_storage(output, endpoint_url)
     table = read_manifests(storage, job)
-    summary = summarize(table, spec.max_attempts if spec else None)
+    summary = summarize(table, spec.max_attempts if spec else None, job_config(spec)[2] if spec else None)
     last = last_run_summary(storage, job)
     if summary.runs == 0 and last is None:  # a mistyped job or output: an error, not "all is well"
         raise JobError(f"job {job}: no manifests under {output} (has it run? is the job name right?)")
@@ -311,6 +311,9 @@ def cmd_status(args) -> int:
     if summary.held:  # frames that wait on a person: reasons below, with what the spec can say
         print(f"  held for review until the spec says more: {len(summary.held)} "
               f"({tally(summary.held.values())})")
+    if summary.other_config:  # an upgrade's new weights, or an edited spec: "ok" here is not "done"
+        print(f"  restored under another config than the spec's now (restorer, weights, mask or output settings), "
+              f"so the next run restores them again: {summary.other_config} of the {summary.by_status['ok']} ok")
     if summary.given_up:  # runs leave them alone: only a person mends them
         print(f"  given up after {spec.max_attempts} failed {plural(spec.max_attempts, 'attempt')} (max_attempts), "
               f"not tried again until they change: {len(summary.given_up)}")

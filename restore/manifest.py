@@ -92,6 +92,11 @@ MANIFEST_SCHEMA = pa.schema([
     # Description or Title: restore/captions.py), on one line, at most 500 characters; null where it has none.
     # Last, as columns added since 0.7 are: imports that map a CSV's columns by position keep theirs
     ("caption", pa.string()),
+    # a video's frames: the video's average frame rate as a fraction ("24", "24000/1001"), and the frame's time in
+    # seconds from the video's first frame (its timestamp, so a variable-rate video's gaps stay); null for stills.
+    # What a sequence is put back together at: ffmpeg -framerate 24000/1001 -i reel.mkv.frames/%06d.png
+    ("frame_rate", pa.string()),
+    ("frame_time", pa.float64()),
 ])
 
 
@@ -380,6 +385,9 @@ class JobSummary:
     # failed frames that failed max_attempts times (as they are now, under the config that last tried them): runs
     # leave them alone until they change, so only a person mends them; None where max_attempts is not known
     given_up: list[str] | None = None
+    # frames whose newest row is ok under another config than the spec's now (restorer, its weights, mask or output
+    # settings): the next run restores them again; None where the config is not known
+    other_config: int | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -391,11 +399,13 @@ class JobSummary:
             "damage": self.damage,
             "held": self.held,
             **({"given_up": self.given_up} if self.given_up is not None else {}),
+            **({"ok_under_other_config": self.other_config} if self.other_config is not None else {}),
         }
 
 
-def summarize(table: pa.Table, max_attempts: int | None = None) -> JobSummary:
-    """The job as its manifests stand; `max_attempts`, the spec's, to tell the failed frames runs have given up."""
+def summarize(table: pa.Table, max_attempts: int | None = None, config_hash: str | None = None) -> JobSummary:
+    """The job as its manifests stand; `max_attempts` and `config_hash`, the spec's, to tell the failed frames runs
+    have given up and the frames restored under another config, which the next run restores again."""
     counted = [f"{kind}_count" for kind in KINDS]
     rows = latest(table.select(["input_key", "run_id", "finished_at", "status", "error", "held_for", "input_etag",
                                 "config_hash", *counted]))
@@ -415,6 +425,8 @@ def summarize(table: pa.Table, max_attempts: int | None = None) -> JobSummary:
         damage=damage,
         held=dict(zip(held["input_key"].to_pylist(), held["held_for"].to_pylist())),
         given_up=None if max_attempts is None else _given_up(table, rows, max_attempts),
+        other_config=None if config_hash is None else
+        pc.sum(pc.not_equal(restored["config_hash"], config_hash)).as_py() or 0,
     )
 
 

@@ -76,6 +76,8 @@ TASK_SCHEMA = pa.schema([
 
 FRAME_FIELDS = [
     ("input_frames", pa.int32()),  # frames in the input object: a video's count, null for a still image
+    ("frame_rate", pa.string()),  # see MANIFEST_SCHEMA
+    ("frame_time", pa.float64()),
     ("caption", pa.string()),  # see MANIFEST_SCHEMA
     ("status", pa.string()),
     ("error", pa.string()),
@@ -1041,18 +1043,19 @@ def _video_rows(context: JobContext, row: dict, data: bytes) -> list[dict]:
     window = context.spec.sequence.window if context.spec.uses_neighbours else 0
     first, last = max(0, wanted[0] - window), min(info.frames - 1, wanted[-1] + window)
     decoded = {frame.index: frame.pixels for frame in iter_video_frames(data, first, last + 1, info=info)}
-    base = {**row, "input_frames": info.frames}
+    base = {**row, "input_frames": info.frames, "frame_rate": str(info.fps) if info.fps else None}
     rows = []
     for i in wanted:
         key = video_frame_key(row["input_key"], i)
+        seconds = float((info.pts[i] - info.pts[0]) * info.time_base) if i < info.frames else None
+        timed = {**base, "input_key": key, "frame_time": seconds}
         if i not in decoded:
-            rows.append({**base, "input_key": key, "status": "failed",
-                         "error": f"frame {i} of {info.frames} could not be decoded"})
+            rows.append({**timed, "status": "failed", "error": f"frame {i} of {info.frames} could not be decoded"})
             continue
         before = [decoded[j] for j in range(i - window, i) if j in decoded]
         after = [decoded[j] for j in range(i + 1, i + window + 1) if j in decoded]
         frame = Frame(pixels=decoded[i], alpha=None, format="VIDEO", mode="RGB", icc_profile=None, exif=None)
-        rows.append(_frame_row(context, {**base, "input_key": key}, frame, before + after, len(before)))
+        rows.append(_frame_row(context, timed, frame, before + after, len(before)))
     return rows
 
 
@@ -1248,6 +1251,7 @@ def write_outputs(batch: pa.Table, context: JobContext) -> pa.Table:
             "input_key": row["input_key"], "input_size": row["input_size"], "input_etag": row["input_etag"],
             "input_version_id": row["input_version_id"], "input_sha256": row["input_sha256"],
             "input_frames": row["input_frames"], "caption": row["caption"],
+            "frame_rate": row["frame_rate"], "frame_time": row["frame_time"],
             "mask_source": _mask_source(spec.masks.source, row), "masked_fraction": row["masked_fraction"],
             "changed_fraction": row["changed_fraction"], "deepest_fill_px": row["deepest_fill_px"],
             **{name: row[name] for name in CENSUS_FIELDS.names},
@@ -1394,12 +1398,18 @@ def _check_resources(spec: JobSpec) -> None:
 def open_job(spec: JobSpec) -> JobContext:
     """Storages, weights and config hash of a new run: everything but the plan."""
     input_storage, output_storage, mask_storage = open_job_storages(spec)
+    weights_sha256, detector_sha256, config_hash = job_config(spec)
+    return JobContext(spec=spec, input_storage=input_storage, output_storage=output_storage,
+                      mask_storage=mask_storage, run_id=new_run_id(), config_hash=config_hash,
+                      weights_sha256=weights_sha256, detector_sha256=detector_sha256)
+
+
+def job_config(spec: JobSpec) -> tuple[str | None, str | None, str]:
+    """(restorer weights sha256, learned detector weights sha256, config hash) of the spec with the weights installed
+    here, each file loaded once: a damaged one is refused before any work."""
     _, weights_sha256 = check_weights(spec.restorer)
     detector_sha256 = _check_detector_weights(spec)
-    return JobContext(spec=spec, input_storage=input_storage, output_storage=output_storage,
-                      mask_storage=mask_storage, run_id=new_run_id(),
-                      config_hash=spec.config_hash(weights_sha256, detector_sha256),
-                      weights_sha256=weights_sha256, detector_sha256=detector_sha256)
+    return weights_sha256, detector_sha256, spec.config_hash(weights_sha256, detector_sha256)
 
 
 def _check_detector_weights(spec: JobSpec) -> str | None:

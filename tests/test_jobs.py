@@ -195,6 +195,26 @@ def test_excluded_files_and_the_companions_macos_writes_are_not_frames(tmp_path,
         prepare(parse_spec(job(tmp_path, exclude=["*"])))
 
 
+def test_status_counts_the_ok_frames_the_next_run_restores_again_under_the_spec_now(tmp_path, ray_session, capsys):
+    """New weights in an upgrade, or an edited restorer: status said all was done, and the night redid them all."""
+    write_collection(tmp_path / "in", 3)
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job(tmp_path)))
+    assert restore_main(["run", str(spec_file), "--quiet"]) == 0
+    capsys.readouterr()
+    assert restore_main(["status", str(spec_file), "--json", str(tmp_path / "s.json")]) == 0
+    assert "next run restores them again" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["ok_under_other_config"] == 0
+
+    spec_file.write_text(yaml.safe_dump(job(tmp_path, restorer={"name": "navier-stokes"})))
+    assert restore_main(["status", str(spec_file), "--json", str(tmp_path / "s.json")]) == 0
+    assert "so the next run restores them again: 3 of the 3 ok" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["ok_under_other_config"] == 3
+    assert run(job(tmp_path, restorer={"name": "navier-stokes"})).counts == {"ok": 3}  # as it said
+    assert restore_main(["status", str(tmp_path / "out")]) == 0  # without a spec the config is not known
+    assert "next run" not in capsys.readouterr().out
+
+
 def test_a_failed_frame_whose_original_is_deleted_is_closed_not_reported_for_ever(tmp_path, ray_session, capsys):
     """Deleting a corrupt scan is how an archive deals with it: the alert must clear, and come back with the file."""
     write_collection(tmp_path / "in", 2)

@@ -128,6 +128,9 @@ def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_
     rows = read_manifests(open_storage(str(tmp_path / "out")), "video").to_pylist()
     assert sorted(row["input_key"] for row in rows) == [f"clip.mkv#{i:06d}" for i in range(COUNT)]
     assert {row["input_frames"] for row in rows} == {COUNT}
+    assert {row["frame_rate"] for row in rows} == {"24"}  # what the sequence is put back together at
+    times = sorted(row["frame_time"] for row in rows)  # as the file stores them: Matroska to the millisecond
+    assert times == pytest.approx([i / 24 for i in range(COUNT)], abs=0.0005)
     context, plan = prepare(parse_spec(raw))
     assert plan.tasks == [] and plan.already_done == COUNT
 
