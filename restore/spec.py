@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from .storage import UnsafeKeyError, safe_key
+from .storage import StorageError, UnsafeKeyError, check_no_overlap, safe_key
 
 CLASSICAL_RESTORERS = ("telea", "navier-stokes", "harmonic")  # fills without a model
 RESTORERS = ("gan",) + CLASSICAL_RESTORERS  # the inpainting methods
@@ -368,12 +368,18 @@ def parse_spec(raw: Any, source: str = "<spec>", base_dir: Path | None = None) -
         problems.append(f"name: expected letters, digits, '-', '_' or '.' (not only dots), got {shown(name)}")
     input_uri = check.string(raw, "input", "input", required=True)
     output_uri = check.string(raw, "output", "output", required=True)
+    known = len(problems)
     for label, uri in (("input", input_uri), ("output", output_uri)):
         if uri and "://" in uri and not uri.startswith(("s3://", "file://")):
             problems.append(f"{label}: expected a local path, file://… or s3://bucket/prefix, got {shown(uri)}")
         if uri and uri.startswith("s3://") and not uri[len("s3://"):].split("/")[0]:
             problems.append(f"{label}: expected s3://bucket/prefix with a bucket name, got {shown(uri)}")
         _check_file_uri(problems, label, uri)
+    if input_uri and output_uri and len(problems) == known:  # reported with the spec's other mistakes, not after
+        try:
+            check_no_overlap(_resolve_uri(input_uri, base), _resolve_uri(output_uri, base))
+        except StorageError as error:
+            problems.append(f"output: {error}")
     endpoint_url = check.string(raw, "endpoint_url", "endpoint_url")
     if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
         problems.append(f"endpoint_url: expected an http:// or https:// URL, got {shown(endpoint_url)}")

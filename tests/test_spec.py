@@ -35,6 +35,18 @@ def test_every_mistake_is_reported_with_its_field_before_any_work():
         assert field in message, field
 
 
+def test_an_output_inside_the_input_is_reported_with_the_specs_other_mistakes(tmp_path):
+    raw = {"name": "t", "input": str(tmp_path / "scans"), "output": str(tmp_path / "scans" / "restored"),
+           "batch_size": 0}
+    with pytest.raises(SpecError) as raised:
+        parse_spec(raw)
+    assert "output: output" in str(raised.value) and "overlaps input" in str(raised.value)
+    assert "batch_size:" in str(raised.value)  # one error message naming both, not one mistake per try
+    with pytest.raises(SpecError, match="overlaps input"):
+        parse_spec({"name": "t", "input": "scans", "output": "scans/../scans"}, base_dir=tmp_path)
+    parse_spec({"name": "t", "input": "s3://bucket/scans", "output": "s3://bucket/restored"})
+
+
 def test_values_that_would_crash_or_hang_a_run_are_refused_and_quoted_briefly(tmp_path):
     """NaN passes every `value < minimum` check; a dilation of 1e11 px asks for a 40 GB disc on every frame; a few
     lines of YAML aliases make a value whose full repr (once quoted in the error) is gigabytes."""
