@@ -57,7 +57,7 @@ class Progress:
 
 def cmd_run(args) -> int:
     from .manifest import WITHDRAWN
-    from .pipeline import prepare, run, run_summary
+    from .pipeline import frame_order, prepare, run, run_summary
     from .report import write_report
     from .spec import load_spec
 
@@ -73,7 +73,8 @@ def cmd_run(args) -> int:
                    "repairing": plan.repairing,
                    "withdrawn": plan.withdrawn, "waiting_in_archive": [frame["input_key"] for frame in plan.archived],
                    "bytes_to_read": plan.bytes_to_read,
-                   "keys": list(dict.fromkeys(task["input_key"] for task in plan.tasks))}  # a video's chunks: once
+                   # in the order a person reads a sequence (shot_2 before shot_10); a video's chunks: once
+                   "keys": sorted(dict.fromkeys(task["input_key"] for task in plan.tasks), key=frame_order)}
         print(f"job {spec.name}: {plan.listed} {plural(plan.listed, 'frame')} listed, {plan.already_done} "
               f"already done, {summary['to_process']} would be processed ({plan.bytes_to_read / 1e6:.1f} MB to read)"
               + (f", {len(plan.repairing)} of them to repair" if args.repair else "")

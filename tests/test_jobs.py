@@ -532,6 +532,11 @@ def test_dry_run_lists_without_processing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 would be processed" in out and "reel/f000.png" in out
     assert not (tmp_path / "out").exists()
+    for name in ("shot_10.png", "shot_2.png"):  # a scanner that does not pad its numbers
+        (tmp_path / "in" / name).write_bytes(png_bytes(scene(1)))
+    assert restore_main(["run", str(spec_file), "--dry-run", "--json", str(tmp_path / "dry.json")]) == 0
+    keys = json.loads((tmp_path / "dry.json").read_text())["keys"]
+    assert keys == ["reel/f000.png", "reel/f001.png", "reel/f002.png", "shot_2.png", "shot_10.png"]
 
 
 def test_a_missing_input_folder_is_named_with_what_to_check(tmp_path, capsys):
