@@ -179,13 +179,22 @@ def test_a_frame_beside_a_shot_cut_is_detected_alone_and_its_dust_found():
     assert (mask & ~refine_mask(truth, dilate=2)).sum() <= 20  # nothing of the other shot taken for damage
 
 
-def test_flicker_grain_and_a_repeated_frame_are_no_shot_cut():
+def test_a_one_frame_shot_is_detected_alone():
+    shot = [scene(shift=2 * t, seed=10 + t) for t in range(3)]
+    insert = scene(seed=20)[::-1, ::-1].copy()  # a single frame of another picture between two of one shot
+    assert compensated(insert, [shot[0], shot[2]], 1) is None
+
+
+@pytest.mark.parametrize("grain", [0.0, 0.05, 0.12])
+def test_flicker_grain_and_a_repeated_frame_are_no_shot_cut(grain):
     frames = [scene(shift=2 * t, seed=10 + t) for t in range(3)]
+    frames = [film_grain(np.random.default_rng(t), frame, grain, 0.004) for t, frame in enumerate(frames)]
+    assert compensated(frames[1], [frames[0], frames[2]], 1) is not None
+    assert compensated(frames[1], [frames[1].copy(), frames[2]], 1) is not None  # a frame printed twice (telecine)
     brighter = np.clip(frames[2].astype(np.float32) * 1.1, 0, 255).astype(np.uint8)  # old film's flicker
     assert compensated(frames[1], [frames[0], brighter], 1) is not None
-    assert compensated(frames[1], [frames[1].copy(), frames[2]], 1) is not None  # a frame printed twice (telecine)
-    grainy = [film_grain(np.random.default_rng(t), frame, 0.05, 0.004) for t, frame in enumerate(frames)]
-    assert compensated(grainy[1], [grainy[0], grainy[2]], 1) is not None
+    harder = np.clip((frames[2].astype(np.float32) - 110) * 1.6 + 110, 0, 255).astype(np.uint8)  # and contrast
+    assert compensated(frames[1], [frames[0], harder], 1) is not None
 
 
 def test_frames_too_short_for_optical_flow_are_detected_alone_not_crashing_the_worker():

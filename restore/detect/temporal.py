@@ -46,27 +46,37 @@ def _robust_sigma(x: np.ndarray) -> float:
     return max(1.4826 * float(np.median(np.abs(x - np.median(x)))), 1.0 / 1024)
 
 
-SHOT_CUT = 3.0  # times the residual on the frame's other side: a neighbour's residual beyond it is another shot
-QUIET_RESIDUAL = 2 / 255  # a residual this small is the same shot's noise even where the other side leaves none (a
-#                           repeated frame, as telecine and frozen frames have)
+SHOT_CUT_RATIO = 3.0  # a neighbour leaving this many times the residual of the frame's own shot is another shot
+QUIET_RESIDUAL = 2 / 255  # no residual this small is another shot, where the frame has no grain to measure (a
+#                           clean digital source; telecine repeats frames, which leave none at all)
+CUT_SCALE = 4  # the residuals are read with frames shrunk this many times: a cut changes the whole picture, grain
+#                and the flow's errors are fine, and a 4K frame has millions of pixels
 
 
-def _residual(frame_luma: np.ndarray, warped: np.ndarray) -> float:
-    """What a motion-compensated neighbour leaves of the frame: the robust spread of their difference, after the
-    neighbour's brightness and contrast are matched to the frame's (old film flickers from frame to frame). Read
-    on every 4th pixel of each 4th row: a spread needs no more, and a 4K frame has millions."""
-    frame, other = (cv2.GaussianBlur(y, (0, 0), 1.0)[::4, ::4].ravel() for y in (frame_luma, luma_of(warped)))
-    design = np.stack([other, np.ones_like(other)], axis=1)
-    gain_offset = np.linalg.lstsq(design, frame, rcond=None)[0]
-    return _robust_sigma(frame - design @ gain_offset)
+def _shrunk(image: np.ndarray) -> np.ndarray:
+    """An (H, W) or (H, W, C) float32 image shrunk `CUT_SCALE` times, channels kept as given."""
+    height, width = image.shape[:2]
+    size = (max(1, width // CUT_SCALE), max(1, height // CUT_SCALE))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], *image.shape[2:])
 
 
-def _shot_cut(frame_luma: np.ndarray, previous: np.ndarray, following: np.ndarray) -> bool:
-    """Whether a shot cut lies on one side of the frame: there the neighbour is another picture, which no motion
-    maps onto the frame, so it leaves several times the residual the frame's own shot leaves on the other side
-    (grain, damage and flicker leave about the same on both)."""
-    residuals = sorted((_residual(frame_luma, previous), _residual(frame_luma, following)))
-    return residuals[1] > SHOT_CUT * max(residuals[0], QUIET_RESIDUAL)
+def _residual(frame: np.ndarray, other: np.ndarray) -> float:
+    """What a motion-compensated neighbour leaves of the frame (both shrunk luma): the robust spread of their
+    difference, once the neighbour's brightness and contrast are matched to the frame's (old film flickers)."""
+    design = np.stack([other.ravel(), np.ones(other.size, other.dtype)], axis=1)
+    gain_offset = np.linalg.lstsq(design, frame.ravel(), rcond=None)[0]
+    return _robust_sigma(frame.ravel() - design @ gain_offset)
+
+
+def _beside_shot_cut(frame_luma: np.ndarray, previous: np.ndarray, following: np.ndarray) -> bool:
+    """Whether a neighbour is another shot's picture, which no motion maps onto the frame: it leaves several times
+    the residual of the frame's own grain and of its other side (a cut), or both sides do (a shot of one frame).
+    Two frames of one shot leave each other their grain: what its spread at that scale predicts (a frame printed
+    twice leaves nothing, and its other side no more than grain)."""
+    frame = _shrunk(frame_luma)
+    small, large = sorted(_residual(frame, luma_of(_shrunk(side))) for side in (previous, following))  # luma: linear
+    grain = max(np.sqrt(2) * _robust_sigma(frame - cv2.GaussianBlur(frame, (0, 0), 1.0)), QUIET_RESIDUAL)
+    return large > SHOT_CUT_RATIO * max(small, grain) or small > SHOT_CUT_RATIO * grain
 
 
 def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previous: int | None
@@ -84,7 +94,7 @@ def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previ
         if other.shape != pixels.shape:
             raise ValueError(f"neighbour shape {other.shape} differs from the frame's {pixels.shape}")
     previous, following = _warp_to(frame_luma, to_float(previous)), _warp_to(frame_luma, to_float(following))
-    if _shot_cut(frame_luma, previous, following):
+    if _beside_shot_cut(frame_luma, previous, following):
         return None
     return frame, previous, following
 
