@@ -292,14 +292,21 @@ def cmd_status(args) -> int:
     from .condition import describe
     from .lease import run_in_progress
     from .manifest import last_run_summary, read_manifests, summarize, write_latest_csv
-    from .pipeline import JobError, job_config
+    from .pipeline import JobError, config_hash_now
+    from .restorers import RestorerError
     from .storage import open_storage
 
     spec = _target_spec(args)
     output, endpoint_url, job = _output_target(args, spec)
     storage = open_storage(output, endpoint_url)
     table = read_manifests(storage, job)
-    summary = summarize(table, spec.max_attempts if spec else None, job_config(spec)[2] if spec else None)
+    config_hash, unknown_config = None, None
+    if spec:  # the weights files it names may be elsewhere (a worker's path) or gone: status still reports
+        try:
+            config_hash = config_hash_now(spec)
+        except (RestorerError, OSError) as error:
+            unknown_config = str(error)
+    summary = summarize(table, spec.max_attempts if spec else None, config_hash)
     last = last_run_summary(storage, job)
     if summary.runs == 0 and last is None:  # a mistyped job or output: an error, not "all is well"
         raise JobError(f"job {job}: no manifests under {output} (has it run? is the job name right?)")
@@ -312,9 +319,12 @@ def cmd_status(args) -> int:
     if summary.held:  # frames that wait on a person: reasons below, with what the spec can say
         print(f"  held for review until the spec says more: {len(summary.held)} "
               f"({tally(summary.held.values())})")
-    if summary.other_config:  # an upgrade's new weights, or an edited spec: "ok" here is not "done"
+    if summary.ok_under_other_config:  # an upgrade's new weights, or an edited spec: "ok" here is not "done"
         print(f"  restored under another config than the spec's now (restorer, weights, mask or output settings), "
-              f"so the next run restores them again: {summary.other_config} of the {summary.by_status['ok']} ok")
+              f"so the next run restores them again, if their originals are still among its frames: "
+              f"{summary.ok_under_other_config} of the {summary.by_status['ok']} ok")
+    if unknown_config:
+        print(f"  which frames the next run restores again is not known here: {printable(unknown_config)}")
     if summary.given_up:  # runs leave them alone: only a person mends them
         print(f"  given up after {spec.max_attempts} failed {plural(spec.max_attempts, 'attempt')} (max_attempts), "
               f"not tried again until they change: {len(summary.given_up)}")

@@ -387,7 +387,7 @@ class JobSummary:
     given_up: list[str] | None = None
     # frames whose newest row is ok under another config than the spec's now (restorer, its weights, mask or output
     # settings): the next run restores them again; None where the config is not known
-    other_config: int | None = None
+    ok_under_other_config: int | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -399,7 +399,8 @@ class JobSummary:
             "damage": self.damage,
             "held": self.held,
             **({"given_up": self.given_up} if self.given_up is not None else {}),
-            **({"ok_under_other_config": self.other_config} if self.other_config is not None else {}),
+            **({"ok_under_other_config": self.ok_under_other_config} if self.ok_under_other_config is not None
+               else {}),
         }
 
 
@@ -425,7 +426,7 @@ def summarize(table: pa.Table, max_attempts: int | None = None, config_hash: str
         damage=damage,
         held=dict(zip(held["input_key"].to_pylist(), held["held_for"].to_pylist())),
         given_up=None if max_attempts is None else _given_up(table, rows, max_attempts),
-        other_config=None if config_hash is None else
+        ok_under_other_config=None if config_hash is None else
         pc.sum(pc.not_equal(restored["config_hash"], config_hash)).as_py() or 0,
     )
 

@@ -27,6 +27,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -46,7 +47,7 @@ from .manifest import (CENSUS_FIELDS, MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTOR
 from .pictures import (REPORT_ROOT, REVIEW_QUALITY, REVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, as_shown, fit,
                        held_pictures_name, picture_set, pictures_name, pictures_prefix, review_set, shrink,
                        store_pictures)
-from .restorers import RestorerError, build_restorer, check_weights
+from .restorers import RestorerError, build_restorer, check_weights, resolve_weights
 from .spec import NEVER_FRAMES, JobSpec
 from .storage import (ARCHIVAL_CLASSES, ArchivedObjectError, LocalStorage, NoSuchObjectError, ObjectInfo, Storage,
                       StorageError, StorageUnavailableError, check_no_overlap, key_matches, open_storage, same_location)
@@ -1398,29 +1399,43 @@ def _check_resources(spec: JobSpec) -> None:
 def open_job(spec: JobSpec) -> JobContext:
     """Storages, weights and config hash of a new run: everything but the plan."""
     input_storage, output_storage, mask_storage = open_job_storages(spec)
-    weights_sha256, detector_sha256, config_hash = job_config(spec)
+    _, weights_sha256 = check_weights(spec.restorer)
+    detector_sha256 = _check_detector_weights(spec)
     return JobContext(spec=spec, input_storage=input_storage, output_storage=output_storage,
-                      mask_storage=mask_storage, run_id=new_run_id(), config_hash=config_hash,
+                      mask_storage=mask_storage, run_id=new_run_id(),
+                      config_hash=spec.config_hash(weights_sha256, detector_sha256),
                       weights_sha256=weights_sha256, detector_sha256=detector_sha256)
 
 
-def job_config(spec: JobSpec) -> tuple[str | None, str | None, str]:
-    """(restorer weights sha256, learned detector weights sha256, config hash) of the spec with the weights installed
-    here, each file loaded once: a damaged one is refused before any work."""
-    _, weights_sha256 = check_weights(spec.restorer)
-    detector_sha256 = _check_detector_weights(spec)
-    return weights_sha256, detector_sha256, spec.config_hash(weights_sha256, detector_sha256)
+def config_hash_now(spec: JobSpec) -> str:
+    """The config hash a run of the spec would write here, from its weights files' bytes alone (no model loaded, as
+    `restore status` needs); raises RestorerError or OSError where a file is missing or not the one pinned."""
+    from .models.weights import file_sha256
+
+    _, weights_sha256 = resolve_weights(spec.restorer)
+    detector = _detector_weights(spec)
+    return spec.config_hash(weights_sha256, file_sha256(detector) if detector else None)
+
+
+def _detector_weights(spec: JobSpec) -> Path | None:
+    """The learned detector's weights file the spec's job reads; None where it runs no learned detector."""
+    if spec.masks.source == "given" or spec.masks.detector != "learned":
+        return None
+    from .detect.learned import SHIPPED_WEIGHTS
+
+    return Path(spec.masks.detector_weights) if spec.masks.detector_weights else SHIPPED_WEIGHTS
 
 
 def _check_detector_weights(spec: JobSpec) -> str | None:
     """The learned detector's weights sha256, loaded once on the driver: a bad file stops the job before any work."""
-    if spec.masks.source == "given" or spec.masks.detector != "learned":
+    path = _detector_weights(spec)
+    if path is None:
         return None
-    from .detect.learned import SHIPPED_WEIGHTS, load_detector_net
+    from .detect.learned import load_detector_net
     from .models.weights import WeightsError
 
     try:
-        return load_detector_net(spec.masks.detector_weights or SHIPPED_WEIGHTS)[1]["sha256"]
+        return load_detector_net(path)[1]["sha256"]
     except WeightsError as error:
         raise JobError(f"masks.detector_weights: {error}") from None
 

@@ -208,11 +208,18 @@ def test_status_counts_the_ok_frames_the_next_run_restores_again_under_the_spec_
 
     spec_file.write_text(yaml.safe_dump(job(tmp_path, restorer={"name": "navier-stokes"})))
     assert restore_main(["status", str(spec_file), "--json", str(tmp_path / "s.json")]) == 0
-    assert "so the next run restores them again: 3 of the 3 ok" in capsys.readouterr().out
+    assert "so the next run restores them again, if their originals are still among its frames: 3 of the 3 ok" \
+        in capsys.readouterr().out
     assert json.loads((tmp_path / "s.json").read_text())["ok_under_other_config"] == 3
     assert run(job(tmp_path, restorer={"name": "navier-stokes"})).counts == {"ok": 3}  # as it said
     assert restore_main(["status", str(tmp_path / "out")]) == 0  # without a spec the config is not known
     assert "next run" not in capsys.readouterr().out
+    # weights at a path only the workers have, or a pin an upgrade no longer meets: status still reports
+    spec_file.write_text(yaml.safe_dump(job(tmp_path, restorer={"name": "gan", "weights": str(tmp_path / "g.pt")})))
+    assert restore_main(["status", str(spec_file), "--json", str(tmp_path / "s.json")]) == 0
+    shown = capsys.readouterr().out
+    assert "3 frames: 3 ok" in shown and "which frames the next run restores again is not known here" in shown
+    assert "ok_under_other_config" not in json.loads((tmp_path / "s.json").read_text())
 
 
 def test_a_failed_frame_whose_original_is_deleted_is_closed_not_reported_for_ever(tmp_path, ray_session, capsys):
