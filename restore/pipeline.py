@@ -862,7 +862,7 @@ def frame_mask(context: JobContext, input_key: str, frame: Frame, motion: Callab
         if detector.temporal:
             compensated = motion()
             detected = detector.detect(pixels, compensated)
-            if compensated is None:  # no side of its shot: a folder's end, a shot cut, a failed or odd-sized frame
+            if compensated is None:  # a side missing or another shot's: a folder's end, a cut, a failed or odd frame
                 ran = "classical"  # its single-frame fallback is what ran
         else:
             detected = detector(frame.infrared if detector.infrared else pixels)

@@ -257,7 +257,9 @@ def test_a_large_hole_is_filled_without_the_generators_8_pixel_mesh():
             cell = round(detail.shape[0] / 8)  # the frequency of an 8-pixel period
             peaks.append(max(spectrum[cell, 0], spectrum[0, cell], spectrum[cell, cell], spectrum[cell, -cell])
                          / np.median(spectrum))
-    assert np.mean(peaks) < 45  # the generator alone: 74 (98 for the file shipped before); level by level 34 (38)
+    # the generator alone: 74 (98 for the file shipped before it); level by level 34, and 38 for that file: a
+    # new file paints no more mesh than it (a snapshot rejected for it read 43)
+    assert np.mean(peaks) < 40
 
 
 def test_a_hole_in_a_smooth_grain_free_area_gets_the_smoothest_fill_not_invented_texture():
