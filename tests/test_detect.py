@@ -179,6 +179,16 @@ def test_a_frame_beside_a_shot_cut_is_detected_alone_and_its_dust_found():
     assert (mask & ~refine_mask(truth, dilate=2)).sum() <= 20  # nothing of the other shot taken for damage
 
 
+def test_a_cut_from_fine_texture_is_seen_though_the_texture_reads_like_grain():
+    rng = np.random.default_rng(1)
+    texture = cv2.GaussianBlur(cv2.resize(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8), (384, 256),
+                                          interpolation=cv2.INTER_CUBIC), (0, 0), 2)
+    shot = [texture[16:208, 4 * t:4 * t + 256].copy() for t in range(3)]  # a pan over saturated fine detail
+    other = np.dstack([np.full((192, 256), v, np.uint8) for v in (120, 110, 100)])  # a plain grey scene
+    assert compensated(shot[1], [shot[0], shot[2]], 1) is not None
+    assert compensated(shot[1], [shot[0], other], 1) is None
+
+
 def test_a_one_frame_shot_is_detected_alone():
     shot = [scene(shift=2 * t, seed=10 + t) for t in range(3)]
     insert = scene(seed=20)[::-1, ::-1].copy()  # a single frame of another picture between two of one shot

@@ -47,8 +47,9 @@ def _robust_sigma(x: np.ndarray) -> float:
 
 
 SHOT_CUT_RATIO = 3.0  # a neighbour leaving this many times the residual of the frame's own shot is another shot
-QUIET_RESIDUAL = 2 / 255  # no residual this small is another shot, where the frame has no grain to measure (a
-#                           clean digital source; telecine repeats frames, which leave none at all)
+QUIET_RESIDUAL = 2 / 255  # no residual this small is another shot (a clean digital source leaves next to none)
+TWIN_RESIDUAL = 0.5 / 255  # a side leaving less, unmoved, is the frame printed twice (telecine, a freeze): it tells
+#                            nothing of what the frame's own shot leaves, so the frame's grain stands in for it
 CUT_SCALE = 4  # the residuals are read with frames shrunk this many times: a cut changes the whole picture, grain
 #                and the flow's errors are fine, and a 4K frame has millions of pixels
 
@@ -68,15 +69,21 @@ def _residual(frame: np.ndarray, other: np.ndarray) -> float:
     return _robust_sigma(frame.ravel() - design @ gain_offset)
 
 
-def _beside_shot_cut(frame_luma: np.ndarray, previous: np.ndarray, following: np.ndarray) -> bool:
-    """Whether a neighbour is another shot's picture, which no motion maps onto the frame: it leaves several times
-    the residual of the frame's own grain and of its other side (a cut), or both sides do (a shot of one frame).
-    Two frames of one shot leave each other their grain: what its spread at that scale predicts (a frame printed
-    twice leaves nothing, and its other side no more than grain)."""
+def _beside_shot_cut(frame_luma: np.ndarray, sides: list[np.ndarray], moved: list[np.ndarray]) -> bool:
+    """Whether a neighbour is another shot's picture, which no motion maps onto the frame: once `moved` onto it,
+    it leaves several times the residual the frame's other side leaves (a cut), or both sides leave several times
+    the frame's grain (a shot of one frame). Where the other side is the frame's twin as it stands (`sides`, not
+    moved: a pan moves every pixel), the frame's grain is the measure instead: a twin leaves nothing, and the next
+    frame of a grainy shot its grain. (Measured on the frame, grain takes in fine texture too, so it only ever makes
+    a cut harder to call.)"""
     frame = _shrunk(frame_luma)
-    small, large = sorted(_residual(frame, luma_of(_shrunk(side))) for side in (previous, following))  # luma: linear
+    left = [_residual(frame, luma_of(_shrunk(side))) for side in moved]  # luma is linear: shrunk first, cheaper
+    nearer = int(left[1] < left[0])
+    small, large = left[nearer], left[1 - nearer]
     grain = max(np.sqrt(2) * _robust_sigma(frame - cv2.GaussianBlur(frame, (0, 0), 1.0)), QUIET_RESIDUAL)
-    return large > SHOT_CUT_RATIO * max(small, grain) or small > SHOT_CUT_RATIO * grain
+    twin = _residual(frame, luma_of(_shrunk(sides[nearer]))) < TWIN_RESIDUAL
+    own_shot = grain if twin else max(small, QUIET_RESIDUAL)
+    return large > SHOT_CUT_RATIO * own_shot or small > SHOT_CUT_RATIO * grain
 
 
 def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previous: int | None
@@ -93,10 +100,11 @@ def compensated(pixels: np.ndarray, neighbours: list[np.ndarray] | None, n_previ
     for other in (previous, following):
         if other.shape != pixels.shape:
             raise ValueError(f"neighbour shape {other.shape} differs from the frame's {pixels.shape}")
-    previous, following = _warp_to(frame_luma, to_float(previous)), _warp_to(frame_luma, to_float(following))
-    if _beside_shot_cut(frame_luma, previous, following):
+    sides = [to_float(previous), to_float(following)]
+    moved = [_warp_to(frame_luma, side) for side in sides]
+    if _beside_shot_cut(frame_luma, sides, moved):
         return None
-    return frame, previous, following
+    return frame, moved[0], moved[1]
 
 
 NEIGHBOURS_AGREE = 6.0  # noise sigmas within which the two neighbours agree: beyond, occlusion or missed motion
