@@ -10,6 +10,7 @@ restorer did not change exactly as decoded: no lossy re-encoding of the video ca
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -64,11 +65,39 @@ def probe_video(source: bytes | str | Path) -> VideoInfo:
             raise FrameError(f"corrupt or truncated video ({error})") from None
         if not pts:
             raise FrameError("no video frames found: the file is empty or truncated")
+        _check_complete(stream, pts)
         context = stream.codec_context
         bits = av.VideoFormat(context.pix_fmt).components[0].bits if context.pix_fmt else 8
         return VideoInfo(frames=len(pts), fps=Fraction(stream.average_rate or stream.guessed_rate or 0),
                          codec=context.name, width=context.width, height=context.height,
                          bit_depth=8 if bits <= 8 else 16, time_base=Fraction(stream.time_base), pts=tuple(pts))
+
+
+def _declared_end(stream) -> float | None:
+    """Seconds at which the header says the video stream ends: its duration (MP4, MOV, AVI), or the DURATION tag
+    Matroska muxers write per track; None where it says neither (the file's own duration may be an audio track's)."""
+    if stream.duration:
+        return float((stream.start_time or 0) * stream.time_base + stream.duration * stream.time_base)
+    match = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", (stream.metadata or {}).get("DURATION", "").strip())
+    return int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3]) if match else None
+
+
+def _check_complete(stream, pts: list[int]) -> None:
+    """Refuse a video whose frames stop well before its header says they do: a file still being copied, or cut
+    short. Read as it is, it would be restored as a shorter reel and recorded as done."""
+    fps = float(stream.average_rate or stream.guessed_rate or 0)
+    promised = stream.frames or 0  # the index's frame count, where the container has one
+    if promised and len(pts) < promised - max(2, promised // 100):
+        raise FrameError(f"truncated video: its header promises {promised} frames, {len(pts)} found; a copy still "
+                         "being written, or cut short. A complete copy replaces it (to restore the frames it holds, "
+                         "re-mux it first, e.g. ffmpeg -i IN -c copy OUT)")
+    end = _declared_end(stream)
+    if end and fps:
+        last = float(pts[-1] * stream.time_base) + 1 / fps  # the end of its last frame
+        if last < end - max(2 / fps, end / 100):
+            raise FrameError(f"truncated video: its header says it runs to {end:.2f} s, its frames stop at "
+                             f"{last:.2f} s; a copy still being written, or cut short. A complete copy replaces it "
+                             "(to restore the frames it holds, re-mux it first, e.g. ffmpeg -i IN -c copy OUT)")
 
 
 def iter_video_frames(source: bytes | str | Path, start: int = 0, stop: int | None = None,

@@ -82,6 +82,27 @@ def test_sixteen_bit_video_decodes_to_sixteen_bits():
     assert len(frames) == 3 and np.array_equal(frames[2].pixels, frames[0].pixels ^ 2)  # every bit as encoded
 
 
+@pytest.mark.parametrize("codec, container, pix_fmt", [("mpeg4", "avi", "yuv420p"), ("ffv1", "matroska", "bgr0")])
+def test_a_video_cut_short_is_refused_not_read_as_a_shorter_one(codec, container, pix_fmt):
+    whole = clip(codec, container, pix_fmt)
+    assert probe_video(whole).frames == COUNT
+    with pytest.raises(FrameError, match="truncated video: its header"):
+        probe_video(whole[:int(len(whole) * 0.8)])
+
+
+def test_a_video_that_starts_late_or_skips_frames_is_no_truncated_one():
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as out:
+        stream = out.add_stream("ffv1", rate=24)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "bgr0"
+        for index, pts in enumerate([240, 241, 242, 250, 251, 263]):  # from 10 s on, with gaps
+            frame = av.VideoFrame.from_ndarray(picture(index), format="rgb24")
+            frame.pts = pts
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    assert probe_video(buffer.getvalue()).frames == 6
+
+
 def test_a_file_without_video_is_refused_with_the_reason():
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="matroska") as out:
@@ -226,12 +247,15 @@ def test_a_truncated_video_gets_a_failed_row_and_one_over_max_pixels_fails_its_f
     whole = clip("ffv1", "matroska", "bgr0")
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "cut.mkv").write_bytes(whole[:600])  # a header that promises a stream, then nothing
+    (tmp_path / "in" / "half.mkv").write_bytes(whole[:len(whole) // 2])  # a copy still being written
     (tmp_path / "in" / "whole.mkv").write_bytes(whole)
     raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "include": ["*.mkv"],
            "restorer": {"name": "telea"}, "max_pixels": WIDTH * HEIGHT - 1}
-    assert run_job(*prepare(parse_spec(raw))).counts == {"failed": 1 + COUNT}  # the big one: each of its frames
+    assert run_job(*prepare(parse_spec(raw))).counts == {"failed": 2 + COUNT}  # the big one: each of its frames
     rows = {r["input_key"]: r for r in read_manifests(open_storage(str(tmp_path / "out")), "video").to_pylist()}
     assert "truncated" in rows["cut.mkv"]["error"]
+    assert "its header says it runs to 2.00 s, its frames stop at 1.00 s" in rows["half.mkv"]["error"]
+    assert not any(key.startswith("half.mkv#") for key in rows)  # not restored as a reel of half its length
     assert all("over the limit" in rows[f"whole.mkv#{i:06d}"]["error"] for i in range(COUNT))
 
 
