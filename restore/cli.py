@@ -84,8 +84,8 @@ def cmd_run(args) -> int:
               + (f"; {len(plan.orphan_masks)} {plural(len(plan.orphan_masks), 'file')} in mask folders left alone: "
                  "no frame's mask (their frames are gone, or left out by include or exclude)"
                  if plan.orphan_masks else "")
-              + (f"; the failures of {len(plan.withdrawn)} {plural(len(plan.withdrawn), 'frame')} not restored and "
-                 "no longer among the job's frames would be closed" if plan.withdrawn else "")
+              + (f"; {len(plan.withdrawn)} {plural(len(plan.withdrawn), 'frame')} no longer among the job's frames "
+                 f"would be closed ({WITHDRAWN})" if plan.withdrawn else "")
               + (f"; waiting in archival storage: {len(plan.archived)} ({plan.being_restored} being restored), not "
                  "read" if plan.archived else "")
               + (f"; {len(plan.archived) - plan.being_restored} would be asked back (archive_restore)"
@@ -117,9 +117,9 @@ def cmd_run(args) -> int:
         print(_misformatted(spec, plan.misformatted_masks))
     if plan.withdrawn:
         withdrawn = len(plan.withdrawn)
-        print(f"job {spec.name}: the failures of {withdrawn} {plural(withdrawn, 'frame')} not restored and no longer "
-              f"among the job's frames (gone from the input, or left out by include or exclude) are closed "
-              f"({WITHDRAWN} in the manifest)")
+        print(f"job {spec.name}: closed {withdrawn} {plural(withdrawn, 'frame')} no longer among the job's frames "
+              f"({WITHDRAWN} in the manifest): failed or skipped ones whose original is gone from the input or left "
+              f"out by include or exclude, and any past the end of a video replaced by a shorter one")
     if plan.archived:
         asked = (f"asked back now: {plan.asked_back} (RestoreObject, {spec.archive_restore.tier} tier, kept "
                  f"{spec.archive_restore.days} {plural(spec.archive_restore.days, 'day')}); a later run reads them"
@@ -343,7 +343,8 @@ def cmd_status(args) -> int:
     if running:
         print(f"  a run is in progress: lease {running}")
     _write_json(args.json, {"job": job, "output": output, **summary.as_dict(), "interrupted_run": interrupted,
-                            "unfinished_run": unfinished, "in_progress": running})
+                            "unfinished_run": unfinished, "in_progress": running,
+                            **({"config_unknown": unknown_config} if unknown_config else {})})
     if args.csv:
         written = write_latest_csv(table, args.csv)
         print(f"  {written} {plural(written, 'frame')} written to {args.csv}")

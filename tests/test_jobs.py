@@ -219,7 +219,8 @@ def test_status_counts_the_ok_frames_the_next_run_restores_again_under_the_spec_
     assert restore_main(["status", str(spec_file), "--json", str(tmp_path / "s.json")]) == 0
     shown = capsys.readouterr().out
     assert "3 frames: 3 ok" in shown and "which frames the next run restores again is not known here" in shown
-    assert "ok_under_other_config" not in json.loads((tmp_path / "s.json").read_text())
+    reported = json.loads((tmp_path / "s.json").read_text())
+    assert "ok_under_other_config" not in reported and "no generator file" in reported["config_unknown"]
 
 
 def test_a_failed_frame_whose_original_is_deleted_is_closed_not_reported_for_ever(tmp_path, ray_session, capsys):
@@ -234,7 +235,7 @@ def test_a_failed_frame_whose_original_is_deleted_is_closed_not_reported_for_eve
     (tmp_path / "in" / "broken.png").unlink()
     capsys.readouterr()
     assert restore_main(["run", str(spec_file), "--quiet"]) == 0
-    assert "the failures of 1 frame not restored and no longer among the job's frames (gone from the input" \
+    assert "closed 1 frame no longer among the job's frames (withdrawn in the manifest): failed or skipped" \
         in capsys.readouterr().out
     assert restore_main(["status", str(spec_file)]) == 0
     assert "3 frames: 2 ok, 1 withdrawn" in capsys.readouterr().out
