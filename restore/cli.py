@@ -311,8 +311,9 @@ def cmd_status(args) -> int:
     if summary.runs == 0 and last is None:  # a mistyped job or output: an error, not "all is well"
         raise JobError(f"job {job}: no manifests under {output} (has it run? is the job name right?)")
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.by_status.items()))
-    print(f"job {job}: {summary.total} {plural(summary.total, 'frame')}: {counts or 'none done'} ({summary.runs} "
-          f"{plural(summary.runs, 'run')}, last {summary.last_run})")
+    runs = (f"{summary.runs} {plural(summary.runs, 'run')}, last {summary.last_run}" if summary.runs
+            else "no run has committed a frame yet")  # one stopped before its first commit wrote only its summary
+    print(f"job {job}: {summary.total} {plural(summary.total, 'frame')}: {counts or 'none done'} ({runs})")
     damage = describe({kind: found["regions"] for kind, found in summary.damage.items()}, explain=True)
     if damage:  # what the masks of the frames restored hold, as a condition report counts it
         print(f"  damage masked in the frames restored: {damage}")

@@ -43,7 +43,8 @@ from .frames import (CONTENT_TYPES, OUTPUT_FORMATS, PROVENANCE_KEY, Frame, Frame
 from .grain import regrain
 from .manifest import (CENSUS_FIELDS, MANIFEST_ROOT, MANIFEST_SCHEMA, NOT_RESTORED, RUN_SUMMARY, SOFTWARE, WITHDRAWN,
                        History, ManifestWriter, compact, history, is_video, jobs_in, last_run_summary, latest,
-                       new_run_id, provenance_id, read_manifests, run_prefix, split_frame_key, video_frame_key)
+                       VIDEO_EXTENSIONS, new_run_id, provenance_id, read_manifests, run_prefix, split_frame_key,
+                       video_frame_key)
 from .pictures import (REPORT_ROOT, REVIEW_QUALITY, REVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, as_shown, fit,
                        held_pictures_name, picture_set, pictures_name, pictures_prefix, review_set, shrink,
                        store_pictures)
@@ -445,6 +446,13 @@ class InputListing:
     misformatted_masks: dict[str, str] = field(default_factory=dict)  # see Plan
 
 
+def _videos_left_out(input_storage: Storage) -> str:
+    """A hint where an input of videos lists no frame: a job reads videos only when `include` names them."""
+    kinds = sorted({posixpath.splitext(info.key)[1].lower() for info in input_storage.list(
+        [f"*{extension}" for extension in VIDEO_EXTENSIONS])})
+    return f" (it holds videos, read only when include names them: include: {['*' + k for k in kinds]})" if kinds else ""
+
+
 def list_input(context: JobContext) -> InputListing:
     """The job's frames and mask files, in one listing of the input where the masks lie there too."""
     spec, input_storage = context.spec, context.input_storage
@@ -462,7 +470,7 @@ def list_input(context: JobContext) -> InputListing:
                        + (f" but not {', '.join(spec.exclude)}" if spec.exclude else "")
                        + (" (the folder does not exist: check the path, or that its share is mounted; for the demo "
                           "job, `restore demo SPEC` makes it)"
-                          if missing else ""))
+                          if missing else _videos_left_out(input_storage)))
     mask_keys = {info.key: [mask_key_for(pattern, info.key) for pattern in patterns] for info in listed}
     if not masks_with_input:  # the mask store is listed under the patterns' fixed folder only
         mask_listing = list(context.mask_storage.list(mask_globs, prefix=mask_folder)) if mask_globs else []

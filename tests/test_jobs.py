@@ -555,7 +555,10 @@ def test_a_missing_input_folder_is_named_with_what_to_check(tmp_path, capsys):
     (tmp_path / "in").mkdir()  # there but empty: no hint, the include patterns are what to check
     assert restore_main(["run", str(spec_file), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "no frames matching *" in err and "does not exist" not in err
+    assert "no frames matching *" in err and "does not exist" not in err and "videos" not in err
+    (tmp_path / "in" / "reel.MKV").write_bytes(b"a film lab's reel")  # videos are read only when named
+    assert restore_main(["run", str(spec_file), "--dry-run"]) == 2
+    assert "it holds videos, read only when include names them: include: ['*.mkv']" in capsys.readouterr().err
 
 
 def test_a_night_of_fewer_frames_than_workers_starts_a_worker_pool_it_can_fill(tmp_path, ray_session):
@@ -1199,7 +1202,7 @@ def test_the_demo_command_makes_its_frames_and_restores_them(tmp_path, ray_sessi
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(signal.SIGTERM)])  # Ctrl-C; Ray's SIGTERM handler
-def test_a_run_stopped_while_ray_starts_says_interrupted_not_started(tmp_path, monkeypatch, stop):
+def test_a_run_stopped_while_ray_starts_says_interrupted_not_started(tmp_path, monkeypatch, capsys, stop):
     """A stop in a run's first seconds, before any frame was read, left its summary saying `started`: `status`
     then reported a run killed or failed, where it had been stopped and exited 130."""
     import restore.pipeline
@@ -1215,6 +1218,9 @@ def test_a_run_stopped_while_ray_starts_says_interrupted_not_started(tmp_path, m
         restore.pipeline.run(parse_spec(job(tmp_path)))
     summary = last_run_summary(open_storage(str(tmp_path / "out")), "t")
     assert summary["status"] == "interrupted" and summary["planned"] == 3 and summary["counts"] == {}
+    assert restore_main(["status", str(tmp_path / "out"), "--job", "t"]) == 1
+    shown = capsys.readouterr().out
+    assert "0 frames: none done (no run has committed a frame yet)" in shown and "was stopped after 0" in shown
 
 
 def test_a_stop_while_ray_shuts_down_keeps_the_commands_exit_code(monkeypatch):
