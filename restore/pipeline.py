@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -1088,9 +1088,12 @@ def _kept_jpeg(spec: JobSpec, frame: Frame, row: dict) -> bool:
         and spec.output_format == "jpeg"
 
 
-def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
-    """Read, checksum, decode and attach the mask; a bad frame becomes a failed row and the batch goes on."""
+def load_frames(batch: pa.Table, context: JobContext) -> Iterator[pa.Table]:
+    """Read, checksum, decode and attach the mask; a bad frame becomes a failed row and the batch goes on. Yields
+    the frames a batch at a time: a video chunk is many, which then spread over the workers (`FRAME_BLOCK_BYTES`)
+    and are not all held at once."""
     rows = []
+    size = context.spec.batch_size
     decoded: dict[str, np.ndarray | None] = {}  # this batch's frames by key, for temporal neighbours
     for row in batch.to_pylist():
         started = time.perf_counter()
@@ -1125,7 +1128,11 @@ def load_frames(batch: pa.Table, context: JobContext) -> pa.Table:
         # reading and decoding, shared among a video chunk's frames; finding each frame's mask is its own
         seconds = (time.perf_counter() - started - sum(r.get("mask_seconds") or 0.0 for r in loaded)) / len(loaded)
         rows += [{**frame_row, "read_seconds": seconds} for frame_row in loaded]
-    return pa.Table.from_pylist(rows, schema=FRAME_SCHEMA)
+        while len(rows) >= size:
+            yield pa.Table.from_pylist(rows[:size], schema=FRAME_SCHEMA)
+            rows = rows[size:]
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=FRAME_SCHEMA)
 
 
 def deepest_fill(mask: np.ndarray) -> float | None:
@@ -1500,6 +1507,10 @@ def start_ray() -> None:
 MAX_BLOCKS = 1000  # Ray Data blocks a run's tasks are cut into, at most
 
 
+FRAME_BLOCK_BYTES = 4 * 1024 ** 2  # decoded frames per Ray Data block: one large frame, a few small ones. Ray's
+# default (128 MiB) put a video chunk's or a batch of small frames' rows in one block, which one worker restores
+
+
 def block_rows(tasks: int, batch_size: int) -> int:
     """Tasks per Ray Data block: one batch each, the finest spread over workers, up to MAX_BLOCKS blocks; past
     that, whole batches more. Each block costs the driver a put into the object store and its bookkeeping, which
@@ -1539,7 +1550,9 @@ def run_job(context: JobContext, plan: Plan, progress: ProgressCallback | None =
         return result
     start_ray()
     _check_resources(spec)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress line replaces Ray's
+    data_context = ray.data.DataContext.get_current()
+    data_context.enable_progress_bars = False  # our own progress line replaces Ray's
+    data_context.target_max_block_size = FRAME_BLOCK_BYTES
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
     tasks = pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA)

@@ -347,7 +347,7 @@ def _run_stages_inline(raw: dict) -> list[dict]:
     from restore.spec import parse_spec
 
     context, plan = prepare(parse_spec(raw))
-    batch = load_frames(pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA), context)
+    batch = pa.concat_tables(load_frames(pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA), context))
     return write_outputs(RestoreFrames(context)(batch), context).to_pylist()
 
 
@@ -537,7 +537,7 @@ def test_a_worker_whose_detector_differs_from_the_checked_one_fails_its_frames_w
         str(tmp_path / "in"), str(tmp_path / "out"),
         masks={"source": "detect", "detector": "learned", "detector_weights": str(weights)})))
     save_detector_net(DetectorNet(DetectorConfig(widths=(4, 8))), weights, {"threshold": 0.5})  # another node's file
-    [row] = load_frames(pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA), context).to_pylist()
+    [row] = pa.concat_tables(load_frames(pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA), context)).to_pylist()
     assert row["status"] == "failed" and "install the same weights on every node" in row["error"]
 
 

@@ -177,6 +177,35 @@ def test_a_video_goes_through_a_job_frame_by_frame_in_order_and_resumes_without_
     assert not audit.exists()
 
 
+def test_a_videos_frames_spread_over_the_workers(tmp_path, ray_session):
+    """A chunk of a video is many frames: they came out of the read stage as one block, which one worker restored
+    while the other idled."""
+    from restore.frames import encode_mask
+    from restore.manifest import read_manifests
+    from restore.pipeline import prepare, run_job
+    from restore.spec import parse_spec
+    from restore.storage import open_storage
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as out:  # one chunk of frames of 320x240
+        stream = out.add_stream("ffv1", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 5 * WIDTH, 5 * HEIGHT, "bgr0"
+        for index in range(32):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.tile(picture(index), (5, 5, 1)), format="rgb24")))
+        out.mux(stream.encode())
+    (tmp_path / "in" / "masks" / "reel").mkdir(parents=True)
+    (tmp_path / "in" / "reel.mkv").write_bytes(buffer.getvalue())
+    hole = np.zeros((5 * HEIGHT, 5 * WIDTH), bool)
+    hole[100:140, 100:200] = True  # work for the generator on every frame, so the second worker has time to start
+    for index in range(32):
+        (tmp_path / "in" / "masks" / "reel" / f"{index:06d}.png").write_bytes(encode_mask(hole))
+    raw = {"name": "video", "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+           "include": ["*.mkv", "*.png"], "batch_size": 4, "workers": {"count": 2, "cpus": 0.25}}
+    assert run_job(*prepare(parse_spec(raw))).counts == {"ok": 32}
+    rows = read_manifests(open_storage(str(tmp_path / "out")), "video").to_pylist()
+    assert len({row["worker"] for row in rows}) == 2
+
+
 def test_the_frames_a_video_replaced_by_a_shorter_one_no_longer_has_are_withdrawn(tmp_path, ray_session, monkeypatch):
     """A reel's video replaced by a shorter cut kept the old frames past its new end: ok in the manifest and in
     status, and their outputs, from the video it was, at the end of the restored sequence, which verify found fine."""
@@ -273,7 +302,7 @@ def test_a_video_chunk_that_cannot_be_read_fails_its_own_frames_not_the_whole_vi
            "restorer": {"name": "telea"}}
     context, plan = prepare(parse_spec(raw))
     (tmp_path / "in" / "clip.mkv").write_bytes(b"\x1aE\xdf\xa3 cut short")  # replaced between planning and reading
-    rows = load_frames(pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA), context).to_pylist()
+    rows = pa.concat_tables(load_frames(pa.Table.from_pylist(plan.tasks, schema=TASK_SCHEMA), context)).to_pylist()
     assert [row["input_key"] for row in rows] == [f"clip.mkv#{i:06d}" for i in range(COUNT)]
     assert {row["status"] for row in rows} == {"failed"}
 
