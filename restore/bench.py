@@ -367,6 +367,34 @@ def tiling_fidelity(config: BenchConfig, frames: int = 4, frame=(1556, 2048)) ->
             **{f"generator_calls_per_frame_{way}": calls[way] / frames for way in ways}}
 
 
+def large_hole_mesh(config: BenchConfig) -> float:
+    """How strongly the GAN paints a periodic mesh of 8-pixel cells (its decoder's stride) deep in large holes, where
+    an eye finds it at once on a blotch or tear: the spectral peak of that period in the fill's detail, over the
+    spectrum's median, averaged over six square holes (80 and 100 px deep) in grainy gradients, as one grain draw
+    moves it by 2x. Lower is better; compares weights files (`config.weights`)."""
+    import cv2
+
+    restorer = build_restorer(restorer_settings(config, "gan"), threads=max(1, int(config.cpus)))
+    y, x = np.mgrid[0:320, 0:320]
+    smooth = np.dstack([120 + 50 * np.sin(x / 17.0 + y / 29.0), 100 + 40 * np.cos(y / 23.0),
+                        90 + 30 * np.sin(x / 31.0)])
+    peaks = []
+    for seed in (3, 4, 5):
+        scene = np.clip(smooth + np.random.default_rng(seed).normal(0, 6, (320, 320, 1)), 0, 255).astype(np.uint8)
+        for side in (160, 200):
+            start = (320 - side) // 2
+            mask = np.zeros((320, 320), dtype=bool)
+            mask[start:start + side, start:start + side] = True
+            fill = restorer(scene, mask)[start + 10:start + side - 10, start + 10:start + side - 10]
+            detail = fill.astype(float).mean(axis=2)
+            detail -= cv2.blur(detail, (9, 9))
+            spectrum = np.abs(np.fft.fft2(detail))
+            cell = round(detail.shape[0] / 8)  # the frequency of an 8-pixel period
+            peaks.append(max(spectrum[cell, 0], spectrum[0, cell], spectrum[cell, cell], spectrum[cell, -cell])
+                         / np.median(spectrum))
+    return float(np.mean(peaks))
+
+
 def model_floor(config: BenchConfig, tile: int = 512) -> dict:
     """The generator's arithmetic per megapixel and this machine's measured conv throughput: a floor on time/MP."""
     import torch
